@@ -1,0 +1,92 @@
+"""The one place logical axis names meet the device mesh.
+
+Parameters and activations are annotated with logical names in `lm.model`; `RULES`
+maps them onto the mesh axes `data` (pure data parallel), `fsdp` (data parallel with
+parameters and optimizer state sharded) and `tensor` (Megatron-style model parallel).
+"""
+import contextlib
+from typing import Sequence
+
+import flax.linen as nn
+import jax
+import numpy as np
+from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
+
+MESH_AXES = ('data', 'fsdp', 'tensor')
+
+RULES = (
+    # parameters
+    ('vocab', 'tensor'),
+    ('embed', 'fsdp'),
+    ('mlp', 'tensor'),
+    ('heads', 'tensor'),
+    ('position', None),
+    ('type_vocab', None),
+    ('classes', None),
+    ('layers', None),
+    # activations
+    ('batch', ('data', 'fsdp')),
+    ('act_length', None),
+    ('act_embed', None),
+    ('act_heads', 'tensor'),
+    ('act_kv', None),
+    ('act_mlp', 'tensor'),
+)
+
+
+def make_mesh(shape: Sequence[int] = (-1, 1, 1), devices=None) -> Mesh:
+  """A (data, fsdp, tensor) mesh; one entry may be -1 to take the remaining devices."""
+  devices = list(jax.devices() if devices is None else devices)
+  shape = list(shape)
+  if len(shape) != 3 or shape.count(-1) > 1:
+    raise ValueError(f'mesh shape {tuple(shape)} must be (data, fsdp, tensor) with at most one -1.')
+  if -1 in shape:
+    rest = int(np.prod([s for s in shape if s != -1]))
+    if len(devices) % rest:
+      raise ValueError(f'{len(devices)} devices do not divide into mesh {tuple(shape)}.')
+    shape[shape.index(-1)] = len(devices) // rest
+  if int(np.prod(shape)) != len(devices):
+    raise ValueError(f'mesh {tuple(shape)} needs {int(np.prod(shape))} devices, '
+                     f'have {len(devices)}: set --config.mesh_shape so the product matches.')
+  # Auto axes: XLA propagates shardings from our constraints (Explicit mode would assert).
+  return jax.make_mesh(tuple(shape), MESH_AXES, devices=devices,
+                       axis_types=(jax.sharding.AxisType.Auto,) * len(MESH_AXES))
+
+
+@contextlib.contextmanager
+def use(mesh: Mesh, rules=RULES):
+  """Mesh + logical rules in scope, so activation constraints in the model take effect."""
+  with jax.set_mesh(mesh), nn.logical_axis_rules(rules):
+    yield
+
+
+def logical_specs(boxed_tree):
+  """Logical PartitionSpecs of a tree of `nn.LogicallyPartitioned` boxes (from init)."""
+  return nn.get_partition_spec(boxed_tree)
+
+
+def to_shardings(logical_spec_tree, mesh: Mesh, rules=RULES):
+  """NamedShardings on `mesh` for a tree of logical PartitionSpecs."""
+  return nn.logical_to_mesh_sharding(logical_spec_tree, mesh, rules)
+
+
+def init_sharded(init_fn, mesh: Mesh, *args, rules=RULES):
+  """Runs `init_fn(*args)` (a Flax init returning boxed variables) straight into sharded
+  memory: no host ever holds the whole unsharded model. Returns (variables, shardings)."""
+  abstract = jax.eval_shape(init_fn, *args)
+  shardings = to_shardings(logical_specs(abstract), mesh, rules)
+  with use(mesh, rules):
+    variables = jax.jit(lambda *a: nn.unbox(init_fn(*a)), out_shardings=shardings)(*args)
+  return variables, shardings
+
+
+def batch_sharding(mesh: Mesh) -> NamedSharding:
+  """Leading (batch) dimension split over data and fsdp; the rest replicated."""
+  return NamedSharding(mesh, P(('data', 'fsdp')))
+
+
+def shard_batch(local_batch, mesh: Mesh):
+  """Assembles each process's slice of the global batch into global jax.Arrays."""
+  sharding = batch_sharding(mesh)
+  return jax.tree.map(lambda x: jax.make_array_from_process_local_data(sharding, np.asarray(x)),
+                      local_batch)
