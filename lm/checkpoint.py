@@ -1,0 +1,128 @@
+"""The only module that talks to orbax: its API moves between minor versions.
+
+A checkpoint is two items: `state` (any pytree of arrays, restored onto the target's
+shardings, so a run saved on one mesh restores onto another) and `meta` (JSON: step, data
+position, config). Restores compare the saved tree and shapes with the target first, and
+fall back to the newest readable step when the latest one is damaged.
+"""
+import logging
+import os
+from typing import Any, Optional
+
+import jax
+import numpy as np
+import orbax.checkpoint as ocp
+from orbax.checkpoint import checkpoint_managers as cm
+
+log = logging.getLogger(__name__)
+
+
+class CheckpointError(RuntimeError):
+  pass
+
+
+def _paths_and_shapes(tree) -> dict:
+  flat = jax.tree_util.tree_flatten_with_path(tree)[0]
+  return {jax.tree_util.keystr(p): tuple(getattr(x, 'shape', ())) for p, x in flat}
+
+
+def compare_trees(saved: dict, target: dict, what: str = 'checkpoint'):
+  """Raises naming every missing, unexpected or reshaped leaf: orbax would otherwise
+  restore a changed model partially without complaint."""
+  missing = sorted(set(target) - set(saved))
+  extra = sorted(set(saved) - set(target))
+  shapes = sorted(f'{k}: saved {saved[k]} vs model {target[k]}'
+                  for k in set(saved) & set(target) if tuple(saved[k]) != tuple(target[k]))
+  if missing or extra or shapes:
+    lines = ([f'missing in {what}: {", ".join(missing[:8])}'] if missing else []) + \
+            ([f'not in model: {", ".join(extra[:8])}'] if extra else []) + \
+            ([f'shape mismatch: {"; ".join(shapes[:8])}'] if shapes else [])
+    raise CheckpointError(f'{what} does not match the model ({" | ".join(lines)}); '
+                          'check the model config matches the one the checkpoint was trained with.')
+
+
+class Checkpointer:
+  """Periodic + preemption saves, keep-N, exact restore."""
+
+  def __init__(self, directory: str, *, every: int, keep: int = 3, async_save: bool = True,
+               read_only: bool = False):
+    self.directory = os.path.abspath(directory)
+    policy = cm.AnySavePolicy([cm.PreemptionCheckpointingPolicy(),  # a custom policy replaces
+                               cm.FixedIntervalPolicy(max(int(every), 1))])  # the default: keep both
+    options = ocp.CheckpointManagerOptions(
+        max_to_keep=keep, save_decision_policy=policy, enable_async_checkpointing=async_save,
+        cleanup_tmp_directories=not read_only, create=not read_only, read_only=read_only)
+    try:
+      self._mngr = ocp.CheckpointManager(self.directory, options=options,
+                                         item_names=('state', 'meta'))
+    except (PermissionError, OSError) as e:
+      raise CheckpointError(f'cannot write checkpoints to {self.directory} ({e}); '
+                            'pass a writable --workdir.') from e
+
+  def all_steps(self):
+    return sorted(self._mngr.all_steps())
+
+  def latest_step(self) -> Optional[int]:
+    return self._mngr.latest_step()
+
+  def should_save(self, step: int) -> bool:
+    return self._mngr.should_save(step)
+
+  def reached_preemption(self, step: int) -> bool:
+    try:
+      return bool(self._mngr.reached_preemption(step))
+    except Exception:  # needs jax.distributed; a single process relies on its SIGTERM flag
+      return False
+
+  def save(self, step: int, state: Any, meta: dict, force: bool = False) -> bool:
+    saved = self._mngr.save(step, args=ocp.args.Composite(
+        state=ocp.args.StandardSave(state), meta=ocp.args.JsonSave(meta)), force=force)
+    self._mngr.check_for_errors()  # an earlier async save that failed fails the run here
+    return saved
+
+  def wait(self):
+    """Blocks until async saves land; their errors are raised, never swallowed."""
+    self._mngr.wait_until_finished()
+    self._mngr.check_for_errors()
+
+  def close(self):
+    self.wait()
+    self._mngr.close()
+
+  def saved_shapes(self, step: int) -> dict:
+    meta = self._mngr.item_metadata(step)['state']
+    tree = getattr(meta, 'tree', meta)
+    return _paths_and_shapes(tree)
+
+  def restore(self, target: Any, step: Optional[int] = None):
+    """Restores onto `target` (arrays or jax.ShapeDtypeStructs with shardings).
+
+    Returns (state, meta, step), or None when there is nothing to restore. Without an
+    explicit step, a damaged latest checkpoint is reported and the previous one is tried.
+    """
+    steps = [step] if step is not None else sorted(self.all_steps(), reverse=True)
+    abstract = jax.tree.map(
+        lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=getattr(x, 'sharding', None)),
+        target)
+    want = _paths_and_shapes(abstract)
+    for i, s in enumerate(steps):
+      try:
+        compare_trees(self.saved_shapes(s), want, f'checkpoint step {s}')
+        out = self._mngr.restore(s, args=ocp.args.Composite(
+            state=ocp.args.StandardRestore(abstract), meta=ocp.args.JsonRestore()))
+        return out['state'], out['meta'], s
+      except CheckpointError:
+        raise  # the model changed: an older step would not match either
+      except Exception as e:  # pylint: disable=broad-except
+        if step is not None or i == len(steps) - 1:
+          raise CheckpointError(f'checkpoint step {s} in {self.directory} is unreadable ({e}); '
+                                'delete it or restore another step.') from e
+        log.warning('checkpoint step %d in %s is damaged (%s): falling back to step %d.',
+                    s, self.directory, type(e).__name__, steps[i + 1])
+        print(f'checkpoint step {s} is damaged ({type(e).__name__}); restoring step {steps[i + 1]}.')
+    return None
+
+
+def host_copy(tree):
+  """Fully replicated numpy copy (for tests and export)."""
+  return jax.tree.map(lambda x: np.asarray(jax.device_get(x)), tree)

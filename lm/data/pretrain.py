@@ -1,0 +1,238 @@
+"""Step-indexed pretraining batches (numpy only) for exact resume and multi-host runs.
+
+``get_batch(step, process_index, process_count)`` is a pure function of
+(seed, step, corpus, process_index, process_count): every global row ``r`` draws
+from its own ``np.random.default_rng([seed, step, r])``, and a process returns
+rows ``[pi*B/pc, (pi+1)*B/pc)`` of the global batch. So a run resumed at step s
+sees exactly the batches an uninterrupted run would, and 1 or N processes see
+the same global data. There is no iterator state to checkpoint.
+
+Evaluation: build a batcher on the eval split with a fixed seed and call
+``eval_batches(n)`` (= ``get_batch(0..n-1)``), so every evaluation sees the same data.
+"""
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import math
+import os
+from typing import Iterator, Optional
+
+import numpy as np
+
+from lm.data.tokenizer import Tokenizer
+
+
+@dataclasses.dataclass
+class TokenizedCorpus:
+    """All documents' ids concatenated (no specials); doc d is tokens[doc_starts[d]:doc_starts[d+1]]."""
+    tokens: np.ndarray      # int32 [N]
+    doc_starts: np.ndarray  # int64 [n_docs + 1]
+
+    @property
+    def num_docs(self) -> int:
+        return len(self.doc_starts) - 1
+
+    def doc(self, d: int) -> np.ndarray:
+        return self.tokens[self.doc_starts[d]:self.doc_starts[d + 1]]
+
+    @classmethod
+    def from_lists(cls, ids: list) -> "TokenizedCorpus":
+        """Empty documents are dropped: they can give neither a segment nor a target."""
+        ids = [np.asarray(x, np.int32) for x in ids if len(x)]
+        starts = np.zeros(len(ids) + 1, np.int64)
+        np.cumsum([len(x) for x in ids], out=starts[1:])
+        tokens = np.concatenate(ids) if ids else np.zeros(0, np.int32)
+        return cls(tokens.astype(np.int32), starts)
+
+    @classmethod
+    def build(cls, docs: list[str], tokenizer: Tokenizer,
+              cache_path: Optional[str] = None) -> "TokenizedCorpus":
+        """Tokenize docs; with ``cache_path`` (an .npz file) reuse it when tokenizer and docs match."""
+        key = _cache_key(docs, tokenizer)
+        if cache_path and os.path.isfile(cache_path):
+            with np.load(cache_path) as z:
+                if str(z["key"]) == key:
+                    return cls(z["tokens"], z["doc_starts"])
+        corpus = cls.from_lists(tokenizer.encode_batch(docs))
+        if cache_path:
+            os.makedirs(os.path.dirname(os.path.abspath(cache_path)), exist_ok=True)
+            # Write then rename: a crash or a concurrent process never leaves half a cache.
+            tmp = f"{cache_path}.{os.getpid()}.tmp.npz"
+            np.savez(tmp, key=key, tokens=corpus.tokens, doc_starts=corpus.doc_starts)
+            os.replace(tmp, cache_path)
+        return corpus
+
+    def select(self, doc_ids) -> "TokenizedCorpus":
+        return TokenizedCorpus.from_lists([self.doc(d) for d in doc_ids])
+
+    def split(self, eval_fraction: float, seed: int = 0):
+        """(train, eval) by whole documents, drawn by a seeded permutation; eval is None
+        when eval_fraction is 0. Documents keep their corpus order within each split."""
+        if eval_fraction <= 0:
+            return self, None
+        if not 0 < eval_fraction < 1 or self.num_docs < 2:
+            raise ValueError(f"Cannot split {self.num_docs} documents with eval_fraction="
+                             f"{eval_fraction}: use 0 <= eval_fraction < 1 and >= 2 documents.")
+        n_eval = min(self.num_docs - 1, max(1, round(self.num_docs * eval_fraction)))
+        perm = np.random.default_rng(seed).permutation(self.num_docs)
+        return self.select(np.sort(perm[n_eval:])), self.select(np.sort(perm[:n_eval]))
+
+
+def _cache_key(docs: list[str], tokenizer: Tokenizer) -> str:
+    h = hashlib.sha256(tokenizer.hf.to_str().encode())
+    for doc in docs:
+        h.update(hashlib.sha256(doc.encode("utf-8", errors="replace")).digest())
+    return h.hexdigest()
+
+
+class _Batcher:
+    """Shared process slicing; subclasses build one row from its own rng."""
+
+    def __init__(self, batch_size: int, seed: int):
+        self.batch_size, self.seed = int(batch_size), int(seed)
+
+    def _row(self, rng: np.random.Generator) -> dict:
+        raise NotImplementedError
+
+    def get_batch(self, step: int, process_index: int = 0, process_count: int = 1) -> dict:
+        if self.batch_size % process_count or not 0 <= process_index < process_count:
+            raise ValueError(f"Global batch_size {self.batch_size} must divide by process_count "
+                             f"{process_count} (process_index {process_index}): change batch_size.")
+        per = self.batch_size // process_count
+        rows = [self._row(np.random.default_rng([self.seed, int(step), r]))
+                for r in range(process_index * per, (process_index + 1) * per)]
+        return {k: np.stack([row[k] for row in rows]) for k in rows[0]}
+
+    def eval_batches(self, num_batches: int, process_index: int = 0,
+                     process_count: int = 1) -> Iterator[dict]:
+        """The same ``num_batches`` batches every time: steps 0..num_batches-1."""
+        for step in range(num_batches):
+            yield self.get_batch(step, process_index, process_count)
+
+
+class MLMBatcher(_Batcher):
+    """BERT masked-LM (+ optional next-sentence) rows: ``[CLS] A [SEP] B [SEP] [PAD]...``.
+
+    Masks exactly ``min(P, max(1, round(n * mlm_prob)))`` of the n non-special
+    tokens (80% [MASK], 10% random non-special id, 10% unchanged). Default
+    ``P = max_predictions = ceil(seq_len * mlm_prob)`` (20 for 128), which always
+    holds every masked token. Padding prediction slots have position 0, id 0, weight 0.
+    ``nsp_labels``: 0 = B is A's real continuation, 1 = B is from another document
+    (HF BERT convention). A document too short to continue (1 token) always gets 1.
+    """
+
+    def __init__(self, corpus: TokenizedCorpus, tokenizer: Tokenizer, seq_len: int,
+                 batch_size: int, seed: int, mlm_prob: float = 0.15, nsp: bool = True,
+                 max_predictions: Optional[int] = None):
+        super().__init__(batch_size, seed)
+        needed = {n: getattr(tokenizer, n + "_id") for n in ("cls", "sep", "mask", "pad")}
+        if any(v is None for v in needed.values()):
+            raise ValueError(f"MLM needs a tokenizer with [CLS]/[SEP]/[MASK]/[PAD], got "
+                             f"{needed}: use tokenizer.kind='wordpiece'.")
+        if corpus.num_docs < (2 if nsp else 1) or seq_len < 8:
+            raise ValueError(f"Corpus of {corpus.num_docs} documents / seq_len={seq_len} is too "
+                             "small for one MLM sequence: need >= 2 documents (NSP) and seq_len >= 8.")
+        self.corpus, self.seq_len, self.mlm_prob, self.nsp = corpus, int(seq_len), mlm_prob, nsp
+        self.cls, self.sep, self.mask, self.pad = (needed[n] for n in ("cls", "sep", "mask", "pad"))
+        self.max_predictions = int(max_predictions or max(1, math.ceil(seq_len * mlm_prob)))
+        self.max_tokens = self.seq_len - (3 if nsp else 2)
+        special = np.asarray(tokenizer.special_ids, np.int64)
+        self.replacement_ids = np.setdiff1d(np.arange(tokenizer.vocab_size), special).astype(np.int32)
+
+    def _sample_span(self, rng, d: int, length: int):
+        """A window of at most ``length`` tokens at a random offset inside document d."""
+        doc = self.corpus.doc(d)
+        start = rng.integers(0, max(len(doc) - length, 0) + 1)
+        return doc[start:start + length]
+
+    def _segments(self, rng):
+        c = self.corpus
+        # Pick the document by a uniform token position: long documents weigh more.
+        d = int(np.searchsorted(c.doc_starts, rng.integers(len(c.tokens)), side="right") - 1)
+        if not self.nsp:
+            return self._sample_span(rng, d, self.max_tokens), None, None
+        span = self._sample_span(rng, d, self.max_tokens)
+        len_a = int(rng.integers(1, len(span))) if len(span) >= 2 else 1
+        is_random = rng.random() < 0.5 or len(span) < 2
+        if not is_random:
+            return span[:len_a], span[len_a:], 0
+        other = int(rng.integers(c.num_docs - 1))
+        other += other >= d
+        return span[:len_a], self._sample_span(rng, other, self.max_tokens - len_a), 1
+
+    def _row(self, rng):
+        a, b, label = self._segments(rng)
+        T, P = self.seq_len, self.max_predictions
+        parts = [[self.cls], a, [self.sep]] + ([b, [self.sep]] if b is not None else [])
+        ids = np.concatenate([np.asarray(p, np.int32) for p in parts])
+        n = len(ids)
+        input_ids = np.full(T, self.pad, np.int32)
+        input_ids[:n] = ids
+        token_type = np.zeros(T, np.int32)
+        if b is not None:
+            token_type[len(a) + 2:n] = 1
+        candidates = np.concatenate([np.arange(1, len(a) + 1)] +
+                                    ([np.arange(len(a) + 2, n - 1)] if b is not None else []))
+        num = min(P, max(1, int(math.floor(len(candidates) * self.mlm_prob + 0.5))))
+        pos = np.sort(rng.choice(candidates, num, replace=False))
+        original = input_ids[pos].copy()
+        r = rng.random(num)
+        random_ids = self.replacement_ids[rng.integers(len(self.replacement_ids), size=num)]
+        input_ids[pos] = np.where(r < 0.8, self.mask, np.where(r < 0.9, random_ids, original))
+        row = {
+            "input_ids": input_ids,
+            "token_type_ids": token_type,
+            "attention_mask": (np.arange(T) < n).astype(np.int32),
+            "masked_positions": np.zeros(P, np.int32),
+            "masked_ids": np.zeros(P, np.int32),
+            "masked_weights": np.zeros(P, np.float32),
+        }
+        row["masked_positions"][:num], row["masked_ids"][:num], row["masked_weights"][:num] = pos, original, 1
+        if self.nsp:
+            row["nsp_labels"] = np.int32(label)
+        return row
+
+
+class CLMBatcher(_Batcher):
+    """GPT-style packed rows: a random window of seq_len+1 tokens of ``doc0 eos doc1 eos ...``.
+
+    ``segment_ids`` number documents inside the row from 1; the eos belongs to the
+    document it ends, so a new segment starts right after an eos. ``positions``
+    restart at 0 at each segment start. ``weights`` are 1 except where the input is
+    a document's eos (its target is the next document's first token, which cannot
+    be predicted from a different document).
+    """
+
+    def __init__(self, corpus: TokenizedCorpus, tokenizer: Tokenizer, seq_len: int,
+                 batch_size: int, seed: int):
+        super().__init__(batch_size, seed)
+        eos = tokenizer.eos_id if tokenizer.eos_id is not None else tokenizer.sep_id
+        if eos is None:
+            raise ValueError("CLM needs an end-of-document token: use tokenizer.kind='bpe'.")
+        n, n_docs = len(corpus.tokens), corpus.num_docs
+        if n + n_docs < seq_len + 1:
+            raise ValueError(f"Corpus of {n} tokens is too small for one CLM sequence of "
+                             f"seq_len={seq_len}: use more text or a smaller seq_len.")
+        self.seq_len = int(seq_len)
+        lengths = np.diff(corpus.doc_starts)
+        eos_at = corpus.doc_starts[1:] + np.arange(n_docs)  # doc d's eos follows its d earlier eos
+        self.stream = np.full(n + n_docs, eos, np.int32)
+        self.stream[np.arange(n) + np.repeat(np.arange(n_docs), lengths)] = corpus.tokens
+        self.is_eos = np.zeros(n + n_docs, bool)
+        self.is_eos[eos_at] = True
+
+    def _row(self, rng):
+        T = self.seq_len
+        o = int(rng.integers(len(self.stream) - T))  # window [o, o+T] must fit
+        window, ends = self.stream[o:o + T + 1], self.is_eos[o:o + T]
+        segment = 1 + np.concatenate([[0], np.cumsum(ends[:-1])]).astype(np.int32)
+        seg_start = np.concatenate([[True], ends[:-1]])
+        start_idx = np.maximum.accumulate(np.where(seg_start, np.arange(T), 0))
+        return {
+            "input_ids": window[:-1],
+            "targets": window[1:],
+            "segment_ids": segment,
+            "positions": (np.arange(T) - start_idx).astype(np.int32),
+            "weights": (~ends).astype(np.float32),
+        }

@@ -1,0 +1,84 @@
+"""Pretraining objectives: which model, which loss sums, which metrics.
+
+`mlm` trains the Encoder (masked LM, plus next-sentence prediction when data.nsp);
+`clm` trains the Decoder (causal LM over packed documents). Losses come as sums with
+their normalisers computed from the whole batch up front, so a step split into
+micro-batches gives the same gradient as one big batch.
+"""
+import jax
+import jax.numpy as jnp
+
+from lm import losses
+from lm import model as M
+
+OBJECTIVES = ('mlm', 'clm')
+
+
+def model_config(config, vocab_size: int) -> M.ModelConfig:
+  """The model config with the tokenizer's vocab, padded to a multiple of 128 so the
+  vocab axis shards evenly over 'tensor' (the extra rows are never a target)."""
+  return M.ModelConfig.from_dict({**config.model.to_dict(), 'vocab_size': -(-vocab_size // 128) * 128})
+
+
+def make_model(config, vocab_size: int):
+  if config.objective not in OBJECTIVES:
+    raise ValueError(f'objective={config.objective!r}: use one of {OBJECTIVES}.')
+  cfg = model_config(config, vocab_size)
+  return M.Encoder(cfg) if config.objective == 'mlm' else M.Decoder(cfg)
+
+
+def init_inputs(config):
+  """Dummy inputs with the batch's shapes, for model.init."""
+  ids = jnp.zeros((1, config.data.seq_len), jnp.int32)
+  return (ids,)
+
+
+def normalizers(objective: str, batch) -> dict:
+  if objective == 'mlm':
+    norms = {'mlm': jnp.maximum(jnp.sum(batch['masked_weights']), 1.0)}
+    if 'nsp_labels' in batch:
+      norms['nsp'] = jnp.asarray(batch['nsp_labels'].shape[0], jnp.float32)
+    return norms
+  return {'lm': jnp.maximum(jnp.sum(batch['weights']), 1.0)}
+
+
+def loss_sums(objective, model, params, batch, rng, deterministic: bool, loss_chunk: int = 0):
+  """Per-term (nll_sum, correct_sum) for this (micro-)batch."""
+  rngs = None if deterministic else {'dropout': rng}
+  if objective == 'mlm':
+    out = model.apply({'params': params}, batch['input_ids'], batch['token_type_ids'],
+                      batch['attention_mask'], batch['masked_positions'], deterministic, rngs=rngs)
+    sums = {'mlm': losses.cross_entropy_sums(out['mlm_logits'], batch['masked_ids'],
+                                             batch['masked_weights'])}
+    if 'nsp_labels' in batch:
+      sums['nsp'] = losses.cross_entropy_sums(out['nsp_logits'], batch['nsp_labels'],
+                                              jnp.ones_like(batch['nsp_labels'], jnp.float32))
+    return sums
+  kwargs = dict(positions=batch['positions'], segment_ids=batch['segment_ids'],
+                deterministic=deterministic)
+  if loss_chunk:
+    hidden = model.apply({'params': params}, batch['input_ids'], method='hidden', rngs=rngs, **kwargs)
+    emb = params['embed']['token']['embedding']
+    return {'lm': losses.chunked_cross_entropy_sums(hidden, emb, batch['targets'], batch['weights'],
+                                                    loss_chunk)}
+  logits = model.apply({'params': params}, batch['input_ids'], rngs=rngs, **kwargs)
+  return {'lm': losses.cross_entropy_sums(logits, batch['targets'], batch['weights'])}
+
+
+def total_loss(sums: dict, norms: dict):
+  """BERT's loss is the MLM mean plus the NSP mean; GPT's the token mean."""
+  return sum(sums[k][0] / norms[k] for k in sums)
+
+
+def metrics(sums: dict, norms: dict) -> dict:
+  out = {'loss': total_loss(sums, norms)}
+  for k, (nll, correct) in sums.items():
+    out[f'{k}_loss'] = nll / norms[k]
+    out[f'{k}_accuracy'] = correct / norms[k]
+  main = 'mlm' if 'mlm' in sums else 'lm'
+  out['perplexity'] = jnp.exp(out[f'{main}_loss'])
+  return out
+
+
+def add_sums(a, b):
+  return jax.tree.map(jnp.add, a, b)

@@ -1,0 +1,39 @@
+"""AdamW with BERT's decay mask, warmup + decay schedule and global-norm clipping."""
+import flax
+import jax
+import optax
+
+
+def schedule(cfg) -> optax.Schedule:
+  """Linear warmup to cfg.lr, then 'linear', 'cosine' or 'constant' to cfg.end_lr_fraction*lr."""
+  warmup = max(int(cfg.warmup_steps), 0)
+  decay_steps = max(int(cfg.steps) - warmup, 1)
+  end = cfg.lr * cfg.end_lr_fraction
+  decay = {
+      'linear': lambda: optax.linear_schedule(cfg.lr, end, decay_steps),
+      'cosine': lambda: optax.cosine_decay_schedule(cfg.lr, decay_steps, cfg.end_lr_fraction),
+      'constant': lambda: optax.constant_schedule(cfg.lr),
+  }
+  if cfg.schedule not in decay:
+    raise ValueError(f'train.schedule={cfg.schedule!r}: use one of {sorted(decay)}.')
+  return optax.join_schedules([optax.linear_schedule(0.0, cfg.lr, warmup), decay[cfg.schedule]()],
+                              [warmup])
+
+
+def decay_mask(params):
+  """Weight decay on matrices only: no decay on biases and LayerNorm scales (as in BERT)."""
+  flat = flax.traverse_util.flatten_dict(params)
+  return flax.traverse_util.unflatten_dict(
+      {k: not (k[-1] in ('bias', 'scale') or k[-1].endswith('_bias')) for k in flat})
+
+
+def make(cfg) -> optax.GradientTransformation:
+  tx = optax.adamw(schedule(cfg), b1=cfg.b1, b2=cfg.b2, eps=cfg.eps,
+                   weight_decay=cfg.weight_decay, mask=decay_mask)
+  if cfg.clip_norm:
+    tx = optax.chain(optax.clip_by_global_norm(cfg.clip_norm), tx)
+  return tx
+
+
+def global_norm(tree) -> jax.Array:
+  return optax.global_norm(tree)

@@ -1,0 +1,28 @@
+"""A qualitative look at a model mid-training: fill [MASK]s (encoder) or continue text (decoder)."""
+import jax.numpy as jnp
+import numpy as np
+
+
+def fill_masks(model, params, tok, text: str) -> str:
+  """Replaces each [MASK] in `text` with the encoder's top prediction."""
+  ids = [tok.cls_id] + tok.encode(text)[: model.cfg.max_len - 2] + [tok.sep_id]
+  ids = np.asarray([ids], np.int32)
+  out = model.apply({'params': params}, jnp.asarray(ids), jnp.zeros_like(ids), jnp.ones_like(ids))
+  pred = np.asarray(jnp.argmax(out['mlm_logits'], -1))[0]
+  filled = np.where(ids[0] == tok.mask_id, pred, ids[0])
+  return tok.decode([int(t) for t in filled[1:-1]])
+
+
+def continue_text(model, params, tok, text: str, max_new_tokens: int) -> str:
+  from lm import generate  # pylint: disable=g-import-not-at-top
+  prompt = tok.encode(text)
+  room = model.cfg.max_len - max_new_tokens
+  out = generate.generate(model, params, [prompt[-room:]], max_new_tokens=max_new_tokens,
+                          strategy='greedy', eos_id=tok.eos_id, pad_id=tok.pad_id)
+  return text + tok.decode(out[0][0])
+
+
+def sample(objective, model, params, tok, text: str, max_new_tokens: int) -> str:
+  if objective == 'mlm':
+    return fill_masks(model, params, tok, text)
+  return continue_text(model, params, tok, text, max_new_tokens)

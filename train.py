@@ -1,0 +1,117 @@
+r"""Pretrains a Transformer LM (BERT-style MLM+NSP or GPT-style causal LM).
+
+  python train.py --config=configs/base.py --workdir=/tmp/lm_base [--config.train.steps=100]
+
+Resumes from the latest checkpoint in --workdir. SIGTERM/SIGINT save a checkpoint at the
+next step boundary and exit cleanly.
+"""
+import os
+import time
+
+from absl import app
+from absl import flags
+from absl import logging
+import jax
+from ml_collections import config_flags
+
+from lm import checkpoint
+from lm import distributed
+from lm import objectives
+from lm import optim
+from lm import report
+from lm import sample
+from lm import sharding
+from lm import trainer
+from lm.data import corpus
+from lm.data import pretrain
+from lm.data import tokenizer
+
+FLAGS = flags.FLAGS
+config_flags.DEFINE_config_file('config', None, 'Training config file.', lock_config=True)
+flags.DEFINE_string('workdir', None, 'Checkpoints, tokenizer, metrics.jsonl and TensorBoard logs.')
+flags.mark_flags_as_required(['config', 'workdir'])
+
+
+def make_batcher(config, corpus_, tok, seed):
+  d, b = config.data, config.train.batch_size
+  if config.objective == 'mlm':
+    return pretrain.MLMBatcher(corpus_, tok, d.seq_len, b, seed, mlm_prob=d.mlm_prob, nsp=d.nsp)
+  return pretrain.CLMBatcher(corpus_, tok, d.seq_len, b, seed)
+
+
+def main(argv):
+  del argv
+  config, workdir = FLAGS.config, FLAGS.workdir
+  if not FLAGS['verbosity'].present:
+    logging.set_verbosity(logging.WARNING)  # orbax logs every file it writes at INFO
+  distributed.initialize()
+  pi, pc = jax.process_index(), jax.process_count()
+
+  # Data: corpus -> tokenizer (trained once, saved in workdir) -> step-indexed batches.
+  docs = corpus.load_corpus(config.data)
+  tok = tokenizer.get_tokenizer(config.data.tokenizer, docs, workdir if pi == 0 else None)
+  tokens = pretrain.TokenizedCorpus.build(docs, tok, os.path.join(workdir, 'tokens.npz'))
+  train_corpus, eval_corpus = tokens.split(config.data.eval_fraction, config.seed)
+  train_data = make_batcher(config, train_corpus, tok, config.seed)
+  eval_data = make_batcher(config, eval_corpus, tok, config.seed + 1)
+
+  # Model, optimizer and state, initialised straight into their shardings.
+  mesh = sharding.make_mesh(config.mesh_shape)
+  model = objectives.make_model(config, tok.vocab_size)
+  tx = optim.make(config.train)
+  state, state_sh = trainer.create_state(model, tx, mesh, config.seed, objectives.init_inputs(config))
+  print(f'{config.objective}: {trainer.param_count(state.params):,} params, mesh '
+        f'{dict(mesh.shape)}, {pc} process(es), vocab {tok.vocab_size}')
+
+  ckpt = checkpoint.Checkpointer(os.path.join(workdir, 'checkpoints'),
+                                 every=config.checkpoint_every, keep=config.keep_checkpoints,
+                                 async_save=config.async_checkpoints)
+  restored = ckpt.restore(state)
+  if restored:
+    state, _, last_ckpt = restored
+    print(f'resumed from step {last_ckpt}')
+  else:
+    last_ckpt = None
+  start = int(state.step)
+
+  train_step = trainer.make_train_step(config, model, tx, state_sh, mesh)
+  eval_step = trainer.make_eval_step(config, model, state_sh.params, mesh)
+  eval_batches = lambda: (sharding.shard_batch(eval_data.get_batch(i, pi, pc), mesh)
+                          for i in range(config.eval_batches))
+  writer = report.Writer(workdir, config.train.steps)
+  stop = trainer.StopFlag().install()
+  tokens_per_step = config.train.batch_size * config.data.seq_len
+  t0, steps_timed = time.time(), 0
+
+  for step in range(start, config.train.steps):
+    batch = sharding.shard_batch(train_data.get_batch(step, pi, pc), mesh)
+    state, metrics = train_step(state, batch)
+    steps_timed += 1
+    done = step + 1
+    if done % config.log_every == 0 or done == config.train.steps:
+      metrics = jax.device_get(metrics)
+      trainer.check_finite(metrics, done, last_ckpt)
+      elapsed = time.time() - t0
+      writer.write(done, {**metrics, 'tokens_per_sec': steps_timed * tokens_per_step / elapsed})
+      t0, steps_timed = time.time(), 0
+    if done % config.eval_every == 0 or done == config.train.steps:
+      writer.write(done, trainer.evaluate(eval_step, state.params, eval_batches(), stop), 'eval')
+    if ckpt.should_save(done) or stop.requested or done == config.train.steps:
+      trainer.check_finite(jax.device_get(metrics), done, last_ckpt)  # never save a NaN state
+      ckpt.save(done, state, {'step': done, 'data_position': done, 'config': config.to_json()},
+                force=True)
+      last_ckpt = done
+    if stop.requested:
+      print(f'{stop.signal}: saved step {done}, exiting.')
+      break
+
+  ckpt.close()
+  if not stop.requested and pi == 0:
+    text = sample.sample(config.objective, model, state.params, tok, config.sample_prompt,
+                         config.sample_tokens)
+    writer.text(int(state.step), 'sample', text)
+  writer.close()
+
+
+if __name__ == '__main__':
+  app.run(main)
