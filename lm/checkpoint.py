@@ -21,9 +21,19 @@ class CheckpointError(RuntimeError):
   pass
 
 
+def _key(entry) -> str:
+  for attr in ('key', 'idx', 'name'):
+    if hasattr(entry, attr):
+      return str(getattr(entry, attr))
+  return str(entry)
+
+
 def _paths_and_shapes(tree) -> dict:
-  flat = jax.tree_util.tree_flatten_with_path(tree)[0]
-  return {jax.tree_util.keystr(p): tuple(getattr(x, 'shape', ())) for p, x in flat}
+  """{'opt_state/1/0/mu/embed/...': shape}: one spelling for our dataclasses, tuples and
+  named tuples and for the dicts and lists orbax's metadata turns them into."""
+  is_leaf = lambda x: hasattr(x, 'shape') and not isinstance(x, (dict, list, tuple))
+  flat = jax.tree_util.tree_flatten_with_path(tree, is_leaf=is_leaf)[0]
+  return {'/'.join(_key(e) for e in p): tuple(getattr(x, 'shape', ())) for p, x in flat}
 
 
 def compare_trees(saved: dict, target: dict, what: str = 'checkpoint'):
@@ -53,8 +63,10 @@ class Checkpointer:
         max_to_keep=keep, save_decision_policy=policy, enable_async_checkpointing=async_save,
         cleanup_tmp_directories=not read_only, create=not read_only, read_only=read_only)
     try:
-      self._mngr = ocp.CheckpointManager(self.directory, options=options,
-                                         item_names=('state', 'meta'))
+      self._mngr = ocp.CheckpointManager(
+          self.directory, options=options,
+          item_handlers={'state': ocp.StandardCheckpointHandler(),
+                         'meta': ocp.JsonCheckpointHandler()})
     except (PermissionError, OSError) as e:
       raise CheckpointError(f'cannot write checkpoints to {self.directory} ({e}); '
                             'pass a writable --workdir.') from e

@@ -5,6 +5,7 @@ import threading
 from typing import Any, Callable
 
 import flax
+import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -22,12 +23,26 @@ class TrainState:
   opt_state: Any
 
 
-def create_state(model, tx, mesh, seed: int, init_inputs):
-  """Initialises params and optimizer state directly into their shardings."""
+def state_initializer(model, tx, init_inputs):
+  """rng -> TrainState with logically-annotated (boxed) params and optimizer state."""
   def init(rng):
     params = model.init(rng, *init_inputs)['params']
     return TrainState(step=jnp.zeros((), jnp.int32), params=params, opt_state=tx.init(params))
-  return sharding.init_sharded(init, mesh, jax.random.PRNGKey(seed))
+  return init
+
+
+def create_state(model, tx, mesh, seed: int, init_inputs):
+  """Initialises params and optimizer state directly into their shardings."""
+  return sharding.init_sharded(state_initializer(model, tx, init_inputs), mesh,
+                               jax.random.PRNGKey(seed))
+
+
+def abstract_state(model, tx, mesh, init_inputs):
+  """Shapes, dtypes and shardings of the state, allocating nothing: a restore target."""
+  boxed = jax.eval_shape(state_initializer(model, tx, init_inputs), jax.random.PRNGKey(0))
+  shardings = sharding.to_shardings(sharding.logical_specs(boxed), mesh)
+  return jax.tree.map(lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s),
+                      nn.unbox(boxed), shardings)
 
 
 def _micro_batches(batch, n: int):

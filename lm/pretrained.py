@@ -1,0 +1,81 @@
+"""Loading a trained model for fine-tuning, evaluation and generation.
+
+Two sources look the same to callers: a workdir of our `train.py` (config from the
+checkpoint's metadata, tokenizer.json beside it, params from orbax onto any mesh), or a
+HuggingFace BERT/GPT-2 directory (config.json + weights, converted by `lm.hf`).
+"""
+import dataclasses
+import json
+import os
+from typing import Any, Optional
+
+import jax
+import ml_collections
+
+from lm import checkpoint
+from lm import model as M
+from lm import objectives
+from lm import optim
+from lm import sharding
+from lm import trainer
+from lm.data import tokenizer as tokenizer_lib
+
+
+@dataclasses.dataclass
+class Pretrained:
+  kind: str  # 'encoder' | 'decoder'
+  cfg: M.ModelConfig
+  params: Any
+  tokenizer: Optional[tokenizer_lib.Tokenizer]
+  config: Optional[ml_collections.ConfigDict] = None  # the pretraining config, for our runs
+  step: Optional[int] = None
+
+  @property
+  def model(self):
+    return M.Encoder(self.cfg) if self.kind == 'encoder' else M.Decoder(self.cfg)
+
+
+def is_workdir(path: str) -> bool:
+  return os.path.isdir(os.path.join(path, 'checkpoints'))
+
+
+def load(path: str, mesh=None, step: Optional[int] = None) -> Pretrained:
+  """Loads our workdir or an HF directory; params are placed on `mesh` (default: all devices)."""
+  if not os.path.exists(path):
+    raise FileNotFoundError(f'{path} does not exist: pass a train.py --workdir or a HuggingFace '
+                            'model directory (config.json + model.safetensors).')
+  mesh = mesh or sharding.make_mesh((-1, 1, 1))
+  if is_workdir(path):
+    return _load_workdir(path, mesh, step)
+  from lm import hf  # pylint: disable=g-import-not-at-top
+  kind, cfg, params = hf.import_pretrained(path)
+  kind = {'bert': 'encoder', 'gpt2': 'decoder'}.get(kind, kind)
+  tok = None
+  if any(os.path.exists(os.path.join(path, f)) for f in ('tokenizer.json', 'vocab.txt', 'vocab.json')):
+    tok = tokenizer_lib.from_hf_files(path)
+  return Pretrained(kind, cfg, params, tok)
+
+
+def saved_config(workdir: str, step: Optional[int] = None) -> ml_collections.ConfigDict:
+  ckpt = checkpoint.Checkpointer(os.path.join(workdir, 'checkpoints'), every=1, read_only=True)
+  step = ckpt.latest_step() if step is None else step
+  if step is None:
+    raise FileNotFoundError(f'no checkpoint in {workdir}/checkpoints: train first, or pass '
+                            'the workdir of a finished run.')
+  meta_path = os.path.join(ckpt.directory, str(step), 'meta', 'metadata')
+  with open(meta_path, encoding='utf-8') as f:
+    meta = json.load(f)
+  return ml_collections.ConfigDict(json.loads(meta['config']))
+
+
+def _load_workdir(workdir: str, mesh, step: Optional[int]) -> Pretrained:
+  config = saved_config(workdir, step)
+  tok = tokenizer_lib.Tokenizer.load(os.path.join(workdir, 'tokenizer.json'))
+  model = objectives.make_model(config, tok.vocab_size)
+  target = trainer.abstract_state(model, optim.make(config.train), mesh,
+                                  objectives.init_inputs(config))
+  ckpt = checkpoint.Checkpointer(os.path.join(workdir, 'checkpoints'), every=1, read_only=True)
+  state, _, got = ckpt.restore(target, step)
+  kind = 'encoder' if config.objective == 'mlm' else 'decoder'
+  return Pretrained(kind, model.cfg, state.params, tok, config, got)
+
