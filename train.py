@@ -8,13 +8,12 @@ next step boundary and exit cleanly.
 import os
 import time
 
-from absl import app
 from absl import flags
-from absl import logging
 import jax
 from ml_collections import config_flags
 
 from lm import checkpoint
+from lm import cli
 from lm import distributed
 from lm import objectives
 from lm import optim
@@ -42,8 +41,6 @@ def make_batcher(config, corpus_, tok, seed):
 def main(argv):
   del argv
   config, workdir = FLAGS.config, FLAGS.workdir
-  if not FLAGS['verbosity'].present:
-    logging.set_verbosity(logging.WARNING)  # orbax logs every file it writes at INFO
   distributed.initialize()
   pi, pc = jax.process_index(), jax.process_count()
 
@@ -114,4 +111,4 @@ def main(argv):
 
 
 if __name__ == '__main__':
-  app.run(main)
+  cli.run(main)

@@ -283,12 +283,16 @@ class Encoder(nn.Module):
     x = self.stack(x, mask, positions, deterministic)
     if self.cfg.pre_ln:
       x = self.ln_final(x)
-    pooled = jnp.tanh(self.pooler(x[:, 0]))
+    pooled = _constrain(jnp.tanh(self.pooler(x[:, 0])), 'batch', 'act_embed')
     return x, pooled
 
   def mlm_logits(self, hidden):
-    h = self.mlm_ln(_activation(self.cfg.activation)(self.mlm_dense(hidden)))
-    return self.embed.attend(h) + self.mlm_bias
+    # Constraints here are load-bearing: without them XLA's CPU partitioner picked layouts
+    # that gave wrong gradients on a (2, 2, 2) mesh (jax 0.9-0.10; see tests/test_train.py).
+    hidden = _constrain(hidden, 'batch', 'act_length', 'act_embed')
+    h = _constrain(_activation(self.cfg.activation)(self.mlm_dense(hidden)),
+                   'batch', 'act_length', 'act_embed')
+    return self.embed.attend(_constrain(self.mlm_ln(h), 'batch', 'act_length', 'act_embed')) + self.mlm_bias
 
   def __call__(self, input_ids, token_type_ids=None, attention_mask=None, masked_positions=None,
                deterministic=True):
@@ -330,7 +334,7 @@ class Decoder(nn.Module):
     else:
       mask = make_mask(attention_mask, segment_ids, causal=True)
     x = self.stack(x, mask, positions, deterministic, decode)
-    return self.ln_final(x)
+    return _constrain(self.ln_final(x), 'batch', 'act_length', 'act_embed')
 
   def logits(self, hidden):
     return self.embed.attend(hidden)

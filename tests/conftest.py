@@ -1,0 +1,34 @@
+"""Suite-wide set-up: 8 simulated CPU devices (before JAX starts) and a train.py runner."""
+import os
+import subprocess
+import sys
+
+os.environ['XLA_FLAGS'] = (os.environ.get('XLA_FLAGS', '') +
+                           ' --xla_force_host_platform_device_count=8').strip()
+os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '2')
+
+import pytest  # noqa: E402
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def run_script(script, *args, devices=None, timeout=900, check=True, env=None, **popen):
+  """Runs a repo-root script (train.py, eval.py, ...) in a fresh process.
+
+  devices: simulated CPU device count for that process (default 1, unlike this one).
+  """
+  e = dict(os.environ, **(env or {}))
+  e['XLA_FLAGS'] = f'--xla_force_host_platform_device_count={devices or 1}'
+  cmd = [sys.executable, os.path.join(ROOT, script), *map(str, args)]
+  if popen:
+    return subprocess.Popen(cmd, cwd=ROOT, env=e, **popen)
+  proc = subprocess.run(cmd, cwd=ROOT, env=e, capture_output=True, text=True, timeout=timeout)
+  if check and proc.returncode != 0:
+    raise AssertionError(f'{" ".join(cmd)} exited {proc.returncode}:\n{proc.stdout[-3000:]}\n'
+                         f'{proc.stderr[-5000:]}')
+  return proc
+
+
+@pytest.fixture
+def run():
+  return run_script
