@@ -19,6 +19,7 @@ INSTALL_REQUIRES = [
     "sacrebleu>=2.4,<3",
     "rouge-score==0.1.2",
     "scikit-learn>=1.5",
+    "importlib_resources",  # tensorflow-datasets imports it when building a dataset
 ]
 
 EXTRAS = {

@@ -10,6 +10,7 @@ import time
 
 from absl import flags
 import jax
+from jax.experimental import multihost_utils
 from ml_collections import config_flags
 
 from lm import checkpoint
@@ -31,16 +32,9 @@ flags.DEFINE_string('workdir', None, 'Checkpoints, tokenizer, metrics.jsonl and 
 flags.mark_flags_as_required(['config', 'workdir'])
 
 
-def make_batcher(config, corpus_, tok, seed):
-  d, b = config.data, config.train.batch_size
-  if config.objective == 'mlm':
-    return pretrain.MLMBatcher(corpus_, tok, d.seq_len, b, seed, mlm_prob=d.mlm_prob, nsp=d.nsp)
-  return pretrain.CLMBatcher(corpus_, tok, d.seq_len, b, seed)
-
-
 def main(argv):
   del argv
-  config, workdir = FLAGS.config, FLAGS.workdir
+  config, workdir = FLAGS.config, cli.writable_dir(FLAGS.workdir)
   distributed.initialize()
   pi, pc = jax.process_index(), jax.process_count()
 
@@ -49,8 +43,8 @@ def main(argv):
   tok = tokenizer.get_tokenizer(config.data.tokenizer, docs, workdir if pi == 0 else None)
   tokens = pretrain.TokenizedCorpus.build(docs, tok, os.path.join(workdir, 'tokens.npz'))
   train_corpus, eval_corpus = tokens.split(config.data.eval_fraction, config.seed)
-  train_data = make_batcher(config, train_corpus, tok, config.seed)
-  eval_data = make_batcher(config, eval_corpus, tok, config.seed + 1)
+  train_data = pretrain.make_batcher(config, train_corpus, tok, config.seed)
+  eval_data = pretrain.make_batcher(config, eval_corpus or train_corpus, tok, config.seed + 1)
 
   # Model, optimizer and state, initialised straight into their shardings.
   mesh = sharding.make_mesh(config.mesh_shape)
@@ -103,10 +97,12 @@ def main(argv):
       break
 
   ckpt.close()
-  if not stop.requested and pi == 0:
-    text = sample.sample(config.objective, model, state.params, tok, config.sample_prompt,
-                         config.sample_tokens)
-    writer.text(int(state.step), 'sample', text)
+  if not stop.requested:
+    params = state.params if pc == 1 else multihost_utils.process_allgather(state.params, tiled=True)
+    if pi == 0:
+      text = sample.sample(config.objective, model, params, tok, config.sample_prompt,
+                           config.sample_tokens)
+      writer.text(int(state.step), 'sample', text)
   writer.close()
 
 

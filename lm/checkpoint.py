@@ -54,14 +54,17 @@ def compare_trees(saved: dict, target: dict, what: str = 'checkpoint'):
 class Checkpointer:
   """Periodic + preemption saves, keep-N, exact restore."""
 
-  def __init__(self, directory: str, *, every: int, keep: int = 3, async_save: bool = True,
+  def __init__(self, directory: str, *, every: int = 1, keep: int = 3, async_save: bool = True,
                read_only: bool = False):
     self.directory = os.path.abspath(directory)
-    policy = cm.AnySavePolicy([cm.PreemptionCheckpointingPolicy(),  # a custom policy replaces
-                               cm.FixedIntervalPolicy(max(int(every), 1))])  # the default: keep both
-    options = ocp.CheckpointManagerOptions(
-        max_to_keep=keep, save_decision_policy=policy, enable_async_checkpointing=async_save,
-        cleanup_tmp_directories=not read_only, create=not read_only, read_only=read_only)
+    if read_only:
+      options = ocp.CheckpointManagerOptions(read_only=True, create=False)
+    else:
+      policy = cm.AnySavePolicy([cm.PreemptionCheckpointingPolicy(),  # a custom policy replaces
+                                 cm.FixedIntervalPolicy(max(int(every), 1))])  # the default: keep both
+      options = ocp.CheckpointManagerOptions(
+          max_to_keep=keep, save_decision_policy=policy, enable_async_checkpointing=async_save,
+          cleanup_tmp_directories=True)
     try:
       self._mngr = ocp.CheckpointManager(
           self.directory, options=options,

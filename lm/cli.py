@@ -3,6 +3,7 @@
 A user's mistake (bad config key, missing data, empty corpus, mismatched checkpoint, NaN
 loss) ends the run with one line naming the problem and the fix, not a traceback.
 """
+import os
 import re
 import sys
 
@@ -17,7 +18,7 @@ USER_ERRORS = (ValueError, FileNotFoundError, NotADirectoryError, PermissionErro
 
 
 def _fail(msg: str):
-  print(f'{sys.argv[0]}: error: {msg}', file=sys.stderr, flush=True)
+  print(f'{os.path.basename(sys.argv[0])}: error: {msg}', file=sys.stderr, flush=True)
   sys.exit(2)
 
 
@@ -36,11 +37,23 @@ def parse_flags(argv):
     _fail(f'{e}. Run with --helpfull to list the flags.')
 
 
+def writable_dir(path: str, flag: str = '--workdir') -> str:
+  """Creates `path` and proves it writable before any work is done."""
+  try:
+    os.makedirs(path, exist_ok=True)
+    probe = os.path.join(path, f'.write_test_{os.getpid()}')
+    open(probe, 'w').close()
+    os.remove(probe)
+  except OSError as e:
+    raise PermissionError(f'cannot write to {path} ({e.strerror}): pass a writable {flag}.') from e
+  return path
+
+
 def run(main):
   """app.run(main) with quiet library logs and one-line errors for user mistakes."""
   def guarded(argv):
     if not flags.FLAGS['verbosity'].present:
-      logging.set_verbosity(logging.WARNING)  # orbax logs every file it writes at INFO
+      logging.set_verbosity(logging.ERROR)  # orbax logs every file it writes, and read-only notes
     try:
       main(argv)
     except USER_ERRORS as e:

@@ -196,15 +196,11 @@ def beam_search(model, params, ids, mask, s: Settings):
   top_mask = jnp.arange(keep) < k
   lp = s.length_penalty
   seqs = jnp.full((b, k, n), s.pad_id, jnp.int32)
-  state = dict(
-      i=jnp.int32(0), cache=cache, logits=logits,
-      run_seqs=seqs, run_scores=jnp.zeros((b, k)).at[:, 1:].set(NEG),
-      seqs=seqs, scores=jnp.full((b, k), NEG), finished=jnp.zeros((b, k), bool),
-      improvable=jnp.ones((b,), bool), go=jnp.array(True))
 
-  def body(st):
+  def advance(st, logits):
+    """Picks step i's tokens from the logits after step i-1; `rows` are the parents' cache rows."""
     i = st['i']
-    logp = jax.nn.log_softmax(st['logits'], axis=-1).reshape(b, k, -1)
+    logp = jax.nn.log_softmax(logits, axis=-1).reshape(b, k, -1)
     v = logp.shape[-1]
     logp = (logp + st['run_scores'][:, :, None]).reshape(b, k * v)
     top_lp, top_idx = jax.lax.top_k(logp, keep)
@@ -225,8 +221,7 @@ def beam_search(model, params, ids, mask, s: Settings):
     cand += ~st['improvable'][:, None] * NEG
     new_fin = hits & top_mask
     cand += ~new_fin * NEG
-    merged = jnp.concatenate([st['scores'], cand], 1)
-    best = jax.lax.top_k(merged, k)[1]
+    best = jax.lax.top_k(jnp.concatenate([st['scores'], cand], 1), k)[1]
     pick = lambda old, new: _gather(jnp.concatenate([old, new], 1), best)
     seqs, scores = pick(st['seqs'], top_seqs), pick(st['scores'], cand)
     finished = pick(st['finished'], new_fin)
@@ -239,12 +234,20 @@ def beam_search(model, params, ids, mask, s: Settings):
     go = jnp.any(improvable) & ~jnp.all(hits) & (i + 1 < n)
     if s.early_stopping is True:
       go &= ~jnp.all(finished)
+    return dict(st, i=i + 1, run_seqs=run_seqs, run_scores=run_scores, rows=rows, seqs=seqs,
+                scores=scores, finished=finished, improvable=improvable, go=go)
 
-    cache = reorder_cache(model, st['cache'], rows)
-    logits, cache = step(model, params, cache, flat(run_seqs[:, :, i]), pos + i, full_mask)
-    return dict(i=i + 1, cache=cache, logits=logits, run_seqs=run_seqs, run_scores=run_scores,
-                seqs=seqs, scores=scores, finished=finished, improvable=improvable, go=go)
+  def body(st):
+    cache = reorder_cache(model, st['cache'], st['rows'])
+    tokens = flat(jax.lax.dynamic_index_in_dim(st['run_seqs'], st['i'] - 1, 2, keepdims=False))
+    logits, cache = step(model, params, cache, tokens, pos + st['i'] - 1, full_mask)
+    return advance(dict(st, cache=cache), logits)
 
+  state = advance(dict(
+      i=jnp.int32(0), cache=cache, run_seqs=seqs, run_scores=jnp.zeros((b, k)).at[:, 1:].set(NEG),
+      rows=jnp.arange(b * k), seqs=seqs, scores=jnp.full((b, k), NEG),
+      finished=jnp.zeros((b, k), bool), improvable=jnp.ones((b,), bool), go=jnp.array(True)),
+      logits)
   st = jax.lax.while_loop(lambda st: st['go'], body, state)
   return st['seqs'], st['scores']
 

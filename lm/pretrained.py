@@ -57,7 +57,7 @@ def load(path: str, mesh=None, step: Optional[int] = None) -> Pretrained:
 
 
 def saved_config(workdir: str, step: Optional[int] = None) -> ml_collections.ConfigDict:
-  ckpt = checkpoint.Checkpointer(os.path.join(workdir, 'checkpoints'), every=1, read_only=True)
+  ckpt = checkpoint.Checkpointer(os.path.join(workdir, 'checkpoints'), read_only=True)
   step = ckpt.latest_step() if step is None else step
   if step is None:
     raise FileNotFoundError(f'no checkpoint in {workdir}/checkpoints: train first, or pass '
@@ -74,7 +74,7 @@ def _load_workdir(workdir: str, mesh, step: Optional[int]) -> Pretrained:
   model = objectives.make_model(config, tok.vocab_size)
   target = trainer.abstract_state(model, optim.make(config.train), mesh,
                                   objectives.init_inputs(config))
-  ckpt = checkpoint.Checkpointer(os.path.join(workdir, 'checkpoints'), every=1, read_only=True)
+  ckpt = checkpoint.Checkpointer(os.path.join(workdir, 'checkpoints'), read_only=True)
   state, _, got = ckpt.restore(target, step)
   kind = 'encoder' if config.objective == 'mlm' else 'decoder'
   return Pretrained(kind, model.cfg, state.params, tok, config, got)

@@ -5,6 +5,7 @@ maps them onto the mesh axes `data` (pure data parallel), `fsdp` (data parallel 
 parameters and optimizer state sharded) and `tensor` (Megatron-style model parallel).
 """
 import contextlib
+import functools
 from typing import Sequence
 
 import flax.linen as nn
@@ -58,6 +59,15 @@ def use(mesh: Mesh, rules=RULES):
   """Mesh + logical rules in scope, so activation constraints in the model take effect."""
   with jax.set_mesh(mesh), nn.logical_axis_rules(rules):
     yield
+
+
+def with_mesh(fn, mesh: Mesh):
+  """`fn` called with `mesh` and the rules in scope (jit traces there, so constraints apply)."""
+  @functools.wraps(fn)
+  def wrapped(*args, **kwargs):
+    with use(mesh):
+      return fn(*args, **kwargs)
+  return wrapped
 
 
 def logical_specs(boxed_tree):

@@ -1,5 +1,4 @@
 """Train state, the jitted sharded train/eval steps, and the loop's small helpers."""
-import functools
 import signal
 import threading
 from typing import Any, Callable
@@ -87,13 +86,14 @@ def make_train_step(config, model, tx, state_shardings, mesh) -> Callable:
     updates, opt_state = tx.update(grads, state.opt_state, state.params)
     params = optax.apply_updates(state.params, updates)
     m = objectives.metrics(sums, norms)
-    m.update(grad_norm=optax.global_norm(grads), learning_rate=lr(state.step))
+    m.update(grad_norm=optax.global_norm(grads), param_norm=optax.global_norm(params),
+             learning_rate=lr(state.step))
     return TrainState(step=state.step + 1, params=params, opt_state=opt_state), m
 
   batch_sh = sharding.batch_sharding(mesh)
   jitted = jax.jit(step_fn, in_shardings=(state_shardings, batch_sh),
                    out_shardings=(state_shardings, None), donate_argnums=(0,))
-  return _with_mesh(jitted, mesh)
+  return sharding.with_mesh(jitted, mesh)
 
 
 def make_eval_step(config, model, params_shardings, mesh) -> Callable:
@@ -103,15 +103,7 @@ def make_eval_step(config, model, params_shardings, mesh) -> Callable:
                                 config.train.loss_chunk)
     return sums, objectives.normalizers(config.objective, batch)
   jitted = jax.jit(eval_fn, in_shardings=(params_shardings, sharding.batch_sharding(mesh)))
-  return _with_mesh(jitted, mesh)
-
-
-def _with_mesh(fn, mesh):
-  @functools.wraps(fn)
-  def wrapped(*args):
-    with sharding.use(mesh):
-      return fn(*args)
-  return wrapped
+  return sharding.with_mesh(jitted, mesh)
 
 
 def evaluate(eval_step, params, batches, stop=None) -> dict:
@@ -150,11 +142,14 @@ class StopFlag:
 
 
 def check_finite(metrics: dict, step: int, last_checkpoint):
-  loss = float(metrics['loss'])
-  if not np.isfinite(loss):
+  """Stops on a NaN/Inf loss or parameters, before anything non-finite is checkpointed."""
+  bad = {k: float(metrics[k]) for k in ('loss', 'param_norm') if k in metrics
+         and not np.isfinite(float(metrics[k]))}
+  if bad:
     where = (f'last good checkpoint: step {last_checkpoint}' if last_checkpoint is not None
              else 'no checkpoint was saved')
-    raise FloatingPointError(f'loss is {loss} at step {step}; {where}. Lower train.lr, raise '
+    what = ', '.join(f'{k} is {v}' for k, v in bad.items())
+    raise FloatingPointError(f'{what} at step {step}; {where}. Lower train.lr, raise '
                              'train.warmup_steps or set train.clip_norm, then resume.')
 
 

@@ -12,16 +12,18 @@ import pytest  # noqa: E402
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
-def run_script(script, *args, devices=None, timeout=900, check=True, env=None, **popen):
+def run_script(script, *args, devices=None, timeout=900, check=True, env=None, background=False,
+               **popen_kwargs):
   """Runs a repo-root script (train.py, eval.py, ...) in a fresh process.
 
   devices: simulated CPU device count for that process (default 1, unlike this one).
+  background: return the Popen at once (popen_kwargs go to it) instead of waiting.
   """
   e = dict(os.environ, **(env or {}))
   e['XLA_FLAGS'] = f'--xla_force_host_platform_device_count={devices or 1}'
   cmd = [sys.executable, os.path.join(ROOT, script), *map(str, args)]
-  if popen:
-    return subprocess.Popen(cmd, cwd=ROOT, env=e, **popen)
+  if background:
+    return subprocess.Popen(cmd, cwd=ROOT, env=e, **popen_kwargs)
   proc = subprocess.run(cmd, cwd=ROOT, env=e, capture_output=True, text=True, timeout=timeout)
   if check and proc.returncode != 0:
     raise AssertionError(f'{" ".join(cmd)} exited {proc.returncode}:\n{proc.stdout[-3000:]}\n'

@@ -62,7 +62,7 @@ def test_resume_after_sigkill_is_bitwise_exact(tmp_path):
   run_script('train.py', *args, f'--workdir={straight}')
 
   kill_at = random.Random().randrange(150, steps - 150)
-  proc = run_script('train.py', *args, f'--workdir={resumed}', popen=True,
+  proc = run_script('train.py', *args, f'--workdir={resumed}', background=True,
                     stdout=open(tmp_path / 'killed.log', 'w'), stderr=open(os.devnull, 'w'))
   deadline = time.time() + 600
   metrics = resumed / 'metrics.jsonl'

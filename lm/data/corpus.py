@@ -174,7 +174,10 @@ def load_corpus(data_cfg) -> list[str]:
         if not files:
             raise ValueError("data.dataset='text_files' needs files: pass "
                              "--config.data.files=PATH_OR_GLOB[,PATH_OR_GLOB...].")
-        docs, _ = read_text_files(files)
+        docs, stats = read_text_files(files)
+        print(f"text_files: {stats.documents} documents from {stats.files} file(s); "
+              f"{stats.replaced_chars} invalid UTF-8 sequences replaced, {stats.long_lines} "
+              f"over-long lines split, {stats.empty_lines} blank lines dropped.")
     else:
         return _load_tfds(dataset, get("split", "train") or "train", get("data_dir", None),
                           get("text_key", "text") or "text", max_documents)

@@ -236,3 +236,11 @@ class CLMBatcher(_Batcher):
             "positions": (np.arange(T) - start_idx).astype(np.int32),
             "weights": (~ends).astype(np.float32),
         }
+
+
+def make_batcher(config, corpus: TokenizedCorpus, tokenizer: Tokenizer, seed: int) -> _Batcher:
+    """The batcher a pretraining config asks for: MLM (+NSP) for 'mlm', packed CLM for 'clm'."""
+    d, b = config.data, config.train.batch_size
+    if config.objective == "mlm":
+        return MLMBatcher(corpus, tokenizer, d.seq_len, b, seed, mlm_prob=d.mlm_prob, nsp=d.nsp)
+    return CLMBatcher(corpus, tokenizer, d.seq_len, b, seed)

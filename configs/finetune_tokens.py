@@ -1,0 +1,21 @@
+"""Token classification. Offline default: in help()-style text of stdlib functions/classes,
+tag each word NAME (the object's own name), PARAM (one of its parameters) or O.
+
+  python finetune.py --config=configs/finetune_tokens.py --workdir=/tmp/ft_tok \
+      --config.init_checkpoint=/tmp/lm_base
+  python eval.py --checkpoint=/tmp/ft_tok
+
+CoNLL-style local files: --config.data.source=files --config.data.train_file=train.conll
+  --config.data.eval_file=dev.conll; TFDS: --config.data.tfds_name=conll2003.
+Metrics: word accuracy and macro P/R/F1 over the non-O tags.
+"""
+from lm import finetune
+
+
+def get_config():
+  c = finetune.base_config('tokens')
+  c.data.update(max_len=128)
+  c.train.update(batch_size=32, steps=600, lr=1e-4, warmup_steps=60)
+  c.early_stopping.update(metric='f1', mode='max', patience=5)
+  c.update(eval_every=100, checkpoint_every=100, log_every=50)
+  return c

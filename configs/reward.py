@@ -1,0 +1,13 @@
+"""A Bradley-Terry reward model: the pretrained decoder plus a scalar head on the last token.
+
+  python dpo.py --config=configs/reward.py --workdir=/tmp/lm_rm --config.pretrained=/tmp/lm_gpt
+
+Reports pairwise accuracy (reward of chosen > reward of rejected) on held-out pairs.
+"""
+from lm import rlhf
+
+
+def get_config():
+  c = rlhf.base_config()
+  c.task = 'reward'
+  return c

@@ -1,0 +1,148 @@
+r"""Fine-tunes a pretrained decoder from preference pairs: a reward model, or DPO / IPO.
+
+  python dpo.py --config=configs/reward.py --workdir=/tmp/lm_rm  --config.pretrained=/tmp/lm_gpt
+  python dpo.py --config=configs/dpo.py    --workdir=/tmp/lm_dpo --config.pretrained=/tmp/lm_gpt \
+      [--config.loss=ipo] [--config.beta=0.1] [--config.data.source=jsonl --config.data.files=F]
+
+`config.task` picks the job: 'reward' trains a Bradley-Terry reward model (decoder + scalar
+head), 'dpo' trains the policy against a frozen reference whose log-probs are computed once
+and cached in the workdir. Held-out metrics are written at step 0 (before any update), every
+eval_every steps and at the end. Resumes from the latest checkpoint in --workdir;
+SIGTERM/SIGINT save a checkpoint at the next step boundary and exit cleanly.
+"""
+import dataclasses
+import os
+import time
+
+from absl import app
+from absl import flags
+from absl import logging
+import jax
+from ml_collections import config_flags
+
+from lm import checkpoint
+from lm import distributed
+from lm import optim
+from lm import preference
+from lm import pretrained
+from lm import report
+from lm import rlhf
+from lm import sharding
+from lm import trainer
+
+FLAGS = flags.FLAGS
+config_flags.DEFINE_config_file('config', None, 'configs/dpo.py or configs/reward.py.',
+                                lock_config=True)
+flags.DEFINE_string('workdir', None, 'Checkpoints, reference log-probs, metrics.jsonl, TensorBoard.')
+flags.mark_flags_as_required(['config', 'workdir'])
+
+
+def main(argv):
+  del argv
+  config, workdir = FLAGS.config, FLAGS.workdir
+  if not FLAGS['verbosity'].present:
+    logging.set_verbosity(logging.WARNING)
+  if config.task not in ('reward', 'dpo'):
+    raise ValueError(f"task={config.task!r}: use 'reward' (configs/reward.py) or 'dpo'.")
+  if config.task == 'dpo' and config.loss not in rlhf.LOSSES:
+    raise ValueError(f'loss={config.loss!r}: use one of {rlhf.LOSSES}.')
+  if not config.pretrained:
+    raise ValueError('pass --config.pretrained=DIR (a train.py --workdir or a HF GPT-2 directory).')
+  distributed.initialize()
+  pi, pc = jax.process_index(), jax.process_count()
+  mesh = sharding.make_mesh(config.mesh_shape)
+
+  # The pretrained decoder and its tokenizer; preference pairs tokenized with it.
+  pre = pretrained.load(config.pretrained, mesh)
+  if pre.kind != 'decoder' or pre.tokenizer is None:
+    raise ValueError(f'{config.pretrained} is a {pre.kind} without/with tokenizer '
+                     f'{pre.tokenizer}: DPO and reward models need a decoder and its tokenizer.')
+  tok, seq_len = pre.tokenizer, config.data.seq_len
+  if seq_len > pre.cfg.max_len:
+    raise ValueError(f'data.seq_len={seq_len} exceeds the model max_len={pre.cfg.max_len}.')
+  if pi == 0:
+    tok.save(workdir)
+  train_pairs, eval_pairs = preference.load_pairs(config.data)
+  train_data = preference.encode_pairs(train_pairs, tok, seq_len, config.data.max_prompt_len)
+  eval_data = preference.encode_pairs(eval_pairs, tok, seq_len, config.data.max_prompt_len)
+
+  # Model and state: the reward model's decoder, or the whole policy, starts as `pre`.
+  tx = optim.make(config.train)
+  if config.task == 'reward':
+    model = rlhf.RewardModel(pre.cfg)
+    state, state_sh = rlhf.create_state(model, tx, mesh, config.seed,
+                                        rlhf.reward_init_inputs(seq_len), pre.params, 'decoder')
+  else:
+    model = pre.model
+    state, state_sh = rlhf.create_state(model, tx, mesh, config.seed,
+                                        rlhf.policy_init_inputs(seq_len), pre.params)
+  print(f'{config.task}: {trainer.param_count(state.params):,} params, mesh {dict(mesh.shape)}, '
+        f'{len(train_pairs)} training / {len(eval_pairs)} held-out pairs')
+  stop = trainer.StopFlag().install()
+
+  if config.task == 'dpo':  # the frozen reference, run once over every pair, then dropped
+    ref = pre if not config.reference else pretrained.load(config.reference, mesh)
+    ref_params = jax.device_put(ref.params, state_sh.params)
+    ref_id = f'{os.path.abspath(config.reference or config.pretrained)}@{ref.step}'
+    logps_fn = rlhf.make_logps_fn(model, state_sh.params, mesh)
+    for name, data in (('train', train_data), ('held-out', eval_data)):
+      got, path, computed = rlhf.reference_logps(logps_fn, ref_params, data,
+                                                 config.eval_batch_size, mesh, workdir, ref_id, stop)
+      if got is None:
+        print(f'{stop.signal}: stopped computing reference log-probs, exiting.')
+        return
+      data.update(got)
+      print(f'reference log-probs ({name}): {"computed, saved to" if computed else "read from"} {path}')
+    del ref, ref_params, pre
+
+  ckpt = checkpoint.Checkpointer(os.path.join(workdir, 'checkpoints'),
+                                 every=config.checkpoint_every, keep=config.keep_checkpoints,
+                                 async_save=config.async_checkpoints)
+  restored = ckpt.restore(state)
+  if restored:
+    state, _, last_ckpt = restored
+    print(f'resumed from step {last_ckpt}')
+  else:
+    last_ckpt = None
+  start = int(state.step)
+
+  train_step = rlhf.make_train_step(config, model, tx, state_sh, mesh)
+  eval_step = rlhf.make_eval_step(config, model, state_sh.params, mesh)
+  eval_batches = lambda: (sharding.shard_batch(b, mesh) for b in preference.eval_batches(
+      eval_data, config.eval_batch_size, pi, pc))
+  writer = report.Writer(workdir, config.train.steps)
+  if start == 0:  # the held-out figures before any update
+    writer.write(0, rlhf.evaluate(eval_step, state.params, eval_batches(), stop), 'eval')
+  meta = {'task': config.task, 'config': config.to_json(),
+          'model': dataclasses.asdict(model.cfg)}
+  t0, steps_timed = time.time(), 0
+
+  for step in range(start, config.train.steps):
+    if stop.requested:
+      break
+    batch = preference.train_batch(train_data, step, config.train.batch_size, config.seed, pi, pc)
+    state, metrics = train_step(state, sharding.shard_batch(batch, mesh))
+    steps_timed += 1
+    done = step + 1
+    if done % config.log_every == 0 or done == config.train.steps:
+      metrics = jax.device_get(metrics)
+      trainer.check_finite(metrics, done, last_ckpt)
+      elapsed = time.time() - t0
+      writer.write(done, {**metrics, 'pairs_per_sec': steps_timed * config.train.batch_size / elapsed})
+      t0, steps_timed = time.time(), 0
+    if done % config.eval_every == 0 or done == config.train.steps:
+      writer.write(done, rlhf.evaluate(eval_step, state.params, eval_batches(), stop), 'eval')
+    if ckpt.should_save(done) or stop.requested or done == config.train.steps:
+      trainer.check_finite(jax.device_get(metrics), done, last_ckpt)  # never save a NaN state
+      ckpt.save(done, state, {**meta, 'step': done, 'data_position': done}, force=True)
+      last_ckpt = done
+    if stop.requested:
+      print(f'{stop.signal}: saved step {done}, exiting.')
+      break
+
+  ckpt.close()
+  writer.close()
+
+
+if __name__ == '__main__':
+  app.run(main)

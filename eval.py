@@ -1,0 +1,56 @@
+r"""Evaluates a checkpoint and writes a JSON result file plus a printed table.
+
+  # a fine-tuned workdir (finetune.py): task metrics on its validation data (or --config's)
+  python eval.py --checkpoint=/tmp/ft_cls [--config=configs/finetune_cls.py] [--which=latest]
+  # a pretraining workdir (train.py) or an HF directory: perplexity, MLM/NSP (or LM) accuracy
+  python eval.py --checkpoint=/tmp/lm_base [--config=configs/base.py] [--eval_batches=20]
+
+Classification: accuracy, macro precision/recall/F1; QA: SQuAD v1.1 exact match and F1;
+tokens: word accuracy and macro P/R/F1 over non-O tags. --output defaults to
+CHECKPOINT/eval_results.json; predictions go beside it (eval_predictions.jsonl).
+"""
+import json
+import os
+
+from absl import app
+from absl import flags
+from absl import logging
+from ml_collections import config_flags
+
+from lm import finetune
+from lm import metrics
+
+FLAGS = flags.FLAGS
+config_flags.DEFINE_config_file('config', None, 'Optional config: the data to evaluate on.',
+                                lock_config=True)
+flags.DEFINE_string('checkpoint', None, 'finetune.py or train.py workdir, or an HF model dir.')
+flags.DEFINE_string('output', None, 'JSON result file (default CHECKPOINT/eval_results.json).')
+flags.DEFINE_enum('which', 'best', ['best', 'latest'], 'Fine-tuned: best or latest params.')
+flags.DEFINE_integer('eval_batches', None, 'Pretraining: batches to evaluate (default config).')
+flags.DEFINE_integer('max_examples', 0, 'Fine-tuned: evaluate only the first N (0 = all).')
+flags.mark_flags_as_required(['checkpoint'])
+
+
+def main(argv):
+  del argv
+  if not FLAGS['verbosity'].present:
+    logging.set_verbosity(logging.WARNING)
+  path = FLAGS.checkpoint
+  output = FLAGS.output or os.path.join(path, 'eval_results.json')
+  if finetune.is_finetune_workdir(path):
+    results, preds = finetune.evaluate_finetuned(path, FLAGS.config, FLAGS.which,
+                                                 max_examples=FLAGS.max_examples)
+    with open(os.path.splitext(output)[0].replace('eval_results', 'eval_predictions') +
+              '.jsonl', 'w', encoding='utf-8') as f:
+      for p in preds:
+        f.write(json.dumps(p) + '\n')
+  else:
+    results = finetune.evaluate_pretraining(path, FLAGS.config, FLAGS.eval_batches)
+  results = {'checkpoint': os.path.abspath(path), **results}
+  metrics.write_json(output, results)
+  print(metrics.format_table(results, f'evaluation of {path}'))
+  print(f'wrote {output}')
+
+
+if __name__ == '__main__':
+  app.run(main)

@@ -1,0 +1,36 @@
+r"""Fine-tunes a pretrained body on a task (classification, extractive QA, token tagging).
+
+  python finetune.py --config=configs/finetune_cls.py --workdir=/tmp/ft_cls \
+      --config.init_checkpoint=/tmp/lm_base [--config.init=random] [--config.train.steps=100]
+
+--config.init_checkpoint is a train.py workdir or an HF BERT/GPT-2 directory. Resumes from the
+latest checkpoint in --workdir; the best params by the validation metric are kept in
+--workdir/best. SIGTERM/SIGINT save a checkpoint at the next step boundary and exit cleanly.
+"""
+from absl import app
+from absl import flags
+from absl import logging
+from ml_collections import config_flags
+
+from lm import distributed
+from lm import finetune
+from lm import metrics
+
+FLAGS = flags.FLAGS
+config_flags.DEFINE_config_file('config', None, 'Fine-tuning config file.', lock_config=True)
+flags.DEFINE_string('workdir', None, 'Checkpoints, best/, tokenizer, metrics.jsonl, TensorBoard.')
+flags.mark_flags_as_required(['config', 'workdir'])
+
+
+def main(argv):
+  del argv
+  if not FLAGS['verbosity'].present:
+    logging.set_verbosity(logging.WARNING)
+  distributed.initialize()
+  out = finetune.run(FLAGS.config, FLAGS.workdir)
+  print(metrics.format_table({'best': out['best'], 'final': out['final']},
+                             f'{FLAGS.config.task} fine-tuning ({out["stopped"] or "finished"})'))
+
+
+if __name__ == '__main__':
+  app.run(main)

@@ -1,0 +1,73 @@
+"""Continue a text prompt with a trained decoder.
+
+  python generate.py --checkpoint=DIR --prompt="Once upon a time" --max_new_tokens=40 \
+      --strategy=beam --num_beams=4 --num_return_sequences=2
+
+DIR is a train.py workdir (causal LM) or a HuggingFace GPT-2 directory (config.json + weights);
+the tokenizer is `--tokenizer`, else the one in DIR.
+"""
+import json
+import os
+
+from absl import flags
+
+from lm import cli
+from lm import generate as gen
+from lm import pretrained
+from lm.data import tokenizer as tokenizer_lib
+
+FLAGS = flags.FLAGS
+flags.DEFINE_string('checkpoint', None, 'train.py workdir (clm) or HF GPT-2 directory.',
+                    required=True)
+flags.DEFINE_string('prompt', '', 'Text to continue.')
+flags.DEFINE_string('tokenizer', None, 'tokenizer.json or HF vocab files (default: the one in --checkpoint).')
+flags.DEFINE_integer('max_new_tokens', 50, 'Tokens to generate per sequence.')
+flags.DEFINE_enum('strategy', 'greedy', ['greedy', 'sample', 'beam'], 'Decoding strategy.')
+flags.DEFINE_float('temperature', 1.0, 'Sampling temperature.')
+flags.DEFINE_integer('top_k', 0, 'Sample from the k most likely tokens (0: all).')
+flags.DEFINE_float('top_p', 1.0, 'Nucleus sampling mass (1: off).')
+flags.DEFINE_integer('num_beams', 4, 'Beams for --strategy=beam.')
+flags.DEFINE_float('length_penalty', 1.0, 'Beam score = logprob / length ** length_penalty.')
+flags.DEFINE_integer('num_return_sequences', 1, 'Sequences to print.')
+flags.DEFINE_integer('eos_id', None, "Stop token (default: the tokenizer's end of text, or "
+                     'config.json eos_token_id for an HF directory).')
+flags.DEFINE_integer('seed', 0, 'Sampling seed.')
+
+
+def load_for_generation(path: str):
+  """(Pretrained decoder, tokenizer, eos id or None) from a workdir or an HF directory."""
+  pre = pretrained.load(path)
+  if pre.kind != 'decoder':
+    raise ValueError(f'{path} holds an {pre.kind} model; generation needs a decoder (GPT-2 style).')
+  tok = tokenizer_lib.from_hf_files(FLAGS.tokenizer) if FLAGS.tokenizer else pre.tokenizer
+  if tok is None:
+    raise FileNotFoundError(f'no tokenizer in {path}: pass --tokenizer=tokenizer.json.')
+  eos = tok.eos_id
+  hf_config = os.path.join(path, 'config.json')
+  if not pretrained.is_workdir(path) and os.path.exists(hf_config):
+    with open(hf_config, encoding='utf-8') as f:
+      eos = json.load(f).get('eos_token_id', eos)
+  return pre, tok, eos
+
+
+def main(argv):
+  del argv
+  pre, tok, eos = load_for_generation(FLAGS.checkpoint)
+  if FLAGS.eos_id is not None:
+    eos = FLAGS.eos_id
+  prompt = tok.encode(FLAGS.prompt)
+  if not prompt:  # GPT-2 conditions on <|endoftext|> when there is no text
+    prompt = [eos if eos is not None else 0]
+  room = pre.cfg.max_len - FLAGS.max_new_tokens
+  out = gen.generate(pre.model, pre.params, [prompt[-room:]], max_new_tokens=FLAGS.max_new_tokens,
+                     strategy=FLAGS.strategy, temperature=FLAGS.temperature, top_k=FLAGS.top_k,
+                     top_p=FLAGS.top_p, num_beams=FLAGS.num_beams,
+                     length_penalty=FLAGS.length_penalty,
+                     num_return_sequences=FLAGS.num_return_sequences, eos_id=eos,
+                     pad_id=tok.pad_id or 0, seed=FLAGS.seed)
+  for i, seq in enumerate(out[0]):
+    print(f'--- {i}\n{FLAGS.prompt}{tok.decode(seq)}')
+
+
+if __name__ == '__main__':
+  cli.run(main)

@@ -1,0 +1,338 @@
+"""Fine-tuning from preferences: a Bradley-Terry reward model, and DPO / IPO.
+
+Batches come from :mod:`lm.preference`: ``{chosen,rejected}_{ids,mask,resp}`` [B, T] and
+``weight`` [B] (0 for eval padding rows); DPO batches also carry the reference model's
+sequence log-probs ``ref_chosen`` / ``ref_rejected`` [B], computed once by
+:func:`reference_logps` and cached in the workdir.
+
+Losses, with h the DPO log-ratio margin
+``h = (log pi(y_c|x) - log ref(y_c|x)) - (log pi(y_r|x) - log ref(y_r|x))``:
+
+* DPO (Rafailov et al. 2023): ``-log sigmoid(beta * h)``;
+* IPO (Azar et al. 2023): ``(h - 1 / (2 beta))^2``;
+* reward model: ``-log sigmoid(r_c - r_r)``;
+
+and the implicit reward of a response is ``beta * (log pi - log ref)``.
+"""
+import os
+from typing import Callable
+
+import flax.linen as nn
+import jax
+from jax.experimental import multihost_utils
+import jax.numpy as jnp
+import ml_collections
+from ml_collections import config_dict
+import numpy as np
+import optax
+
+from lm import model as M
+from lm import optim
+from lm import preference
+from lm import sharding
+from lm import trainer
+
+LOSSES = ('dpo', 'ipo')
+
+
+# ------------------------------------------------------------------ config
+
+def base_config() -> ml_collections.ConfigDict:
+  """Defaults configs/reward.py and configs/dpo.py share (fields documented inline)."""
+  c = ml_collections.ConfigDict()
+  c.task = 'reward'      # 'reward' | 'dpo' (configs/dpo.py)
+  c.pretrained = config_dict.placeholder(str)  # train.py workdir or HF GPT-2 directory
+  c.seed = 0
+  c.mesh_shape = (-1, 1, 1)
+
+  c.data = ml_collections.ConfigDict()
+  c.data.source = 'python_docs'   # 'python_docs' | 'jsonl' | a TFDS dataset name
+  c.data.files = ''               # jsonl: comma-separated paths or globs
+  c.data.eval_files = ''          # jsonl: held-out pairs ('' = hash split by eval_fraction)
+  c.data.data_dir = config_dict.placeholder(str)  # TFDS data_dir
+  c.data.split = 'train'
+  c.data.eval_split = ''          # TFDS held-out split ('' = hash split by eval_fraction)
+  c.data.prompt_key = 'prompt'
+  c.data.chosen_key = 'chosen'
+  c.data.rejected_key = 'rejected'
+  c.data.eval_fraction = 0.15
+  c.data.max_pairs = 0            # cap on training pairs (0 = all); held-out: always all
+  c.data.rejected = 'shuffle'     # python_docs: 'shuffle' | 'other' | 'mix'
+  c.data.max_prompt_words = 40
+  c.data.max_response_words = 40
+  c.data.seed = 0
+  c.data.seq_len = 128            # prompt + response tokens, at most the model's max_len
+  c.data.max_prompt_len = 64      # the prompt keeps its last max_prompt_len tokens
+
+  c.train = ml_collections.ConfigDict(dict(
+      batch_size=16, steps=300, lr=1e-4, warmup_steps=20, schedule='cosine',
+      end_lr_fraction=0.0, weight_decay=0.01, b1=0.9, b2=0.999, eps=1e-8, clip_norm=1.0))
+
+  c.log_every = 25
+  c.eval_every = 100
+  c.eval_batch_size = 32
+  c.checkpoint_every = 100
+  c.keep_checkpoints = 2
+  c.async_checkpoints = True
+  c.loss = 'dpo'     # dpo only: 'dpo' -log sigmoid(beta h) | 'ipo' (h - 1/(2 beta))^2
+  c.beta = 0.1
+  c.reference = ''   # dpo only: frozen reference model ('' = the pretrained model)
+  return c
+
+
+# ------------------------------------------------------------------ log-probs and losses
+
+def token_logps(logits, ids):
+  """log p(ids[t] | ids[<t]) for t >= 1, at [B, T-1]: logits at t-1 predict token t."""
+  logp = jax.nn.log_softmax(logits[:, :-1].astype(jnp.float32), axis=-1)
+  return jnp.take_along_axis(logp, ids[:, 1:, None], axis=-1)[..., 0]
+
+
+def sequence_logps(model, params, ids, mask, resp, deterministic=True, rngs=None):
+  """Sum of the response tokens' log-probs [B]; prompt and padding tokens do not count."""
+  logits = model.apply({'params': params}, ids, attention_mask=mask, deterministic=deterministic,
+                       rngs=rngs)
+  return jnp.sum(token_logps(logits, ids) * resp[:, 1:].astype(jnp.float32), axis=-1)
+
+
+def preference_loss(pi_c, pi_r, ref_c, ref_r, beta: float, loss: str = 'dpo'):
+  """Per-pair loss [B] and the implicit rewards (beta * (pi - ref)) of chosen and rejected."""
+  h = (pi_c - ref_c) - (pi_r - ref_r)
+  if loss == 'dpo':
+    per = -jax.nn.log_sigmoid(beta * h)
+  elif loss == 'ipo':
+    per = (h - 1.0 / (2.0 * beta)) ** 2
+  else:
+    raise ValueError(f'loss={loss!r}: use one of {LOSSES}.')
+  return per, beta * (pi_c - ref_c), beta * (pi_r - ref_r)
+
+
+def bradley_terry_loss(r_c, r_r):
+  """-log sigmoid(r_c - r_r) per pair: the chosen response should score higher."""
+  return -jax.nn.log_sigmoid(r_c - r_r)
+
+
+def _wmean(x, w):
+  return jnp.sum(x * w) / jnp.maximum(jnp.sum(w), 1.0)
+
+
+def _both(batch, key):
+  """Chosen rows then rejected rows: one forward pass over 2B sequences."""
+  return jnp.concatenate([batch[f'chosen_{key}'], batch[f'rejected_{key}']], axis=0)
+
+
+# ------------------------------------------------------------------ reward model
+
+class RewardModel(nn.Module):
+  """The decoder with a scalar head on the hidden state of each row's last real token."""
+  cfg: M.ModelConfig
+
+  def setup(self):
+    self.decoder = M.Decoder(self.cfg)
+    self.head = nn.Dense(1, dtype=self.cfg.dtype, param_dtype=self.cfg.param_dtype,
+                         kernel_init=nn.with_logical_partitioning(
+                             nn.initializers.normal(self.cfg.initializer_range), ('embed', 'classes')),
+                         bias_init=nn.with_logical_partitioning(nn.initializers.zeros_init(),
+                                                                ('classes',)))
+
+  def __call__(self, input_ids, attention_mask=None, deterministic=True):
+    if attention_mask is None:
+      attention_mask = jnp.ones_like(input_ids)
+    h = self.decoder.hidden(input_ids, attention_mask=attention_mask, deterministic=deterministic)
+    last = jnp.maximum(jnp.sum(attention_mask, axis=-1) - 1, 0)
+    h_last = jnp.take_along_axis(h, last[:, None, None], axis=1)[:, 0]
+    return self.head(h_last)[:, 0].astype(jnp.float32)
+
+
+def reward_init_inputs(seq_len: int):
+  ids = jnp.zeros((1, seq_len), jnp.int32)
+  return (ids, jnp.ones_like(ids))
+
+
+def policy_init_inputs(seq_len: int):
+  return (jnp.zeros((1, seq_len), jnp.int32),)
+
+
+def create_state(model, tx, mesh, seed, init_inputs, pretrained_params, subtree=None):
+  """A sharded TrainState whose (sub)tree `subtree` of params is the pretrained model's.
+
+  The optimizer state starts at zero whatever the params, so it stays valid."""
+  state, state_sh = trainer.create_state(model, tx, mesh, seed, init_inputs)
+  params = dict(state.params)
+  target = params[subtree] if subtree else params
+  target_sh = state_sh.params[subtree] if subtree else state_sh.params
+  from lm import checkpoint  # pylint: disable=g-import-not-at-top
+  checkpoint.compare_trees(checkpoint._paths_and_shapes(pretrained_params),  # pylint: disable=protected-access
+                           checkpoint._paths_and_shapes(target), 'pretrained model')  # pylint: disable=protected-access
+  placed = jax.device_put(pretrained_params, target_sh)
+  if subtree:
+    params[subtree] = placed
+  else:
+    params = placed
+  return state.replace(params=params), state_sh
+
+
+# ------------------------------------------------------------------ steps
+
+def _reward_terms(model, params, batch, deterministic, rngs=None):
+  b = batch['chosen_ids'].shape[0]
+  r = model.apply({'params': params}, _both(batch, 'ids'), _both(batch, 'mask'),
+                  deterministic, rngs=rngs)
+  r_c, r_r = r[:b], r[b:]
+  w = batch['weight']
+  return {'loss': _wmean(bradley_terry_loss(r_c, r_r), w),
+          'accuracy': _wmean((r_c > r_r).astype(jnp.float32), w),
+          'margin': _wmean(r_c - r_r, w),
+          'reward_chosen': _wmean(r_c, w),
+          'reward_rejected': _wmean(r_r, w)}
+
+
+def _dpo_terms(config, model, params, batch, deterministic, rngs=None):
+  b = batch['chosen_ids'].shape[0]
+  logps = sequence_logps(model, params, _both(batch, 'ids'), _both(batch, 'mask'),
+                         _both(batch, 'resp'), deterministic, rngs)
+  pi_c, pi_r = logps[:b], logps[b:]
+  ref_c, ref_r = batch['ref_chosen'], batch['ref_rejected']
+  per, rew_c, rew_r = preference_loss(pi_c, pi_r, ref_c, ref_r, config.beta, config.loss)
+  w = batch['weight']
+  return {'loss': _wmean(per, w),
+          'reward_accuracy': _wmean((rew_c > rew_r).astype(jnp.float32), w),
+          'reward_margin': _wmean(rew_c - rew_r, w),
+          'reward_chosen': _wmean(rew_c, w),
+          'reward_rejected': _wmean(rew_r, w),
+          'logp_chosen': _wmean(pi_c, w),
+          'logp_rejected': _wmean(pi_r, w),
+          'logp_margin': _wmean(pi_c - pi_r, w),   # the policy's own chosen-vs-rejected margin
+          'ref_logp_margin': _wmean(ref_c - ref_r, w),
+          'policy_accuracy': _wmean((pi_c > pi_r).astype(jnp.float32), w)}
+
+
+def terms_fn(config, model) -> Callable:
+  """(params, batch, deterministic, rngs) -> metrics dict with 'loss', for config.task."""
+  if config.task == 'reward':
+    return lambda p, b, d, r=None: _reward_terms(model, p, b, d, r)
+  if config.task == 'dpo':
+    return lambda p, b, d, r=None: _dpo_terms(config, model, p, b, d, r)
+  raise ValueError(f"task={config.task!r}: use 'dpo' or 'reward'.")
+
+
+def make_train_step(config, model, tx, state_shardings, mesh) -> Callable:
+  terms = terms_fn(config, model)
+  lr = optim.schedule(config.train)
+  base_rng = jax.random.PRNGKey(config.seed + 1)
+
+  def step_fn(state, batch):
+    rng = jax.random.fold_in(base_rng, state.step)
+    grad_fn = jax.value_and_grad(lambda p: (lambda m: (m['loss'], m))(
+        terms(p, batch, False, {'dropout': rng})), has_aux=True)
+    (_, m), grads = grad_fn(state.params)
+    updates, opt_state = tx.update(grads, state.opt_state, state.params)
+    params = optax.apply_updates(state.params, updates)
+    m.update(grad_norm=optax.global_norm(grads), learning_rate=lr(state.step))
+    return trainer.TrainState(step=state.step + 1, params=params, opt_state=opt_state), m
+
+  jitted = jax.jit(step_fn, in_shardings=(state_shardings, sharding.batch_sharding(mesh)),
+                   out_shardings=(state_shardings, None), donate_argnums=(0,))
+  return sharding.with_mesh(jitted, mesh)
+
+
+def make_eval_step(config, model, params_shardings, mesh) -> Callable:
+  """(params, batch) -> (metric means * weight, weight): summed over batches by `evaluate`."""
+  terms = terms_fn(config, model)
+
+  def eval_fn(params, batch):
+    w = jnp.sum(batch['weight'])
+    return jax.tree.map(lambda x: x * w, terms(params, batch, True)), w
+
+  jitted = jax.jit(eval_fn, in_shardings=(params_shardings, sharding.batch_sharding(mesh)))
+  return sharding.with_mesh(jitted, mesh)
+
+
+def evaluate(eval_step, params, batches, stop=None) -> dict:
+  """Means over every held-out pair (each batch's means weighted by its real rows)."""
+  sums, total = None, 0.0
+  for batch in batches:
+    if stop is not None and stop.requested:
+      break
+    s, w = jax.device_get(eval_step(params, batch))
+    sums = s if sums is None else jax.tree.map(np.add, sums, s)
+    total += float(w)
+  if sums is None or not total:
+    return {}
+  return {k: float(v) / total for k, v in sums.items()}
+
+
+# ------------------------------------------------------------------ reference log-probs
+
+def make_logps_fn(model, params_shardings, mesh) -> Callable:
+  """(params, batch) -> (chosen logps [B], rejected logps [B]), jitted and sharded."""
+  def fn(params, batch):
+    b = batch['chosen_ids'].shape[0]
+    lp = sequence_logps(model, params, _both(batch, 'ids'), _both(batch, 'mask'),
+                        _both(batch, 'resp'))
+    return lp[:b], lp[b:]
+  jitted = jax.jit(fn, in_shardings=(params_shardings, sharding.batch_sharding(mesh)))
+  return sharding.with_mesh(jitted, mesh)
+
+
+def reference_logps(logps_fn, params, arrays: dict, batch_size: int, mesh, cache_dir: str,
+                    reference_id: str, stop=None):
+  """{'ref_chosen', 'ref_rejected'} [N] for every row of `arrays`, computed once.
+
+  Cached as ``cache_dir/reference_logps-<hash>.npz``, the hash covering the token arrays
+  and `reference_id` (which model and step): a rerun, a resume or another run on the same
+  data and reference reads the file instead of running the reference model. Returns
+  (dict, path, computed: bool); None for the dict when `stop` interrupted it.
+  """
+  key = preference.fingerprint(arrays, reference_id)
+  path = os.path.join(cache_dir, f'reference_logps-{key}.npz')
+  if os.path.exists(path):
+    with np.load(path) as f:
+      return {k: f[k] for k in ('ref_chosen', 'ref_rejected')}, path, False
+  pi, pc = jax.process_index(), jax.process_count()
+  chosen, rejected = [], []
+  for batch in preference.eval_batches(arrays, batch_size, pi, pc):
+    if stop is not None and stop.requested:
+      return None, path, True
+    batch.pop('weight')
+    c, r = logps_fn(params, sharding.shard_batch(batch, mesh))
+    if pc > 1:
+      c, r = multihost_utils.process_allgather((c, r), tiled=True)
+    chosen.append(np.asarray(c))
+    rejected.append(np.asarray(r))
+  n = preference.num_rows(arrays)
+  out = {'ref_chosen': np.concatenate(chosen)[:n].astype(np.float32),
+         'ref_rejected': np.concatenate(rejected)[:n].astype(np.float32)}
+  if pi == 0:
+    os.makedirs(cache_dir, exist_ok=True)
+    tmp = path + '.tmp.npz'
+    np.savez(tmp, **out)
+    os.replace(tmp, path)  # atomic: a killed run never leaves half a cache
+  return out, path, True
+
+
+# ------------------------------------------------------------------ loading a fine-tuned run
+
+def load_finetuned(workdir: str, mesh=None, step=None):
+  """(task, model, params, tokenizer, step) of a dpo.py workdir: the DPO policy (a
+  `lm.model.Decoder`, usable with `lm.generate`) or the reward model (`RewardModel`)."""
+  import json  # pylint: disable=g-import-not-at-top
+  from lm import checkpoint  # pylint: disable=g-import-not-at-top
+  from lm.data import tokenizer as tokenizer_lib  # pylint: disable=g-import-not-at-top
+  mesh = mesh or sharding.make_mesh((-1, 1, 1))
+  ckpt = checkpoint.Checkpointer(os.path.join(workdir, 'checkpoints'), every=1, read_only=True)
+  step = ckpt.latest_step() if step is None else step
+  if step is None:
+    raise FileNotFoundError(f'no checkpoint in {workdir}/checkpoints: run dpo.py first.')
+  with open(os.path.join(ckpt.directory, str(step), 'meta', 'metadata'), encoding='utf-8') as f:
+    meta = json.load(f)
+  config = ml_collections.ConfigDict(json.loads(meta['config']))
+  cfg = M.ModelConfig.from_dict(meta['model'])
+  if meta['task'] == 'reward':
+    model, inputs = RewardModel(cfg), reward_init_inputs(config.data.seq_len)
+  else:
+    model, inputs = M.Decoder(cfg), policy_init_inputs(config.data.seq_len)
+  target = trainer.abstract_state(model, optim.make(config.train), mesh, inputs)
+  state, _, got = ckpt.restore(target, step)
+  tok = tokenizer_lib.Tokenizer.load(os.path.join(workdir, 'tokenizer.json'))
+  return meta['task'], model, state.params, tok, got

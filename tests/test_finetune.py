@@ -1,0 +1,217 @@
+"""Fine-tuning: body loading checks, offline tasks, QA windows, early stopping, NaN, SIGTERM,
+mesh changes, and pretrained beating random init on the offline classification default."""
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import jax
+import numpy as np
+import pytest
+
+from lm import checkpoint
+from lm import finetune
+from lm.data import tokenizer as tokenizer_lib
+from lm.tasks import data as data_lib
+from lm.tasks import qa
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+PRETRAIN_STEPS = 200
+
+
+def _run(args, env=None, timeout=600):
+  e = {**os.environ, **(env or {}), 'PYTHONPATH': ROOT}
+  out = subprocess.run([sys.executable] + args, cwd=ROOT, env=e, capture_output=True, text=True,
+                       timeout=timeout)
+  assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
+  return out.stdout
+
+
+@pytest.fixture(scope='module')
+def pretrained_dir(tmp_path_factory):
+  """A short real pretraining run (1 layer, seq 64), saved on an 8-device (2, 2, 2) mesh."""
+  d = str(tmp_path_factory.mktemp('pre'))
+  _run(['train.py', '--config=configs/base.py', f'--workdir={d}',
+        f'--config.train.steps={PRETRAIN_STEPS}', '--config.model.num_layers=1',
+        '--config.data.seq_len=64', '--config.log_every=100', f'--config.eval_every={PRETRAIN_STEPS}',
+        '--config.eval_batches=2', '--config.mesh_shape=(2,2,2)', '--config.async_checkpoints=False'],
+       env={'XLA_FLAGS': '--xla_force_host_platform_device_count=8', 'JAX_PLATFORMS': 'cpu'})
+  return d
+
+
+def _cls_config(init_checkpoint, **train):
+  import configs.finetune_cls as C  # pylint: disable=g-import-not-at-top
+  c = C.get_config()
+  c.init_checkpoint = init_checkpoint
+  c.num_devices = 1  # robust whether this process has 1 or 8 (simulated) devices
+  c.data.max_len = 64
+  c.train.update({**dict(steps=100, warmup_steps=20, lr=3e-4), **train})
+  c.update(eval_every=100, log_every=1000, checkpoint_every=1000, async_checkpoints=False)
+  c.early_stopping.patience = 0
+  return c
+
+
+def test_pretrained_beats_random_init(pretrained_dir, tmp_path):
+  got = {}
+  for init in ('pretrained', 'random'):
+    c = _cls_config(pretrained_dir)
+    c.init = init
+    got[init] = finetune.run(c, str(tmp_path / init))['final']
+  print({k: (v['accuracy'], v['f1']) for k, v in got.items()})
+  assert got['pretrained']['accuracy'] >= got['random']['accuracy'] + 0.03, got
+
+
+def test_mesh_8_to_1_and_back(pretrained_dir, tmp_path):
+  """Body saved on a (2,2,2) mesh -> fine-tuned on 1 device -> evaluated on (2,2,2) again."""
+  c = _cls_config(pretrained_dir, batch_size=8)
+  c.train.steps = 4
+  c.eval_every = 4
+  c.eval_batch_size = 16
+  wd = str(tmp_path / 'ft')
+  one = finetune.run(c, wd)['final']
+  code = ('import json; from lm import finetune, sharding; '
+          f'r, _ = finetune.evaluate_finetuned({wd!r}, mesh=sharding.make_mesh((2, 2, 2))); '
+          'print("RESULT", json.dumps(r))')
+  out = _run(['-c', code], env={'XLA_FLAGS': '--xla_force_host_platform_device_count=8',
+                                'JAX_PLATFORMS': 'cpu'})
+  eight = json.loads(out.split('RESULT', 1)[1])
+  assert eight['accuracy'] == pytest.approx(one['accuracy'])
+  assert eight['loss'] == pytest.approx(one['loss'], rel=1e-4)
+
+
+def test_body_mismatch_is_an_error(pretrained_dir, tmp_path):
+  c = _cls_config(pretrained_dir)
+  c.model_overrides.num_layers = 2  # the checkpoint has 1 layer
+  with pytest.raises(checkpoint.CheckpointError, match='layers_1'):
+    finetune.run(c, str(tmp_path / 'bad'))
+  c = _cls_config(pretrained_dir)
+  c.model_overrides.mlp_dim = 256
+  with pytest.raises(checkpoint.CheckpointError, match='shape mismatch'):
+    finetune.run(c, str(tmp_path / 'bad2'))
+
+
+def test_early_stopping_keeps_best(pretrained_dir, tmp_path):
+  c = _cls_config(pretrained_dir, lr=0.0, batch_size=8)  # lr 0: the metric never improves
+  c.train.steps = 50
+  c.eval_every = 2
+  c.early_stopping.patience = 2
+  wd = str(tmp_path / 'es')
+  out = finetune.run(c, wd)
+  assert 'early stopping' in out['stopped'] and out['best']['step'] == 2
+  assert checkpoint.Checkpointer(os.path.join(wd, 'best'), every=1, read_only=True).all_steps() == [2]
+  assert checkpoint.Checkpointer(os.path.join(wd, 'checkpoints'), every=1,
+                                 read_only=True).latest_step() == 6
+  res, _ = finetune.evaluate_finetuned(wd, max_examples=16)
+  assert res['step'] == 2 and 0 <= res['accuracy'] <= 1
+
+
+def test_nan_loss_stops_without_checkpoint(pretrained_dir, tmp_path):
+  c = _cls_config(pretrained_dir, lr=float('nan'), batch_size=8)
+  c.train.steps = 3
+  c.log_every = 1
+  wd = str(tmp_path / 'nan')
+  with pytest.raises(FloatingPointError):
+    finetune.run(c, wd)
+  assert checkpoint.Checkpointer(os.path.join(wd, 'checkpoints'), every=1,
+                                 read_only=True).latest_step() is None
+
+
+def test_sigterm_saves_and_exits(pretrained_dir, tmp_path):
+  wd = str(tmp_path / 'term')
+  proc = subprocess.Popen(
+      [sys.executable, 'finetune.py', '--config=configs/finetune_tokens.py', f'--workdir={wd}',
+       f'--config.init_checkpoint={pretrained_dir}', '--config.train.steps=100000',
+       '--config.log_every=1', '--config.data.max_len=32', '--config.train.batch_size=4',
+       '--config.num_devices=1'],
+      cwd=ROOT, env={**os.environ, 'PYTHONPATH': ROOT}, stdout=subprocess.PIPE,
+      stderr=subprocess.STDOUT, text=True)
+  lines = []
+  for line in proc.stdout:
+    lines.append(line)
+    if line.startswith('[train'):
+      proc.send_signal(signal.SIGTERM)
+      break
+  rest, _ = proc.communicate(timeout=120)
+  assert proc.returncode == 0, ''.join(lines) + rest
+  assert 'SIGTERM: saved step' in rest
+  step = checkpoint.Checkpointer(os.path.join(wd, 'checkpoints'), every=1,
+                                 read_only=True).latest_step()
+  assert step is not None and step < 100000
+
+
+def _tokenizer(kind):
+  docs = [data_lib.pydoc_topic_classification('all')[i]['text'] for i in range(200)]
+  return tokenizer_lib.train_tokenizer(docs, kind, 600 if kind == 'wordpiece' else 400)
+
+
+@pytest.mark.parametrize('kind', ['wordpiece', 'bpe'])
+def test_qa_windows_find_far_answer(kind):
+  tok = _tokenizer(kind)
+  filler = ' '.join(f'The statement number {i} is followed by another one.' for i in range(60))
+  answer = 'Assert statements insert debugging assertions'
+  context = filler + '  ' + answer + ' into a program. ' + filler[:300]
+  ex = {'id': 'far', 'question': 'What do assert statements do?', 'context': context,
+        'answers': [{'text': answer, 'start': context.index(answer)}]}
+  cfg = finetune.base_config('qa').data
+  cfg.update(max_len=48, max_query_len=12, doc_stride=16, max_answer_len=34)
+  features, aux = qa.featurize([ex], tok, None, cfg)
+  n_win = len(features['start'])
+  assert n_win > 10  # a long context: many windows
+  # Every context token is in some window, and exactly the windows holding the answer label it.
+  covered = {tuple(o) for w in aux['offsets'] for o in w if o[0] >= 0}
+  assert len(covered) == len(tok.hf.encode(context, add_special_tokens=False).ids)
+  hits = np.nonzero(features['start'] > 0)[0]
+  assert len(hits) >= 1 and hits.min() > n_win // 2  # the answer is in the far part
+  # Logits that point at the answer in one window map back to the exact substring.
+  f = int(hits[-1])
+  start_logits = np.zeros((n_win, 48), np.float32)
+  end_logits = np.zeros((n_win, 48), np.float32)
+  start_logits[f, features['start'][f]] = 10
+  end_logits[f, features['end'][f]] = 10
+  logits = np.stack([start_logits, end_logits], -1)
+  m, preds = qa.score(logits, features, aux, [ex], None, cfg)
+  assert preds[0]['prediction'] == answer
+  assert m['exact_match'] == 100.0 and m['f1'] == 100.0
+
+
+def test_offline_sets_are_real_and_deterministic():
+  cls_train = data_lib.pydoc_topic_classification('train')
+  cls_eval = data_lib.pydoc_topic_classification('validation')
+  assert len(cls_train) > 300 and len(cls_eval) > 80
+  assert not {e['text'] for e in cls_train} & {e['text'] for e in cls_eval}
+  assert {e['label'] for e in cls_train} == set(data_lib.TOPIC_LABELS)
+  qa_ex = data_lib.docstring_qa('validation')
+  assert qa_ex == data_lib.docstring_qa('validation') and len(qa_ex) > 50
+  for e in qa_ex:
+    a = e['answers'][0]
+    assert e['context'][a['start']:a['start'] + len(a['text'])] == a['text']
+  tok_ex = data_lib.docstring_tokens('train')
+  assert {t for e in tok_ex for t in e['tags']} == set(data_lib.TOKEN_LABELS)
+
+
+def test_local_files(tmp_path):
+  tsv = tmp_path / 'c.tsv'
+  tsv.write_text('label\ttext\ttext_b\npos\tgood film\tyes\nneg\tbad\tno\n')
+  assert data_lib.read_classification_file(str(tsv))[1] == {'text': 'bad', 'text_b': 'no',
+                                                            'label': 'neg'}
+  jl = tmp_path / 'q.jsonl'
+  jl.write_text(json.dumps({'id': 'a', 'question': 'q?', 'context': 'ctx here',
+                            'answers': {'text': ['here'], 'answer_start': [4]}}) + '\n')
+  assert data_lib.read_qa_file(str(jl))[0]['answers'] == [{'text': 'here', 'start': 4}]
+  conll = tmp_path / 't.conll'
+  conll.write_text('EU\tB-ORG\nrejects\tO\n\nPeter\tB-PER\n')
+  assert data_lib.read_token_file(str(conll)) == [
+      {'tokens': ['EU', 'rejects'], 'tags': ['B-ORG', 'O']}, {'tokens': ['Peter'], 'tags': ['B-PER']}]
+
+
+def test_glue_from_tfds_mock(tmp_path):
+  import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
+  cfg = finetune.base_config('classification').data
+  cfg.update(source='tfds', tfds_name='glue/mnli', data_dir=str(tmp_path),
+             eval_split='validation_matched')
+  with tfds.testing.mock_data(num_examples=6, data_dir=str(tmp_path)):
+    ex, names = data_lib.load_examples('classification', cfg, 'validation')
+  assert names == ['entailment', 'neutral', 'contradiction']
+  assert len(ex) == 6 and all(e['text_b'] is not None and e['label'] in names for e in ex)

@@ -1,0 +1,116 @@
+"""lm.metrics against scikit-learn and the official SQuAD v1.1 evaluation logic."""
+import collections
+import json
+import math
+import re
+import string
+
+import numpy as np
+import pytest
+from sklearn import metrics as skm
+
+from lm import metrics
+
+
+# The official evaluate-v1.1.py functions, verbatim apart from style: the independent reference.
+def _official_normalize(s):
+  def remove_articles(text):
+    return re.sub(r'\b(a|an|the)\b', ' ', text)
+
+  def white_space_fix(text):
+    return ' '.join(text.split())
+
+  def remove_punc(text):
+    exclude = set(string.punctuation)
+    return ''.join(ch for ch in text if ch not in exclude)
+
+  return white_space_fix(remove_articles(remove_punc(s.lower())))
+
+
+def _official_f1(prediction, ground_truth):
+  prediction_tokens = _official_normalize(prediction).split()
+  ground_truth_tokens = _official_normalize(ground_truth).split()
+  common = collections.Counter(prediction_tokens) & collections.Counter(ground_truth_tokens)
+  num_same = sum(common.values())
+  if num_same == 0:
+    return 0
+  precision = 1.0 * num_same / len(prediction_tokens)
+  recall = 1.0 * num_same / len(ground_truth_tokens)
+  return (2 * precision * recall) / (precision + recall)
+
+
+CASES = [  # (prediction, ground truths)
+    ('The Eiffel Tower', ['Eiffel Tower', 'the tower']),
+    ('an apple a day', ['apple day']),
+    ('Denver Broncos!', ['Denver Broncos', 'Broncos']),
+    ('in 1999,  the year', ['1999']),
+    ('', ['something']),
+    ('the', ['a']),  # both normalise to '': EM 1, F1 0 (no common tokens)
+    ('Théâtre du Châtelet.', ['théâtre du châtelet']),
+    ('red red blue', ['red blue blue']),
+]
+
+
+@pytest.mark.parametrize('pred,truths', CASES)
+def test_squad_matches_official(pred, truths):
+  assert metrics.normalize_answer(pred) == _official_normalize(pred)
+  em = max(float(_official_normalize(pred) == _official_normalize(t)) for t in truths)
+  f1 = max(_official_f1(pred, t) for t in truths)
+  assert max(metrics.squad_exact_match(pred, t) for t in truths) == em
+  assert max(metrics.squad_f1(pred, t) for t in truths) == pytest.approx(f1)
+
+
+def test_squad_hand_values():
+  assert metrics.normalize_answer('  The  Quick, brown fox!! ') == 'quick brown fox'
+  assert metrics.squad_f1('red red blue', 'red blue blue') == pytest.approx(2 / 3)
+  assert metrics.squad_f1('w x c d', 'c d e') == pytest.approx(2 * 0.5 * (2 / 3) / (0.5 + 2 / 3))
+  preds = {q: p for q, (p, _) in enumerate(CASES)}
+  answers = {q: t for q, (_, t) in enumerate(CASES)}
+  answers[99] = ['missing prediction counts as wrong']
+  out = metrics.squad_metrics(preds, answers)
+  em = sum(max(float(_official_normalize(p) == _official_normalize(t)) for t in ts)
+           for p, ts in CASES)
+  f1 = sum(max(_official_f1(p, t) for t in ts) for p, ts in CASES)
+  assert out['exact_match'] == pytest.approx(100 * em / 9)
+  assert out['f1'] == pytest.approx(100 * f1 / 9)
+  assert out['count'] == 9
+
+
+@pytest.mark.parametrize('seed', [0, 1, 2])
+def test_classification_matches_sklearn(seed):
+  rng = np.random.default_rng(seed)
+  y = rng.integers(0, 4, 60)
+  p = np.where(rng.random(60) < 0.6, y, rng.integers(0, 5, 60))  # label 4 only ever predicted
+  got = metrics.classification_metrics(y, p)
+  assert got['accuracy'] == pytest.approx(skm.accuracy_score(y, p))
+  for k, fn in (('precision', skm.precision_score), ('recall', skm.recall_score),
+                ('f1', skm.f1_score)):
+    assert got[k] == pytest.approx(fn(y, p, average='macro', zero_division=0)), k
+  # Restricted label set (as token classification uses: every tag but O).
+  got = metrics.classification_metrics(y, p, 5, label_ids=[1, 2, 3])
+  assert got['f1'] == pytest.approx(skm.f1_score(y, p, labels=[1, 2, 3], average='macro',
+                                                 zero_division=0))
+  assert got['recall'] == pytest.approx(skm.recall_score(y, p, labels=[1, 2, 3], average='macro',
+                                                         zero_division=0))
+
+
+def test_classification_hand_case():
+  y = [0, 0, 1, 1, 2]
+  p = [0, 1, 1, 1, 0]
+  got = metrics.classification_metrics(y, p, 3, label_ids=range(3))
+  # class 0: P 1/2 R 1/2; class 1: P 2/3 R 1; class 2: P 0 (never predicted) R 0.
+  assert got['accuracy'] == pytest.approx(0.6)
+  assert got['precision'] == pytest.approx((0.5 + 2 / 3 + 0) / 3)
+  assert got['recall'] == pytest.approx((0.5 + 1 + 0) / 3)
+  assert got['f1'] == pytest.approx((0.5 + 0.8 + 0) / 3)
+  np.testing.assert_array_equal(metrics.confusion_matrix(y, p, 3),
+                                skm.confusion_matrix(y, p, labels=[0, 1, 2]))
+
+
+def test_perplexity_table_and_json(tmp_path):
+  assert metrics.perplexity(math.log(7.0)) == pytest.approx(7.0)
+  res = {'task': 'qa', 'exact_match': 50.0, 'nested': {'f1': np.float32(0.25)}, 'count': 3}
+  table = metrics.format_table(res, 'title')
+  assert 'nested/f1' in table and '50.0000' in table and table.startswith('title')
+  path = metrics.write_json(str(tmp_path / 'r.json'), res)
+  assert json.load(open(path))['nested']['f1'] == pytest.approx(0.25)
