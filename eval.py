@@ -12,11 +12,10 @@ CHECKPOINT/eval_results.json; predictions go beside it (eval_predictions.jsonl).
 import json
 import os
 
-from absl import app
 from absl import flags
-from absl import logging
 from ml_collections import config_flags
 
+from lm import cli
 from lm import finetune
 from lm import metrics
 
@@ -33,9 +32,13 @@ flags.mark_flags_as_required(['checkpoint'])
 
 def main(argv):
   del argv
-  if not FLAGS['verbosity'].present:
-    logging.set_verbosity(logging.WARNING)
   path = FLAGS.checkpoint
+  if FLAGS.config is not None and FLAGS.config.get('mode') == 'fewshot':  # configs/fewshot.py
+    from lm import icl  # pylint: disable=g-import-not-at-top
+    result = icl.evaluate(FLAGS.config, path, FLAGS.output)  # writes the JSON result file
+    print(icl.format_table(result))
+    print(f"wrote {result['output']}")
+    return
   output = FLAGS.output or os.path.join(path, 'eval_results.json')
   if finetune.is_finetune_workdir(path):
     results, preds = finetune.evaluate_finetuned(path, FLAGS.config, FLAGS.which,
@@ -53,4 +56,4 @@ def main(argv):
 
 
 if __name__ == '__main__':
-  app.run(main)
+  cli.run(main)

@@ -7,11 +7,10 @@ r"""Fine-tunes a pretrained body on a task (classification, extractive QA, token
 latest checkpoint in --workdir; the best params by the validation metric are kept in
 --workdir/best. SIGTERM/SIGINT save a checkpoint at the next step boundary and exit cleanly.
 """
-from absl import app
 from absl import flags
-from absl import logging
 from ml_collections import config_flags
 
+from lm import cli
 from lm import distributed
 from lm import finetune
 from lm import metrics
@@ -24,8 +23,6 @@ flags.mark_flags_as_required(['config', 'workdir'])
 
 def main(argv):
   del argv
-  if not FLAGS['verbosity'].present:
-    logging.set_verbosity(logging.WARNING)
   distributed.initialize()
   out = finetune.run(FLAGS.config, FLAGS.workdir)
   print(metrics.format_table({'best': out['best'], 'final': out['final']},
@@ -33,4 +30,4 @@ def main(argv):
 
 
 if __name__ == '__main__':
-  app.run(main)
+  cli.run(main)

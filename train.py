@@ -32,10 +32,13 @@ flags.DEFINE_string('workdir', None, 'Checkpoints, tokenizer, metrics.jsonl and 
 flags.mark_flags_as_required(['config', 'workdir'])
 
 
-def main(argv):
-  del argv
-  config, workdir = FLAGS.config, cli.writable_dir(FLAGS.workdir)
-  distributed.initialize()
+def train_and_evaluate(config, workdir: str):
+  """The whole run; notebooks call it with `get_config()` directly.
+
+  Returns {'step', 'eval': last eval metrics, 'sample': text}; the full history is in
+  WORKDIR/metrics.jsonl.
+  """
+  workdir = cli.writable_dir(workdir)
   pi, pc = jax.process_index(), jax.process_count()
 
   # Data: corpus -> tokenizer (trained once, saved in workdir) -> step-indexed batches.
@@ -73,6 +76,7 @@ def main(argv):
   stop = trainer.StopFlag().install()
   tokens_per_step = config.train.batch_size * config.data.seq_len
   t0, steps_timed = time.time(), 0
+  result = {'eval': {}, 'sample': None}
 
   for step in range(start, config.train.steps):
     batch = sharding.shard_batch(train_data.get_batch(step, pi, pc), mesh)
@@ -86,7 +90,8 @@ def main(argv):
       writer.write(done, {**metrics, 'tokens_per_sec': steps_timed * tokens_per_step / elapsed})
       t0, steps_timed = time.time(), 0
     if done % config.eval_every == 0 or done == config.train.steps:
-      writer.write(done, trainer.evaluate(eval_step, state.params, eval_batches(), stop), 'eval')
+      result['eval'] = trainer.evaluate(eval_step, state.params, eval_batches(), stop)
+      writer.write(done, result['eval'], 'eval')
     if ckpt.should_save(done) or stop.requested or done == config.train.steps:
       trainer.check_finite(jax.device_get(metrics), done, last_ckpt)  # never save a NaN state
       ckpt.save(done, state, {'step': done, 'data_position': done, 'config': config.to_json()},
@@ -100,10 +105,17 @@ def main(argv):
   if not stop.requested:
     params = state.params if pc == 1 else multihost_utils.process_allgather(state.params, tiled=True)
     if pi == 0:
-      text = sample.sample(config.objective, model, params, tok, config.sample_prompt,
-                           config.sample_tokens)
-      writer.text(int(state.step), 'sample', text)
+      result['sample'] = sample.sample(config.objective, model, params, tok,
+                                       config.sample_prompt, config.sample_tokens)
+      writer.text(int(state.step), 'sample', result['sample'])
   writer.close()
+  return {'step': int(state.step), **result}
+
+
+def main(argv):
+  del argv
+  distributed.initialize()  # before any other JAX call
+  train_and_evaluate(FLAGS.config, FLAGS.workdir)
 
 
 if __name__ == '__main__':
