@@ -78,30 +78,30 @@ def train_and_evaluate(config, workdir: str):
   t0, steps_timed = time.time(), 0
   result = {'eval': {}, 'sample': None}
 
-  for step in range(start, config.train.steps):
-    batch = sharding.shard_batch(train_data.get_batch(step, pi, pc), mesh)
-    state, metrics = train_step(state, batch)
-    steps_timed += 1
-    done = step + 1
-    if done % config.log_every == 0 or done == config.train.steps:
-      metrics = jax.device_get(metrics)
-      trainer.check_finite(metrics, done, last_ckpt)
-      elapsed = time.time() - t0
-      writer.write(done, {**metrics, 'tokens_per_sec': steps_timed * tokens_per_step / elapsed})
-      t0, steps_timed = time.time(), 0
-    if done % config.eval_every == 0 or done == config.train.steps:
-      result['eval'] = trainer.evaluate(eval_step, state.params, eval_batches(), stop)
-      writer.write(done, result['eval'], 'eval')
-    if ckpt.should_save(done) or stop.requested or done == config.train.steps:
-      trainer.check_finite(jax.device_get(metrics), done, last_ckpt)  # never save a NaN state
-      ckpt.save(done, state, {'step': done, 'data_position': done, 'config': config.to_json()},
-                force=True)
-      last_ckpt = done
-    if stop.requested:
-      print(f'{stop.signal}: saved step {done}, exiting.')
-      break
+  with ckpt:  # pending async saves land even if the loop raises
+    for step in range(start, config.train.steps):
+      batch = sharding.shard_batch(train_data.get_batch(step, pi, pc), mesh)
+      state, metrics = train_step(state, batch)
+      steps_timed += 1
+      done = step + 1
+      if done % config.log_every == 0 or done == config.train.steps:
+        metrics = jax.device_get(metrics)
+        trainer.check_finite(metrics, done, last_ckpt)
+        elapsed = time.time() - t0
+        writer.write(done, {**metrics, 'tokens_per_sec': steps_timed * tokens_per_step / elapsed})
+        t0, steps_timed = time.time(), 0
+      if done % config.eval_every == 0 or done == config.train.steps:
+        result['eval'] = trainer.evaluate(eval_step, state.params, eval_batches(), stop)
+        writer.write(done, result['eval'], 'eval')
+      if ckpt.should_save(done) or stop.requested or done == config.train.steps:
+        trainer.check_finite(jax.device_get(metrics), done, last_ckpt)  # never save a NaN state
+        ckpt.save(done, state, {'step': done, 'data_position': done, 'config': config.to_json()},
+                  force=True)
+        last_ckpt = done
+      if stop.requested:
+        print(f'{stop.signal}: saved step {done}, exiting.')
+        break
 
-  ckpt.close()
   if not stop.requested:
     params = state.params if pc == 1 else multihost_utils.process_allgather(state.params, tiled=True)
     if pi == 0:

@@ -14,7 +14,7 @@ def get_config():
   c.data.update(dataset='python_docs', seq_len=128)
   c.data.tokenizer.update(kind='bpe', vocab_size=8192)
   c.train.update(batch_size=32, steps=600, lr=1e-3, warmup_steps=60, schedule='cosine',
-                 weight_decay=0.1, b2=0.95, eps=1e-8)
+                 weight_decay=0.1, b2=0.95, eps=1e-8, loss_chunk=1024)  # fused linear + CE
   c.update(log_every=50, eval_every=200, eval_batches=8, checkpoint_every=200)
   c.sample_prompt = 'The assert statement'
   return c

@@ -104,6 +104,14 @@ class Checkpointer:
     self.wait()
     self._mngr.close()
 
+  def __enter__(self):
+    return self
+
+  def __exit__(self, *exc):
+    """Pending async saves land even when the loop raised: nothing saved is lost and no
+    orbax thread dies mid-write at interpreter exit."""
+    self.close()
+
   def saved_shapes(self, step: int) -> dict:
     meta = self._mngr.item_metadata(step)['state']
     tree = getattr(meta, 'tree', meta)

@@ -249,13 +249,8 @@ def test_run_fewshot_grid_and_inspectable_selections(lm):
 
 
 @pytest.mark.slow
-def test_eval_py_fewshot_table(tmp_path):
-  wd = str(tmp_path / 'gpt')
-  run_script('train.py', '--config=configs/gpt_base.py', f'--workdir={wd}',
-             '--config.train.steps=20', '--config.train.batch_size=8',
-             '--config.model.num_layers=1', '--config.data.seq_len=64',
-             '--config.eval_every=20', '--config.eval_batches=1', '--config.checkpoint_every=20',
-             '--config.log_every=10', '--config.train.warmup_steps=5')
+def test_eval_py_fewshot_table(tmp_path, pretrained_gpt):
+  wd = str(pretrained_gpt)
   out = str(tmp_path / 'fewshot.json')
   proc = run_script('eval.py', '--config=configs/fewshot.py', f'--checkpoint={wd}',
                     f'--output={out}', '--config.fewshot.num_test=6',
