@@ -57,15 +57,8 @@ def train_and_evaluate(config, workdir: str):
   print(f'{config.objective}: {trainer.param_count(state.params):,} params, mesh '
         f'{dict(mesh.shape)}, {pc} process(es), vocab {tok.vocab_size}')
 
-  ckpt = checkpoint.Checkpointer(os.path.join(workdir, 'checkpoints'),
-                                 every=config.checkpoint_every, keep=config.keep_checkpoints,
-                                 async_save=config.async_checkpoints)
-  restored = ckpt.restore(state)
-  if restored:
-    state, _, last_ckpt = restored
-    print(f'resumed from step {last_ckpt}')
-  else:
-    last_ckpt = None
+  ckpt = checkpoint.for_run(workdir, config)
+  state, last_ckpt = ckpt.resume(state)
   start = int(state.step)
 
   train_step = trainer.make_train_step(config, model, tx, state_sh, mesh)

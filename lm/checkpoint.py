@@ -10,7 +10,6 @@ import os
 from typing import Any, Optional
 
 import jax
-import numpy as np
 import orbax.checkpoint as ocp
 from orbax.checkpoint import checkpoint_managers as cm
 
@@ -104,6 +103,15 @@ class Checkpointer:
     self.wait()
     self._mngr.close()
 
+  def resume(self, state):
+    """(state, step) from the newest good checkpoint, or (state, None) for a fresh run."""
+    restored = self.restore(state)
+    if restored is None:
+      return state, None
+    state, _, step = restored
+    print(f'resumed from step {step}')
+    return state, step
+
   def __enter__(self):
     return self
 
@@ -146,6 +154,8 @@ class Checkpointer:
     return None
 
 
-def host_copy(tree):
-  """Fully replicated numpy copy (for tests and export)."""
-  return jax.tree.map(lambda x: np.asarray(jax.device_get(x)), tree)
+def for_run(workdir: str, config) -> Checkpointer:
+  """A training run's checkpoints: WORKDIR/checkpoints, policy from the config's
+  checkpoint_every, keep_checkpoints and async_checkpoints."""
+  return Checkpointer(os.path.join(workdir, 'checkpoints'), every=config.checkpoint_every,
+                      keep=config.keep_checkpoints, async_save=config.async_checkpoints)
