@@ -112,6 +112,8 @@ def base_config(task: str) -> ml_collections.ConfigDict:
   c.data.train_split = 'train'
   c.data.eval_split = 'validation'
   c.data.max_examples = 0         # tfds: 0 = all
+  c.data.max_train_examples = 0   # >0: a seeded, label-stratified subset of the training set
+                                  # (a low-resource run); evaluation always uses all examples
   c.data.eval_fraction = 0.2      # python_docs: held-out share (hash split)
   c.data.labels = ()              # label names in id order; () = from the data
   c.data.max_len = 128
@@ -121,7 +123,8 @@ def base_config(task: str) -> ml_collections.ConfigDict:
   c.data.n_best = 20              # qa
   c.train = ml_collections.ConfigDict(dict(
       batch_size=32, steps=1000, lr=5e-5, warmup_steps=100, schedule='linear',
-      end_lr_fraction=0.0, weight_decay=0.01, b1=0.9, b2=0.999, eps=1e-6, clip_norm=1.0))
+      end_lr_fraction=0.0, weight_decay=0.01, b1=0.9, b2=0.999, eps=1e-6, clip_norm=1.0,
+      body_lr_scale=1.0))        # the body's learning rate is lr * body_lr_scale; the head's is lr
   c.eval_batch_size = 64
   c.early_stopping = ml_collections.ConfigDict(dict(metric='accuracy', mode='max', patience=0))
   c.log_every = 50
@@ -130,6 +133,40 @@ def base_config(task: str) -> ml_collections.ConfigDict:
   c.keep_checkpoints = 2
   c.async_checkpoints = True
   return c
+
+
+def make_optimizer(train_cfg) -> optax.GradientTransformation:
+  """optim.make (AdamW, warmup/decay, clipping), with the body's updates (learning rate and
+  decoupled weight decay alike) scaled by train.body_lr_scale when that is not 1."""
+  tx = optim.make(train_cfg)
+  scale = float(train_cfg.get('body_lr_scale', 1.0))
+  if scale == 1.0:
+    return tx
+
+  def scale_body(updates, params):
+    del params
+    return {k: (jax.tree.map(lambda u: u * scale, v) if k == 'body' else v)
+            for k, v in updates.items()}
+  return optax.chain(tx, optax.stateless(scale_body))
+
+
+def subsample_train(examples: list, n: int, seed: int, task: str) -> list:
+  """At most n training examples, drawn with `seed`; classification draws per label in
+  proportion to the label counts (at least one each), so every label stays present."""
+  if not n or n >= len(examples):
+    return examples
+  rng = np.random.default_rng([seed, n])
+  if task != 'classification':
+    return [examples[i] for i in sorted(rng.permutation(len(examples))[:n])]
+  by_label = {}
+  for i, e in enumerate(examples):
+    by_label.setdefault(e['label'], []).append(i)
+  keep = []
+  for label in sorted(by_label):
+    idx = by_label[label]
+    k = max(1, round(n * len(idx) / len(examples)))
+    keep.extend(rng.permutation(idx)[:k].tolist())
+  return [examples[i] for i in sorted(keep)]
 
 
 def init_inputs(max_len: int):
@@ -313,11 +350,13 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
   train_ex, label_names = data_lib.load_examples(config.task, config.data, 'train')
   eval_ex, _ = data_lib.load_examples(config.task, config.data, 'validation')
   labels = task_mod.label_names(train_ex + eval_ex, list(config.data.labels) or label_names)
+  train_ex = subsample_train(train_ex, int(config.data.get('max_train_examples', 0)), config.seed,
+                             config.task)
   train_data = prepare(task_mod, train_ex, tok, labels, config.data, 'training')
   eval_data = prepare(task_mod, eval_ex, tok, labels, config.data, 'evaluation')
 
   model = TaskModel(cfg, pre.kind, task_mod.HEAD, len(labels) if labels else 2, config.pooling)
-  tx = optim.make(config.train)
+  tx = make_optimizer(config.train)
   state, state_sh = trainer.create_state(model, tx, mesh, config.seed,
                                          init_inputs(config.data.max_len))
   if config.init == 'pretrained':
@@ -423,7 +462,7 @@ def load_finetuned(workdir: str, mesh, which: str = 'best', step: Optional[int] 
                     info.get('pooling', 'pooler'))
   tok = tokenizer_lib.Tokenizer.load(os.path.join(workdir, 'tokenizer.json'))
   config = ml_collections.ConfigDict(info['config'])
-  tx = optim.make(config.train)
+  tx = make_optimizer(config.train)
   target = trainer.abstract_state(model, tx, mesh, init_inputs(config.data.max_len))
   best_dir = os.path.join(workdir, 'best')
   if which == 'best' and os.path.isdir(best_dir) and checkpoint.Checkpointer(

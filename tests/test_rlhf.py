@@ -1,7 +1,7 @@
 """Preference data, reward model, DPO/IPO: losses by hand, log-probs by hand, and end to end.
 
-The end-to-end tests pretrain a tiny GPT (train.py, 1 layer) once, then run dpo.py as a
-user would: a reward model must beat chance on held-out pairs of the offline default, and
+The end-to-end tests start from the suite's shared `pretrained_gpt` (tests/conftest.py:
+configs/gpt_base.py, 2 layers, d=128, 300 steps) and run dpo.py as a user would: a reward model must beat chance on held-out pairs of the offline default, and
 DPO must widen the policy's chosen-vs-rejected log-prob margin on held-out pairs.
 """
 import functools
@@ -343,27 +343,15 @@ def _evals(workdir):
           for r in rows if any(k.startswith('eval/') for k in r)}
 
 
-@pytest.fixture(scope='module')
-def pretrained_dir(tmp_path_factory):
-  wd = str(tmp_path_factory.mktemp('pre'))
-  _run('train.py', '--config=configs/gpt_base.py', f'--workdir={wd}', '--config.train.steps=80',
-       '--config.model.num_layers=1', '--config.data.seq_len=64', '--config.train.batch_size=16',
-       '--config.train.warmup_steps=10', '--config.eval_every=80', '--config.log_every=40',
-       '--config.sample_tokens=4')
-  return wd
-
-
 DATA = ['--config.data.seq_len=64', '--config.data.max_prompt_len=24']
 
 
 @pytest.mark.slow
-@pytest.mark.xfail(reason='the 1-layer/80-step fixture model is too weak: held-out '
-                   'accuracy stays ~0.5; a 2-layer/300-step pretrained model reached 0.885 (TODO: '
-                   'stronger fixture within the time budget)', strict=False)
-def test_reward_model_beats_chance_on_held_out_pairs(pretrained_dir, tmp_path):
+def test_reward_model_beats_chance_on_held_out_pairs(pretrained_gpt, tmp_path):
+  """Measured from pretrained_gpt, 80 steps: held-out pairwise accuracy 0.592 -> 0.877."""
   wd = str(tmp_path / 'rm')
   _run('dpo.py', '--config=configs/reward.py', f'--workdir={wd}',
-       f'--config.pretrained={pretrained_dir}', '--config.train.steps=80',
+       f'--config.pretrained={pretrained_gpt}', '--config.train.steps=80',
        '--config.eval_every=80', '--config.log_every=40', '--config.eval_batch_size=64', *DATA)
   ev = _evals(wd)
   print('reward model held-out accuracy:', ev[0]['accuracy'], '->', ev[80]['accuracy'])
@@ -373,10 +361,10 @@ def test_reward_model_beats_chance_on_held_out_pairs(pretrained_dir, tmp_path):
 
 
 @pytest.mark.slow
-def test_dpo_widens_held_out_margin_and_resumes(pretrained_dir, tmp_path):
+def test_dpo_widens_held_out_margin_and_resumes(pretrained_gpt, tmp_path):
   wd = str(tmp_path / 'dpo')
   args = ['dpo.py', '--config=configs/dpo.py', f'--workdir={wd}',
-          f'--config.pretrained={pretrained_dir}', '--config.data.max_pairs=320',
+          f'--config.pretrained={pretrained_gpt}', '--config.data.max_pairs=320',
           '--config.eval_every=20', '--config.log_every=20', '--config.eval_batch_size=64', *DATA]
   out = _run(*args, '--config.train.steps=20')
   assert out.count('computed, saved to') == 2
@@ -389,8 +377,8 @@ def test_dpo_widens_held_out_margin_and_resumes(pretrained_dir, tmp_path):
         after['logp_margin'], '; implicit reward accuracy', after['reward_accuracy'])
   assert before['logp_margin'] == pytest.approx(before['ref_logp_margin'], rel=1e-4)
   assert before['loss'] == pytest.approx(math.log(2), rel=1e-4)
-  assert after['logp_margin'] > before['logp_margin'] + 1.0  # measured: 0.21 -> 1.67
-  assert after['reward_accuracy'] > 0.8 and after['loss'] < before['loss']
+  assert after['logp_margin'] > before['logp_margin'] + 1.0  # measured (pretrained_gpt): 31.11 -> 41.24
+  assert after['reward_accuracy'] > 0.8 and after['loss'] < before['loss']  # measured acc 0.977
   # The tuned policy loads back as a plain Decoder with its tokenizer.
   task, model, params, tok, step = rlhf.load_finetuned(wd)
   assert (task, step, type(model)) == ('dpo', 40, M.Decoder) and tok.eos_id is not None
