@@ -14,13 +14,12 @@ import dataclasses
 import os
 import time
 
-from absl import app
 from absl import flags
-from absl import logging
 import jax
 from ml_collections import config_flags
 
 from lm import checkpoint
+from lm import cli
 from lm import distributed
 from lm import optim
 from lm import preference
@@ -37,18 +36,16 @@ flags.DEFINE_string('workdir', None, 'Checkpoints, reference log-probs, metrics.
 flags.mark_flags_as_required(['config', 'workdir'])
 
 
-def main(argv):
-  del argv
-  config, workdir = FLAGS.config, FLAGS.workdir
-  if not FLAGS['verbosity'].present:
-    logging.set_verbosity(logging.WARNING)
+def train(config, workdir: str) -> dict:
+  """The whole run; notebooks call it with `get_config()` directly. Returns the last held-out
+  metrics; the history is in WORKDIR/metrics.jsonl."""
+  workdir = cli.writable_dir(workdir)
   if config.task not in ('reward', 'dpo'):
     raise ValueError(f"task={config.task!r}: use 'reward' (configs/reward.py) or 'dpo'.")
   if config.task == 'dpo' and config.loss not in rlhf.LOSSES:
     raise ValueError(f'loss={config.loss!r}: use one of {rlhf.LOSSES}.')
   if not config.pretrained:
     raise ValueError('pass --config.pretrained=DIR (a train.py --workdir or a HF GPT-2 directory).')
-  distributed.initialize()
   pi, pc = jax.process_index(), jax.process_count()
   mesh = sharding.make_mesh(config.mesh_shape)
 
@@ -95,15 +92,8 @@ def main(argv):
       print(f'reference log-probs ({name}): {"computed, saved to" if computed else "read from"} {path}')
     del ref, ref_params, pre
 
-  ckpt = checkpoint.Checkpointer(os.path.join(workdir, 'checkpoints'),
-                                 every=config.checkpoint_every, keep=config.keep_checkpoints,
-                                 async_save=config.async_checkpoints)
-  restored = ckpt.restore(state)
-  if restored:
-    state, _, last_ckpt = restored
-    print(f'resumed from step {last_ckpt}')
-  else:
-    last_ckpt = None
+  ckpt = checkpoint.for_run(workdir, config)
+  state, last_ckpt = ckpt.resume(state)
   start = int(state.step)
 
   train_step = rlhf.make_train_step(config, model, tx, state_sh, mesh)
@@ -117,32 +107,41 @@ def main(argv):
           'model': dataclasses.asdict(model.cfg)}
   t0, steps_timed = time.time(), 0
 
-  for step in range(start, config.train.steps):
-    if stop.requested:
-      break
-    batch = preference.train_batch(train_data, step, config.train.batch_size, config.seed, pi, pc)
-    state, metrics = train_step(state, sharding.shard_batch(batch, mesh))
-    steps_timed += 1
-    done = step + 1
-    if done % config.log_every == 0 or done == config.train.steps:
-      metrics = jax.device_get(metrics)
-      trainer.check_finite(metrics, done, last_ckpt)
-      elapsed = time.time() - t0
-      writer.write(done, {**metrics, 'pairs_per_sec': steps_timed * config.train.batch_size / elapsed})
-      t0, steps_timed = time.time(), 0
-    if done % config.eval_every == 0 or done == config.train.steps:
-      writer.write(done, rlhf.evaluate(eval_step, state.params, eval_batches(), stop), 'eval')
-    if ckpt.should_save(done) or stop.requested or done == config.train.steps:
-      trainer.check_finite(jax.device_get(metrics), done, last_ckpt)  # never save a NaN state
-      ckpt.save(done, state, {**meta, 'step': done, 'data_position': done}, force=True)
-      last_ckpt = done
-    if stop.requested:
-      print(f'{stop.signal}: saved step {done}, exiting.')
-      break
+  result = {}
+  with ckpt:  # pending async saves land even if the loop raises
+    for step in range(start, config.train.steps):
+      if stop.requested:
+        break
+      batch = preference.train_batch(train_data, step, config.train.batch_size, config.seed, pi, pc)
+      state, metrics = train_step(state, sharding.shard_batch(batch, mesh))
+      steps_timed += 1
+      done = step + 1
+      if done % config.log_every == 0 or done == config.train.steps:
+        metrics = jax.device_get(metrics)
+        trainer.check_finite(metrics, done, last_ckpt)
+        elapsed = time.time() - t0
+        writer.write(done, {**metrics, 'pairs_per_sec': steps_timed * config.train.batch_size / elapsed})
+        t0, steps_timed = time.time(), 0
+      if done % config.eval_every == 0 or done == config.train.steps:
+        result = rlhf.evaluate(eval_step, state.params, eval_batches(), stop)
+        writer.write(done, result, 'eval')
+      if ckpt.should_save(done) or stop.requested or done == config.train.steps:
+        trainer.check_finite(jax.device_get(metrics), done, last_ckpt)  # never save a NaN state
+        ckpt.save(done, state, {**meta, 'step': done, 'data_position': done}, force=True)
+        last_ckpt = done
+      if stop.requested:
+        print(f'{stop.signal}: saved step {done}, exiting.')
+        break
 
-  ckpt.close()
   writer.close()
+  return result
+
+
+def main(argv):
+  del argv
+  distributed.initialize()  # before any other JAX call
+  train(FLAGS.config, FLAGS.workdir)
 
 
 if __name__ == '__main__':
-  app.run(main)
+  cli.run(main)

@@ -411,7 +411,7 @@ def main(argv=None):
   out(f'(standalone, before the runs; MFU uses the interleaved re-measurement below)')
   out(FORMULA)
   out('ours gpt runs with config.train.loss_chunk = --loss_chunk (fused linear+CE, lm/losses.py); '
-      '0 = full [N, V] logits. configs/gpt_base.py leaves it 0, configs/gpt2.py sets 4096.')
+      '0 = full [N, V] logits. configs/gpt_base.py sets 1024, configs/gpt2.py 4096.')
   out()
 
   # 2-3. throughput, interleaved per model kind
