@@ -110,8 +110,6 @@ def train(config, workdir: str) -> dict:
   result = {}
   with ckpt:  # pending async saves land even if the loop raises
     for step in range(start, config.train.steps):
-      if stop.requested:
-        break
       batch = preference.train_batch(train_data, step, config.train.batch_size, config.seed, pi, pc)
       state, metrics = train_step(state, sharding.shard_batch(batch, mesh))
       steps_timed += 1

@@ -126,11 +126,7 @@ def test_sigterm_saves_and_exits_cleanly(tmp_path):
                     '--config.checkpoint_every=100000', background=True,
                     stdout=open(tmp_path / 'out.log', 'w'), stderr=open(tmp_path / 'err.log', 'w'))
   metrics = w / 'metrics.jsonl'
-  deadline = time.time() + 300
-  while time.time() < deadline and not (metrics.exists() and metrics.read_text().count('\n') >= 5):
-    time.sleep(0.1)
-  proc.send_signal(signal.SIGTERM)
-  assert proc.wait(timeout=120) == 0
+  assert _term_when(proc, metrics, lambda r: r['step'] >= 5) == 0
   out = (tmp_path / 'out.log').read_text()
   assert 'SIGTERM: saved step' in out, out
   saved = int(out.split('SIGTERM: saved step ')[1].split(',')[0])
@@ -165,3 +161,54 @@ def test_two_processes_match_one_process(tmp_path):
   assert len(a) == len(b) == 12
   np.testing.assert_allclose(b, a, rtol=1e-5)
   assert ckpt_steps(tmp_path / 'two') == [6, 12]
+
+
+def _term_when(proc, metrics_file, predicate, timeout=300):
+  """Sends SIGTERM once a metrics.jsonl row satisfies `predicate`; returns the exit code."""
+  deadline = time.time() + timeout
+  while time.time() < deadline and proc.poll() is None:
+    if metrics_file.exists() and any(predicate(json.loads(l)) for l in open(metrics_file)):
+      break
+    time.sleep(0.1)
+  proc.send_signal(signal.SIGTERM)
+  return proc.wait(timeout=120)
+
+
+def test_sigterm_during_eval_stops_the_eval_and_saves(tmp_path):
+  """An endless eval (100k batches) must not hold a preempted job past its grace period."""
+  w = tmp_path / 'w'
+  proc = run_script('train.py', *BASE, f'--workdir={w}', '--config.train.steps=5',
+                    '--config.eval_every=1', '--config.eval_batches=100000', background=True,
+                    stdout=open(tmp_path / 'out.log', 'w'), stderr=open(tmp_path / 'err.log', 'w'))
+  assert _term_when(proc, w / 'metrics.jsonl', lambda r: r['step'] >= 1) == 0
+  assert 'SIGTERM: saved step 1' in (tmp_path / 'out.log').read_text()
+  assert ckpt_steps(w) == [1]
+
+
+def test_dpo_sigterm_saves_and_exits_cleanly(pretrained_gpt, tmp_path):
+  w = tmp_path / 'dpo'
+  proc = run_script('dpo.py', '--config=configs/dpo.py', f'--workdir={w}',
+                    f'--config.pretrained={pretrained_gpt}', '--config.train.steps=100000',
+                    '--config.log_every=1', '--config.eval_every=100000',
+                    '--config.checkpoint_every=100000', background=True,
+                    stdout=open(tmp_path / 'out.log', 'w'), stderr=open(tmp_path / 'err.log', 'w'))
+  code = _term_when(proc, w / 'metrics.jsonl', lambda r: r['step'] >= 3 and 'train/loss' in r)
+  out = (tmp_path / 'out.log').read_text()
+  assert code == 0, (tmp_path / 'err.log').read_text()[-3000:]
+  saved = int(out.split('SIGTERM: saved step ')[1].split(',')[0])
+  assert saved >= 3 and ckpt_steps(w) == [saved]
+
+
+def test_failed_checkpoint_write_fails_the_run(tmp_path):
+  """A save that cannot be written raises (at save or at wait), never vanishes."""
+  import jax.numpy as jnp
+  from lm import checkpoint
+  ckpt = checkpoint.Checkpointer(str(tmp_path / 'ckpt'), every=1)
+  ckpt.save(1, {'w': jnp.ones(3)}, {'step': 1})
+  ckpt.wait()
+  import shutil
+  shutil.rmtree(tmp_path / 'ckpt')
+  (tmp_path / 'ckpt').write_text('not a directory')  # the next write has nowhere to go
+  with pytest.raises(Exception):
+    ckpt.save(2, {'w': jnp.ones(3)}, {'step': 2})
+    ckpt.wait()
