@@ -30,8 +30,8 @@ flags.DEFINE_integer('new_tokens', 128, 'Generated tokens per row in the through
 flags.DEFINE_list('batch_sizes', ['1', '8'], 'Batch sizes for the throughput table.')
 flags.DEFINE_list('windows', ['32', '256', '480'], 'Starts of the per-step timing windows.')
 flags.DEFINE_integer('window', 32, 'Steps per window.')
-flags.DEFINE_integer('torch_threads', 1, 'torch.set_num_threads (0: torch default; on a loaded '
-                     'shared CPU, OpenMP spin-waits make >1 thread pathologically slow).')
+flags.DEFINE_integer('torch_threads', 0, 'torch.set_num_threads (0: torch default, all cores, '
+                     'as JAX uses them; 1 helps torch on a heavily loaded shared machine).')
 FLAGS = flags.FLAGS
 
 
