@@ -212,3 +212,16 @@ def test_failed_checkpoint_write_fails_the_run(tmp_path):
   with pytest.raises(Exception):
     ckpt.save(2, {'w': jnp.ones(3)}, {'step': 2})
     ckpt.wait()
+
+
+def test_save_interval_keeps_orbax_preemption_saves(tmp_path):
+  """A custom save interval replaces orbax's default policy; ours must still include the
+  preemption policy, so multi-host jobs save when the scheduler says they are preempted."""
+  from lm import checkpoint
+  from orbax.checkpoint import checkpoint_managers as cm
+  ckpt = checkpoint.Checkpointer(str(tmp_path / 'ckpt'), every=7)
+  policy = ckpt._mngr._options.save_decision_policy  # pylint: disable=protected-access
+  kinds = {type(p) for p in policy.policies}
+  assert {cm.PreemptionCheckpointingPolicy, cm.FixedIntervalPolicy} <= kinds
+  assert [s for s in range(1, 30) if ckpt.should_save(s)] == [7, 14, 21, 28]
+  ckpt.close()
