@@ -36,28 +36,28 @@ def run():
   return run_script
 
 
-# Shared pretraining runs: the default configs, shortened. test_train.py checks their loss
-# curves; fine-tuning, DPO, reward-model and few-shot tests start from them.
-PRETRAIN_STEPS = 300
+# Shared pretraining runs. test_train.py checks their loss curves; fine-tuning, DPO,
+# reward-model and few-shot tests start from them.
 
 
-def _pretrain(tmp_path_factory, name, config, *overrides):
+def _pretrain(tmp_path_factory, name, config, steps, *overrides):
   workdir = tmp_path_factory.mktemp(name)
   proc = run_script('train.py', f'--config={config}', f'--workdir={workdir}',
-             f'--config.train.steps={PRETRAIN_STEPS}', f'--config.train.warmup_steps={PRETRAIN_STEPS // 10}',
-             '--config.log_every=10', f'--config.eval_every={PRETRAIN_STEPS}',
-             f'--config.checkpoint_every={PRETRAIN_STEPS}', *overrides)
+                    f'--config.train.steps={steps}', f'--config.train.warmup_steps={steps // 10}',
+                    '--config.log_every=10', f'--config.eval_every={steps}',
+                    f'--config.checkpoint_every={steps}', *overrides)
   (workdir / 'stdout.log').write_text(proc.stdout)
   return workdir
 
 
 @pytest.fixture(scope='session')
 def pretrained_bert(tmp_path_factory):
-  """configs/base.py (BERT MLM + NSP on Python's docs) for PRETRAIN_STEPS steps."""
-  return _pretrain(tmp_path_factory, 'bert', 'configs/base.py')
+  """configs/base.py as the README's main job runs it: 600 steps of BERT MLM + NSP."""
+  return _pretrain(tmp_path_factory, 'bert', 'configs/base.py', 600)
 
 
 @pytest.fixture(scope='session')
 def pretrained_gpt(tmp_path_factory):
-  """configs/gpt_base.py (GPT causal LM on Python's docs), batch 16, for PRETRAIN_STEPS steps."""
-  return _pretrain(tmp_path_factory, 'gpt', 'configs/gpt_base.py', '--config.train.batch_size=16')
+  """configs/gpt_base.py (GPT causal LM on Python's docs), batch 16, 300 steps."""
+  return _pretrain(tmp_path_factory, 'gpt', 'configs/gpt_base.py', 300,
+                   '--config.train.batch_size=16')
