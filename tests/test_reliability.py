@@ -200,18 +200,31 @@ def test_dpo_sigterm_saves_and_exits_cleanly(pretrained_gpt, tmp_path):
 
 
 def test_failed_checkpoint_write_fails_the_run(tmp_path):
-  """A save that cannot be written raises (at save or at wait), never vanishes."""
-  import jax.numpy as jnp
-  from lm import checkpoint
-  ckpt = checkpoint.Checkpointer(str(tmp_path / 'ckpt'), every=1)
-  ckpt.save(1, {'w': jnp.ones(3)}, {'step': 1})
+  """A save that cannot be written raises (at save or at wait), never vanishes. In a
+  subprocess: after a failed async save, orbax's background thread holds the interpreter's
+  exit for its 300 s signal timeout, so the child leaves with os._exit."""
+  code = f"""
+import os, shutil, sys
+import jax.numpy as jnp
+from lm import checkpoint
+d = {str(tmp_path / 'ckpt')!r}
+ckpt = checkpoint.Checkpointer(d, every=1)
+ckpt.save(1, {{'w': jnp.ones(3)}}, {{'step': 1}})
+ckpt.wait()
+shutil.rmtree(d)
+open(d, 'w').write('not a directory')  # the next write has nowhere to go
+try:
+  ckpt.save(2, {{'w': jnp.ones(3)}}, {{'step': 2}})
   ckpt.wait()
-  import shutil
-  shutil.rmtree(tmp_path / 'ckpt')
-  (tmp_path / 'ckpt').write_text('not a directory')  # the next write has nowhere to go
-  with pytest.raises(Exception):
-    ckpt.save(2, {'w': jnp.ones(3)}, {'step': 2})
-    ckpt.wait()
+except Exception as e:
+  print('RAISED', type(e).__name__, flush=True)
+os._exit(0)
+"""
+  import subprocess
+  import sys
+  out = subprocess.run([sys.executable, '-c', code], capture_output=True, text=True, timeout=120,
+                       env=dict(os.environ, XLA_FLAGS='--xla_force_host_platform_device_count=1'))
+  assert 'RAISED' in out.stdout, out.stdout[-2000:] + out.stderr[-3000:]
 
 
 def test_save_interval_keeps_orbax_preemption_saves(tmp_path):
