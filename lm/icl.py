@@ -203,13 +203,17 @@ class LM:
     """Final hidden states mean-pooled over each sequence's real tokens: [N, D]."""
     return self._batched(seqs, lambda ids, mask: self._hidden(self.params, ids, mask))
 
-  def _batched(self, seqs, fn):
+  def _batched(self, seqs, fn, weights=None):
+    """fn(ids, mask[, weights]) over padded batches of batch_size rows (one compiled shape per
+    length bucket), concatenated without the padding rows."""
     out, b = [], self.batch_size
     length = _bucket(max(len(s) for s in seqs), self.max_len)
     for i in range(0, len(seqs), b):
       chunk = seqs[i:i + b]
-      ids, mask = pad(chunk, length, self.pad_id, rows=b)
-      out.append(np.asarray(fn(ids, mask))[:len(chunk)])
+      args = pad(chunk, length, self.pad_id, rows=b)
+      if weights is not None:
+        args = (*args, pad(weights[i:i + b], length, 0, rows=b)[0])
+      out.append(np.asarray(fn(*args))[:len(chunk)])
     return np.concatenate(out)
 
   # --- losses -----------------------------------------------------------------------------------
@@ -223,13 +227,7 @@ class LM:
     """Mean token NLL of each sequence over its target tokens (`weights[i][t]` = 1: token t is
     scored; default every token after the first): [N]."""
     weights = weights or [[0] + [1] * (len(s) - 1) for s in seqs]
-    length = _bucket(max(len(s) for s in seqs), self.max_len)
-    out, b = [], self.batch_size
-    for i in range(0, len(seqs), b):
-      ids, mask = pad(seqs[i:i + b], length, self.pad_id, rows=b)
-      w, _ = pad(weights[i:i + b], length, 0, rows=b)
-      out.append(np.asarray(self._nll(self.params, ids, mask, w))[:len(seqs[i:i + b])])
-    return np.concatenate(out)
+    return self._batched(seqs, lambda ids, mask, w: self._nll(self.params, ids, mask, w), weights)
 
   # --- per-example gradients -------------------------------------------------------------------
 
@@ -283,13 +281,7 @@ class LM:
     selected, rest = self.split_params(which)
     fn = self.grad_fn(which, dim, seed)
     weights = weights or [[0] + [1] * (len(s) - 1) for s in seqs]
-    length = _bucket(max(len(s) for s in seqs), self.max_len)
-    out, b = [], self.batch_size
-    for i in range(0, len(seqs), b):
-      ids, mask = pad(seqs[i:i + b], length, self.pad_id, rows=b)
-      w, _ = pad(weights[i:i + b], length, 0, rows=b)
-      out.append(np.asarray(fn(selected, rest, ids, mask, w))[:len(seqs[i:i + b])])
-    return np.concatenate(out)
+    return self._batched(seqs, lambda ids, mask, w: fn(selected, rest, ids, mask, w), weights)
 
   # --- candidate scoring ------------------------------------------------------------------------
 
