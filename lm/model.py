@@ -7,7 +7,7 @@ constraint; `lm.sharding.RULES` maps those names onto the device mesh.
 """
 import dataclasses
 import functools
-from typing import Any, Optional
+from typing import Optional
 
 import flax.linen as nn
 import jax

@@ -1,6 +1,5 @@
 """AdamW with BERT's decay mask, warmup + decay schedule and global-norm clipping."""
 import flax
-import jax
 import optax
 
 
@@ -33,7 +32,3 @@ def make(cfg) -> optax.GradientTransformation:
   if cfg.clip_norm:
     tx = optax.chain(optax.clip_by_global_norm(cfg.clip_norm), tx)
   return tx
-
-
-def global_norm(tree) -> jax.Array:
-  return optax.global_norm(tree)

@@ -9,7 +9,6 @@ import json
 import os
 from typing import Any, Optional
 
-import jax
 import ml_collections
 
 from lm import checkpoint

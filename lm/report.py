@@ -1,7 +1,6 @@
 """Where metrics go: TensorBoard, `metrics.jsonl` in the workdir, and a line on the terminal."""
 import json
 import os
-import sys
 import time
 
 import jax
@@ -48,7 +47,3 @@ def _fmt(v) -> str:
   if v != 0 and (abs(v) < 1e-3 or abs(v) >= 1e5):
     return f'{v:.3e}'
   return f'{v:.4f}'
-
-
-def is_terminal() -> bool:
-  return sys.stdout.isatty()
