@@ -2,8 +2,7 @@ r"""Training throughput and model-FLOPs utilisation (MFU) of lm's BERT and GPT v
 
   python bench/train_throughput.py            # full run, < ~6 min on a 2-core CPU
   python bench/train_throughput.py --quick    # < 1 min: fewer steps, no torch.compile
-  python bench/train_throughput.py --config=gpt2_small --dtype=bfloat16 \
-      --attention_impl=cudnn --models=gpt --hf=none    # on a GPU
+  bash bench/gpu.sh                           # on a GPU: GPT-2 small/medium, bf16, cuDNN
 
 What it measures, all in one process so the numbers compare as ratios:
   1. the XLA matmul ceiling (jit'd [n, n] @ [n, n], float32 and bfloat16), GFLOP/s;
@@ -33,6 +32,7 @@ FLOP convention (model FLOPs, identical for ours and HF, so MFU ratios = through
   MFU = model FLOPs per second / the measured XLA float32 (or bf16, by --dtype) matmul ceiling.
 """
 import argparse
+import itertools
 import math
 import os
 import statistics
@@ -44,6 +44,7 @@ SIZES = {  # name: (d, layers, heads, mlp, seq, batch)
     'tiny': (128, 2, 4, 512, 128, 16),
     'bert_base': (768, 12, 12, 3072, 128, 32),
     'gpt2_small': (768, 12, 12, 3072, 1024, 8),
+    'gpt2_medium': (1024, 24, 16, 4096, 1024, 8),
 }
 VOCAB = {'bert': 30522, 'gpt': 50257}
 
@@ -61,7 +62,11 @@ def parse_args(argv=None):
   p.add_argument('--loss_chunk', default='1024',
                  help='GPT fused chunked cross-entropy chunk in tokens (0 = full logits); '
                       'a comma list benchmarks each (interleaved)')
-  p.add_argument('--scan_layers', type=int, default=0)
+  p.add_argument('--doc_mask', default='1',
+                 help='GPT: 1 = attention stays inside each packed document (segment_ids, as '
+                      'CLMBatcher emits); 0 = plain causal over the window (GPT-2 style); '
+                      'a comma list benchmarks each (interleaved)')
+  p.add_argument('--scan_layers', default='0', help='0 | 1; a comma list benchmarks each')
   p.add_argument('--remat', default='none')
   p.add_argument('--dropout', type=float, default=0.0, help='dropout (both systems)')
   p.add_argument('--hf', default='eager,compile', help="comma list of eager,compile or 'none'")
@@ -70,6 +75,12 @@ def parse_args(argv=None):
   p.add_argument('--compile_layers', default='2,24', help="layer counts for compile timing; '' skips")
   p.add_argument('--compile_noscan', type=int, default=1, help='also time compile without scan')
   p.add_argument('--matmul_n', type=int, default=None, help='matmul ceiling size (default 2048 CPU, 8192 GPU)')
+  p.add_argument('--peak_tflops', type=float, default=0,
+                 help="the chip's datasheet peak for --dtype (H100 SXM bf16 dense: 989); adds an "
+                      'MFU column against it beside the one against the measured matmul ceiling')
+  p.add_argument('--profile', default='',
+                 help='directory: after timing, trace 3 steps of the first of our runs there '
+                      '(jax.profiler, with a Perfetto .trace.json.gz)')
   p.add_argument('--xla_flags', default='', help='appended to XLA_FLAGS before jax is imported')
   p.add_argument('--threads', type=int, default=0, help='torch intra-op threads (0 = torch default)')
   p.add_argument('--quick', action='store_true', help='< 1 min: fewer steps and no torch.compile')
@@ -121,21 +132,38 @@ class Runner:
 
 
 def interleave(runners, steps, repeats, log):
-  for r in runners:
+  """Times each runner in alternating order. A baseline (HF) runner that fails -- a torch.compile
+  error, out of memory -- is dropped with a log line rather than taking the others down.
+  Returns the runners that finished."""
+  def call(r, k):
+    try:
+      return r.fn(k)
+    except Exception as e:  # pylint: disable=broad-except
+      if not r.name.startswith('HF'):
+        raise
+      log(f'  {r.name} failed, dropped: {e!r}'[:400])
+      runners.remove(r)
+      return None
+
+  runners = list(runners)
+  for r in list(runners):
     r.times = []
     t0 = time.perf_counter()
-    r.fn(1)  # warm-up (first call compiles)
-    r.first = time.perf_counter() - t0
-    log(f'  warm-up {r.name}: {r.first:.1f} s')
+    if call(r, 1) is not None:  # warm-up (first call compiles)
+      r.first = time.perf_counter() - t0
+      log(f'  warm-up {r.name}: {r.first:.1f} s')
   for i in range(repeats):
     order = runners if i % 2 == 0 else runners[::-1]  # alternate order: no fixed neighbour
-    for r in order:
+    for r in list(order):
       k = steps if r.tokens else 4 * steps  # matmul runner: a few more, it is short
-      r.times.append(r.fn(k) / k)
+      t = call(r, k)
+      if t is not None:
+        r.times.append(t / k)
   for r in runners:
     r.step_s = median(r.times)
     r.tok_s = r.tokens / r.step_s
     r.spread = (max(r.times) - min(r.times)) / r.step_s if r.times else 0.0
+  return runners
 
 
 # ----------------------------------------------------------------------------- matmul ceiling
@@ -222,7 +250,7 @@ def our_config(kind, size, a):
   c.objective = 'mlm' if kind == 'bert' else 'clm'
   model = dict(hidden_size=d, num_layers=L, num_heads=H, mlp_dim=m, max_len=max(T, 128),
                dropout_rate=a.dropout, attention_dropout_rate=a.dropout, dtype=a.dtype,
-               scan_layers=bool(a.scan_layers), remat=a.remat)
+               scan_layers=bool(int(a.scan_layers)), remat=a.remat)
   if kind == 'gpt':
     model.update(type_vocab_size=0, pre_ln=True, activation='gelu_tanh', layer_norm_eps=1e-5)
   model['attention_impl'] = a.attention_impl
@@ -245,6 +273,8 @@ def our_runner(kind, size, a, jax, log):
   state, state_sh = trainer.create_state(model, tx, mesh, config.seed, objectives.init_inputs(config))
   step = trainer.make_train_step(config, model, tx, state_sh, mesh)
   nb = synthetic_batch(kind, B, T, V)
+  if kind == 'gpt' and not int(a.doc_mask):
+    del nb['segment_ids']  # the model then masks causally only
   batch = sharding.shard_batch(nb, mesh)
   n_pred = int(nb['masked_weights'].sum()) if kind == 'bert' else B * T
   holder = {'state': state}
@@ -258,8 +288,9 @@ def our_runner(kind, size, a, jax, log):
     holder['state'], holder['metrics'] = s, metrics
     return time.perf_counter() - t0
 
-  extra = f' chunk={config.train.loss_chunk}' if kind == 'gpt' else ''
-  name = f'ours {kind} ({config.model.attention_impl}{extra})'
+  extra = f' chunk={config.train.loss_chunk} doc={int(a.doc_mask)}' if kind == 'gpt' else ''
+  scan = ' scan' if config.model.scan_layers else ''
+  name = f'ours {kind} ({config.model.attention_impl}{scan}{extra})'
   r = Runner(name, run, B * T, model_flops_per_step(kind, d, L, m, T, B, V, n_pred))
   r.params = trainer.param_count(state.params)
   r.holder = holder
@@ -333,7 +364,7 @@ def hf_runner(kind, size, a, mode, log):
                   next_sentence_label=t(nb['nsp_labels']))
     n_pred = int(nb['masked_weights'].sum())
   else:
-    inputs = dict(input_ids=t(nb['input_ids']), labels=t(nb['input_ids']))
+    inputs = dict(input_ids=t(nb['input_ids']), labels=t(nb['input_ids']), use_cache=False)
     n_pred = B * T
   fwd = torch.compile(model) if mode == 'compile' else model
 
@@ -394,6 +425,7 @@ def main(argv=None):
   out(f'device: {jax.devices()[0].device_kind} x{jax.device_count()} ({jax.default_backend()}), '
       f'cpus={os.cpu_count()}, loadavg(1/5/15 min) at start = {load[0]:.2f} {load[1]:.2f} {load[2]:.2f}')
   out(f'jax {jax.__version__}; XLA_FLAGS={os.environ.get("XLA_FLAGS", "")!r}')
+  out('command: python ' + ' '.join(sys.argv))
   out(f'size: d={d} L={L} heads={H} mlp={m} seq={T} batch={B} vocab bert={VOCAB["bert"]} '
       f'gpt={VOCAB["gpt"]}; dtype={a.dtype}; dropout={a.dropout}; AdamW; '
       f'{a.repeats} interleaved blocks x {a.steps} steps, median')
@@ -419,10 +451,13 @@ def main(argv=None):
   for kind in kinds:
     log(f'[{kind}] building ...')
     runners = []
-    for impl in a.attention_impl.split(','):
-      for chunk in (a.loss_chunk.split(',') if kind == 'gpt' else ['0']):
-        v = argparse.Namespace(**{**vars(a), 'attention_impl': impl, 'loss_chunk': chunk})
-        runners.append(our_runner(kind, size, v, jax, log))
+    gpt_axes = lambda x: x.split(',') if kind == 'gpt' else x.split(',')[:1]
+    for scan, impl, chunk, doc in itertools.product(
+        a.scan_layers.split(','), a.attention_impl.split(','), gpt_axes(a.loss_chunk),
+        gpt_axes(a.doc_mask)):
+      v = argparse.Namespace(**{**vars(a), 'attention_impl': impl, 'loss_chunk': chunk,
+                                'doc_mask': doc, 'scan_layers': scan})
+      runners.append(our_runner(kind, size, v, jax, log))
     n_ours = len(runners)
     runners.append(matmul_runner(jax, jnp, n, getattr(jnp, a.dtype)))
     for mode in hf_modes:
@@ -430,34 +465,39 @@ def main(argv=None):
         runners.append(hf_runner(kind, size, a, mode, log))
       except Exception as e:  # pylint: disable=broad-except
         log(f'  HF {kind} {mode} unavailable: {e!r}')
-    try:
-      interleave(runners, a.steps, a.repeats, log)
-    except Exception as e:  # pylint: disable=broad-except
-      # a failing torch.compile must not take the rest down: drop it and retry
-      log(f'  interleaved run failed ({e!r}); retrying without torch.compile')
-      runners = [r for r in runners if 'compile' not in r.name]
-      for r in runners:
-        r.times = []
-      interleave(runners, a.steps, a.repeats, log)
+    runners = interleave(runners, a.steps, a.repeats, log)
     mm = [r for r in runners if r.name.startswith('XLA matmul')]
     ceil_interleaved.extend(2 * n ** 3 / t / 1e9 for r in mm for t in r.times)
     results[kind] = (runners[:n_ours], [r for r in runners[n_ours:] if r not in mm])
     for r in runners[:n_ours]:
       log(f'  {r.name}: loss after warm-up+timed steps {float(r.holder["metrics"]["loss"]):.3f}')
 
+  if a.profile and kinds:
+    r = results[kinds[0]][0][0]
+    jax.profiler.start_trace(a.profile, create_perfetto_trace=True)
+    r.fn(3)
+    jax.profiler.stop_trace()
+    log(f'  traced 3 steps of {r.name} into {a.profile}')
+
   if ceil_interleaved:
     ref = median(ceil_interleaved)
     out(f'{a.dtype} matmul ceiling re-measured interleaved with the training runs '
         f'(same load): median {ref:.0f} GFLOP/s over {len(ceil_interleaved)} blocks '
         f'(range {min(ceil_interleaved):.0f}-{max(ceil_interleaved):.0f}); MFU below is against it.')
-  hdr = f'| {"run":<36} | {"params":>7} | {"step ms":>8} | {"spread":>6} | {"tokens/s":>9} | {"TFLOP/step":>10} | {"GFLOP/s":>7} | {"MFU":>6} | {"1st step s":>10} |'
+  peak = f' | {"MFU pk":>6}' if a.peak_tflops else ''
+  if a.peak_tflops:
+    out(f'MFU pk = against the datasheet peak --peak_tflops={a.peak_tflops:g} TFLOP/s.')
+  hdr = (f'| {"run":<36} | {"params":>7} | {"step ms":>8} | {"spread":>6} | {"tokens/s":>9} | '
+         f'{"TFLOP/step":>10} | {"GFLOP/s":>7} | {"MFU":>6}{peak} | {"1st step s":>10} |')
   out(hdr)
   out('|' + '|'.join('-' * (len(c)) for c in hdr.split('|')[1:-1]) + '|')
   for kind in kinds:
     for r in results[kind][0] + results[kind][1]:
       gf = r.flops / r.step_s / 1e9
       out(f'| {r.name:<36} | {r.params / 1e6:6.1f}M | {r.step_s * 1e3:8.1f} | {r.spread:5.0%} | '
-          f'{r.tok_s:9,.0f} | {r.flops / 1e12:10.4f} | {gf:7.1f} | {gf / ref:6.1%} | {r.first:10.1f} |')
+          f'{r.tok_s:9,.0f} | {r.flops / 1e12:10.4f} | {gf:7.1f} | {gf / ref:6.1%}'
+          + (f' | {gf / 1e3 / a.peak_tflops:6.1%}' if a.peak_tflops else '')
+          + f' | {r.first:10.1f} |')
   out('(spread = (max-min)/median of the per-block step times; 1st step = compile + one step)')
   out()
 

@@ -8,11 +8,16 @@ import numpy as np
 
 
 def cross_entropy_sums(logits, labels, weights):
-  """(sum of weighted -log p(label), sum of weighted correct argmax) over all positions."""
+  """(sum of weighted -log p(label), sum of weighted correct) over all positions.
+
+  -log p = logsumexp - label logit: no [N, V] log-probabilities are materialised and the
+  gradient is one fused softmax - onehot pass (the logits are the step's largest tensor).
+  `correct` counts a token when its label's logit attains the row max (argmax up to exact ties).
+  """
   logits = logits.astype(jnp.float32)
-  logp = jax.nn.log_softmax(logits)
-  nll = -jnp.take_along_axis(logp, labels[..., None], axis=-1)[..., 0]
-  correct = (jnp.argmax(logits, -1) == labels).astype(jnp.float32)
+  label_logit = jnp.take_along_axis(logits, labels[..., None], axis=-1)[..., 0]
+  nll = jax.nn.logsumexp(logits, axis=-1) - label_logit
+  correct = (label_logit >= jnp.max(jax.lax.stop_gradient(logits), -1)).astype(jnp.float32)
   return jnp.sum(nll * weights), jnp.sum(correct * weights)
 
 

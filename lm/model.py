@@ -37,7 +37,9 @@ class ModelConfig:
   param_dtype: str = 'float32'
   scan_layers: bool = False  # one compiled layer body: compile time flat in depth
   remat: str = 'none'  # 'none' | 'full' | 'dots' (save matmul outputs only)
-  attention_impl: str = 'einsum'  # 'einsum' | 'xla' | 'cudnn' (jax.nn.dot_product_attention)
+  # 'einsum' | 'xla' | 'cudnn' (jax.nn.dot_product_attention) | 'auto': cudnn flash attention
+  # on a GPU in bf16/fp16, else xla
+  attention_impl: str = 'einsum'
 
   @classmethod
   def from_dict(cls, d) -> 'ModelConfig':
@@ -91,8 +93,13 @@ def rope(x: Array, positions: Array, theta: float) -> Array:
 
 
 class Attention(nn.Module):
-  """Multi-head self-attention; `decode=True` reads and extends a KV cache."""
+  """Multi-head self-attention; `decode=True` reads and extends a KV cache.
+
+  `causal` is applied here rather than folded into `mask`, so fused kernels (cuDNN flash
+  attention) get `is_causal` and skip the masked half instead of reading a [T, T] mask.
+  """
   cfg: ModelConfig
+  causal: bool = False
 
   @nn.compact
   def __call__(self, x, mask, positions, deterministic: bool, decode: bool = False):
@@ -106,13 +113,22 @@ class Attention(nn.Module):
                for n in ('query', 'key', 'value'))
     if c.position == 'rope':
       q, k = rope(q, positions, c.rope_theta), rope(k, positions, c.rope_theta)
-    if decode:
+    causal = self.causal
+    if decode:  # the cache applies causality per slot
       k, v, mask = self._update_cache(k, v, mask)
+      causal = False
 
-    if c.attention_impl != 'einsum' and (deterministic or c.attention_dropout_rate == 0.0):
-      out = jax.nn.dot_product_attention(q, k, v, mask=mask, implementation=(
-          None if c.attention_impl == 'xla' else c.attention_impl))
+    impl = c.attention_impl
+    if impl == 'auto':
+      impl = ('cudnn' if jax.default_backend() == 'gpu' and c.dtype in ('bfloat16', 'float16')
+              else 'xla')
+    if impl != 'einsum' and (deterministic or c.attention_dropout_rate == 0.0):
+      out = jax.nn.dot_product_attention(q, k, v, mask=mask, is_causal=causal,
+                                         implementation=None if impl == 'xla' else impl)
     else:
+      if causal:
+        tri = jnp.tril(jnp.ones((q.shape[1], k.shape[1]), bool))[None, None]
+        mask = tri if mask is None else mask & tri
       scores = jnp.einsum('bqhd,bkhd->bhqk', q, k).astype(jnp.float32) / jnp.sqrt(c.head_dim)
       if mask is not None:
         scores = jnp.where(mask, scores, jnp.finfo(jnp.float32).min)
@@ -161,12 +177,13 @@ class Mlp(nn.Module):
 
 class Block(nn.Module):
   cfg: ModelConfig
+  causal: bool = False
 
   @nn.compact
   def __call__(self, x, mask, positions, deterministic: bool, decode: bool = False):
     c = self.cfg
     drop = lambda y: nn.Dropout(c.dropout_rate)(y, deterministic=deterministic)
-    attn = lambda y: drop(Attention(c, name='attention')(y, mask, positions, deterministic, decode))
+    attn = lambda y: drop(Attention(c, self.causal, name='attention')(y, mask, positions, deterministic, decode))
     if c.pre_ln:
       x = x + attn(LayerNorm(c, name='ln_attention')(x))
       x = x + Mlp(c, name='mlp')(LayerNorm(c, name='ln_mlp')(x), deterministic)
@@ -186,6 +203,7 @@ _REMAT_POLICIES = {
 class Stack(nn.Module):
   """The layer stack: a Python loop, or `nn.scan` (params stacked on a 'layers' axis)."""
   cfg: ModelConfig
+  causal: bool = False
 
   @nn.compact
   def __call__(self, x, mask, positions, deterministic: bool, decode: bool = False):
@@ -199,10 +217,10 @@ class Stack(nn.Module):
                         split_rngs={'params': True, 'dropout': True},
                         in_axes=(nn.broadcast, nn.broadcast, nn.broadcast, nn.broadcast),
                         length=c.num_layers, metadata_params={nn.PARTITION_NAME: 'layers'})
-      x, _ = scanned(c, name='layers')(x, mask, positions, deterministic, decode)
+      x, _ = scanned(c, self.causal, name='layers')(x, mask, positions, deterministic, decode)
       return x
     for i in range(c.num_layers):
-      x = block(c, name=f'layers_{i}')(x, mask, positions, deterministic, decode)
+      x = block(c, self.causal, name=f'layers_{i}')(x, mask, positions, deterministic, decode)
     return x
 
 
@@ -238,8 +256,8 @@ class Embed(nn.Module):
     return self.token.attend(x.astype(self.cfg.dtype)).astype(jnp.float32)
 
 
-def make_mask(attention_mask=None, segment_ids=None, causal=False):
-  """Boolean [B, 1, Tq, Tk] mask from padding (1 = real token), packed segments and causality.
+def make_mask(attention_mask=None, segment_ids=None):
+  """Boolean [B, 1, Tq, Tk] mask from padding (1 = real token) and packed segments.
 
   Returns None when nothing is masked, so attention skips the `where`.
   """
@@ -249,10 +267,6 @@ def make_mask(attention_mask=None, segment_ids=None, causal=False):
   if segment_ids is not None:
     seg = segment_ids[:, None, :, None] == segment_ids[:, None, None, :]
     mask = seg if mask is None else mask & seg
-  if causal:
-    t = (segment_ids if attention_mask is None else attention_mask).shape[-1]
-    tri = jnp.tril(jnp.ones((t, t), bool))[None, None]
-    mask = tri if mask is None else mask & tri
   return mask
 
 
@@ -311,7 +325,7 @@ class Decoder(nn.Module):
   def setup(self):
     c = self.cfg
     self.embed = Embed(c)
-    self.stack = Stack(c)
+    self.stack = Stack(c, causal=True)
     self.ln_final = LayerNorm(c)
 
   def hidden(self, input_ids, positions=None, segment_ids=None, attention_mask=None,
@@ -325,14 +339,11 @@ class Decoder(nn.Module):
     if positions is None:
       positions = jnp.broadcast_to(jnp.arange(t), (b, t))
     x = self.embed(input_ids, positions, None, deterministic)
-    if decode:  # padding over all cache slots; causality is applied per slot in Attention
-      if segment_ids is not None:
-        raise ValueError('decode=True does not take segment_ids: decode one sequence per row.')
-      mask = make_mask(attention_mask)
-    elif attention_mask is None and segment_ids is None:
-      mask = jnp.tril(jnp.ones((t, t), bool))[None, None]
-    else:
-      mask = make_mask(attention_mask, segment_ids, causal=True)
+    if decode and segment_ids is not None:
+      raise ValueError('decode=True does not take segment_ids: decode one sequence per row.')
+    # Padding and segments only (with decode=True, padding over all cache slots): the stack
+    # is causal itself.
+    mask = make_mask(attention_mask, segment_ids)
     x = self.stack(x, mask, positions, deterministic, decode)
     return _constrain(self.ln_final(x), 'batch', 'act_length', 'act_embed')
 

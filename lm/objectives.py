@@ -54,7 +54,7 @@ def loss_sums(objective, model, params, batch, rng, deterministic: bool, loss_ch
       sums['nsp'] = losses.cross_entropy_sums(out['nsp_logits'], batch['nsp_labels'],
                                               jnp.ones_like(batch['nsp_labels'], jnp.float32))
     return sums
-  kwargs = dict(positions=batch['positions'], segment_ids=batch['segment_ids'],
+  kwargs = dict(positions=batch['positions'], segment_ids=batch.get('segment_ids'),
                 deterministic=deterministic)
   if loss_chunk:
     hidden = model.apply({'params': params}, batch['input_ids'], method='hidden', rngs=rngs, **kwargs)
