@@ -183,7 +183,8 @@ class Block(nn.Module):
   def __call__(self, x, mask, positions, deterministic: bool, decode: bool = False):
     c = self.cfg
     drop = lambda y: nn.Dropout(c.dropout_rate)(y, deterministic=deterministic)
-    attn = lambda y: drop(Attention(c, self.causal, name='attention')(y, mask, positions, deterministic, decode))
+    attn = lambda y: drop(Attention(c, self.causal, name='attention')(
+        y, mask, positions, deterministic, decode))
     if c.pre_ln:
       x = x + attn(LayerNorm(c, name='ln_attention')(x))
       x = x + Mlp(c, name='mlp')(LayerNorm(c, name='ln_mlp')(x), deterministic)
