@@ -170,16 +170,10 @@ def interleave(runners, steps, repeats, log):
 
 
 def matmul_ceiling(jax, jnp, n, dtype, iters):
-  a = jax.random.normal(jax.random.PRNGKey(0), (n, n), jnp.float32).astype(dtype)
-  b = jax.random.normal(jax.random.PRNGKey(1), (n, n), jnp.float32).astype(dtype)
-  f = jax.jit(lambda x, y: x @ y)
-  f(a, b).block_until_ready()
-  times = []
-  for _ in range(iters):
-    t0 = time.perf_counter()
-    f(a, b).block_until_ready()
-    times.append(time.perf_counter() - t0)
-  return 2 * n ** 3 / median(times) / 1e9
+  """Standalone ceiling, GFLOP/s: the median of `iters` single products after a warm-up."""
+  r = matmul_runner(jax, jnp, n, dtype)
+  r.fn(1)
+  return r.flops / median([r.fn(1) for _ in range(iters)]) / 1e9
 
 
 def matmul_runner(jax, jnp, n, dtype):
