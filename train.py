@@ -22,9 +22,9 @@ from lm import report
 from lm import sample
 from lm import sharding
 from lm import trainer
-from lm.data import corpus
+from lm.data import prepare
 from lm.data import pretrain
-from lm.data import tokenizer
+from lm.data import shards
 
 FLAGS = flags.FLAGS
 config_flags.DEFINE_config_file('config', None, 'Training config file.', lock_config=True)
@@ -41,13 +41,15 @@ def train_and_evaluate(config, workdir: str):
   workdir = cli.writable_dir(workdir)
   pi, pc = jax.process_index(), jax.process_count()
 
-  # Data: corpus -> tokenizer (trained once, saved in workdir) -> step-indexed batches.
-  docs = corpus.load_corpus(config.data)
-  tok = tokenizer.get_tokenizer(config.data.tokenizer, docs, workdir if pi == 0 else None)
-  tokens = pretrain.TokenizedCorpus.build(docs, tok, os.path.join(workdir, 'tokens.npz'))
-  train_corpus, eval_corpus = tokens.split(config.data.eval_fraction, config.seed)
+  # Data: prepared once into token shards beside their tokenizer (shared by every run and
+  # host with the same data config), then read row by row: batches are a function of the step.
+  data_dir, manifest, tok = prepare.ensure(config.data, pi)
+  if pi == 0:
+    _keep_tokenizer(tok, workdir, data_dir)
+  train_corpus = shards.open_split(data_dir, 'train', manifest)
+  eval_corpus = shards.open_eval(data_dir, manifest)
   train_data = pretrain.make_batcher(config, train_corpus, tok, config.seed)
-  eval_data = pretrain.make_batcher(config, eval_corpus or train_corpus, tok, config.seed + 1)
+  eval_data = pretrain.make_batcher(config, eval_corpus, tok, config.seed + 1)
 
   # Model, optimizer and state, initialised straight into their shardings.
   mesh = sharding.make_mesh(config.mesh_shape)
@@ -103,6 +105,19 @@ def train_and_evaluate(config, workdir: str):
       writer.text(int(state.step), 'sample', result['sample'])
   writer.close()
   return {'step': int(state.step), **result}
+
+
+def _keep_tokenizer(tok, workdir: str, data_dir: str):
+  """The run's tokenizer.json beside its checkpoints (what loading a workdir reads)."""
+  path, text = os.path.join(workdir, 'tokenizer.json'), tok.hf.to_str()
+  if os.path.isfile(path):
+    with open(path, encoding='utf-8') as f:
+      if f.read() != text:
+        raise ValueError(f'{workdir} was trained with another tokenizer than the prepared data in '
+                         f'{data_dir}: use a new --workdir, or the data config it was trained on.')
+    return
+  with open(path, 'w', encoding='utf-8') as f:
+    f.write(text)
 
 
 def main(argv):

@@ -23,11 +23,19 @@ def base_config() -> ml_collections.ConfigDict:
   c.data.split = 'train'
   c.data.text_key = 'text'
   c.data.max_documents = 0        # 0 = all
-  c.data.eval_fraction = 0.05     # held-out documents
+  c.data.eval_fraction = 0.05     # held-out documents (by a hash of their text)
+  # Prepared token shards (lm/data/prepare.py); default: $LM_DATA_CACHE or ~/.cache/lm/prepared
+  # under a name derived from this data config. Point every host at one shared path.
+  c.data.prepared_dir = config_dict.placeholder(str)
+  c.data.prepare_workers = -1     # tokenizing processes; -1: one per core (0 for small sources)
+  c.data.shard_mb = 64.0          # text per shard
   c.data.seq_len = 128
   c.data.mlm_prob = 0.15
   c.data.nsp = True
-  c.data.tokenizer = ml_collections.ConfigDict(dict(kind='wordpiece', vocab_size=8192, path=''))
+  # Trained once per prepared corpus on a deterministic sample of at most sample_mb of text,
+  # unless `path` names HF tokenizer files.
+  c.data.tokenizer = ml_collections.ConfigDict(dict(kind='wordpiece', vocab_size=8192, path='',
+                                                    sample_mb=64.0))
 
   c.train = ml_collections.ConfigDict(dict(
       batch_size=256, steps=100_000, lr=1e-4, warmup_steps=10_000, schedule='linear',

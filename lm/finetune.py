@@ -498,10 +498,12 @@ def evaluate_finetuned(workdir: str, config=None, which: str = 'best', mesh=None
 
 def evaluate_pretraining(path: str, config=None, num_batches: Optional[int] = None, mesh=None):
   """Perplexity and MLM/NSP (or causal LM) accuracy of a pretraining checkpoint on the
-  held-out split train.py evaluates on (or `config`'s data for an HF directory)."""
+  held-out documents of the prepared data train.py evaluates on (or `config`'s data for an HF
+  directory, whose tokenizer `config.data.tokenizer.path` must name)."""
   # pylint: disable=g-import-not-at-top
-  from lm.data import corpus
+  from lm.data import prepare
   from lm.data import pretrain
+  from lm.data import shards
   mesh = mesh or sharding.make_mesh((-1, 1, 1))
   pre = pretrained.load(path, mesh)
   config = config or pre.config
@@ -511,11 +513,11 @@ def evaluate_pretraining(path: str, config=None, num_batches: Optional[int] = No
   if want != pre.kind:
     raise ValueError(f'config.objective={config.objective!r} does not fit a {pre.kind} checkpoint.')
   tok = pre.tokenizer
-  docs = corpus.load_corpus(config.data)
-  cache = os.path.join(path, 'tokens.npz') if pretrained.is_workdir(path) else None
-  tokens = pretrain.TokenizedCorpus.build(docs, tok, cache)
-  _, eval_corpus = tokens.split(config.data.eval_fraction, config.seed)
-  eval_corpus = eval_corpus or tokens
+  data_dir, manifest, prepared_tok = prepare.ensure(config.data)
+  if tok is None or prepared_tok.hf.to_str() != tok.hf.to_str():
+    raise ValueError(f'the prepared data in {data_dir} uses another tokenizer than {path}: set '
+                     f'--config.data.tokenizer.path={path} (or evaluate the data it was trained on).')
+  eval_corpus = shards.open_eval(data_dir, manifest)
   batcher = pretrain.make_batcher(config, eval_corpus, tok, config.seed + 1)  # train.py's eval batches
   model = pre.model
   params = jax.tree.map(lambda x: x if isinstance(x, jax.Array) else

@@ -1,11 +1,15 @@
-"""Suite-wide set-up: 8 simulated CPU devices (before JAX starts) and a train.py runner."""
+"""Suite-wide set-up: 8 simulated CPU devices (before JAX starts), a private prepared-data
+cache, and a train.py runner."""
 import os
 import subprocess
 import sys
+import tempfile
 
 os.environ['XLA_FLAGS'] = (os.environ.get('XLA_FLAGS', '') +
                            ' --xla_force_host_platform_device_count=8').strip()
 os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '2')
+# Prepared corpora go to this session's own cache (shared by its runs, never by the user's).
+os.environ['LM_DATA_CACHE'] = tempfile.mkdtemp(prefix='lm_data_cache_')
 
 import pytest  # noqa: E402
 

@@ -1,4 +1,4 @@
-"""Where pretraining text comes from: a corpus is a plain ``list[str]`` of documents.
+"""Where pretraining text comes from: a stream of documents (``str``) in a fixed order.
 
 Three sources, chosen by ``data_cfg.dataset``:
 
@@ -6,16 +6,22 @@ Three sources, chosen by ``data_cfg.dataset``:
   topics and stdlib docstrings), so training and tests work offline with no data.
 * ``'text_files'``: the user's own local text files (see :func:`read_text_files`).
 * anything else: a TFDS dataset name, read from an already prepared ``data_dir``.
+
+:func:`iter_documents` streams any of them with bounded memory; :mod:`lm.data.prepare`
+turns the stream into token shards once.
 """
 from __future__ import annotations
 
 import dataclasses
 import glob
+import hashlib
 import importlib
 import inspect
+import itertools
 import os
+import sys
 import warnings
-from typing import Iterable, Union
+from typing import Iterable, Iterator, Optional, Union
 
 # Pure-Python stdlib modules whose import has no side effects; sorted so the
 # corpus order (and hence every downstream batch) is reproducible.
@@ -100,10 +106,47 @@ def _expand(paths_or_globs: Union[str, Iterable[str]]) -> list[str]:
     return files
 
 
-def _flush(lines: list[str], docs: list[str]) -> None:
-    if lines:
-        docs.append("\n".join(lines))
-        lines.clear()
+def doc_hash(doc: str) -> bytes:
+    return hashlib.sha256(doc.encode("utf-8", errors="replace")).digest()
+
+
+def is_held_out(digest: bytes, fraction: float) -> bool:
+    """Deterministic split by content: the first 8 bytes of a document's sha256 as a uniform
+    number in [0, 1). Stable across runs, machines, file order and worker count, and a
+    document repeated anywhere in the corpus always lands on the same side."""
+    return int.from_bytes(digest[:8], "big") / 2.0 ** 64 < fraction
+
+
+def iter_text_file(path: str, stats: TextStats, max_line_chars: int = MAX_LINE_CHARS):
+    """Documents of one file, read line by line (memory bounded by the longest document)."""
+    stats.files += 1
+    current: list[str] = []
+    with open(path, "rb") as f:
+        for raw in f:
+            line = raw.decode("utf-8", errors="replace").rstrip("\r\n")
+            if "\ufffd" in line:
+                stats.replaced_chars += line.count("\ufffd") - raw.count("\ufffd".encode())
+            if not line.strip():
+                stats.empty_lines += 1
+                if current:
+                    stats.documents += 1
+                    yield "\n".join(current)
+                    current = []
+                continue
+            stats.lines += 1
+            if len(line) > max_line_chars:
+                stats.long_lines += 1
+                current.extend(line[i:i + max_line_chars] for i in range(0, len(line), max_line_chars))
+            else:
+                current.append(line)
+    if current:
+        stats.documents += 1
+        yield "\n".join(current)
+
+
+def iter_text_files(files: list[str], stats: TextStats, max_line_chars: int = MAX_LINE_CHARS):
+    for path in files:
+        yield from iter_text_file(path, stats, max_line_chars)
 
 
 def read_text_files(paths_or_globs, max_line_chars: int = MAX_LINE_CHARS):
@@ -114,35 +157,17 @@ def read_text_files(paths_or_globs, max_line_chars: int = MAX_LINE_CHARS):
     is replaced (not fatal) and counted; lines longer than ``max_line_chars`` are cut
     into pieces so one giant line cannot blow up tokenization.
     """
-    stats, docs = TextStats(), []
+    stats = TextStats()
     files = _expand(paths_or_globs)
-    for path in files:
-        with open(path, "rb") as f:
-            raw = f.read()
-        text = raw.decode("utf-8", errors="replace")
-        stats.files += 1
-        stats.replaced_chars += text.count("\ufffd") - raw.count("\ufffd".encode())
-        current: list[str] = []
-        for line in text.splitlines():
-            if not line.strip():
-                stats.empty_lines += 1
-                _flush(current, docs)
-                continue
-            stats.lines += 1
-            if len(line) > max_line_chars:
-                stats.long_lines += 1
-                current.extend(line[i:i + max_line_chars] for i in range(0, len(line), max_line_chars))
-            else:
-                current.append(line)
-        _flush(current, docs)
-    stats.documents = len(docs)
+    docs = list(iter_text_files(files, stats, max_line_chars))
     if not docs:
         raise ValueError(f"Text corpus {files} is empty (no non-blank lines): "
                          "point --config.data.files at files with text.")
     return docs, stats
 
 
-def _load_tfds(name: str, split: str, data_dir, text_key: str, max_documents: int) -> list[str]:
+def _tfds_examples(name: str, split: str, data_dir, text_key: str):
+    """Stream one TFDS split's texts through tf.data: nothing is materialised."""
     import tensorflow_datasets as tfds
 
     try:
@@ -156,29 +181,69 @@ def _load_tfds(name: str, split: str, data_dir, text_key: str, max_documents: in
     if text_key not in ds.element_spec:
         raise ValueError(f"TFDS dataset {name!r} has no feature {text_key!r} (has "
                          f"{sorted(ds.element_spec)}): set --config.data.text_key.")
-    ds = ds.map(lambda ex: ex[text_key])
-    if max_documents:
-        ds = ds.take(max_documents)
-    return [t.decode("utf-8", errors="replace") for t in tfds.as_numpy(ds)]
+    for t in tfds.as_numpy(ds.map(lambda ex: ex[text_key])):
+        yield t.decode("utf-8", errors="replace")
+
+
+def _get(cfg, key, default):
+    """A config field, or ``default`` where it is missing, None or ''."""
+    value = getattr(cfg, key, None)
+    return default if value is None or value == "" else value
+
+
+def text_files(data_cfg) -> list[str]:
+    """The sorted file list of a 'text_files' config (errors name the flag to fix)."""
+    files = [f.strip() for f in _get(data_cfg, "files", "").split(",") if f.strip()]
+    if not files:
+        raise ValueError("data.dataset='text_files' needs files: pass "
+                         "--config.data.files=PATH_OR_GLOB[,PATH_OR_GLOB...].")
+    return _expand(files)
+
+
+def iter_documents(data_cfg, stats: Optional[TextStats] = None) -> Iterator[str]:
+    """Every document of ``data_cfg.dataset`` in a fixed order, streamed (bounded memory);
+    ``max_documents`` (0 = all) caps every source."""
+    dataset = _get(data_cfg, "dataset", "python_docs")
+    max_documents = int(_get(data_cfg, "max_documents", 0))
+    if dataset == "python_docs":
+        docs = iter(python_docs_corpus())
+    elif dataset == "text_files":
+        docs = iter_text_files(text_files(data_cfg), stats if stats is not None else TextStats())
+    else:
+        split = _get(data_cfg, "split", "train")
+        if max_documents:  # let tf.data read only what is needed
+            split = f"{split}[:{max_documents}]"
+        docs = _tfds_examples(dataset, split, _get(data_cfg, "data_dir", None),
+                              _get(data_cfg, "text_key", "text"))
+    return itertools.islice(docs, max_documents) if max_documents else docs
+
+
+def source_listing(data_cfg) -> dict:
+    """A cheap fingerprint of what the source is now (file names and sizes, or the TFDS
+    name and split), to tell whether prepared data still matches it without reading text."""
+    dataset = _get(data_cfg, "dataset", "python_docs")
+    if dataset == "python_docs":
+        return {"python": sys.version.split()[0]}
+    if dataset != "text_files":
+        return {"tfds": dataset, "split": _get(data_cfg, "split", "train")}
+    h, total, files = hashlib.sha256(), 0, text_files(data_cfg)
+    for path in files:
+        size = os.path.getsize(path)
+        total += size
+        h.update(f"{os.path.abspath(path)}\0{size}\0".encode())
+    return {"files": len(files), "bytes": total, "sha256": h.hexdigest()}
 
 
 def load_corpus(data_cfg) -> list[str]:
-    """Dispatch on ``data_cfg.dataset``; ``max_documents`` (0 = all) caps every source."""
-    get = lambda key, default: getattr(data_cfg, key, default)  # noqa: E731
-    dataset = get("dataset", "python_docs") or "python_docs"
-    max_documents = int(get("max_documents", 0) or 0)
-    if dataset == "python_docs":
-        docs = python_docs_corpus()
-    elif dataset == "text_files":
-        files = [f.strip() for f in (get("files", "") or "").split(",") if f.strip()]
-        if not files:
-            raise ValueError("data.dataset='text_files' needs files: pass "
-                             "--config.data.files=PATH_OR_GLOB[,PATH_OR_GLOB...].")
-        docs, stats = read_text_files(files)
+    """All documents as a list: only for small corpora (fine-tuning defaults, tests);
+    pretraining streams them through :mod:`lm.data.prepare` instead."""
+    stats = TextStats()
+    docs = list(iter_documents(data_cfg, stats))
+    if stats.files:
         print(f"text_files: {stats.documents} documents from {stats.files} file(s); "
               f"{stats.replaced_chars} invalid UTF-8 sequences replaced, {stats.long_lines} "
               f"over-long lines split, {stats.empty_lines} blank lines dropped.")
-    else:
-        return _load_tfds(dataset, get("split", "train") or "train", get("data_dir", None),
-                          get("text_key", "text") or "text", max_documents)
-    return docs[:max_documents] if max_documents else docs
+        if not docs:
+            raise ValueError(f"Text corpus {data_cfg.files!r} is empty (no non-blank lines): "
+                             "point --config.data.files at files with text.")
+    return docs

@@ -7,15 +7,19 @@ rows ``[pi*B/pc, (pi+1)*B/pc)`` of the global batch. So a run resumed at step s
 sees exactly the batches an uninterrupted run would, and 1 or N processes see
 the same global data. There is no iterator state to checkpoint.
 
+The corpus is a :class:`TokenizedCorpus` in memory or a :class:`ShardedCorpus` of prepared
+shards memory-mapped from disk (:mod:`lm.data.shards`); a row reads only the tokens it
+holds, so each process touches only its own rows and host memory does not grow with the
+corpus.
+
 Evaluation: build a batcher on the eval split with a fixed seed and call
 ``eval_batches(n)`` (= ``get_batch(0..n-1)``), so every evaluation sees the same data.
 """
 from __future__ import annotations
 
+import bisect
 import dataclasses
-import hashlib
 import math
-import os
 from typing import Iterator, Optional
 
 import numpy as np
@@ -25,16 +29,48 @@ from lm.data.tokenizer import Tokenizer
 
 @dataclasses.dataclass
 class TokenizedCorpus:
-    """All documents' ids concatenated (no specials); doc d is tokens[doc_starts[d]:doc_starts[d+1]]."""
-    tokens: np.ndarray      # int32 [N]
+    """Documents' ids concatenated (no specials); doc d is tokens[doc_starts[d]:doc_starts[d+1]].
+
+    The arrays may be in memory or numpy memmaps of a prepared shard (:mod:`lm.data.shards`):
+    every method reads only the rows it returns.
+    """
+    tokens: np.ndarray      # int32 in memory; uint16/uint32 on disk  [N]
     doc_starts: np.ndarray  # int64 [n_docs + 1]
 
     @property
     def num_docs(self) -> int:
         return len(self.doc_starts) - 1
 
+    @property
+    def num_tokens(self) -> int:
+        return len(self.tokens)
+
     def doc(self, d: int) -> np.ndarray:
-        return self.tokens[self.doc_starts[d]:self.doc_starts[d + 1]]
+        return np.asarray(self.tokens[self.doc_starts[d]:self.doc_starts[d + 1]], np.int32)
+
+    def doc_at_token(self, p: int) -> int:
+        return int(np.searchsorted(self.doc_starts, p, side="right") - 1)
+
+    def num_windows(self, length: int) -> int:
+        """Start positions of ``length + 1`` tokens in the ``doc0 eos doc1 eos ...`` stream."""
+        return max(0, self.num_tokens + self.num_docs - length)
+
+    def window(self, o: int, length: int):
+        """Stream positions [o, o + length): (ids with eos as -1, is_eos). At most ``length``
+        documents can touch the window, so only that slice of the index is read."""
+        n = self.num_docs
+        # Doc d's stream start is doc_starts[d] + d: bisect that monotone sequence.
+        d = bisect.bisect_right(range(n), o, key=lambda k: int(self.doc_starts[k]) + k) - 1
+        starts = np.asarray(self.doc_starts[d:min(n, d + length) + 1], np.int64)
+        stream_starts = starts + np.arange(d, d + len(starts))
+        p = o + np.arange(length)
+        k = np.searchsorted(stream_starts, p, side="right") - 1
+        j = p - stream_starts[k]
+        is_eos = j == (starts[np.minimum(k + 1, len(starts) - 1)] - starts[k])
+        first = int(starts[0] + j[0])
+        ids = np.full(length, -1, np.int32)
+        ids[~is_eos] = self.tokens[first:first + int((~is_eos).sum())]
+        return ids, is_eos
 
     @classmethod
     def from_lists(cls, ids: list) -> "TokenizedCorpus":
@@ -45,45 +81,53 @@ class TokenizedCorpus:
         tokens = np.concatenate(ids) if ids else np.zeros(0, np.int32)
         return cls(tokens.astype(np.int32), starts)
 
-    @classmethod
-    def build(cls, docs: list[str], tokenizer: Tokenizer,
-              cache_path: Optional[str] = None) -> "TokenizedCorpus":
-        """Tokenize docs; with ``cache_path`` (an .npz file) reuse it when tokenizer and docs match."""
-        key = _cache_key(docs, tokenizer)
-        if cache_path and os.path.isfile(cache_path):
-            with np.load(cache_path) as z:
-                if str(z["key"]) == key:
-                    return cls(z["tokens"], z["doc_starts"])
-        corpus = cls.from_lists(tokenizer.encode_batch(docs))
-        if cache_path:
-            os.makedirs(os.path.dirname(os.path.abspath(cache_path)), exist_ok=True)
-            # Write then rename: a crash or a concurrent process never leaves half a cache.
-            tmp = f"{cache_path}.{os.getpid()}.tmp.npz"
-            np.savez(tmp, key=key, tokens=corpus.tokens, doc_starts=corpus.doc_starts)
-            os.replace(tmp, cache_path)
-        return corpus
 
-    def select(self, doc_ids) -> "TokenizedCorpus":
-        return TokenizedCorpus.from_lists([self.doc(d) for d in doc_ids])
+class ShardedCorpus:
+    """Many :class:`TokenizedCorpus` shards read as one (global doc ids and token positions).
 
-    def split(self, eval_fraction: float, seed: int = 0):
-        """(train, eval) by whole documents, drawn by a seeded permutation; eval is None
-        when eval_fraction is 0. Documents keep their corpus order within each split."""
-        if eval_fraction <= 0:
-            return self, None
-        if not 0 < eval_fraction < 1 or self.num_docs < 2:
-            raise ValueError(f"Cannot split {self.num_docs} documents with eval_fraction="
-                             f"{eval_fraction}: use 0 <= eval_fraction < 1 and >= 2 documents.")
-        n_eval = min(self.num_docs - 1, max(1, round(self.num_docs * eval_fraction)))
-        perm = np.random.default_rng(seed).permutation(self.num_docs)
-        return self.select(np.sort(perm[n_eval:])), self.select(np.sort(perm[:n_eval]))
+    Per-shard counts are the only thing held in memory, so opening a terabyte of shards
+    costs kilobytes. A CLM window never crosses a shard boundary.
+    """
 
+    def __init__(self, shards: list):
+        self.shards = [s for s in shards if s.num_docs]
+        self._doc_offsets = np.cumsum([0] + [s.num_docs for s in self.shards])
+        self._token_offsets = np.cumsum([0] + [s.num_tokens for s in self.shards])
+        self._window_offsets = {}
 
-def _cache_key(docs: list[str], tokenizer: Tokenizer) -> str:
-    h = hashlib.sha256(tokenizer.hf.to_str().encode())
-    for doc in docs:
-        h.update(hashlib.sha256(doc.encode("utf-8", errors="replace")).digest())
-    return h.hexdigest()
+    @property
+    def num_docs(self) -> int:
+        return int(self._doc_offsets[-1])
+
+    @property
+    def num_tokens(self) -> int:
+        return int(self._token_offsets[-1])
+
+    @staticmethod
+    def _locate(offsets, i: int):
+        s = int(np.searchsorted(offsets, i, side="right") - 1)
+        return s, int(i - offsets[s])
+
+    def doc(self, d: int) -> np.ndarray:
+        s, local = self._locate(self._doc_offsets, d)
+        return self.shards[s].doc(local)
+
+    def doc_at_token(self, p: int) -> int:
+        s, local = self._locate(self._token_offsets, p)
+        return int(self._doc_offsets[s]) + self.shards[s].doc_at_token(local)
+
+    def _windows(self, length: int):
+        if length not in self._window_offsets:
+            self._window_offsets[length] = np.cumsum(
+                [0] + [s.num_windows(length) for s in self.shards])
+        return self._window_offsets[length]
+
+    def num_windows(self, length: int) -> int:
+        return int(self._windows(length)[-1])
+
+    def window(self, o: int, length: int):
+        s, local = self._locate(self._windows(length - 1), o)
+        return self.shards[s].window(local, length)
 
 
 class _Batcher:
@@ -122,7 +166,7 @@ class MLMBatcher(_Batcher):
     (HF BERT convention). A document too short to continue (1 token) always gets 1.
     """
 
-    def __init__(self, corpus: TokenizedCorpus, tokenizer: Tokenizer, seq_len: int,
+    def __init__(self, corpus, tokenizer: Tokenizer, seq_len: int,
                  batch_size: int, seed: int, mlm_prob: float = 0.15, nsp: bool = True,
                  max_predictions: Optional[int] = None):
         super().__init__(batch_size, seed)
@@ -149,7 +193,7 @@ class MLMBatcher(_Batcher):
     def _segments(self, rng):
         c = self.corpus
         # Pick the document by a uniform token position: long documents weigh more.
-        d = int(np.searchsorted(c.doc_starts, rng.integers(len(c.tokens)), side="right") - 1)
+        d = c.doc_at_token(int(rng.integers(c.num_tokens)))
         if not self.nsp:
             return self._sample_span(rng, d, self.max_tokens), None, None
         span = self._sample_span(rng, d, self.max_tokens)
@@ -204,28 +248,22 @@ class CLMBatcher(_Batcher):
     be predicted from a different document).
     """
 
-    def __init__(self, corpus: TokenizedCorpus, tokenizer: Tokenizer, seq_len: int,
-                 batch_size: int, seed: int):
+    def __init__(self, corpus, tokenizer: Tokenizer, seq_len: int, batch_size: int, seed: int):
         super().__init__(batch_size, seed)
         eos = tokenizer.eos_id if tokenizer.eos_id is not None else tokenizer.sep_id
         if eos is None:
             raise ValueError("CLM needs an end-of-document token: use tokenizer.kind='bpe'.")
-        n, n_docs = len(corpus.tokens), corpus.num_docs
-        if n + n_docs < seq_len + 1:
-            raise ValueError(f"Corpus of {n} tokens is too small for one CLM sequence of "
-                             f"seq_len={seq_len}: use more text or a smaller seq_len.")
-        self.seq_len = int(seq_len)
-        lengths = np.diff(corpus.doc_starts)
-        eos_at = corpus.doc_starts[1:] + np.arange(n_docs)  # doc d's eos follows its d earlier eos
-        self.stream = np.full(n + n_docs, eos, np.int32)
-        self.stream[np.arange(n) + np.repeat(np.arange(n_docs), lengths)] = corpus.tokens
-        self.is_eos = np.zeros(n + n_docs, bool)
-        self.is_eos[eos_at] = True
+        if corpus.num_windows(seq_len) < 1:
+            raise ValueError(f"Corpus of {corpus.num_tokens} tokens is too small for one CLM "
+                             f"sequence of seq_len={seq_len}: use more text or a smaller seq_len.")
+        self.corpus, self.seq_len, self.eos = corpus, int(seq_len), eos
+        self.num_windows = corpus.num_windows(self.seq_len)
 
     def _row(self, rng):
         T = self.seq_len
-        o = int(rng.integers(len(self.stream) - T))  # window [o, o+T] must fit
-        window, ends = self.stream[o:o + T + 1], self.is_eos[o:o + T]
+        window, is_eos = self.corpus.window(int(rng.integers(self.num_windows)), T + 1)
+        window[is_eos] = self.eos
+        ends = is_eos[:-1]
         segment = 1 + np.concatenate([[0], np.cumsum(ends[:-1])]).astype(np.int32)
         seg_start = np.concatenate([[True], ends[:-1]])
         start_idx = np.maximum.accumulate(np.where(seg_start, np.arange(T), 0))
@@ -238,7 +276,7 @@ class CLMBatcher(_Batcher):
         }
 
 
-def make_batcher(config, corpus: TokenizedCorpus, tokenizer: Tokenizer, seed: int) -> _Batcher:
+def make_batcher(config, corpus, tokenizer: Tokenizer, seed: int) -> _Batcher:
     """The batcher a pretraining config asks for: MLM (+NSP) for 'mlm', packed CLM for 'clm'."""
     d, b = config.data, config.train.batch_size
     if config.objective == "mlm":

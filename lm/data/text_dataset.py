@@ -9,19 +9,17 @@ holds one build: use a separate data_dir per file set.
 """
 from __future__ import annotations
 
-import hashlib
 from typing import Optional, Sequence, Union
 
 import tensorflow_datasets as tfds
 from etils import epath
 
-from lm.data.corpus import read_text_files
+from lm.data.corpus import doc_hash, is_held_out, read_text_files
 
 
 def is_validation(doc: str, validation_fraction: float) -> bool:
-    """Deterministic hash split: the first 8 bytes of sha256 as a uniform number in [0, 1)."""
-    digest = hashlib.sha256(doc.encode("utf-8", errors="replace")).digest()
-    return int.from_bytes(digest[:8], "big") / 2.0 ** 64 < validation_fraction
+    """The same content-hash split as pretraining's held-out documents."""
+    return is_held_out(doc_hash(doc), validation_fraction)
 
 
 class LocalTextFiles(tfds.core.GeneratorBasedBuilder):
