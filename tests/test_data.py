@@ -188,41 +188,6 @@ def test_tokenizer_errors(tmp_path):
         tok_lib.train_tokenizer(["text"], "bpe", 100)
 
 
-def test_get_tokenizer_resumes_from_workdir(docs, tmp_path, monkeypatch):
-    cfg = ml_collections.ConfigDict(dict(path="", kind="wordpiece", vocab_size=300))
-    first = tok_lib.get_tokenizer(cfg, docs[:30], str(tmp_path))
-    assert (tmp_path / "tokenizer.json").exists()
-    monkeypatch.setattr(tok_lib, "train_tokenizer", lambda *a: pytest.fail("retrained"))
-    assert tok_lib.get_tokenizer(cfg, docs[30:60], str(tmp_path)).hf.to_str() == first.hf.to_str()
-    cfg.path = str(tmp_path / "tokenizer.json")
-    assert tok_lib.get_tokenizer(cfg, [], None).encode(SENTENCE) == first.encode(SENTENCE)
-
-
-# ---------------------------------------------------------------- tokenized corpus
-
-def test_tokenized_corpus_build_cache_split(docs, wordpiece, tmp_path, monkeypatch):
-    texts = docs[:25] + [""]
-    cache = str(tmp_path / "cache" / "tokens.npz")
-    corpus = TokenizedCorpus.build(texts, wordpiece, cache_path=cache)
-    expected = [wordpiece.encode(t) for t in texts if wordpiece.encode(t)]
-    assert corpus.num_docs == len(expected) == 25  # the empty document is dropped
-    assert corpus.tokens.dtype == np.int32 and corpus.doc_starts.dtype == np.int64
-    assert [list(corpus.doc(d)) for d in range(corpus.num_docs)] == expected
-    with monkeypatch.context() as m:  # a cache hit must not tokenize again
-        m.setattr(wordpiece, "encode_batch", lambda _: pytest.fail("cache miss"))
-        cached = TokenizedCorpus.build(texts, wordpiece, cache_path=cache)
-    np.testing.assert_array_equal(cached.tokens, corpus.tokens)
-    assert TokenizedCorpus.build(texts[:3], wordpiece, cache_path=cache).num_docs == 3  # key changed
-
-    train, ev = corpus.split(0.2, seed=1)
-    train2, ev2 = corpus.split(0.2, seed=1)
-    np.testing.assert_array_equal(ev.tokens, ev2.tokens)
-    assert (train.num_docs, ev.num_docs) == (20, 5)
-    got = sorted(map(tuple, [train.doc(d) for d in range(20)] + [ev.doc(d) for d in range(5)]))
-    assert got == sorted(map(tuple, expected))
-    assert corpus.split(0.0) == (corpus, None)
-
-
 # ---------------------------------------------------------------- MLM
 
 @pytest.fixture(scope="module")

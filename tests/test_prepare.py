@@ -222,3 +222,38 @@ def test_sharded_corpus_reads_like_one_corpus(tmp_path):
     hits = [i for i in range(len(stream) - T) if stream[i:i + T + 1] == ids.tolist()]
     assert hits, f'window {o} is not inside shard {s}'
     assert (ids == -1).tolist() == is_eos.tolist()
+
+
+@pytest.mark.slow
+def test_tfds_dataset_of_100k_documents_is_streamed_and_trained_on(tmp_path, run, monkeypatch):
+  """A locally built TFDS dataset of 100k documents: preparation holds a bounded amount of text
+  (traced Python memory a fraction of the corpus, where a list of it would take more than the
+  corpus), and train.py trains on the prepared shards."""
+  import tracemalloc
+  from lm.data import text_dataset
+  n = 100_000
+  rng = np.random.default_rng(0)
+  words = np.array('the of and a to in is it that for on with as by this be are from or'.split())
+  text = '\n\n'.join(' '.join(rng.choice(words, 30)) + f' {i}' for i in range(n))
+  (tmp_path / 'big.txt').write_text(text)
+  text_dataset.build_text_files_dataset(str(tmp_path / 'big.txt'), str(tmp_path / 'tfds'), 0.01)
+  cfg = data_config('', tmp_path / 'prep', dataset='local_text_files', data_dir=str(tmp_path / 'tfds'),
+                    shard_mb=1.0, eval_fraction=0.02)
+  cfg.tokenizer.update(vocab_size=400, sample_mb=0.25)
+  monkeypatch.setattr(prepare, 'CHUNK_CHARS', 32 << 10)  # what bounds memory: chunk + sample
+  del text
+  tracemalloc.start()
+  directory, manifest, _ = prepare.ensure(cfg)
+  _, peak = tracemalloc.get_traced_memory()
+  tracemalloc.stop()
+  print(f'{manifest["docs_read"]} documents, {manifest["chars"] / 1e6:.1f} M chars, traced peak '
+        f'{peak / 1e6:.1f} MB, {len(manifest["shards"])} shards')
+  assert manifest['docs_read'] > 0.98 * n  # the train split of the TFDS dataset
+  assert peak < manifest['chars'] / 4
+  out = run('train.py', '--config=configs/gpt_base.py', f'--workdir={tmp_path / "w"}',
+            '--config.data.dataset=local_text_files', f'--config.data.data_dir={tmp_path / "tfds"}',
+            f'--config.data.prepared_dir={directory}', '--config.data.shard_mb=1.0',
+            '--config.data.eval_fraction=0.02', '--config.data.tokenizer.vocab_size=400',
+            '--config.data.tokenizer.sample_mb=0.25', '--config.train.steps=3', '--config.log_every=1',
+            '--config.eval_every=3', '--config.train.batch_size=4', '--config.eval_batches=1').stdout
+  assert '[train 3/3]' in out and 'prepare:' not in out

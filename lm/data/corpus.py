@@ -170,6 +170,8 @@ def _tfds_examples(name: str, split: str, data_dir, text_key: str):
     """Stream one TFDS split's texts through tf.data: nothing is materialised."""
     import tensorflow_datasets as tfds
 
+    if name == "local_text_files":
+        import lm.data.text_dataset  # noqa: F401  (registers the builder)
     try:
         ds = tfds.load(name, split=split, data_dir=data_dir, download=False)
     except (AssertionError, tfds.core.registered.DatasetNotFoundError) as e:

@@ -6,9 +6,13 @@ file behaves like a stock BERT/GPT-2 tokenizer in other tools.
 """
 from __future__ import annotations
 
+import itertools
 import json
 import os
-from typing import Iterable, Optional
+import re
+from typing import Iterable, Iterator
+
+import numpy as np
 
 from tokenizers import Tokenizer as HFTokenizer
 from tokenizers import decoders, models, normalizers, pre_tokenizers, processors, trainers
@@ -100,41 +104,147 @@ def _gpt2_pipeline(hf: HFTokenizer) -> HFTokenizer:
     return hf
 
 
-def train_tokenizer(docs: list[str], kind: str, vocab_size: int) -> Tokenizer:
-    """Train a BERT-style WordPiece or GPT-2-style byte-level BPE tokenizer on ``docs``."""
+def train_tokenizer(docs: Iterable[str], kind: str, vocab_size: int) -> Tokenizer:
+    """Train a BERT-style WordPiece or GPT-2-style byte-level BPE tokenizer on ``docs``.
+
+    ``docs`` may be any iterable (a streamed sample): it is read once and never held
+    whole. Two runs on the same docs give byte-identical tokenizer.json files.
+    """
     if kind not in KINDS:
         raise ValueError(f"Unknown tokenizer kind {kind!r}: use one of {KINDS}.")
-    if not docs:
+    docs = iter(docs)
+    first = next(docs, None)
+    if first is None:
         raise ValueError("Cannot train a tokenizer on an empty corpus: check the data config.")
+    docs = itertools.chain([first], docs)
     if kind == "wordpiece":
-        hf = _bert_pipeline(HFTokenizer(models.WordPiece(unk_token="[UNK]")), lowercase=True)
-        trainer = trainers.WordPieceTrainer(vocab_size=vocab_size, show_progress=False,
-                                            special_tokens=list(WORDPIECE_SPECIALS))
         minimum = len(WORDPIECE_SPECIALS) + 1
     else:
-        hf = _gpt2_pipeline(HFTokenizer(models.BPE()))
         alphabet = pre_tokenizers.ByteLevel.alphabet()
-        trainer = trainers.BpeTrainer(vocab_size=vocab_size, show_progress=False,
-                                      special_tokens=list(BPE_SPECIALS), initial_alphabet=alphabet)
         minimum = len(BPE_SPECIALS) + len(alphabet)
     if vocab_size < minimum:
         raise ValueError(f"vocab_size={vocab_size} is too small for a {kind} tokenizer: "
                          f"use at least {minimum}.")
-    hf.train_from_iterator(docs, trainer=trainer)
     if kind == "wordpiece":
-        _canonical_wordpiece_ids(hf)
-        _add_bert_post_processor(hf)
+        return Tokenizer(_train_wordpiece(docs, vocab_size))
+    hf = _gpt2_pipeline(HFTokenizer(models.BPE()))
+    trainer = trainers.BpeTrainer(vocab_size=vocab_size, show_progress=False,
+                                  special_tokens=list(BPE_SPECIALS), initial_alphabet=alphabet)
+    hf.train_from_iterator(docs, trainer=trainer)
     return Tokenizer(hf)
 
 
-def _canonical_wordpiece_ids(hf: HFTokenizer) -> None:
-    """The WordPiece trainer numbers its alphabet and equal-count merges in hash-map
-    order, so two identical runs disagree on ids: renumber specials first, then the
-    rest sorted. WordPiece segmentation depends only on the token set, not on ids."""
-    vocab = hf.get_vocab(with_added_tokens=False)
-    specials = [t for t in WORDPIECE_SPECIALS if t in vocab]
-    order = specials + sorted(set(vocab) - set(specials))
-    hf.model = models.WordPiece({t: i for i, t in enumerate(order)}, unk_token="[UNK]")
+# WordPiece training. HF's WordPieceTrainer is a BpeTrainer that spells continuation
+# symbols "##c" and numbers them in hash-map order; equal-count merges are then broken
+# by those ids, so two runs learn different vocabularies. A prefix-free BpeTrainer
+# numbers its whole alphabet by code point, so we train one on BERT-normalized text
+# whose in-word non-first characters are shifted to private-use planes 15/16
+# (c -> c + 0xF0000) and spell the learned tokens back with "##". That is the
+# WordPieceTrainer's algorithm with "##c" numbered by code point: same word counts,
+# same merges up to ties, same vocab size.
+_CONT_SHIFT = 0xF0000   # BMP -> plane 15, plane 1 -> plane 16
+_CONT_LIMIT = 0x20000   # continuation chars at or past this have no private-use image
+_CHUNK_CHARS = 1 << 16  # normalized in ~64k-char batches, fed to the trainer in parallel
+_NON_ASCII = re.compile(r"([^\x00-\x7f]+)")
+
+
+def _train_wordpiece(docs: Iterable[str], vocab_size: int) -> HFTokenizer:
+    bert = _bert_pipeline(HFTokenizer(models.WordPiece(unk_token="[UNK]")), lowercase=True)
+    hf = HFTokenizer(models.BPE())
+    hf.pre_tokenizer = bert.pre_tokenizer  # shifted chars are neither space nor punctuation
+    trainer = trainers.BpeTrainer(vocab_size=vocab_size, show_progress=False,
+                                  special_tokens=list(WORDPIECE_SPECIALS))
+    hf.train_from_iterator(_shifted_text(docs, bert.normalizer, bert.pre_tokenizer),
+                           trainer=trainer)
+    learned = hf.get_vocab(with_added_tokens=False)
+    rest = {_unshift(t) for t in learned if t not in WORDPIECE_SPECIALS}
+    order = list(WORDPIECE_SPECIALS) + sorted(rest)  # ids: specials, then sorted
+    bert.model = models.WordPiece({t: i for i, t in enumerate(order)}, unk_token="[UNK]")
+    bert.add_special_tokens(list(WORDPIECE_SPECIALS))
+    return _add_bert_post_processor(bert)
+
+
+def _shifted_text(docs: Iterable[str], normalizer, pre_tokenizer) -> Iterator[str]:
+    """BERT-normalized ``docs`` with every in-word non-first character shifted.
+
+    Word boundaries are BertPreTokenizer's (whitespace and punctuation), found with
+    numpy from a per-character table that the pre-tokenizer itself fills in for each
+    new character, so no per-word Python runs. Words holding a character without a
+    private-use image (past U+1FFFF in a continuation: only rare CJK extension
+    ideographs survive BERT normalization there) or one already in planes 15/16 (only
+    the noncharacters U+FFFFE/F, U+10FFFE/F survive) are left out of training.
+    Last comes every continuation character unshifted and alone: the
+    WordPieceTrainer's alphabet has every character as a word start too, and
+    one-character words add no pairs, so the merges do not change.
+    """
+    known = np.zeros(0x110000, dtype=bool)
+    splits = np.zeros(0x110000, dtype=bool)  # BertPreTokenizer splits around it
+    seen = np.zeros(_CONT_LIMIT, dtype=bool)
+    ascii_table = {c: normalizer.normalize_str(chr(c)) for c in range(128)}
+    for chunk in _chunks(docs):
+        text = _normalize(chunk, normalizer, ascii_table)
+        if not text:
+            continue
+        cps = np.frombuffer(text.encode("utf-32-le"), dtype=np.uint32)
+        for c in np.unique(cps[~known[cps]]).tolist():
+            splits[c] = len(pre_tokenizer.pre_tokenize_str(f"a{chr(c)}a")) != 1
+            known[c] = True
+        boundary = splits[cps]
+        cont = ~boundary
+        cont[0] = False
+        cont[1:] &= ~boundary[:-1]
+        bad = (cont & (cps >= _CONT_LIMIT)) | (cps >= _CONT_SHIFT)
+        if bad.any():  # blank out those words
+            word_ids = np.cumsum(~cont)
+            drop = np.isin(word_ids, word_ids[bad])
+            cps, cont = np.where(drop, np.uint32(ord(" ")), cps), cont & ~drop
+        seen[cps[cont]] = True
+        shifted = np.where(cont, cps + np.uint32(_CONT_SHIFT), cps).astype("<u4")
+        yield shifted.tobytes().decode("utf-32-le")
+    yield " ".join(map(chr, np.flatnonzero(seen).tolist()))
+
+
+def _normalize(text: str, normalizer, ascii_table: dict) -> str:
+    """``normalizer.normalize_str(text)``, several times faster on mostly-ASCII text.
+
+    BertNormalizer maps ASCII characters one by one (``ascii_table``), and a run of
+    non-ASCII characters can be normalized alone: its NFD reordering never crosses
+    an ASCII character, and dropped ASCII controls are dropped first in BERT too.
+    """
+    parts = _NON_ASCII.split(text)  # ASCII, non-ASCII, ASCII, ...
+    if len(parts) > len(text) // 32:  # many short runs: one call is faster
+        return normalizer.normalize_str(text)
+    parts[0::2] = [p.translate(ascii_table) for p in parts[0::2]]
+    parts[1::2] = [normalizer.normalize_str(p) for p in parts[1::2]]
+    return "".join(parts)
+
+
+def _chunks(docs: Iterable[str]) -> Iterator[str]:
+    """Newline-joined batches of ~_CHUNK_CHARS (BERT normalizes per character and
+    newline is whitespace, so batching changes no word); a longer doc is cut at its
+    last space or newline in each _CHUNK_CHARS (mid-word only where it has none)."""
+    batch, size = [], 0
+    for doc in docs:
+        start = 0
+        while len(doc) - start > _CHUNK_CHARS:
+            end = start + _CHUNK_CHARS
+            cut = max(doc.rfind(" ", start, end), doc.rfind("\n", start, end))
+            cut = cut if cut > start else end
+            yield doc[start:cut]
+            start = cut
+        batch.append(doc[start:] if start else doc)
+        size += len(doc) - start + 1
+        if size >= _CHUNK_CHARS:
+            yield "\n".join(batch)
+            batch, size = [], 0
+    if batch:
+        yield "\n".join(batch)
+
+
+def _unshift(token: str) -> str:
+    """A learned token in WordPiece spelling: shifted first char -> "##" continuation."""
+    text = "".join(chr(ord(c) - _CONT_SHIFT) if ord(c) >= _CONT_SHIFT else c for c in token)
+    return "##" + text if ord(token[0]) >= _CONT_SHIFT else text
 
 
 def _wordpiece_from_vocab_txt(path: str) -> HFTokenizer:
@@ -179,18 +289,3 @@ def from_hf_files(path: str) -> Tokenizer:
         return Tokenizer(_bpe_from_vocab_json(vocab, merges))
     raise FileNotFoundError(f"No tokenizer files at {path!r}: expected tokenizer.json, vocab.txt "
                             "(WordPiece) or vocab.json + merges.txt (GPT-2 BPE).")
-
-
-def get_tokenizer(tok_cfg, docs: list[str], workdir: Optional[str]) -> Tokenizer:
-    """Configured path > tokenizer saved in workdir (resume) > train on docs and save."""
-    path = getattr(tok_cfg, "path", None)
-    if path:
-        return from_hf_files(path)
-    saved = os.path.join(workdir, "tokenizer.json") if workdir else None
-    if saved and os.path.isfile(saved):
-        return from_hf_files(saved)
-    tok = train_tokenizer(docs, getattr(tok_cfg, "kind", "wordpiece"),
-                          int(getattr(tok_cfg, "vocab_size", 8192)))
-    if workdir:
-        tok.save(workdir)
-    return tok
