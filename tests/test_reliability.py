@@ -142,19 +142,25 @@ def _free_port():
 
 
 def test_two_processes_match_one_process(tmp_path):
-  """2 processes x 4 CPU devices (gloo collectives) vs 1 process x 8 devices, mesh (2, 2, 2)."""
+  """2 processes x 4 CPU devices (gloo collectives) vs 1 process x 8 devices, mesh (2, 2, 2).
+  Each run prepares its data from scratch in its own cache: in the 2-process run, process 0
+  prepares while process 1 waits for the manifest and never reads the corpus."""
   args = [*BASE, '--config.model.dropout_rate=0', '--config.model.attention_dropout_rate=0',
           '--config.train.steps=12', '--config.mesh_shape=(2,2,2)', '--config.checkpoint_every=6']
-  run_script('train.py', *args, f'--workdir={tmp_path / "one"}', devices=8)
+  run_script('train.py', *args, f'--workdir={tmp_path / "one"}', devices=8,
+             env={'LM_DATA_CACHE': str(tmp_path / 'cache_one')})
   port = _free_port()
   procs = [run_script('train.py', *args, f'--workdir={tmp_path / "two"}', devices=4, background=True,
                       stdout=open(tmp_path / f'p{i}.log', 'w'), stderr=open(tmp_path / f'e{i}.log', 'w'),
                       env={'LM_COORDINATOR': f'localhost:{port}', 'LM_NUM_PROCESSES': '2',
-                           'LM_PROCESS_ID': str(i), 'LM_INIT_TIMEOUT': '120'})
+                           'LM_PROCESS_ID': str(i), 'LM_INIT_TIMEOUT': '120',
+                           'LM_DATA_CACHE': str(tmp_path / 'cache_two')})
            for i in range(2)]
   for i, p in enumerate(procs):
     assert p.wait(timeout=600) == 0, (tmp_path / f'e{i}.log').read_text()[-3000:]
   assert '2 process(es)' in (tmp_path / 'p0.log').read_text()
+  assert 'prepare:' in (tmp_path / 'p0.log').read_text()
+  assert 'prepare:' not in (tmp_path / 'p1.log').read_text()
   one, two = read_metrics(tmp_path / 'one'), read_metrics(tmp_path / 'two')
   a = np.array([one[s]['train/loss'] for s in sorted(one)])
   b = np.array([two[s]['train/loss'] for s in sorted(two)])

@@ -102,3 +102,31 @@ def test_sharded_mesh_matches_one_device(tmp_path):
   print('max relative loss difference', np.max(np.abs(a - b) / a))
   np.testing.assert_allclose(b, a, rtol=2e-4)
   assert a[-1] < a[0] - 0.2  # and it learned something
+
+
+@pytest.mark.slow
+def test_two_runs_from_scratch_are_bit_identical(tmp_path):
+  """Same config and seed, nothing shared (each run prepares its own data and trains its own
+  WordPiece tokenizer): byte-identical tokenizer.json and bit-identical parameters."""
+  args = ['--config=configs/base.py', *TINY, '--config.train.steps=30',
+          '--config.train.warmup_steps=5', '--config.log_every=10', '--config.eval_every=30']
+  for name in ('a', 'b'):
+    out = run_script('train.py', *args, f'--workdir={tmp_path / name}',
+                     env={'LM_DATA_CACHE': str(tmp_path / f'cache_{name}')}).stdout
+    assert 'prepare: trained a wordpiece tokenizer' in out
+  tokenizers = [(tmp_path / n / 'tokenizer.json').read_bytes() for n in ('a', 'b')]
+  assert tokenizers[0] == tokenizers[1]
+  import jax
+  a, b = load_params(tmp_path / 'a'), load_params(tmp_path / 'b')
+  for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b)):
+    assert np.array_equal(x, y)
+
+
+@pytest.mark.slow
+def test_new_workdir_reuses_prepared_data(tmp_path, pretrained_gpt):
+  """A second run with the same data config (new workdir) never tokenizes: it opens the shards
+  prepared by the shared fixture's run (or whichever run of this session came first)."""
+  del pretrained_gpt
+  out = run_script('train.py', '--config=configs/gpt_base.py', f'--workdir={tmp_path / "w"}',
+                   '--config.train.steps=2', '--config.log_every=1', '--config.eval_every=2').stdout
+  assert 'prepare:' not in out and '[train 2/2]' in out

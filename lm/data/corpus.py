@@ -145,8 +145,13 @@ def iter_text_file(path: str, stats: TextStats, max_line_chars: int = MAX_LINE_C
 
 
 def iter_text_files(files: list[str], stats: TextStats, max_line_chars: int = MAX_LINE_CHARS):
+    """Documents of every file in order; files with no text at all are an error."""
+    before = stats.documents
     for path in files:
         yield from iter_text_file(path, stats, max_line_chars)
+    if stats.documents == before:
+        raise ValueError(f"Text corpus {files} is empty (no non-blank lines): "
+                         "point --config.data.files at files with text.")
 
 
 def read_text_files(paths_or_globs, max_line_chars: int = MAX_LINE_CHARS):
@@ -159,11 +164,7 @@ def read_text_files(paths_or_globs, max_line_chars: int = MAX_LINE_CHARS):
     """
     stats = TextStats()
     files = _expand(paths_or_globs)
-    docs = list(iter_text_files(files, stats, max_line_chars))
-    if not docs:
-        raise ValueError(f"Text corpus {files} is empty (no non-blank lines): "
-                         "point --config.data.files at files with text.")
-    return docs, stats
+    return list(iter_text_files(files, stats, max_line_chars)), stats
 
 
 def _tfds_examples(name: str, split: str, data_dir, text_key: str):
@@ -245,7 +246,4 @@ def load_corpus(data_cfg) -> list[str]:
         print(f"text_files: {stats.documents} documents from {stats.files} file(s); "
               f"{stats.replaced_chars} invalid UTF-8 sequences replaced, {stats.long_lines} "
               f"over-long lines split, {stats.empty_lines} blank lines dropped.")
-        if not docs:
-            raise ValueError(f"Text corpus {data_cfg.files!r} is empty (no non-blank lines): "
-                             "point --config.data.files at files with text.")
     return docs

@@ -35,6 +35,7 @@ import multiprocessing
 import os
 import re
 import sys
+import threading
 import time
 from typing import Optional
 
@@ -222,8 +223,17 @@ def _tokenizer(data_cfg, directory: epath.Path):
 _worker_tok = None
 
 
-def _init_worker(tokenizer_json: str, threads: bool):
+def _exit_with_parent(parent: int):
+    """A worker whose parent was killed (kill -9, OOM) would block forever on its result pipe."""
+    while os.getppid() == parent:
+        time.sleep(1)
+    os._exit(1)
+
+
+def _init_worker(tokenizer_json: str, threads: bool, parent: Optional[int] = None):
     global _worker_tok
+    if parent is not None:
+        threading.Thread(target=_exit_with_parent, args=(parent,), daemon=True).start()
     if not threads:  # one process per core: no nested thread pools
         os.environ["TOKENIZERS_PARALLELISM"] = "false"
     _worker_tok = tokenizer_lib.HFTokenizer.from_str(tokenizer_json)
@@ -385,31 +395,29 @@ def prepare(data_cfg, directory: str, workers: Optional[int] = None) -> dict:
     workers = _workers(data_cfg) if workers is None else workers
     writer = _ShardWriter(out, len(entries), dtype)
     tok_json = tok.hf.to_str()
+
+    def add(result):  # shards end at the same chunk whatever the number of workers
+        writer.add(result)
+        if writer.chars >= shard_chars:
+            entries.append(writer.commit())
+
     with contextlib.ExitStack() as stack:
         if workers:
             with _bare_main():
                 pool = stack.enter_context(multiprocessing.get_context("spawn").Pool(
-                    workers, _init_worker, (tok_json, False)))
-            run = pool.apply_async
+                    workers, _init_worker, (tok_json, False, os.getpid())))
         else:
             _init_worker(tok_json, True)
-            run = None
         pending = collections.deque()
         for task in tasks:
-            if run is None:
-                writer.add(_tokenize_chunk(task))
-            else:  # at most 2 chunks per worker in flight: memory stays bounded
-                pending.append(run(_tokenize_chunk, (task,)))
-                while len(pending) > 2 * workers:
-                    writer.add(pending.popleft().get())
-            while pending and pending[0].ready():
-                writer.add(pending.popleft().get())
-            if writer.chars >= shard_chars:
-                entries.append(writer.commit())
+            if not workers:
+                add(_tokenize_chunk(task))
+                continue
+            pending.append(pool.apply_async(_tokenize_chunk, (task,)))
+            while len(pending) > 2 * workers or (pending and pending[0].ready()):
+                add(pending.popleft().get())  # at most 2 chunks per worker in flight
         while pending:
-            writer.add(pending.popleft().get())
-            if writer.chars >= shard_chars:
-                entries.append(writer.commit())
+            add(pending.popleft().get())
         if writer.docs_read:
             entries.append(writer.commit())
         writer.close()
