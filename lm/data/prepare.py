@@ -26,6 +26,7 @@ derived from the data config, so a new workdir with the same data reuses it.
 from __future__ import annotations
 
 import collections
+import concurrent.futures
 import contextlib
 import fcntl
 import hashlib
@@ -259,16 +260,15 @@ def _tokenize_chunk(args):
     """docs -> per split (flat ids, lengths), plus the chunk's digest and size."""
     docs, eval_fraction, dtype = args
     encode = getattr(_worker_tok, "encode_batch_fast", _worker_tok.encode_batch)
-    encodings = encode(docs, add_special_tokens=False)
+    all_ids = [e.ids for e in encode(docs, add_special_tokens=False)]
     digests = [corpus_lib.doc_hash(d) for d in docs]
+    held = [corpus_lib.is_held_out(g, eval_fraction) for g in digests]
     out = {}
     for split in shards_lib.SPLITS:
-        held = split == "eval"
-        ids = [e.ids for e, g in zip(encodings, digests)
-               if corpus_lib.is_held_out(g, eval_fraction) == held and e.ids]
+        want = split == "eval"
+        ids = [x for x, h in zip(all_ids, held) if h == want and x]
         lens = np.fromiter(map(len, ids), np.int64, len(ids))
-        flat = np.fromiter(itertools.chain.from_iterable(ids), dtype, int(lens.sum()))
-        out[split] = (flat, lens)
+        out[split] = (np.fromiter(itertools.chain.from_iterable(ids), dtype, int(lens.sum())), lens)
     return out, hashlib.sha256(b"".join(digests)).digest(), len(docs), sum(map(len, docs))
 
 
@@ -404,8 +404,9 @@ def prepare(data_cfg, directory: str, workers: Optional[int] = None) -> dict:
     with contextlib.ExitStack() as stack:
         if workers:
             with _bare_main():
-                pool = stack.enter_context(multiprocessing.get_context("spawn").Pool(
-                    workers, _init_worker, (tok_json, False, os.getpid())))
+                pool = stack.enter_context(concurrent.futures.ProcessPoolExecutor(
+                    workers, multiprocessing.get_context("spawn"), _init_worker,
+                    (tok_json, False, os.getpid())))
         else:
             _init_worker(tok_json, True)
         pending = collections.deque()
@@ -413,11 +414,11 @@ def prepare(data_cfg, directory: str, workers: Optional[int] = None) -> dict:
             if not workers:
                 add(_tokenize_chunk(task))
                 continue
-            pending.append(pool.apply_async(_tokenize_chunk, (task,)))
-            while len(pending) > 2 * workers or (pending and pending[0].ready()):
-                add(pending.popleft().get())  # at most 2 chunks per worker in flight
+            pending.append(pool.submit(_tokenize_chunk, task))
+            while len(pending) > 2 * workers or (pending and pending[0].done()):
+                add(pending.popleft().result())  # at most 2 chunks per worker in flight
         while pending:
-            add(pending.popleft().get())
+            add(pending.popleft().result())
         if writer.docs_read:
             entries.append(writer.commit())
         writer.close()
@@ -466,7 +467,10 @@ if __name__ == "__main__":
     from ml_collections import config_flags  # pylint: disable=g-import-not-at-top
 
     from lm import cli  # pylint: disable=g-import-not-at-top
+    from lm.data import prepare as importable  # pylint: disable=g-import-not-at-top
 
     config_flags.DEFINE_config_file("config", None, "A train.py config file.", lock_config=True)
     flags.mark_flags_as_required(["config"])
-    cli.run(main)
+    # Run the importable module's code, not __main__'s: spawned workers unpickle its functions
+    # by module name.
+    cli.run(importable.main)
