@@ -27,7 +27,7 @@ def _key(entry) -> str:
   return str(entry)
 
 
-def _paths_and_shapes(tree) -> dict:
+def paths_and_shapes(tree) -> dict:
   """{'opt_state/1/0/mu/embed/...': shape}: one spelling for our dataclasses, tuples and
   named tuples and for the dicts and lists orbax's metadata turns them into."""
   is_leaf = lambda x: hasattr(x, 'shape') and not isinstance(x, (dict, list, tuple))
@@ -120,10 +120,19 @@ class Checkpointer:
     orbax thread dies mid-write at interpreter exit."""
     self.close()
 
+  def read_meta(self, step: Optional[int] = None) -> tuple[dict, int]:
+    """(meta, step) of `step` or the latest checkpoint, reading no arrays."""
+    step = self.latest_step() if step is None else step
+    if step is None:
+      raise FileNotFoundError(f'no checkpoint in {self.directory}: train first, or pass the '
+                              'workdir of a finished run.')
+    out = self._mngr.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore()))
+    return out['meta'], step
+
   def saved_shapes(self, step: int) -> dict:
     meta = self._mngr.item_metadata(step)['state']
     tree = getattr(meta, 'tree', meta)
-    return _paths_and_shapes(tree)
+    return paths_and_shapes(tree)
 
   def restore(self, target: Any, step: Optional[int] = None):
     """Restores onto `target` (arrays or jax.ShapeDtypeStructs with shardings).
@@ -135,7 +144,7 @@ class Checkpointer:
     abstract = jax.tree.map(
         lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=getattr(x, 'sharding', None)),
         target)
-    want = _paths_and_shapes(abstract)
+    want = paths_and_shapes(abstract)
     for i, s in enumerate(steps):
       try:
         compare_trees(self.saved_shapes(s), want, f'checkpoint step {s}')

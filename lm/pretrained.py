@@ -57,13 +57,7 @@ def load(path: str, mesh=None, step: Optional[int] = None) -> Pretrained:
 
 def saved_config(workdir: str, step: Optional[int] = None) -> ml_collections.ConfigDict:
   ckpt = checkpoint.Checkpointer(os.path.join(workdir, 'checkpoints'), read_only=True)
-  step = ckpt.latest_step() if step is None else step
-  if step is None:
-    raise FileNotFoundError(f'no checkpoint in {workdir}/checkpoints: train first, or pass '
-                            'the workdir of a finished run.')
-  meta_path = os.path.join(ckpt.directory, str(step), 'meta', 'metadata')
-  with open(meta_path, encoding='utf-8') as f:
-    meta = json.load(f)
+  meta, _ = ckpt.read_meta(step)
   return ml_collections.ConfigDict(json.loads(meta['config']))
 
 

@@ -162,8 +162,8 @@ def create_state(model, tx, mesh, seed, init_inputs, pretrained_params, subtree=
   target = params[subtree] if subtree else params
   target_sh = state_sh.params[subtree] if subtree else state_sh.params
   from lm import checkpoint  # pylint: disable=g-import-not-at-top
-  checkpoint.compare_trees(checkpoint._paths_and_shapes(pretrained_params),  # pylint: disable=protected-access
-                           checkpoint._paths_and_shapes(target), 'pretrained model')  # pylint: disable=protected-access
+  checkpoint.compare_trees(checkpoint.paths_and_shapes(pretrained_params),
+                           checkpoint.paths_and_shapes(target), 'pretrained model')
   placed = jax.device_put(pretrained_params, target_sh)
   if subtree:
     params[subtree] = placed
@@ -321,11 +321,7 @@ def load_finetuned(workdir: str, mesh=None, step=None):
   from lm.data import tokenizer as tokenizer_lib  # pylint: disable=g-import-not-at-top
   mesh = mesh or sharding.make_mesh((-1, 1, 1))
   ckpt = checkpoint.Checkpointer(os.path.join(workdir, 'checkpoints'), every=1, read_only=True)
-  step = ckpt.latest_step() if step is None else step
-  if step is None:
-    raise FileNotFoundError(f'no checkpoint in {workdir}/checkpoints: run dpo.py first.')
-  with open(os.path.join(ckpt.directory, str(step), 'meta', 'metadata'), encoding='utf-8') as f:
-    meta = json.load(f)
+  meta, step = ckpt.read_meta(step)
   config = ml_collections.ConfigDict(json.loads(meta['config']))
   cfg = M.ModelConfig.from_dict(meta['model'])
   if meta['task'] == 'reward':
