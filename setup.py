@@ -34,6 +34,8 @@ EXTRAS = {
         "matplotlib>=3.8",
     ],
 }
+# bench/data_pipeline.py compares our memmapped shards with array_record and grain readers.
+EXTRAS["bench"] = ["array-record>=0.8,<0.9", "grain>=0.2.18,<0.3", "psutil>=5.9"]
 EXTRAS["all"] = sorted({d for v in EXTRAS.values() for d in v})
 
 setup(
