@@ -120,7 +120,9 @@ def test_interrupted_preparation_resumes(source, prepared, tmp_path, monkeypatch
   assert not (out / 'manifest.json').exists()
   (out / 'shards' / '00002.train.bin').write_bytes(b'half a shard')  # no record: never used
   monkeypatch.setattr(prepare.tokenizer_lib, 'train_tokenizer', lambda *a: pytest.fail('retrained'))
-  prepare.ensure(cfg)
+  _, manifest, _ = prepare.ensure(cfg)
+  untimed = lambda m: {k: v for k, v in m['tokenizer'].items() if k != 'seconds'}
+  assert untimed(manifest) == untimed(prepared[1])  # what the tokenizer was trained on, kept
   a, b = tree_digest(prepared[0]), tree_digest(out)
   for d in (a, b):
     d.pop('manifest.json'), d.pop('.lock')

@@ -157,7 +157,7 @@ def ensure(data_cfg, process_index: int = 0, timeout: Optional[float] = None):
         listing = corpus_lib.source_listing(data_cfg)
         with _lock(directory):
             if not (epath.Path(directory) / shards_lib.MANIFEST).exists():
-                prepare(data_cfg, directory)
+                prepare(data_cfg, directory, listing=listing)
         return (directory, *load(directory, want, listing))
     timeout = float(timeout or os.environ.get("LM_PREPARE_TIMEOUT", 24 * 3600))
     deadline, manifest = time.time() + timeout, epath.Path(directory) / shards_lib.MANIFEST
@@ -173,10 +173,9 @@ def ensure(data_cfg, process_index: int = 0, timeout: Optional[float] = None):
 # ---------------------------------------------------------------- tokenizer
 
 
-def _sample(data_cfg, sample_bytes: int, eval_fraction: float):
+def _sample(data_cfg, sample_bytes: int, eval_fraction: float, total: int):
     """Deterministic sample of at most ``sample_bytes`` of training text, spread over the
-    corpus by a second hash of each document when the source's size is known."""
-    total = corpus_lib.source_listing(data_cfg).get("bytes") or 0
+    corpus by a second hash of each document when the source's size (``total``) is known."""
     keep = min(1.0, sample_bytes / total) if total else 1.0
     docs, size = [], 0
     for doc in corpus_lib.iter_documents(data_cfg):
@@ -190,17 +189,20 @@ def _sample(data_cfg, sample_bytes: int, eval_fraction: float):
     return docs, keep
 
 
-def _tokenizer(data_cfg, directory: epath.Path):
-    """The prepared directory's tokenizer: configured files > an interrupted run's > trained."""
+def _tokenizer(data_cfg, directory: epath.Path, listing: dict, progress: dict):
+    """The prepared directory's tokenizer: configured files > an interrupted run's > trained.
+    What training used is kept in ``progress`` so a resumed run's manifest still says it."""
     tok_cfg, path = data_cfg.tokenizer, directory / shards_lib.TOKENIZER
     if _get(tok_cfg, "path", ""):
         tok, info = tokenizer_lib.from_hf_files(tok_cfg.path), {"from": str(tok_cfg.path)}
     elif path.exists():
-        tok, info = tokenizer_lib.Tokenizer(tokenizer_lib.HFTokenizer.from_str(path.read_text())), {}
+        tok = tokenizer_lib.Tokenizer(tokenizer_lib.HFTokenizer.from_str(path.read_text()))
+        info = dict(progress.get("tokenizer", {}))
     else:
         t0 = time.time()
         sample_bytes = int(float(_get(tok_cfg, "sample_mb", 64)) * (1 << 20))
-        docs, keep = _sample(data_cfg, sample_bytes, float(data_cfg.eval_fraction))
+        docs, keep = _sample(data_cfg, sample_bytes, float(data_cfg.eval_fraction),
+                             listing.get("bytes") or 0)
         if not docs:
             raise ValueError(f"no training documents to train the tokenizer on in {data_cfg.dataset!r}"
                              ": check the data config (files, eval_fraction).")
@@ -215,6 +217,8 @@ def _tokenizer(data_cfg, directory: epath.Path):
         tmp.write_text(text)
         tmp.replace(path)
     info.update(sha256=_sha(text), kind=tok.kind, vocab_size=tok.vocab_size)
+    progress["tokenizer"] = info
+    shards_lib.write_json(directory / PROGRESS, progress)
     return tok, info
 
 
@@ -353,22 +357,25 @@ def _committed(directory: epath.Path, dtype: np.dtype) -> list[dict]:
     return entries
 
 
-def _workers(data_cfg) -> int:
+def _workers(data_cfg, listing: dict) -> int:
     """``data.prepare_workers``; -1: one per core, or in-process for a small local source."""
     requested = int(_get(data_cfg, "prepare_workers", -1))
     if requested >= 0:
         return requested
     if _get(data_cfg, "dataset", "python_docs") == "python_docs":
         return 0
-    size = corpus_lib.source_listing(data_cfg).get("bytes")
+    size = listing.get("bytes")
     return 0 if size is not None and size < SMALL_SOURCE else (os.cpu_count() or 1)
 
 
-def prepare(data_cfg, directory: str, workers: Optional[int] = None) -> dict:
-    """Writes (or finishes) the prepared data for ``data_cfg`` in ``directory``; returns the manifest."""
+def prepare(data_cfg, directory: str, workers: Optional[int] = None,
+            listing: Optional[dict] = None) -> dict:
+    """Writes (or finishes) the prepared data for ``data_cfg`` in ``directory``; returns the
+    manifest. ``listing``: :func:`lm.data.corpus.source_listing`, when the caller has it."""
     t0, out = time.time(), epath.Path(directory)
     out.mkdir(parents=True, exist_ok=True)
-    want, listing = spec(data_cfg), corpus_lib.source_listing(data_cfg)
+    want = spec(data_cfg)
+    listing = corpus_lib.source_listing(data_cfg) if listing is None else listing
     progress = shards_lib.read_json(out / PROGRESS)
     if progress is None and any(p.name not in (".lock",) for p in out.iterdir()):
         raise ValueError(f"{directory} is not empty and holds no prepared data: pass an empty or "
@@ -377,9 +384,10 @@ def prepare(data_cfg, directory: str, workers: Optional[int] = None) -> dict:
         diff = "; ".join(_differences(progress["spec"], want)[:3]) or "the source files changed"
         raise ValueError(f"{directory} holds an unfinished preparation of another corpus ({diff}): "
                          "delete it or use another --config.data.prepared_dir.")
-    shards_lib.write_json(out / PROGRESS, {"spec": want, "listing": listing})
+    progress = progress or {"spec": want, "listing": listing}
+    shards_lib.write_json(out / PROGRESS, progress)
 
-    tok, tok_info = _tokenizer(data_cfg, out)
+    tok, tok_info = _tokenizer(data_cfg, out, listing, progress)
     dtype = shards_lib.token_dtype(tok.vocab_size)
     entries = _committed(out, dtype)
     eval_fraction = float(data_cfg.eval_fraction)
@@ -392,7 +400,7 @@ def prepare(data_cfg, directory: str, workers: Optional[int] = None) -> dict:
         for _ in range(skip):
             next(docs)
     tasks = ((chunk, eval_fraction, dtype) for chunk in _chunks(docs, min(CHUNK_CHARS, shard_chars)))
-    workers = _workers(data_cfg) if workers is None else workers
+    workers = _workers(data_cfg, listing) if workers is None else workers
     writer = _ShardWriter(out, len(entries), dtype)
     tok_json = tok.hf.to_str()
 
