@@ -13,11 +13,9 @@ What it measures, and why:
      (main + spawned tokenizer workers, polled every --poll_s), per corpus size: does
      preparation stay bounded in memory as the corpus grows? Then scaling with
      `data.prepare_workers` on one size (speedup vs 1 worker), and that the shards are
-     byte-identical whatever the worker count (sha256 of every file under shards/). If
-     `python -m lm.data.prepare` hangs with worker processes (checked first, on the smallest
-     size), those runs go through an import of lm.data.prepare instead (as train.py calls it),
-     marked * in the tables. Then the same with small shards (--stress_shard_mb) and more
-     workers than cores (--stress_workers, twice): shard boundaries must not depend on timing.
+     byte-identical whatever the worker count (sha256 of every file under shards/). Then the
+     same with small shards (--stress_shard_mb) and more workers than cores (--stress_workers,
+     twice): shard boundaries must not depend on timing.
   2. `train.py` (2 steps, new workdir) on the smallest and largest prepared data: wall s and
      peak RSS of the process tree; host memory must not grow with the corpus (target <= 1.5 GB
      and the largest/smallest RSS ratio <= 1.15), and the run must not tokenize again (no
@@ -73,9 +71,6 @@ def parse_args(argv=None):
   p.add_argument('--batches', type=int, default=200, help='timed loader batches')
   p.add_argument('--windows', type=int, default=20000, help='random windows for section 4')
   p.add_argument('--record_tokens', type=int, default=1024, help='tokens per array_record record')
-  p.add_argument('--prepare_entry', default='auto', choices=['auto', 'module', 'import'],
-                 help='module: python -m lm.data.prepare; import: the same through an import of '
-                 'lm.data.prepare; auto: module, falling back to import if its workers die at start')
   p.add_argument('--prepare_timeout_s', type=float, default=1200, help='kill a preparation after this')
   p.add_argument('--poll_s', type=float, default=0.1, help='RSS polling interval')
   p.add_argument('--sections', default='1,2,3,4')
@@ -93,7 +88,6 @@ def parse_args(argv=None):
   a.sizes = sorted(float(s) for s in a.sizes_mb.split(','))
   a.worker_list = [int(w) for w in a.workers.split(',') if w != '']
   a.section_set = {int(s) for s in a.sections.split(',') if s}
-  a.cli_hangs = False  # set once `python -m lm.data.prepare` is seen to hang with workers
   return a
 
 
@@ -193,11 +187,10 @@ def kill_tree(pid):
       pass
 
 
-def run_measured(cmd, env, poll_s, timeout=None, abort_on=None):
+def run_measured(cmd, env, poll_s, timeout=None):
   """Runs cmd; returns (rc, wall s, [(s, output line)], peaks: tree RSS, tree PSS, main RSS, procs).
 
-  rc is 'timeout' past ``timeout`` s, or 'aborted' as soon as a line contains ``abort_on``
-  (a known hang: the tree is killed rather than waited on)."""
+  rc is 'timeout' (the tree killed) past ``timeout`` s."""
   t0 = time.perf_counter()
   proc = subprocess.Popen(cmd, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                           text=True)
@@ -213,10 +206,6 @@ def run_measured(cmd, env, poll_s, timeout=None, abort_on=None):
   while proc.poll() is None:
     if timeout and time.perf_counter() - t0 > timeout:
       stopped = 'timeout'
-    elif abort_on and any(abort_on in l for _, l in lines[-50:]):
-      time.sleep(1)  # let the rest of the traceback arrive
-      stopped = 'aborted'
-    if stopped:
       kill_tree(proc.pid)
       break
     try:
@@ -247,63 +236,25 @@ def sub_env(cache):
   return env
 
 
-# `python -m lm.data.prepare` itself, or the same flags through an import of the module (the way
-# train.py calls it), used when the CLI's spawned workers cannot start (see --prepare_entry).
-SHIM = ('from ml_collections import config_flags; from lm import cli; from lm.data import prepare; '
-        "config_flags.DEFINE_config_file('config', None, '', lock_config=True); cli.run(prepare.main)")
-WORKER_START_FAILURE = "Can't get attribute '_init_worker'"
-
-
-def prepare_cmd(config, files, out, workers=None, entry='module', extra=()):
-  head = ['-m', 'lm.data.prepare'] if entry == 'module' else ['-c', SHIM]
-  cmd = [sys.executable, *head, f'--config={config}', '--config.data.dataset=text_files',
+def prepare_cmd(config, files, out, workers=None, extra=()):
+  cmd = [sys.executable, '-m', 'lm.data.prepare', f'--config={config}', '--config.data.dataset=text_files',
          f'--config.data.files={files}', f'--config.data.prepared_dir={out}']
   if workers is not None:
     cmd.append(f'--config.data.prepare_workers={workers}')
   return cmd + [f'--config.data.{k}={v}' for k, v in extra]
 
 
-def spawns(files, workers):
-  """Whether prepare starts worker processes (data.prepare_workers; -1: none below 32 MiB)."""
-  if workers is None or workers < 0:
-    size = sum(os.path.getsize(os.path.join(r, f)) for r, _, fs in os.walk(files) for f in fs)
-    return size >= (32 << 20)
-  return workers > 0
-
-
 def prepare(log, args, env, config, files, out, workers=None, extra=()):
-  """One measured preparation into a new ``out``; falls back to the import entry (and says so)
-  when `python -m lm.data.prepare` hangs because its workers die at start."""
-  entry = args.prepare_entry if args.prepare_entry != 'auto' else 'module'
-  if entry == 'module' and args.prepare_entry == 'auto' and args.cli_hangs and spawns(files, workers):
-    entry = 'import'  # known to hang (said once above): don't pay its tokenizer training again
-  retries = 2
-  while True:
-    shutil.rmtree(out, ignore_errors=True)
-    cmd = prepare_cmd(config, files, out, workers, entry, extra)
-    rc, wall, output, peak = run_measured(cmd, env, args.poll_s, args.prepare_timeout_s,
-                                          WORKER_START_FAILURE)
-    if rc == 'aborted' and entry == 'module' and args.prepare_entry == 'auto':
-      tb = [l.strip() for _, l in output if WORKER_START_FAILURE in l][:1]
-      log(f'  !! python -m lm.data.prepare (workers={workers}) HANGS: its spawned worker died '
-          f'({tb[0] if tb else "?"}) and the parent blocks forever; killed after {wall:.0f} s. '
-          'Re-running through `python -c "...cli.run(prepare.main)"` (the import path train.py uses); '
-          'rows marked * below.')
-      entry, args.cli_hangs = 'import', True
-      continue
-    if isinstance(rc, int) and rc < 0 and retries:  # a signal this benchmark did not send
-      log(f'  !! {shlex.join(cmd[1:3])} (workers={workers}) was killed by signal {-rc} after '
-          f'{wall:.0f} s from outside this benchmark (shared machine); retrying.')
-      retries -= 1
-      continue
-    break
+  """One measured `python -m lm.data.prepare` into a new ``out``; raises if it fails or times out."""
+  shutil.rmtree(out, ignore_errors=True)
+  cmd = prepare_cmd(config, files, out, workers, extra)
+  rc, wall, output, peak = run_measured(cmd, env, args.poll_s, args.prepare_timeout_s)
   if rc:
     log(''.join(l for _, l in output)[-4000:])
     raise RuntimeError(f'prepare {rc} ({wall:.0f} s): {shlex.join(cmd)}')
   with open(os.path.join(out, 'manifest.json')) as f:
     manifest = json.load(f)
-  return {'wall': wall, 'peak': peak, 'manifest': manifest, 'output': output,
-          'mark': '*' if entry == 'import' else ''}
+  return {'wall': wall, 'peak': peak, 'manifest': manifest, 'output': output}
 
 
 def prep_row(name, r):
@@ -311,7 +262,7 @@ def prep_row(name, r):
   chars, tok_s = m['chars'], m['tokenizer'].get('seconds', 0.0)
   tokens = m['splits']['train']['tokens'] + m['splits']['eval']['tokens']
   phase = max(m['seconds'] - tok_s, 1e-9)
-  return [name + r['mark'], f"{chars / MB:.1f}", f'{tokens / 1e6:.1f}', m['workers'], f"{r['wall']:.1f}",
+  return [name, f"{chars / MB:.1f}", f'{tokens / 1e6:.1f}', m['workers'], f"{r['wall']:.1f}",
           f'{tok_s:.1f}', f'{phase:.1f}', f"{chars / MB / r['wall']:.2f}", f'{chars / MB / phase:.2f}',
           gb(p['rss']), gb(p['pss']), gb(p['main']), p['procs']]
 
@@ -339,12 +290,6 @@ def section_prepare(log, args, env, subsets, root):
   log(f'\n== 1. Preparation: python -m lm.data.prepare, configs/gpt_base.py (bpe 8192), '
       f'default workers (-1) == load {load_avg()}')
   prepared, rows = {}, []
-  if args.prepare_entry == 'auto':  # is the CLI usable with worker processes? (5 s to find out)
-    r = prepare(log, args, env, 'configs/gpt_base.py', subsets[args.sizes[0]],
-                os.path.join(root, 'prep_cli_check'), 1)
-    log(f"  python -m lm.data.prepare with workers=1 on {args.sizes[0]:g} MB: "
-        f"{'HANGS (above); rows with worker processes use the import entry, marked *' if args.cli_hangs else 'works'}")
-    shutil.rmtree(os.path.join(root, 'prep_cli_check'), ignore_errors=True)
   for mb in args.sizes:
     out = os.path.join(root, f'prep_bpe_{mb:g}')
     r = prepare(log, args, env, 'configs/gpt_base.py', subsets[mb], out)
@@ -400,7 +345,7 @@ def section_prepare(log, args, env, subsets, root):
       m = r['manifest']
       docs = [e['docs_read'] for e in m['shards']]
       ref = ref or (docs, shard_digests(out))
-      rows.append([f"workers={workers}{r['mark']}", f"{r['wall']:.1f}", len(docs),
+      rows.append([f'workers={workers}', f"{r['wall']:.1f}", len(docs),
                    m['corpus_sha256'][:12], docs == ref[0], shard_digests(out) == ref[1],
                    ' '.join(map(str, docs[:8])) + (' ...' if len(docs) > 8 else '')])
       shutil.rmtree(out, ignore_errors=True)
@@ -413,7 +358,7 @@ def section_train(log, args, env, subsets, prepared, root):
   sizes = [args.sizes[0], args.sizes[-1]]
   log(f'\n== 2. train.py after preparation: configs/gpt_base.py, 2 steps, new workdir each '
       f'== load {load_avg()}')
-  rows, rss = [], {}
+  rows, rss, failed = [], {}, []
   for mb in sizes:
     out = prepared[mb]
     manifest_path, tok_path = os.path.join(out, 'manifest.json'), os.path.join(out, 'tokenizer.json')
@@ -426,18 +371,13 @@ def section_train(log, args, env, subsets, prepared, root):
            '--config.eval_every=2', '--config.checkpoint_every=2']
     if mb == sizes[0]:
       log('  command:', shlex.join(cmd).replace(root, '$TMP'))
-    for attempt in range(2):
-      rc, wall, output, peak = run_measured(cmd, env, args.poll_s, timeout=900)
-      if not (isinstance(rc, int) and rc < 0 and attempt == 0):
-        break
-      log(f'  !! train.py was killed by signal {-rc} from outside this benchmark; retrying.')
-      shutil.rmtree(workdir, ignore_errors=True)
-      os.makedirs(workdir)
+    rc, wall, output, peak = run_measured(cmd, env, args.poll_s, timeout=900)
     after = (os.stat(manifest_path).st_mtime_ns, os.stat(tok_path).st_mtime_ns,
              sorted(os.listdir(os.path.join(out, 'shards'))))
     prep_lines = [l.strip() for _, l in output if l.startswith(('prepare:', 'text_files:'))]
     no_retok = not prep_lines and before == after
     if rc:
+      failed.append(mb)
       log(''.join(l for _, l in output)[-3000:])
     # Data opened + model initialised: train.py prints '{objective}: N params, ...' then.
     ready = next((t for t, l in output if ' params, mesh ' in l), float('nan'))
@@ -452,7 +392,7 @@ def section_train(log, args, env, subsets, prepared, root):
   log("  ready s: start to train.py's 'N params' line (imports, prepare.ensure, open shards, model init);"
       ' wall: start to exit (compile, 2 steps, eval, checkpoint, sample).')
   ratio = rss[sizes[-1]] / rss[sizes[0]]
-  ok = rss[sizes[-1]] <= 1.5 * 2**30 and ratio <= 1.15
+  ok = rss[sizes[-1]] <= 1.5 * 2**30 and ratio <= 1.15 and not failed  # a crashed run proves nothing
   log(f'  peak RSS {sizes[-1]:g} MB / {sizes[0]:g} MB = {ratio:.3f} (target <= 1.15, and <= 1.5 GiB): '
       f"{'PASS' if ok else 'FAIL'}")
 
@@ -591,6 +531,7 @@ def section_array_record(log, args, prepared, root):
         k = int(o // R)
         recs = readers[s].read([k, k + 1])
         w = np.frombuffer(b''.join(recs), dtype)[o % R:o % R + L]
+        assert len(w) == L
     return read
 
   # Correctness: array_record windows equal the memmap slices.
