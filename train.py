@@ -114,7 +114,8 @@ def _keep_tokenizer(tok, workdir: str, data_dir: str):
     with open(path, encoding='utf-8') as f:
       if f.read() != text:
         raise ValueError(f'{workdir} was trained with another tokenizer than the prepared data in '
-                         f'{data_dir}: use a new --workdir, or the data config it was trained on.')
+                         f'{data_dir}: use a new --workdir, or pass --config.data.tokenizer.path='
+                         f'{path} to prepare the data with the run\'s own tokenizer.')
     return
   with open(path, 'w', encoding='utf-8') as f:
     f.write(text)
