@@ -85,6 +85,11 @@ class TextStats:
     empty_lines: int = 0      # empty or whitespace-only lines (document separators)
     long_lines: int = 0       # lines over max_line_chars, split into pieces
 
+    def summary(self) -> str:
+        return (f"text_files: {self.documents} documents from {self.files} file(s); "
+                f"{self.replaced_chars} invalid UTF-8 sequences replaced, {self.long_lines} "
+                f"over-long lines split, {self.empty_lines} blank lines dropped.")
+
 
 def _expand(paths_or_globs: Union[str, Iterable[str]]) -> list[str]:
     """Paths, globs or directories -> sorted file list; anything missing is an error."""
@@ -188,7 +193,7 @@ def _tfds_examples(name: str, split: str, data_dir, text_key: str):
         yield t.decode("utf-8", errors="replace")
 
 
-def _get(cfg, key, default):
+def field(cfg, key, default):
     """A config field, or ``default`` where it is missing, None or ''."""
     value = getattr(cfg, key, None)
     return default if value is None or value == "" else value
@@ -196,7 +201,7 @@ def _get(cfg, key, default):
 
 def text_files(data_cfg) -> list[str]:
     """The sorted file list of a 'text_files' config (errors name the flag to fix)."""
-    files = [f.strip() for f in _get(data_cfg, "files", "").split(",") if f.strip()]
+    files = [f.strip() for f in field(data_cfg, "files", "").split(",") if f.strip()]
     if not files:
         raise ValueError("data.dataset='text_files' needs files: pass "
                          "--config.data.files=PATH_OR_GLOB[,PATH_OR_GLOB...].")
@@ -206,29 +211,29 @@ def text_files(data_cfg) -> list[str]:
 def iter_documents(data_cfg, stats: Optional[TextStats] = None) -> Iterator[str]:
     """Every document of ``data_cfg.dataset`` in a fixed order, streamed (bounded memory);
     ``max_documents`` (0 = all) caps every source."""
-    dataset = _get(data_cfg, "dataset", "python_docs")
-    max_documents = int(_get(data_cfg, "max_documents", 0))
+    dataset = field(data_cfg, "dataset", "python_docs")
+    max_documents = int(field(data_cfg, "max_documents", 0))
     if dataset == "python_docs":
         docs = iter(python_docs_corpus())
     elif dataset == "text_files":
         docs = iter_text_files(text_files(data_cfg), stats if stats is not None else TextStats())
     else:
-        split = _get(data_cfg, "split", "train")
+        split = field(data_cfg, "split", "train")
         if max_documents:  # let tf.data read only what is needed
             split = f"{split}[:{max_documents}]"
-        docs = _tfds_examples(dataset, split, _get(data_cfg, "data_dir", None),
-                              _get(data_cfg, "text_key", "text"))
+        docs = _tfds_examples(dataset, split, field(data_cfg, "data_dir", None),
+                              field(data_cfg, "text_key", "text"))
     return itertools.islice(docs, max_documents) if max_documents else docs
 
 
 def source_listing(data_cfg) -> dict:
     """A cheap fingerprint of what the source is now (file names and sizes, or the TFDS
     name and split), to tell whether prepared data still matches it without reading text."""
-    dataset = _get(data_cfg, "dataset", "python_docs")
+    dataset = field(data_cfg, "dataset", "python_docs")
     if dataset == "python_docs":
         return {"python": sys.version.split()[0]}
     if dataset != "text_files":
-        return {"tfds": dataset, "split": _get(data_cfg, "split", "train")}
+        return {"tfds": dataset, "split": field(data_cfg, "split", "train")}
     h, total, files = hashlib.sha256(), 0, text_files(data_cfg)
     for path in files:
         size = os.path.getsize(path)
@@ -243,7 +248,5 @@ def load_corpus(data_cfg) -> list[str]:
     stats = TextStats()
     docs = list(iter_documents(data_cfg, stats))
     if stats.files:
-        print(f"text_files: {stats.documents} documents from {stats.files} file(s); "
-              f"{stats.replaced_chars} invalid UTF-8 sequences replaced, {stats.long_lines} "
-              f"over-long lines split, {stats.empty_lines} blank lines dropped.")
+        print(stats.summary())
     return docs

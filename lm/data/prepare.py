@@ -44,6 +44,7 @@ import numpy as np
 from etils import epath
 
 from lm.data import corpus as corpus_lib
+from lm.data.corpus import field
 from lm.data import shards as shards_lib
 from lm.data import tokenizer as tokenizer_lib
 
@@ -52,28 +53,22 @@ SMALL_SOURCE = 32 << 20  # below this many bytes, tokenize in-process (no worker
 PROGRESS = "prepare.json"  # spec of a preparation in progress, so a resume never mixes corpora
 
 
-def _get(cfg, key, default):
-    """A config field, or ``default`` where it is missing, None or ''."""
-    value = getattr(cfg, key, None)
-    return default if value is None or value == "" else value
-
-
 def spec(data_cfg) -> dict:
     """Everything that decides the prepared bytes; two configs with equal specs share data."""
-    dataset = _get(data_cfg, "dataset", "python_docs")
-    source = {"dataset": dataset, "max_documents": int(_get(data_cfg, "max_documents", 0))}
+    dataset = field(data_cfg, "dataset", "python_docs")
+    source = {"dataset": dataset, "max_documents": int(field(data_cfg, "max_documents", 0))}
     if dataset == "text_files":
-        source["files"] = _get(data_cfg, "files", "")
+        source["files"] = field(data_cfg, "files", "")
     elif dataset != "python_docs":
-        source.update(split=_get(data_cfg, "split", "train"), text_key=_get(data_cfg, "text_key", "text"),
-                      data_dir=str(_get(data_cfg, "data_dir", "")))
+        source.update(split=field(data_cfg, "split", "train"), text_key=field(data_cfg, "text_key", "text"),
+                      data_dir=str(field(data_cfg, "data_dir", "")))
     tok_cfg = data_cfg.tokenizer
-    path = _get(tok_cfg, "path", "")
+    path = field(tok_cfg, "path", "")
     if path:
         tok = {"sha256": _sha(tokenizer_lib.from_hf_files(path).hf.to_str())}
     else:
         tok = {"kind": tok_cfg.kind, "vocab_size": int(tok_cfg.vocab_size),
-               "sample_mb": float(_get(tok_cfg, "sample_mb", 0))}
+               "sample_mb": float(field(tok_cfg, "sample_mb", 0))}
     return {"format": shards_lib.FORMAT, "source": source, "tokenizer": tok,
             "eval_fraction": float(data_cfg.eval_fraction)}
 
@@ -84,12 +79,12 @@ def _sha(text: str) -> str:
 
 def resolve_dir(data_cfg) -> str:
     """``data.prepared_dir``, or a cache directory named by the data spec."""
-    explicit = _get(data_cfg, "prepared_dir", "")
+    explicit = field(data_cfg, "prepared_dir", "")
     if explicit:
         return str(explicit)
     root = os.environ.get("LM_DATA_CACHE") or os.path.join(os.path.expanduser("~"), ".cache", "lm",
                                                            "prepared")
-    slug = re.sub(r"[^A-Za-z0-9_.-]+", "_", _get(data_cfg, "dataset", "python_docs"))
+    slug = re.sub(r"[^A-Za-z0-9_.-]+", "_", field(data_cfg, "dataset", "python_docs"))
     key = _sha(json.dumps(spec(data_cfg), sort_keys=True))[:12]
     return os.path.join(root, f"{slug}-{key}")
 
@@ -193,14 +188,14 @@ def _tokenizer(data_cfg, directory: epath.Path, listing: dict, progress: dict):
     """The prepared directory's tokenizer: configured files > an interrupted run's > trained.
     What training used is kept in ``progress`` so a resumed run's manifest still says it."""
     tok_cfg, path = data_cfg.tokenizer, directory / shards_lib.TOKENIZER
-    if _get(tok_cfg, "path", ""):
+    if field(tok_cfg, "path", ""):
         tok, info = tokenizer_lib.from_hf_files(tok_cfg.path), {"from": str(tok_cfg.path)}
     elif path.exists():
         tok = tokenizer_lib.Tokenizer(tokenizer_lib.HFTokenizer.from_str(path.read_text()))
         info = dict(progress.get("tokenizer", {}))
     else:
         t0 = time.time()
-        sample_bytes = int(float(_get(tok_cfg, "sample_mb", 64)) * (1 << 20))
+        sample_bytes = int(float(field(tok_cfg, "sample_mb", 64)) * (1 << 20))
         docs, keep = _sample(data_cfg, sample_bytes, float(data_cfg.eval_fraction),
                              listing.get("bytes") or 0)
         if not docs:
@@ -359,10 +354,10 @@ def _committed(directory: epath.Path, dtype: np.dtype) -> list[dict]:
 
 def _workers(data_cfg, listing: dict) -> int:
     """``data.prepare_workers``; -1: one per core, or in-process for a small local source."""
-    requested = int(_get(data_cfg, "prepare_workers", -1))
+    requested = int(field(data_cfg, "prepare_workers", -1))
     if requested >= 0:
         return requested
-    if _get(data_cfg, "dataset", "python_docs") == "python_docs":
+    if field(data_cfg, "dataset", "python_docs") == "python_docs":
         return 0
     size = listing.get("bytes")
     return 0 if size is not None and size < SMALL_SOURCE else (os.cpu_count() or 1)
@@ -391,7 +386,7 @@ def prepare(data_cfg, directory: str, workers: Optional[int] = None,
     dtype = shards_lib.token_dtype(tok.vocab_size)
     entries = _committed(out, dtype)
     eval_fraction = float(data_cfg.eval_fraction)
-    shard_chars = int(float(_get(data_cfg, "shard_mb", 64)) * (1 << 20))
+    shard_chars = int(float(field(data_cfg, "shard_mb", 64)) * (1 << 20))
     stats = corpus_lib.TextStats()
     docs = corpus_lib.iter_documents(data_cfg, stats)
     skip = sum(e["docs_read"] for e in entries)
@@ -451,9 +446,7 @@ def _finish(out, want, listing, tok_info, dtype, entries, eval_fraction, stats, 
     }
     if stats.files:
         manifest["text_files"] = dict(vars(stats))
-        print(f"text_files: {stats.documents} documents from {stats.files} file(s); "
-              f"{stats.replaced_chars} invalid UTF-8 sequences replaced, {stats.long_lines} "
-              f"over-long lines split, {stats.empty_lines} blank lines dropped.")
+        print(stats.summary())
     shards_lib.write_json(out / shards_lib.MANIFEST, manifest)
     (out / PROGRESS).unlink(missing_ok=True)
     print(f"prepare: {manifest['docs_read']} documents, {manifest['chars'] / 1e6:.1f} M chars -> "
