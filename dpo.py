@@ -2,7 +2,7 @@ r"""Fine-tunes a pretrained decoder from preference pairs: a reward model, or DP
 
   python dpo.py --config=configs/reward.py --workdir=/tmp/lm_rm  --config.pretrained=/tmp/lm_gpt
   python dpo.py --config=configs/dpo.py    --workdir=/tmp/lm_dpo --config.pretrained=/tmp/lm_gpt \
-      [--config.loss=ipo] [--config.beta=0.1] [--config.data.source=jsonl --config.data.files=F]
+      [--config.loss=ipo] [--config.beta=0.1] [--config.data.source=files --config.data.files=F]
 
 `config.task` picks the job: 'reward' trains a Bradley-Terry reward model (decoder + scalar
 head), 'dpo' trains the policy against a frozen reference whose log-probs are computed once
@@ -12,7 +12,6 @@ SIGTERM/SIGINT save a checkpoint at the next step boundary and exit cleanly.
 """
 import dataclasses
 import os
-import time
 
 from absl import flags
 import jax
@@ -21,6 +20,7 @@ from ml_collections import config_flags
 from lm import checkpoint
 from lm import cli
 from lm import distributed
+from lm import loop
 from lm import optim
 from lm import preference
 from lm import pretrained
@@ -75,7 +75,7 @@ def train(config, workdir: str) -> dict:
                                         rlhf.policy_init_inputs(seq_len), pre.params)
   print(f'{config.task}: {trainer.param_count(state.params):,} params, mesh {dict(mesh.shape)}, '
         f'{len(train_pairs)} training / {len(eval_pairs)} held-out pairs')
-  stop = trainer.StopFlag().install()
+  stop = loop.StopFlag().install()
 
   if config.task == 'dpo':  # the frozen reference, run once over every pair, then dropped
     ref = pre if not config.reference else pretrained.load(config.reference, mesh)
@@ -92,47 +92,22 @@ def train(config, workdir: str) -> dict:
       print(f'reference log-probs ({name}): {"computed, saved to" if computed else "read from"} {path}')
     del ref, ref_params, pre
 
-  ckpt = checkpoint.for_run(workdir, config)
-  state, last_ckpt = ckpt.resume(state)
-  start = int(state.step)
-
   train_step = rlhf.make_train_step(config, model, tx, state_sh, mesh)
   eval_step = rlhf.make_eval_step(config, model, state_sh.params, mesh)
-  eval_batches = lambda: (sharding.shard_batch(b, mesh) for b in preference.eval_batches(
-      eval_data, config.eval_batch_size, pi, pc))
   writer = report.Writer(workdir, config.train.steps)
-  if start == 0:  # the held-out figures before any update
-    writer.write(0, rlhf.evaluate(eval_step, state.params, eval_batches(), stop), 'eval')
-  meta = {'task': config.task, 'config': config.to_json(),
-          'model': dataclasses.asdict(model.cfg)}
-  t0, steps_timed = time.time(), 0
-
-  result = {}
-  with ckpt:  # pending async saves land even if the loop raises
-    for step in range(start, config.train.steps):
-      batch = preference.train_batch(train_data, step, config.train.batch_size, config.seed, pi, pc)
-      state, metrics = train_step(state, sharding.shard_batch(batch, mesh))
-      steps_timed += 1
-      done = step + 1
-      if done % config.log_every == 0 or done == config.train.steps:
-        metrics = jax.device_get(metrics)
-        trainer.check_finite(metrics, done, last_ckpt)
-        elapsed = time.time() - t0
-        writer.write(done, {**metrics, 'pairs_per_sec': steps_timed * config.train.batch_size / elapsed})
-        t0, steps_timed = time.time(), 0
-      if done % config.eval_every == 0 or done == config.train.steps:
-        result = rlhf.evaluate(eval_step, state.params, eval_batches(), stop)
-        writer.write(done, result, 'eval')
-      if ckpt.should_save(done) or stop.requested or done == config.train.steps:
-        trainer.check_finite(jax.device_get(metrics), done, last_ckpt)  # never save a NaN state
-        ckpt.save(done, state, {**meta, 'step': done, 'data_position': done}, force=True)
-        last_ckpt = done
-      if stop.requested:
-        print(f'{stop.signal}: saved step {done}, exiting.')
-        break
-
+  fit = loop.fit(
+      state, train_step, lambda step: sharding.shard_batch(preference.train_batch(
+          train_data, step, config.train.batch_size, config.seed, pi, pc), mesh),
+      steps=config.train.steps, ckpt=checkpoint.for_run(workdir, config), writer=writer,
+      log_every=config.log_every, eval_every=config.eval_every, stop=stop, eval_at_start=True,
+      evaluate=lambda params: rlhf.evaluate(eval_step, params, (
+          sharding.shard_batch(b, mesh) for b in preference.eval_batches(
+              eval_data, config.eval_batch_size, pi, pc)), stop),
+      meta=lambda step: {'task': config.task, 'config': config.to_json(),
+                         'model': dataclasses.asdict(model.cfg), 'data_position': step},
+      rate=('pairs_per_sec', config.train.batch_size))
   writer.close()
-  return result
+  return fit.eval
 
 
 def main(argv):

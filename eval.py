@@ -16,7 +16,7 @@ from absl import flags
 from ml_collections import config_flags
 
 from lm import cli
-from lm import finetune
+from lm import evaluation
 from lm import metrics
 
 FLAGS = flags.FLAGS
@@ -40,15 +40,15 @@ def main(argv):
     print(f"wrote {result['output']}")
     return
   output = FLAGS.output or os.path.join(path, 'eval_results.json')
-  if finetune.is_finetune_workdir(path):
-    results, preds = finetune.evaluate_finetuned(path, FLAGS.config, FLAGS.which,
+  if evaluation.is_finetune_workdir(path):
+    results, preds = evaluation.evaluate_finetuned(path, FLAGS.config, FLAGS.which,
                                                  max_examples=FLAGS.max_examples)
     with open(os.path.splitext(output)[0].replace('eval_results', 'eval_predictions') +
               '.jsonl', 'w', encoding='utf-8') as f:
       for p in preds:
         f.write(json.dumps(p) + '\n')
   else:
-    results = finetune.evaluate_pretraining(path, FLAGS.config, FLAGS.eval_batches)
+    results = evaluation.evaluate_pretraining(path, FLAGS.config, FLAGS.eval_batches)
   results = {'checkpoint': os.path.abspath(path), **results}
   metrics.write_json(output, results)
   print(metrics.format_table(results, f'evaluation of {path}'))

@@ -6,7 +6,6 @@ Resumes from the latest checkpoint in --workdir. SIGTERM/SIGINT save a checkpoin
 next step boundary and exit cleanly.
 """
 import os
-import time
 
 from absl import flags
 import jax
@@ -16,6 +15,7 @@ from ml_collections import config_flags
 from lm import checkpoint
 from lm import cli
 from lm import distributed
+from lm import loop
 from lm import objectives
 from lm import optim
 from lm import report
@@ -60,44 +60,22 @@ def train_and_evaluate(config, workdir: str):
         f'{dict(mesh.shape)}, {pc} process(es), vocab {tok.vocab_size}')
 
   ckpt = checkpoint.for_run(workdir, config)
-  state, last_ckpt = ckpt.resume(state)
-  start = int(state.step)
-
-  train_step = trainer.make_train_step(config, model, tx, state_sh, mesh)
-  eval_step = trainer.make_eval_step(config, model, state_sh.params, mesh)
-  eval_batches = lambda: (sharding.shard_batch(eval_data.get_batch(i, pi, pc), mesh)
-                          for i in range(config.eval_batches))
+  train_step = objectives.make_train_step(config, model, tx, state_sh, mesh)
+  eval_step = objectives.make_eval_step(config, model, state_sh.params, mesh)
+  stop = loop.StopFlag().install()
   writer = report.Writer(workdir, config.train.steps)
-  stop = trainer.StopFlag().install()
-  tokens_per_step = config.train.batch_size * config.data.seq_len
-  t0, steps_timed = time.time(), 0
-  result = {'eval': {}, 'sample': None}
+  fit = loop.fit(
+      state, train_step, lambda step: sharding.shard_batch(train_data.get_batch(step, pi, pc), mesh),
+      steps=config.train.steps, ckpt=ckpt, writer=writer, log_every=config.log_every,
+      eval_every=config.eval_every, stop=stop,
+      evaluate=lambda params: objectives.evaluate(eval_step, params, (
+          sharding.shard_batch(eval_data.get_batch(i, pi, pc), mesh)
+          for i in range(config.eval_batches)), stop),
+      meta=lambda step: {'data_position': step, 'config': config.to_json()},
+      rate=('tokens_per_sec', config.train.batch_size * config.data.seq_len))
+  state, result = fit.state, {'eval': fit.eval, 'sample': None}
 
-  with ckpt:  # pending async saves land even if the loop raises
-    for step in range(start, config.train.steps):
-      batch = sharding.shard_batch(train_data.get_batch(step, pi, pc), mesh)
-      state, metrics = train_step(state, batch)
-      steps_timed += 1
-      done = step + 1
-      if done % config.log_every == 0 or done == config.train.steps:
-        metrics = jax.device_get(metrics)
-        trainer.check_finite(metrics, done, last_ckpt)
-        elapsed = time.time() - t0
-        writer.write(done, {**metrics, 'tokens_per_sec': steps_timed * tokens_per_step / elapsed})
-        t0, steps_timed = time.time(), 0
-      if done % config.eval_every == 0 or done == config.train.steps:
-        result['eval'] = trainer.evaluate(eval_step, state.params, eval_batches(), stop)
-        writer.write(done, result['eval'], 'eval')
-      if ckpt.should_save(done) or stop.requested or done == config.train.steps:
-        trainer.check_finite(jax.device_get(metrics), done, last_ckpt)  # never save a NaN state
-        ckpt.save(done, state, {'step': done, 'data_position': done, 'config': config.to_json()},
-                  force=True)
-        last_ckpt = done
-      if stop.requested:
-        print(f'{stop.signal}: saved step {done}, exiting.')
-        break
-
-  if not stop.requested:
+  if not fit.stopped:
     params = state.params if pc == 1 else multihost_utils.process_allgather(state.params, tiled=True)
     if pi == 0:
       result['sample'] = sample.sample(config.objective, model, params, tok,

@@ -237,7 +237,7 @@ def sub_env(cache):
 
 
 def prepare_cmd(config, files, out, workers=None, extra=()):
-  cmd = [sys.executable, '-m', 'lm.data.prepare', f'--config={config}', '--config.data.dataset=text_files',
+  cmd = [sys.executable, '-m', 'lm.data.prepare', f'--config={config}', '--config.data.source=files',
          f'--config.data.files={files}', f'--config.data.prepared_dir={out}']
   if workers is not None:
     cmd.append(f'--config.data.prepare_workers={workers}')
@@ -366,7 +366,7 @@ def section_train(log, args, env, subsets, prepared, root):
               sorted(os.listdir(os.path.join(out, 'shards'))))
     workdir = tempfile.mkdtemp(prefix=f'wd_{mb:g}_', dir=root)
     cmd = [sys.executable, 'train.py', '--config=configs/gpt_base.py', f'--workdir={workdir}',
-           '--config.data.dataset=text_files', f'--config.data.files={subsets[mb]}',
+           '--config.data.source=files', f'--config.data.files={subsets[mb]}',
            f'--config.data.prepared_dir={out}', '--config.train.steps=2', '--config.log_every=1',
            '--config.eval_every=2', '--config.checkpoint_every=2']
     if mb == sizes[0]:

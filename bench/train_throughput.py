@@ -6,7 +6,7 @@ r"""Training throughput and model-FLOPs utilisation (MFU) of lm's BERT and GPT v
 
 What it measures, all in one process so the numbers compare as ratios:
   1. the XLA matmul ceiling (jit'd [n, n] @ [n, n], float32 and bfloat16), GFLOP/s;
-  2. training tokens/s of OUR code path -- `lm.trainer.make_train_step` (the step train.py
+  2. training tokens/s of OUR code path -- `lm.objectives.make_train_step` (the step train.py
      runs: AdamW with BERT's decay mask, global-norm clipping, metrics), state from
      `lm.trainer.create_state`, synthetic batches with the fields and shapes that
      `lm.data.pretrain.MLMBatcher` / `CLMBatcher` produce;
@@ -240,7 +240,7 @@ def synthetic_batch(kind, B, T, V, seed=0, mlm_prob=0.15, nsp=True):
 def our_config(kind, size, a):
   from lm import defaults
   d, L, H, m, T, B = size
-  c = defaults.base_config()
+  c = defaults.pretraining()
   c.objective = 'mlm' if kind == 'bert' else 'clm'
   model = dict(hidden_size=d, num_layers=L, num_heads=H, mlp_dim=m, max_len=max(T, 128),
                dropout_rate=a.dropout, attention_dropout_rate=a.dropout, dtype=a.dtype,
@@ -265,7 +265,7 @@ def our_runner(kind, size, a, jax, log):
   model = objectives.make_model(config, V)
   tx = optim.make(config.train)
   state, state_sh = trainer.create_state(model, tx, mesh, config.seed, objectives.init_inputs(config))
-  step = trainer.make_train_step(config, model, tx, state_sh, mesh)
+  step = objectives.make_train_step(config, model, tx, state_sh, mesh)
   nb = synthetic_batch(kind, B, T, V)
   if kind == 'gpt' and not int(a.doc_mask):
     del nb['segment_ids']  # the model then masks causally only
@@ -306,7 +306,7 @@ def compile_time(kind, size, a, layers, scan, log):
   tx = optim.make(config.train)
   abstract = trainer.abstract_state(model, tx, mesh, objectives.init_inputs(config))
   state_sh = jax.tree.map(lambda x: x.sharding, abstract)
-  step = trainer.make_train_step(config, model, tx, state_sh, mesh)
+  step = objectives.make_train_step(config, model, tx, state_sh, mesh)
   jitted = getattr(step, '__wrapped__', step)
   nb = synthetic_batch(kind, B, T, VOCAB[kind])
   bsh = sharding.batch_sharding(mesh)

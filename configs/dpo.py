@@ -7,14 +7,14 @@
 `pretrained` is a train.py --workdir (clm) or a HuggingFace GPT-2 directory with its
 tokenizer; `reference` (default: the same model) is the frozen reference. Its log-probs on
 every pair are computed once and cached in the workdir (reference_logps-<hash>.npz).
-Preference data: see lm/preference.py (offline default 'python_docs', 'jsonl' files, or a
-TFDS dataset name with data.data_dir).
+Preference data: see lm/preference.py (offline default 'python_docs', JSON-lines files with
+data.source='files', or data.source='tfds' with data.tfds_name and data.data_dir).
 """
-from lm import rlhf
+from lm import defaults
 
 
 def get_config():
-  c = rlhf.base_config()
+  c = defaults.preference()
   c.task = 'dpo'
   c.update(loss='dpo', beta=0.1)
   c.train.update(lr=1e-4, steps=200, warmup_steps=10, schedule='cosine', weight_decay=0.0)

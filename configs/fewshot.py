@@ -1,5 +1,5 @@
 r"""Few-shot (in-context) classification with a trained causal LM: demonstration selection
-strategies x number of demonstrations k (lm/icl.py). Offline default task: which part of the
+strategies x number of demonstrations k (lm/icl/). Offline default task: which part of the
 Python docs a pydoc topic paragraph is from (lm/tasks/data.py), pool from its train split, test
 examples from its validation split.
 
@@ -10,13 +10,14 @@ examples from its validation split.
       --config.fewshot.num_test=20 --config.fewshot.strategies=random,similarity \
       --config.fewshot.ks=0,1,4 --config.fewshot.score=sum
 
-Local files: --config.data.source=files --config.data.train_file=pool.tsv
-  --config.data.eval_file=test.tsv (label<TAB>text, or JSONL; see lm/tasks/data.py).
+Local files: --config.data.source=files --config.data.files=pool.tsv
+  --config.data.eval_files=test.tsv (label<TAB>text, or JSONL; see lm/tasks/data.py).
 Writes CHECKPOINT/fewshot_results.json (or --output): accuracies plus, per test example, the
 pool indices each strategy chose for every k and run, its prediction and label scores.
 """
 import ml_collections
-from ml_collections import config_dict
+
+from lm import defaults
 
 
 def get_config():
@@ -27,19 +28,14 @@ def get_config():
   c.num_devices = 1             # evaluation runs on the first N devices (1 is fastest on CPU)
   c.output = ''                 # '' = CHECKPOINT/fewshot_results.json
 
-  c.data = ml_collections.ConfigDict()
-  c.data.source = 'python_docs'  # 'python_docs' (offline default) | 'files' | 'tfds'
-  c.data.train_file = ''        # files: the demonstration pool
-  c.data.eval_file = ''         # files: the test examples
-  c.data.tfds_name = ''
-  c.data.data_dir = config_dict.placeholder(str)
-  c.data.train_split = 'train'
-  c.data.eval_split = 'validation'
+  # files / split: the demonstration pool; eval_files / eval_split: the test examples
+  c.data = ml_collections.ConfigDict(defaults.source_block(held_out=True, eval_split='validation'))
   c.data.max_examples = 0
-  c.data.eval_fraction = 0.2    # python_docs: held-out share
+  c.data.eval_fraction = 0.2    # python_docs, or files without eval_files: held-out share
   c.data.labels = ()            # label names; () = sorted labels found in the data
 
   f = c.fewshot = ml_collections.ConfigDict()
+  # built-in names (lm/icl/strategies/), or the import path of your own strategy module
   f.strategies = ('random', 'similarity', 'diversity', 'difficulty', 'gradient')
   f.ks = (0, 1, 2, 4)
   f.num_test = 40               # test examples (random sample; 0 = all)

@@ -9,14 +9,14 @@ expressions, data model, built-in types, lexical analysis) a pydoc topic paragra
 
 GLUE from a prepared TFDS dir: --config.data.source=tfds --config.data.tfds_name=glue/sst2
   --config.data.data_dir=DIR (glue/mnli: --config.data.eval_split=validation_matched).
-Local files: --config.data.source=files --config.data.train_file=train.tsv
-  --config.data.eval_file=dev.tsv (label<TAB>text[<TAB>text_b], or JSONL).
+Local files: --config.data.source=files --config.data.files=train.tsv
+  --config.data.eval_files=dev.tsv (label<TAB>text[<TAB>text_b], or JSONL).
 """
-from lm import finetune
+from lm import defaults
 
 
 def get_config():
-  c = finetune.base_config('classification')
+  c = defaults.finetuning('classification')
   c.data.update(max_len=128)
   c.train.update(batch_size=32, steps=600, lr=1e-4, warmup_steps=60)
   c.pooling = 'mean'  # a short pretraining run's NSP pooler carries little; token states do

@@ -7,14 +7,14 @@ sentence, anywhere in a context of thousands of characters (doc-stride windows).
   python eval.py --checkpoint=/tmp/ft_qa
 
 SQuAD: --config.data.source=tfds --config.data.tfds_name=squad --config.data.data_dir=DIR, or
---config.data.source=files --config.data.train_file=train-v1.1.json --config.data.eval_file=...
+--config.data.source=files --config.data.files=train-v1.1.json --config.data.eval_files=...
 (official JSON or SQuAD-style JSONL).
 """
-from lm import finetune
+from lm import defaults
 
 
 def get_config():
-  c = finetune.base_config('qa')
+  c = defaults.finetuning('qa')
   c.data.update(max_len=128, max_query_len=24, doc_stride=64, max_answer_len=64, n_best=20)
   c.train.update(batch_size=32, steps=1000, lr=1e-4, warmup_steps=100)
   c.early_stopping.update(metric='f1', mode='max', patience=5)

@@ -5,15 +5,16 @@ tag each word NAME (the object's own name), PARAM (one of its parameters) or O.
       --config.init_checkpoint=/tmp/lm_base
   python eval.py --checkpoint=/tmp/ft_tok
 
-CoNLL-style local files: --config.data.source=files --config.data.train_file=train.conll
-  --config.data.eval_file=dev.conll; TFDS: --config.data.tfds_name=conll2003.
+CoNLL-style local files: --config.data.source=files --config.data.files=train.conll
+  --config.data.eval_files=dev.conll; TFDS: --config.data.source=tfds
+  --config.data.tfds_name=conll2003 --config.data.data_dir=DIR.
 Metrics: word accuracy and macro P/R/F1 over the non-O tags.
 """
-from lm import finetune
+from lm import defaults
 
 
 def get_config():
-  c = finetune.base_config('tokens')
+  c = defaults.finetuning('tokens')
   c.data.update(max_len=128)
   c.train.update(batch_size=32, steps=600, lr=1e-4, warmup_steps=60)
   c.early_stopping.update(metric='f1', mode='max', patience=5)

@@ -1,7 +1,7 @@
 """GPT-2 small (124M) and medium (350M), context 1024. For TPU/GPU.
 
   python train.py --config=configs/gpt2.py:medium --workdir=gs://... \
-      --config.data.dataset=lm1b --config.data.data_dir=gs://...
+      --config.data.tfds_name=lm1b --config.data.data_dir=gs://...
 """
 from lm import defaults
 
@@ -13,7 +13,7 @@ SIZES = {  # size: (hidden, layers, heads)
 
 def get_config(size='small'):
   d, layers, heads = SIZES[size]
-  c = defaults.base_config()
+  c = defaults.pretraining()
   c.objective = 'clm'
   c.model.update(hidden_size=d, num_layers=layers, num_heads=heads, mlp_dim=4 * d, max_len=1024,
                  type_vocab_size=0, pre_ln=True, activation='gelu_tanh', layer_norm_eps=1e-5,
@@ -22,7 +22,7 @@ def get_config(size='small'):
                  # a step ran 1.40x (small) / 1.43x (medium) faster than with scan_layers=True,
                  # for 16 s / 33 s of compile instead of 9 s / 8 s.
                  scan_layers=False, remat='dots', attention_impl='auto')
-  c.data.update(dataset='lm1b', seq_len=1024)
+  c.data.update(source='tfds', tfds_name='lm1b', seq_len=1024)
   c.data.tokenizer.update(kind='bpe', vocab_size=50257)
   c.train.update(batch_size=512, steps=600_000, lr=6e-4, warmup_steps=2000, schedule='cosine',
                  end_lr_fraction=0.1, weight_decay=0.1, b2=0.95, eps=1e-8, loss_chunk=4096)

@@ -4,10 +4,10 @@
 
 Reports pairwise accuracy (reward of chosen > reward of rejected) on held-out pairs.
 """
-from lm import rlhf
+from lm import defaults
 
 
 def get_config():
-  c = rlhf.base_config()
+  c = defaults.preference()
   c.task = 'reward'
   return c

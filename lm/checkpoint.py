@@ -103,15 +103,6 @@ class Checkpointer:
     self.wait()
     self._mngr.close()
 
-  def resume(self, state):
-    """(state, step) from the newest good checkpoint, or (state, None) for a fresh run."""
-    restored = self.restore(state)
-    if restored is None:
-      return state, None
-    state, _, step = restored
-    print(f'resumed from step {step}')
-    return state, step
-
   def __enter__(self):
     return self
 

@@ -12,6 +12,7 @@ from absl import flags
 from absl import logging
 
 from lm.checkpoint import CheckpointError
+from lm.data import sources
 
 USER_ERRORS = (ValueError, FileNotFoundError, NotADirectoryError, PermissionError,
                CheckpointError, FloatingPointError)
@@ -58,4 +59,7 @@ def run(main):
       main(argv)
     except USER_ERRORS as e:
       _fail(str(e).splitlines()[0] if str(e) else type(e).__name__)
+  msg = sources.argv_error(sys.argv[1:])  # ml_collections would reject an old key obscurely
+  if msg:
+    _fail(msg)
   app.run(guarded, flags_parser=parse_flags)

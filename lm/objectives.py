@@ -5,11 +5,14 @@
 their normalisers computed from the whole batch up front, so a step split into
 micro-batches gives the same gradient as one big batch.
 """
-import jax
+import functools
+
 import jax.numpy as jnp
 
 from lm import losses
 from lm import model as M
+from lm import optim
+from lm import trainer
 
 OBJECTIVES = ('mlm', 'clm')
 
@@ -80,5 +83,25 @@ def metrics(sums: dict, norms: dict) -> dict:
   return out
 
 
-def add_sums(a, b):
-  return jax.tree.map(jnp.add, a, b)
+def make_train_step(config, model, tx, state_shardings, mesh):
+  """trainer.make_train_step on this objective's loss; normalisers come from the whole batch."""
+  def loss_fn(params, batch, rng, norms):
+    sums = loss_sums(config.objective, model, params, batch, rng, False, config.train.loss_chunk)
+    return total_loss(sums, norms), sums
+
+  return trainer.make_train_step(
+      loss_fn, tx, state_shardings, mesh, seed=config.seed, schedule=optim.schedule(config.train),
+      accum_steps=config.train.grad_accum_steps,
+      norms_fn=functools.partial(normalizers, config.objective), metrics_fn=metrics)
+
+
+def make_eval_step(config, model, params_shardings, mesh):
+  """(params, batch) -> (nll/correct sums, normalisers), for trainer.evaluate(..., metrics)."""
+  def eval_fn(params, batch):
+    sums = loss_sums(config.objective, model, params, batch, None, True, config.train.loss_chunk)
+    return sums, normalizers(config.objective, batch)
+  return trainer.jit_eval(eval_fn, params_shardings, mesh)
+
+
+def evaluate(eval_step, params, batches, stop=None) -> dict:
+  return trainer.evaluate(eval_step, params, batches, metrics, stop)

@@ -1,5 +1,7 @@
-"""AdamW with BERT's decay mask, warmup + decay schedule and global-norm clipping."""
+"""AdamW with BERT's decay mask, warmup + decay schedule and global-norm clipping: every job's
+optimizer (the `train` block of lm/defaults.py)."""
 import flax
+import jax
 import optax
 
 
@@ -31,4 +33,9 @@ def make(cfg) -> optax.GradientTransformation:
                    weight_decay=cfg.weight_decay, mask=decay_mask)
   if cfg.clip_norm:
     tx = optax.chain(optax.clip_by_global_norm(cfg.clip_norm), tx)
+  scale = float(cfg.get('body_lr_scale', 1.0))
+  if scale != 1.0:  # fine-tuning: the body's updates (lr and decoupled decay alike) scaled
+    tx = optax.chain(tx, optax.stateless(lambda updates, params: {
+        k: jax.tree.map(lambda u: u * scale, v) if k == 'body' else v
+        for k, v in updates.items()}))
   return tx

@@ -1,10 +1,10 @@
 """Preference data for reward models and DPO: (prompt, chosen, rejected) text triples.
 
-Three sources, chosen by ``data_cfg.source``:
+Three sources, chosen by ``data_cfg.source`` (the vocabulary of :mod:`lm.data.sources`):
 
 * ``'python_docs'`` (the offline default): pairs built from the English text that ships
   with Python (:func:`lm.data.corpus.python_docs_corpus`), see :func:`python_docs_pairs`.
-* ``'jsonl'``: local JSON-lines files, one object per line::
+* ``'files'``: local JSON-lines files, one object per line::
 
       {"prompt": "The assert statement", "chosen": " is a way to ...", "rejected": " ..."}
 
@@ -13,9 +13,9 @@ Three sources, chosen by ``data_cfg.source``:
   ``data_cfg.eval_files`` when set, else a deterministic hash split of the prompts
   (``data_cfg.eval_fraction``). The responses are appended to the prompt verbatim, so
   start them with the space (or newline) that separates them from the prompt.
-* anything else: a TFDS dataset name with those three (configurable) text features, read
-  from an already prepared ``data_cfg.data_dir`` (``data_cfg.split``; held-out pairs from
-  ``data_cfg.eval_split``, or a hash split when it is empty).
+* ``'tfds'``: the TFDS dataset ``data_cfg.tfds_name`` with those three (configurable) text
+  features, read from an already prepared ``data_cfg.data_dir`` (``data_cfg.split``; held-out
+  pairs from ``data_cfg.eval_split``, or a hash split when it is empty).
 
 Every sequence is ``[bos] prompt response [eos]`` (bos = eos = ``<|endoftext|>`` for BPE,
 as in pretraining where each document follows an eos), right-padded to ``seq_len``.
@@ -32,6 +32,8 @@ import re
 from typing import Optional
 
 import numpy as np
+
+from lm.data import sources
 
 FIELDS = ('prompt', 'chosen', 'rejected')
 REJECTED_KINDS = ('shuffle', 'other', 'mix')
@@ -236,6 +238,7 @@ def load_pairs(data_cfg):
   def get(k, default):
     v = getattr(data_cfg, k, None)
     return default if v is None or v == '' else v
+  sources.check(data_cfg)
   source = get('source', 'python_docs')
   frac, cap = float(get('eval_fraction', 0.1)), int(get('max_pairs', 0))
   keys = tuple(get(f'{f}_key', f) for f in FIELDS)
@@ -243,19 +246,21 @@ def load_pairs(data_cfg):
     train, held = python_docs_pairs(int(get('seed', 0)), frac, get('rejected', 'shuffle'),
                                     int(get('max_prompt_words', 40)),
                                     int(get('max_response_words', 40)))
-  elif source == 'jsonl':
+  elif source == 'files':
     if not get('files', ''):
-      raise ValueError("data.source='jsonl' needs --config.data.files=PATH[,PATH...].")
+      raise ValueError("data.source='files' needs --config.data.files=PATH[,PATH...].")
     pairs = read_jsonl(get('files', ''), keys)
     if get('eval_files', ''):
       train, held = pairs, read_jsonl(get('eval_files', ''), keys)
     else:
       train, held = _hash_split(pairs, frac)
   else:
-    data_dir = get('data_dir', None)
-    train = read_tfds(source, get('split', 'train'), data_dir, keys)
+    name, data_dir = get('tfds_name', ''), get('data_dir', None)
+    if not name:
+      raise ValueError("data.source='tfds' needs --config.data.tfds_name=NAME.")
+    train = read_tfds(name, get('split', 'train'), data_dir, keys)
     if get('eval_split', ''):
-      held = read_tfds(source, get('eval_split', ''), data_dir, keys)
+      held = read_tfds(name, get('eval_split', ''), data_dir, keys)
     else:
       train, held = _hash_split(train, frac)
   if cap:  # training pairs only: the held-out figures always cover every held-out pair

@@ -22,9 +22,7 @@ import jax
 from jax.experimental import multihost_utils
 import jax.numpy as jnp
 import ml_collections
-from ml_collections import config_dict
 import numpy as np
-import optax
 
 from lm import model as M
 from lm import optim
@@ -33,51 +31,6 @@ from lm import sharding
 from lm import trainer
 
 LOSSES = ('dpo', 'ipo')
-
-
-# ------------------------------------------------------------------ config
-
-def base_config() -> ml_collections.ConfigDict:
-  """Defaults configs/reward.py and configs/dpo.py share (fields documented inline)."""
-  c = ml_collections.ConfigDict()
-  c.task = 'reward'      # 'reward' | 'dpo' (configs/dpo.py)
-  c.pretrained = config_dict.placeholder(str)  # train.py workdir or HF GPT-2 directory
-  c.seed = 0
-  c.mesh_shape = (-1, 1, 1)
-
-  c.data = ml_collections.ConfigDict()
-  c.data.source = 'python_docs'   # 'python_docs' | 'jsonl' | a TFDS dataset name
-  c.data.files = ''               # jsonl: comma-separated paths or globs
-  c.data.eval_files = ''          # jsonl: held-out pairs ('' = hash split by eval_fraction)
-  c.data.data_dir = config_dict.placeholder(str)  # TFDS data_dir
-  c.data.split = 'train'
-  c.data.eval_split = ''          # TFDS held-out split ('' = hash split by eval_fraction)
-  c.data.prompt_key = 'prompt'
-  c.data.chosen_key = 'chosen'
-  c.data.rejected_key = 'rejected'
-  c.data.eval_fraction = 0.15
-  c.data.max_pairs = 0            # cap on training pairs (0 = all); held-out: always all
-  c.data.rejected = 'shuffle'     # python_docs: 'shuffle' | 'other' | 'mix'
-  c.data.max_prompt_words = 40
-  c.data.max_response_words = 40
-  c.data.seed = 0
-  c.data.seq_len = 128            # prompt + response tokens, at most the model's max_len
-  c.data.max_prompt_len = 64      # the prompt keeps its last max_prompt_len tokens
-
-  c.train = ml_collections.ConfigDict(dict(
-      batch_size=16, steps=300, lr=1e-4, warmup_steps=20, schedule='cosine',
-      end_lr_fraction=0.0, weight_decay=0.01, b1=0.9, b2=0.999, eps=1e-8, clip_norm=1.0))
-
-  c.log_every = 25
-  c.eval_every = 100
-  c.eval_batch_size = 32
-  c.checkpoint_every = 100
-  c.keep_checkpoints = 2
-  c.async_checkpoints = True
-  c.loss = 'dpo'     # dpo only: 'dpo' -log sigmoid(beta h) | 'ipo' (h - 1/(2 beta))^2
-  c.beta = 0.1
-  c.reference = ''   # dpo only: frozen reference model ('' = the pretrained model)
-  return c
 
 
 # ------------------------------------------------------------------ log-probs and losses
@@ -217,23 +170,16 @@ def terms_fn(config, model) -> Callable:
 
 
 def make_train_step(config, model, tx, state_shardings, mesh) -> Callable:
+  """trainer.make_train_step on config.task's loss; the metrics are its terms."""
   terms = terms_fn(config, model)
-  lr = optim.schedule(config.train)
-  base_rng = jax.random.PRNGKey(config.seed + 1)
 
-  def step_fn(state, batch):
-    rng = jax.random.fold_in(base_rng, state.step)
-    grad_fn = jax.value_and_grad(lambda p: (lambda m: (m['loss'], m))(
-        terms(p, batch, False, {'dropout': rng})), has_aux=True)
-    (_, m), grads = grad_fn(state.params)
-    updates, opt_state = tx.update(grads, state.opt_state, state.params)
-    params = optax.apply_updates(state.params, updates)
-    m.update(grad_norm=optax.global_norm(grads), learning_rate=lr(state.step))
-    return trainer.TrainState(step=state.step + 1, params=params, opt_state=opt_state), m
+  def loss_fn(params, batch, rng):
+    m = terms(params, batch, False, {'dropout': rng})
+    return m['loss'], m
 
-  jitted = jax.jit(step_fn, in_shardings=(state_shardings, sharding.batch_sharding(mesh)),
-                   out_shardings=(state_shardings, None), donate_argnums=(0,))
-  return sharding.with_mesh(jitted, mesh)
+  return trainer.make_train_step(loss_fn, tx, state_shardings, mesh, seed=config.seed,
+                                 schedule=optim.schedule(config.train),
+                                 accum_steps=config.train.get('grad_accum_steps', 1))
 
 
 def make_eval_step(config, model, params_shardings, mesh) -> Callable:
@@ -244,22 +190,13 @@ def make_eval_step(config, model, params_shardings, mesh) -> Callable:
     w = jnp.sum(batch['weight'])
     return jax.tree.map(lambda x: x * w, terms(params, batch, True)), w
 
-  jitted = jax.jit(eval_fn, in_shardings=(params_shardings, sharding.batch_sharding(mesh)))
-  return sharding.with_mesh(jitted, mesh)
+  return trainer.jit_eval(eval_fn, params_shardings, mesh)
 
 
 def evaluate(eval_step, params, batches, stop=None) -> dict:
   """Means over every held-out pair (each batch's means weighted by its real rows)."""
-  sums, total = None, 0.0
-  for batch in batches:
-    if stop is not None and stop.requested:
-      break
-    s, w = jax.device_get(eval_step(params, batch))
-    sums = s if sums is None else jax.tree.map(np.add, sums, s)
-    total += float(w)
-  if sums is None or not total:
-    return {}
-  return {k: float(v) / total for k, v in sums.items()}
+  return trainer.evaluate(eval_step, params, batches,
+                          lambda s, w: {k: v / w for k, v in s.items()} if float(w) else {}, stop)
 
 
 # ------------------------------------------------------------------ reference log-probs

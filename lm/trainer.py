@@ -1,7 +1,5 @@
-"""Train state, the jitted sharded train/eval steps, and the loop's small helpers."""
-import signal
-import threading
-from typing import Any, Callable
+"""Train state and the one jitted, sharded train step every job builds from its `loss_fn`."""
+from typing import Any, Callable, Optional
 
 import flax
 import flax.linen as nn
@@ -10,8 +8,6 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from lm import objectives
-from lm import optim
 from lm import sharding
 
 
@@ -55,104 +51,82 @@ def _micro_batches(batch, n: int):
   return jax.tree.map(split, batch)
 
 
-def make_train_step(config, model, tx, state_shardings, mesh) -> Callable:
-  objective, accum = config.objective, int(config.train.grad_accum_steps)
-  base_rng = jax.random.PRNGKey(config.seed + 1)
-  lr = optim.schedule(config.train)
+def make_train_step(loss_fn: Callable, tx, state_shardings, mesh, *, seed: int,
+                    schedule: Optional[Callable] = None, accum_steps: int = 1,
+                    norms_fn: Optional[Callable] = None,
+                    metrics_fn: Optional[Callable] = None) -> Callable:
+  """(state, batch) -> (state, metrics), jitted with the state's and the batch's shardings.
+
+  `loss_fn(params, batch, rng) -> (loss, aux)`. The dropout rng is folded from `seed` and the
+  step only, so a resumed run repeats the uninterrupted one.
+
+  With `accum_steps` > 1 the batch is split into micro-batches whose loss, aux and gradients
+  are averaged: exact for a mean over equally many rows. A loss normalised by a count that
+  varies between micro-batches (masked or real tokens) passes `norms_fn`: it runs once on the
+  whole batch, `loss_fn` gets its result as a fourth argument and loss, aux and gradients are
+  summed instead, so a split step equals one big step.
+
+  The logged metrics are `metrics_fn(aux)` (`metrics_fn(aux, norms)` with `norms_fn`; default
+  aux itself) plus grad_norm, param_norm and learning_rate.
+  """
+  base_rng = jax.random.PRNGKey(seed + 1)
+  accum = int(accum_steps)
 
   def step_fn(state, batch):
-    norms = objectives.normalizers(objective, batch)
-    rng = jax.random.fold_in(base_rng, state.step)  # dropout depends on the step only: exact resume
-
-    def loss_fn(params, mb, r):
-      sums = objectives.loss_sums(objective, model, params, mb, r, False, config.train.loss_chunk)
-      return objectives.total_loss(sums, norms), sums
-
-    grad_fn = jax.value_and_grad(loss_fn, has_aux=True)
+    rng = jax.random.fold_in(base_rng, state.step)
+    norms = () if norms_fn is None else (norms_fn(batch),)
+    grad_fn = jax.value_and_grad(lambda p, b, r: loss_fn(p, b, r, *norms), has_aux=True)
     if accum == 1:
-      (_, sums), grads = grad_fn(state.params, batch, rng)
+      (_, aux), grads = grad_fn(state.params, batch, rng)
     else:
       mbs = _micro_batches(batch, accum)
 
       def body(carry, xs):
         mb, i = xs
-        (_, s), g = grad_fn(state.params, mb, jax.random.fold_in(rng, i))
-        return objectives.add_sums(carry, (g, s)), None
+        (_, a), g = grad_fn(state.params, mb, jax.random.fold_in(rng, i))
+        return jax.tree.map(jnp.add, carry, (g, a)), None
 
-      (_, sums_shape), grads_shape = jax.eval_shape(
+      (_, aux_shape), grads_shape = jax.eval_shape(
           grad_fn, state.params, jax.tree.map(lambda x: x[0], mbs), rng)
-      zero = jax.tree.map(lambda x: jnp.zeros(x.shape, x.dtype), (grads_shape, sums_shape))
-      (grads, sums), _ = jax.lax.scan(body, zero, (mbs, jnp.arange(accum)))
+      zero = jax.tree.map(lambda x: jnp.zeros(x.shape, x.dtype), (grads_shape, aux_shape))
+      (grads, aux), _ = jax.lax.scan(body, zero, (mbs, jnp.arange(accum)))
+      if norms_fn is None:
+        grads, aux = jax.tree.map(lambda x: x / accum, (grads, aux))
     updates, opt_state = tx.update(grads, state.opt_state, state.params)
     params = optax.apply_updates(state.params, updates)
-    m = objectives.metrics(sums, norms)
-    m.update(grad_norm=optax.global_norm(grads), param_norm=optax.global_norm(params),
-             learning_rate=lr(state.step))
+    m = dict(aux if metrics_fn is None else metrics_fn(aux, *norms))
+    m.update(grad_norm=optax.global_norm(grads), param_norm=optax.global_norm(params))
+    if schedule is not None:
+      m['learning_rate'] = schedule(state.step)
     return TrainState(step=state.step + 1, params=params, opt_state=opt_state), m
 
-  batch_sh = sharding.batch_sharding(mesh)
-  jitted = jax.jit(step_fn, in_shardings=(state_shardings, batch_sh),
+  jitted = jax.jit(step_fn, in_shardings=(state_shardings, sharding.batch_sharding(mesh)),
                    out_shardings=(state_shardings, None), donate_argnums=(0,))
   return sharding.with_mesh(jitted, mesh)
 
 
-def make_eval_step(config, model, params_shardings, mesh) -> Callable:
-  """Returns summed (nll, correct) terms and normalisers: averaged over many batches by the caller."""
-  def eval_fn(params, batch):
-    sums = objectives.loss_sums(config.objective, model, params, batch, None, True,
-                                config.train.loss_chunk)
-    return sums, objectives.normalizers(config.objective, batch)
-  jitted = jax.jit(eval_fn, in_shardings=(params_shardings, sharding.batch_sharding(mesh)))
+def jit_eval(fn: Callable, params_shardings, mesh, out_shardings=None) -> Callable:
+  """fn(params, batch) jitted over the params' and the batch's shardings."""
+  kwargs = {} if out_shardings is None else {'out_shardings': out_shardings}
+  jitted = jax.jit(fn, in_shardings=(params_shardings, sharding.batch_sharding(mesh)), **kwargs)
   return sharding.with_mesh(jitted, mesh)
 
 
-def evaluate(eval_step, params, batches, stop=None) -> dict:
-  """Mean metrics over batches, weighting each by its own normalisers."""
+def evaluate(eval_step, params, batches, finish: Callable, stop=None) -> dict:
+  """finish(sums, norms) over every batch, where eval_step(params, batch) -> (sums, norms)
+  and both are summed over batches: each batch weighs by its own normalisers. {} when no
+  batch ran (none given, or `stop` requested)."""
   sums, norms = None, None
   for batch in batches:
     if stop is not None and stop.requested:
       break
     s, n = eval_step(params, batch)
-    sums = s if sums is None else objectives.add_sums(sums, s)
-    norms = n if norms is None else objectives.add_sums(norms, n)
+    sums = s if sums is None else jax.tree.map(jnp.add, sums, s)
+    norms = n if norms is None else jax.tree.map(jnp.add, norms, n)
   if sums is None:
     return {}
-  return {k: float(v) for k, v in objectives.metrics(sums, norms).items()}
-
-
-class StopFlag:
-  """Set by SIGTERM/SIGINT; every long loop checks it at step boundaries and stops cleanly."""
-
-  def __init__(self):
-    self.requested = False
-    self.signal = None
-
-  def install(self):
-    if threading.current_thread() is not threading.main_thread():
-      return self
-    for sig in (signal.SIGTERM, signal.SIGINT):
-      signal.signal(sig, self._handler)
-    return self
-
-  def _handler(self, signum, frame):
-    del frame
-    if self.requested and signum == signal.SIGINT:
-      raise KeyboardInterrupt
-    self.requested, self.signal = True, signal.Signals(signum).name
-
-
-def check_finite(metrics: dict, step: int, last_checkpoint):
-  """Stops on a NaN/Inf loss or parameters, before anything non-finite is checkpointed."""
-  bad = {k: float(metrics[k]) for k in ('loss', 'param_norm') if k in metrics
-         and not np.isfinite(float(metrics[k]))}
-  if bad:
-    where = (f'last good checkpoint: step {last_checkpoint}' if last_checkpoint is not None
-             else 'no checkpoint was saved')
-    what = ', '.join(f'{k} is {v}' for k, v in bad.items())
-    raise FloatingPointError(f'{what} at step {step}; {where}. Lower train.lr, raise '
-                             'train.warmup_steps or set train.clip_norm, then resume.')
+  return {k: float(v) for k, v in finish(sums, norms).items()}
 
 
 def param_count(params) -> int:
   return int(sum(np.prod(x.shape) for x in jax.tree.leaves(params)))
-

@@ -80,18 +80,19 @@ def test_read_text_files_errors(tmp_path):
 
 def test_load_corpus_dispatch(tmp_path, docs):
     (tmp_path / "a.txt").write_text("one\n\ntwo\n\nthree\n")
-    cfg = ml_collections.ConfigDict(dict(dataset="text_files", files=f" {tmp_path}/a.txt ,",
+    cfg = ml_collections.ConfigDict(dict(source="files", files=f" {tmp_path}/a.txt ,",
                                          max_documents=2))
     assert corpus_lib.load_corpus(cfg) == ["one", "two"]
-    cfg = ml_collections.ConfigDict(dict(dataset="python_docs", max_documents=0))
+    cfg = ml_collections.ConfigDict(dict(source="python_docs", max_documents=0))
     assert corpus_lib.load_corpus(cfg) == docs
     with pytest.raises(ValueError, match="files"):
-        corpus_lib.load_corpus(ml_collections.ConfigDict(dict(dataset="text_files", files="")))
+        corpus_lib.load_corpus(ml_collections.ConfigDict(dict(source="files", files="")))
 
 
 def tfds_cfg(name, data_dir, **kw):
-    return ml_collections.ConfigDict(dict(dataset=name, split="train", data_dir=str(data_dir),
-                                          text_key="text", max_documents=0, **kw))
+    return ml_collections.ConfigDict(dict(source="tfds", tfds_name=name, split="train",
+                                          data_dir=str(data_dir), text_key="text", max_documents=0,
+                                          **kw))
 
 
 def test_load_corpus_tfds_mocked(tmp_path):

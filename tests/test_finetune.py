@@ -12,10 +12,14 @@ import numpy as np
 import pytest
 
 from lm import checkpoint
+from lm import defaults
+from lm import evaluation
 from lm import finetune
 from lm.data import tokenizer as tokenizer_lib
 from lm.tasks import data as data_lib
+from lm.tasks import classification
 from lm.tasks import qa
+from lm.tasks import token_classification
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -70,12 +74,12 @@ def test_mesh_1_to_8_to_1(pretrained_bert, tmp_path):
   c.eval_every = 4
   c.eval_batch_size = 16
   wd = str(tmp_path / 'ft')
-  code = ('import json, jax, ml_collections; from lm import finetune, sharding; '
+  code = ('import json, jax, ml_collections; from lm import evaluation, finetune, sharding; '
           f'c = ml_collections.ConfigDict(json.loads({c.to_json()!r})); c.mesh_shape = (2, 2, 2); '
           f'eight = finetune.run(c, {wd!r})["final"]; '
-          f'one, _ = finetune.evaluate_finetuned({wd!r}, '
+          f'one, _ = evaluation.evaluate_finetuned({wd!r}, '
           'mesh=sharding.make_mesh((1, 1, 1), jax.devices()[:1])); '
-          f'again, _ = finetune.evaluate_finetuned({wd!r}, mesh=sharding.make_mesh((2, 2, 2))); '
+          f'again, _ = evaluation.evaluate_finetuned({wd!r}, mesh=sharding.make_mesh((2, 2, 2))); '
           'print("RESULT", json.dumps([eight, one, again]))')
   out = _run(['-c', code], env={'XLA_FLAGS': '--xla_force_host_platform_device_count=8',
                                 'JAX_PLATFORMS': 'cpu'})
@@ -108,7 +112,7 @@ def test_early_stopping_keeps_best(pretrained_bert, tmp_path):
   assert checkpoint.Checkpointer(os.path.join(wd, 'best'), every=1, read_only=True).all_steps() == [2]
   assert checkpoint.Checkpointer(os.path.join(wd, 'checkpoints'), every=1,
                                  read_only=True).latest_step() == 6
-  res, _ = finetune.evaluate_finetuned(wd, max_examples=16)
+  res, _ = evaluation.evaluate_finetuned(wd, max_examples=16)
   assert res['step'] == 2 and 0 <= res['accuracy'] <= 1
 
 
@@ -147,7 +151,7 @@ def test_sigterm_saves_and_exits(pretrained_bert, tmp_path):
 
 
 def _tokenizer(kind):
-  docs = [data_lib.pydoc_topic_classification('all')[i]['text'] for i in range(200)]
+  docs = [classification.offline_examples('all')[i]['text'] for i in range(200)]
   return tokenizer_lib.train_tokenizer(docs, kind, 600 if kind == 'wordpiece' else 400)
 
 
@@ -159,7 +163,7 @@ def test_qa_windows_find_far_answer(kind):
   context = filler + '  ' + answer + ' into a program. ' + filler[:300]
   ex = {'id': 'far', 'question': 'What do assert statements do?', 'context': context,
         'answers': [{'text': answer, 'start': context.index(answer)}]}
-  cfg = finetune.base_config('qa').data
+  cfg = defaults.finetuning('qa').data
   cfg.update(max_len=48, max_query_len=12, doc_stride=16, max_answer_len=34)
   features, aux = qa.featurize([ex], tok, None, cfg)
   n_win = len(features['start'])
@@ -182,38 +186,38 @@ def test_qa_windows_find_far_answer(kind):
 
 
 def test_offline_sets_are_real_and_deterministic():
-  cls_train = data_lib.pydoc_topic_classification('train')
-  cls_eval = data_lib.pydoc_topic_classification('validation')
+  cls_train = classification.offline_examples('train')
+  cls_eval = classification.offline_examples('validation')
   assert len(cls_train) > 300 and len(cls_eval) > 80
   assert not {e['text'] for e in cls_train} & {e['text'] for e in cls_eval}
-  assert {e['label'] for e in cls_train} == set(data_lib.TOPIC_LABELS)
-  qa_ex = data_lib.docstring_qa('validation')
-  assert qa_ex == data_lib.docstring_qa('validation') and len(qa_ex) > 50
+  assert {e['label'] for e in cls_train} == set(classification.TOPIC_LABELS)
+  qa_ex = qa.offline_examples('validation')
+  assert qa_ex == qa.offline_examples('validation') and len(qa_ex) > 50
   for e in qa_ex:
     a = e['answers'][0]
     assert e['context'][a['start']:a['start'] + len(a['text'])] == a['text']
-  tok_ex = data_lib.docstring_tokens('train')
-  assert {t for e in tok_ex for t in e['tags']} == set(data_lib.TOKEN_LABELS)
+  tok_ex = token_classification.offline_examples('train')
+  assert {t for e in tok_ex for t in e['tags']} == set(token_classification.TOKEN_LABELS)
 
 
 def test_local_files(tmp_path):
   tsv = tmp_path / 'c.tsv'
   tsv.write_text('label\ttext\ttext_b\npos\tgood film\tyes\nneg\tbad\tno\n')
-  assert data_lib.read_classification_file(str(tsv))[1] == {'text': 'bad', 'text_b': 'no',
+  assert classification.read_file(str(tsv))[1] == {'text': 'bad', 'text_b': 'no',
                                                             'label': 'neg'}
   jl = tmp_path / 'q.jsonl'
   jl.write_text(json.dumps({'id': 'a', 'question': 'q?', 'context': 'ctx here',
                             'answers': {'text': ['here'], 'answer_start': [4]}}) + '\n')
-  assert data_lib.read_qa_file(str(jl))[0]['answers'] == [{'text': 'here', 'start': 4}]
+  assert qa.read_file(str(jl))[0]['answers'] == [{'text': 'here', 'start': 4}]
   conll = tmp_path / 't.conll'
   conll.write_text('EU\tB-ORG\nrejects\tO\n\nPeter\tB-PER\n')
-  assert data_lib.read_token_file(str(conll)) == [
+  assert token_classification.read_file(str(conll)) == [
       {'tokens': ['EU', 'rejects'], 'tags': ['B-ORG', 'O']}, {'tokens': ['Peter'], 'tags': ['B-PER']}]
 
 
 def test_glue_from_tfds_mock(tmp_path):
   import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
-  cfg = finetune.base_config('classification').data
+  cfg = defaults.finetuning('classification').data
   cfg.update(source='tfds', tfds_name='glue/mnli', data_dir=str(tmp_path),
              eval_split='validation_matched')
   with tfds.testing.mock_data(num_examples=6, data_dir=str(tmp_path)):

@@ -1,6 +1,8 @@
-"""In-context demonstration selection and few-shot scoring (lm/icl.py)."""
+"""In-context demonstration selection and few-shot scoring (lm/icl/)."""
+import importlib
 import json
 import os
+import sys
 
 import flax.linen as nn
 import jax
@@ -271,3 +273,107 @@ def test_eval_py_fewshot_table(tmp_path, pretrained_gpt):
       i = run['pool_indices'][0]
       assert r['pool'][i]['text'] and run['prediction'] in r['labels']
   assert os.path.exists(out)
+
+
+# ------------------------------------------------------------------------------------------------
+# The strategy registry: a new strategy is one module plus its name in the config.
+
+FIRST_K = '''"""The first k pool items, the same for every test example."""
+import numpy as np
+
+QUERY_INDEPENDENT = True
+CALLS = []  # (k, query) per call, for the test
+
+
+def select(k, features, query, seed, options):
+  CALLS.append((k, query))
+  return np.arange(min(k, features.num_pool))
+'''
+
+FARTHEST = '''"""The k pool items least similar to the query by the model's embeddings."""
+from lm.icl import features as F
+
+NEEDS = ('pool_emb', 'query_emb')
+
+
+def select(k, features, query, seed, options):
+  return F.cosine_rank(features.pool_emb, -features.query_emb[query], k)
+'''
+
+
+@pytest.fixture
+def user_modules(tmp_path, monkeypatch):
+  """Writes modules under tmp_path (a path: source) importable for one test."""
+  monkeypatch.syspath_prepend(str(tmp_path))
+  names = []
+
+  def write(files):
+    for path, src in files.items():
+      (tmp_path / path).parent.mkdir(parents=True, exist_ok=True)
+      (tmp_path / path).write_text(src)
+      names.append(path[:-3].replace('/', '.'))
+    importlib.invalidate_caches()
+  yield write
+  for n in names:
+    sys.modules.pop(n, None)
+
+
+def _fewshot_setup(strategies, ks=(0, 2)):
+  tok = CharTokenizer()
+  rng = np.random.default_rng(1)
+  words = ['alpha', 'beta', 'gamma', 'delta']
+  make = lambda n: [{'text': ' '.join(rng.choice(words, 4)), 'label': str(rng.integers(2))}
+                    for _ in range(n)]
+  p = icl.Prompter(tok, ['0', '1'], ['no', 'yes'], max_len=64, input_prefix='T:',
+                   output_prefix='|', separator=';', demo_tokens=12, query_tokens=12)
+  fs = ml_collections.ConfigDict(dict(
+      strategies=tuple(strategies), ks=ks, seeds=(0, 1), orderings=1, score='mean',
+      difficulty='easy', gradient_params='last', gradient_dim=0))
+  return p, make(8), make(3), fs
+
+
+def test_new_strategy_module_named_in_config_is_used(lm, user_modules):
+  user_modules({'first_k.py': FIRST_K})
+  p, pool, test, fs = _fewshot_setup(['first_k', 'random'])
+  r = icl.run_fewshot(lm, p, pool, test, fs)
+  for ex in r['examples']:
+    for run in ex['selections']['first_k']['2']:
+      assert sorted(run['pool_indices']) == [0, 1]
+  assert '| first_k ' in icl.format_table(r)
+  import first_k  # pylint: disable=g-import-not-at-top
+  assert first_k.CALLS == [(2, None), (2, None)]  # query-independent: once per (k, seed)
+  f = icl.compute_features(lm, p, pool, test, ['first_k', 'random'])
+  assert all(getattr(f, n) is None for n in ('pool_emb', 'query_emb', 'pool_loss', 'pool_grad'))
+
+
+def test_new_strategy_gets_the_features_it_declares(lm, user_modules):
+  user_modules({'my_strategies/farthest.py': FARTHEST})  # a module path: package.module
+  p, pool, test, fs = _fewshot_setup(['my_strategies.farthest'])
+  f = icl.compute_features(lm, p, pool, test, fs.strategies, fs)
+  assert f.pool_emb.shape == (8, 32) and f.query_emb.shape == (3, 32)
+  assert f.pool_loss is None and f.pool_grad is None and f.query_grad is None
+  r = icl.run_fewshot(lm, p, pool, test, fs)
+  for qi, ex in enumerate(r['examples']):
+    far = icl.cosine_rank(f.pool_emb, f.query_emb[qi], 8)[-2:]  # the two least similar
+    for run in ex['selections']['my_strategies.farthest']['2']:
+      assert sorted(run['pool_indices']) == sorted(far.tolist())
+
+
+def test_unknown_or_broken_strategy_is_a_clear_error(user_modules):
+  with pytest.raises(ValueError, match=r"unknown strategy 'bm25': use one of \('random'"):
+    icl.strategies.get('bm25')
+  for name in ('no_such_pkg.bm25', 'bm-25', '', '.similarity'):
+    with pytest.raises(ValueError, match='unknown strategy'):
+      icl.strategies.get(name)
+  with pytest.raises(ValueError, match='defines no select'):
+    icl.strategies.get('json')  # a module, but not a strategy
+  user_modules({'needs_bm25.py': 'NEEDS = ("pool_bm25",)\ndef select(*a):\n  return []\n',
+                'broken.py': 'import no_such_dependency_xyz\ndef select(*a):\n  return []\n'})
+  with pytest.raises(ValueError, match=r"needs \['pool_bm25'\]"):
+    icl.strategies.get('needs_bm25')
+  with pytest.raises(ModuleNotFoundError, match='no_such_dependency_xyz'):
+    icl.strategies.get('broken')  # its own missing import is not an unknown strategy
+  for names in (('similarity', 'bm25'), ('similarity,bm25',)):  # the second: a CLI override
+    fs = ml_collections.ConfigDict(dict(strategies=names, ks=(1,), seeds=(0,), orderings=1))
+    with pytest.raises(ValueError, match="fewshot.strategies: unknown strategy 'bm25'"):
+      icl.run_fewshot(None, None, [], [], fs)  # before any model work

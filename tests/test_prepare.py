@@ -30,8 +30,8 @@ def write_corpus(directory, n_files=3, docs_per_file=40, seed=0):
 
 
 def data_config(files, out, **overrides) -> ml_collections.ConfigDict:
-  c = defaults.base_config().data
-  c.update(dataset='text_files', files=str(files), prepared_dir=str(out), prepare_workers=0,
+  c = defaults.pretraining().data
+  c.update(source='files', files=str(files), prepared_dir=str(out), prepare_workers=0,
            shard_mb=0.004, eval_fraction=0.2)
   c.tokenizer.update(kind='bpe', vocab_size=300, sample_mb=1)
   c.update(**overrides)
@@ -239,7 +239,8 @@ def test_tfds_dataset_of_100k_documents_is_streamed_and_trained_on(tmp_path, run
   text = '\n\n'.join(' '.join(rng.choice(words, 30)) + f' {i}' for i in range(n))
   (tmp_path / 'big.txt').write_text(text)
   text_dataset.build_text_files_dataset(str(tmp_path / 'big.txt'), str(tmp_path / 'tfds'), 0.01)
-  cfg = data_config('', tmp_path / 'prep', dataset='local_text_files', data_dir=str(tmp_path / 'tfds'),
+  cfg = data_config('', tmp_path / 'prep', source='tfds', tfds_name='local_text_files',
+                    data_dir=str(tmp_path / 'tfds'),
                     shard_mb=1.0, eval_fraction=0.02)
   cfg.tokenizer.update(vocab_size=400, sample_mb=0.25)
   monkeypatch.setattr(prepare, 'CHUNK_CHARS', 32 << 10)  # what bounds memory: chunk + sample
@@ -253,7 +254,8 @@ def test_tfds_dataset_of_100k_documents_is_streamed_and_trained_on(tmp_path, run
   assert manifest['docs_read'] > 0.98 * n  # the train split of the TFDS dataset
   assert peak < manifest['chars'] / 4
   out = run('train.py', '--config=configs/gpt_base.py', f'--workdir={tmp_path / "w"}',
-            '--config.data.dataset=local_text_files', f'--config.data.data_dir={tmp_path / "tfds"}',
+            '--config.data.source=tfds', '--config.data.tfds_name=local_text_files',
+            f'--config.data.data_dir={tmp_path / "tfds"}',
             f'--config.data.prepared_dir={directory}', '--config.data.shard_mb=1.0',
             '--config.data.eval_fraction=0.02', '--config.data.tokenizer.vocab_size=400',
             '--config.data.tokenizer.sample_mb=0.25', '--config.train.steps=3', '--config.log_every=1',

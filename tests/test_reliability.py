@@ -48,9 +48,10 @@ def trained(tmp_path_factory):
 @pytest.mark.parametrize('args,needles', [
     (['--config.train.stepz=3'], ['unknown config key', 'stepz', 'did you mean "steps"']),
     (['--config.train.steps=abc'], ['--config.train.steps', 'abc']),
-    (['--config.data.dataset=text_files', '--config.data.files=/no/such/file.txt'],
+    (['--config.data.source=files', '--config.data.files=/no/such/file.txt'],
      ['/no/such/file.txt', '--config.data.files']),
-    (['--config.data.dataset=no_such_tfds_dataset', '--config.data.data_dir=/tmp/none'],
+    (['--config.data.source=tfds', '--config.data.tfds_name=no_such_tfds_dataset',
+      '--config.data.data_dir=/tmp/none'],
      ['no_such_tfds_dataset', 'tfds build']),
 ])
 def test_bad_input_one_line_error(tmp_path, args, needles):
@@ -60,7 +61,7 @@ def test_bad_input_one_line_error(tmp_path, args, needles):
 def test_empty_corpus(tmp_path):
   empty = tmp_path / 'empty.txt'
   empty.write_text('\n   \n\n')
-  proc = train(tmp_path / 'w', '--config.data.dataset=text_files', f'--config.data.files={empty}',
+  proc = train(tmp_path / 'w', '--config.data.source=files', f'--config.data.files={empty}',
                check=False)
   one_line_error(proc, 'empty', '--config.data.files')
 
@@ -71,7 +72,7 @@ def test_bad_bytes_and_a_10mb_line_are_repaired_and_counted(tmp_path):
   with open(text, 'wb') as f:
     f.write('\n\n'.join(docs).encode() + b'\n\nbroken \xff\xfe bytes here\n\n')
     f.write(b'lorem ipsum dolor ' * 600_000 + b'\n')  # one 10.8 MB line
-  proc = train(tmp_path / 'w', '--config.data.dataset=text_files', f'--config.data.files={text}',
+  proc = train(tmp_path / 'w', '--config.data.source=files', f'--config.data.files={text}',
                '--config.train.steps=2')
   assert '2 invalid UTF-8 sequences replaced, 1 over-long lines split' in proc.stdout, proc.stdout
 

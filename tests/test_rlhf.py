@@ -271,7 +271,7 @@ def test_jsonl_source(tmp_path):
   rows = [{'q': f'prompt {i}', 'good': f' yes {i}', 'bad': f' no {i}', 'extra': 1} for i in range(40)]
   path = tmp_path / 'pairs.jsonl'
   path.write_text('\n'.join(json.dumps(r) for r in rows) + '\n')
-  cfg = ml_collections.ConfigDict(dict(source='jsonl', files=str(path), eval_files='',
+  cfg = ml_collections.ConfigDict(dict(source='files', files=str(path), eval_files='',
                                        eval_fraction=0.25, prompt_key='q', chosen_key='good',
                                        rejected_key='bad', max_pairs=0))
   train, held = preference.load_pairs(cfg)
@@ -315,14 +315,14 @@ def test_tfds_source(tmp_path):
         yield i, {'question': f'q{i}', 'good': f' a{i}', 'bad': f' b{i}'}
 
   TinyPrefs(data_dir=str(tmp_path)).download_and_prepare()
-  cfg = ml_collections.ConfigDict(dict(source='tiny_prefs', data_dir=str(tmp_path), split='train',
-                                       eval_split='test', prompt_key='question', chosen_key='good',
+  cfg = ml_collections.ConfigDict(dict(source='tfds', tfds_name='tiny_prefs', data_dir=str(tmp_path),
+                                       split='train', eval_split='test', prompt_key='question', chosen_key='good',
                                        rejected_key='bad'))
   train, held = preference.load_pairs(cfg)
   assert len(train) == 30 and len(held) == 6
   assert sorted(p['prompt'] for p in held) == sorted(f'q{i}' for i in range(6))
   assert all(p['chosen'] == ' a' + p['prompt'][1:] for p in train)
-  cfg.source = 'not_prepared_prefs'
+  cfg.tfds_name = 'not_prepared_prefs'
   with pytest.raises(FileNotFoundError, match='tfds build'):
     preference.load_pairs(cfg)
 

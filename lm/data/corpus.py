@@ -1,11 +1,11 @@
 """Where pretraining text comes from: a stream of documents (``str``) in a fixed order.
 
-Three sources, chosen by ``data_cfg.dataset``:
+Three sources, chosen by ``data_cfg.source`` (the vocabulary of :mod:`lm.data.sources`):
 
 * ``'python_docs'``: English text that ships with every Python install (the pydoc
   topics and stdlib docstrings), so training and tests work offline with no data.
-* ``'text_files'``: the user's own local text files (see :func:`read_text_files`).
-* anything else: a TFDS dataset name, read from an already prepared ``data_dir``.
+* ``'files'``: the user's own local text files, ``data_cfg.files`` (see :func:`read_text_files`).
+* ``'tfds'``: the TFDS dataset ``data_cfg.tfds_name``, read from an already prepared ``data_dir``.
 
 :func:`iter_documents` streams any of them with bounded memory; :mod:`lm.data.prepare`
 turns the stream into token shards once.
@@ -13,7 +13,6 @@ turns the stream into token shards once.
 from __future__ import annotations
 
 import dataclasses
-import glob
 import hashlib
 import importlib
 import inspect
@@ -22,6 +21,8 @@ import os
 import sys
 import warnings
 from typing import Iterable, Iterator, Optional, Union
+
+from lm.data import sources
 
 # Pure-Python stdlib modules whose import has no side effects; sorted so the
 # corpus order (and hence every downstream batch) is reproducible.
@@ -95,20 +96,7 @@ def _expand(paths_or_globs: Union[str, Iterable[str]]) -> list[str]:
     """Paths, globs or directories -> sorted file list; anything missing is an error."""
     if isinstance(paths_or_globs, (str, os.PathLike)):
         paths_or_globs = [paths_or_globs]
-    files = []
-    for pattern in map(str, paths_or_globs):
-        if glob.has_magic(pattern):
-            matches = sorted(p for p in glob.glob(pattern, recursive=True) if os.path.isfile(p))
-        elif os.path.isdir(pattern):
-            matches = sorted(p for p in glob.glob(os.path.join(pattern, "**", "*"), recursive=True)
-                             if os.path.isfile(p))
-        else:
-            matches = [pattern] if os.path.isfile(pattern) else []
-        if not matches:
-            raise FileNotFoundError(
-                f"No text file found at {pattern!r}: fix the path/glob in --config.data.files.")
-        files.extend(matches)
-    return files
+    return sources.expand(paths_or_globs, "files")
 
 
 def doc_hash(doc: str) -> bytes:
@@ -200,28 +188,37 @@ def field(cfg, key, default):
 
 
 def text_files(data_cfg) -> list[str]:
-    """The sorted file list of a 'text_files' config (errors name the flag to fix)."""
+    """The sorted file list of a source='files' config (errors name the flag to fix)."""
     files = [f.strip() for f in field(data_cfg, "files", "").split(",") if f.strip()]
     if not files:
-        raise ValueError("data.dataset='text_files' needs files: pass "
+        raise ValueError("data.source='files' needs files: pass "
                          "--config.data.files=PATH_OR_GLOB[,PATH_OR_GLOB...].")
     return _expand(files)
 
 
+def tfds_name(data_cfg) -> str:
+    """``data.tfds_name`` of a source='tfds' config (an error naming the flag when empty)."""
+    name = field(data_cfg, "tfds_name", "")
+    if not name:
+        raise ValueError("data.source='tfds' needs --config.data.tfds_name=NAME.")
+    return name
+
+
 def iter_documents(data_cfg, stats: Optional[TextStats] = None) -> Iterator[str]:
-    """Every document of ``data_cfg.dataset`` in a fixed order, streamed (bounded memory);
+    """Every document of ``data_cfg.source`` in a fixed order, streamed (bounded memory);
     ``max_documents`` (0 = all) caps every source."""
-    dataset = field(data_cfg, "dataset", "python_docs")
+    sources.check(data_cfg)
+    source = field(data_cfg, "source", "python_docs")
     max_documents = int(field(data_cfg, "max_documents", 0))
-    if dataset == "python_docs":
+    if source == "python_docs":
         docs = iter(python_docs_corpus())
-    elif dataset == "text_files":
+    elif source == "files":
         docs = iter_text_files(text_files(data_cfg), stats if stats is not None else TextStats())
     else:
         split = field(data_cfg, "split", "train")
         if max_documents:  # let tf.data read only what is needed
             split = f"{split}[:{max_documents}]"
-        docs = _tfds_examples(dataset, split, field(data_cfg, "data_dir", None),
+        docs = _tfds_examples(tfds_name(data_cfg), split, field(data_cfg, "data_dir", None),
                               field(data_cfg, "text_key", "text"))
     return itertools.islice(docs, max_documents) if max_documents else docs
 
@@ -229,11 +226,11 @@ def iter_documents(data_cfg, stats: Optional[TextStats] = None) -> Iterator[str]
 def source_listing(data_cfg) -> dict:
     """A cheap fingerprint of what the source is now (file names and sizes, or the TFDS
     name and split), to tell whether prepared data still matches it without reading text."""
-    dataset = field(data_cfg, "dataset", "python_docs")
-    if dataset == "python_docs":
+    source = field(data_cfg, "source", "python_docs")
+    if source == "python_docs":
         return {"python": sys.version.split()[0]}
-    if dataset != "text_files":
-        return {"tfds": dataset, "split": field(data_cfg, "split", "train")}
+    if source == "tfds":
+        return {"tfds": tfds_name(data_cfg), "split": field(data_cfg, "split", "train")}
     h, total, files = hashlib.sha256(), 0, text_files(data_cfg)
     for path in files:
         size = os.path.getsize(path)

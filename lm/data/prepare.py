@@ -1,6 +1,6 @@
 r"""Prepare a pretraining corpus once: stream documents, tokenize in parallel, write shards.
 
-  python -m lm.data.prepare --config=configs/gpt_base.py --config.data.dataset=text_files \
+  python -m lm.data.prepare --config=configs/gpt_base.py --config.data.source=files \
       --config.data.files='corpus/*.txt' [--config.data.prepared_dir=/shared/prep]
 
 ``train.py`` calls :func:`ensure` on start, so this command is only needed to prepare ahead
@@ -46,6 +46,7 @@ from etils import epath
 from lm.data import corpus as corpus_lib
 from lm.data.corpus import field
 from lm.data import shards as shards_lib
+from lm.data import sources
 from lm.data import tokenizer as tokenizer_lib
 
 CHUNK_CHARS = 1 << 20    # text sent to a worker at a time
@@ -55,12 +56,14 @@ PROGRESS = "prepare.json"  # spec of a preparation in progress, so a resume neve
 
 def spec(data_cfg) -> dict:
     """Everything that decides the prepared bytes; two configs with equal specs share data."""
-    dataset = field(data_cfg, "dataset", "python_docs")
-    source = {"dataset": dataset, "max_documents": int(field(data_cfg, "max_documents", 0))}
-    if dataset == "text_files":
+    sources.check(data_cfg)
+    kind = field(data_cfg, "source", "python_docs")
+    source = {"source": kind, "max_documents": int(field(data_cfg, "max_documents", 0))}
+    if kind == "files":
         source["files"] = field(data_cfg, "files", "")
-    elif dataset != "python_docs":
-        source.update(split=field(data_cfg, "split", "train"), text_key=field(data_cfg, "text_key", "text"),
+    elif kind == "tfds":
+        source.update(tfds_name=corpus_lib.tfds_name(data_cfg), split=field(data_cfg, "split", "train"),
+                      text_key=field(data_cfg, "text_key", "text"),
                       data_dir=str(field(data_cfg, "data_dir", "")))
     tok_cfg = data_cfg.tokenizer
     path = field(tok_cfg, "path", "")
@@ -84,7 +87,9 @@ def resolve_dir(data_cfg) -> str:
         return str(explicit)
     root = os.environ.get("LM_DATA_CACHE") or os.path.join(os.path.expanduser("~"), ".cache", "lm",
                                                            "prepared")
-    slug = re.sub(r"[^A-Za-z0-9_.-]+", "_", field(data_cfg, "dataset", "python_docs"))
+    source = field(data_cfg, "source", "python_docs")
+    name = corpus_lib.tfds_name(data_cfg) if source == "tfds" else source
+    slug = re.sub(r"[^A-Za-z0-9_.-]+", "_", name)
     key = _sha(json.dumps(spec(data_cfg), sort_keys=True))[:12]
     return os.path.join(root, f"{slug}-{key}")
 
@@ -199,8 +204,9 @@ def _tokenizer(data_cfg, directory: epath.Path, listing: dict, progress: dict):
         docs, keep = _sample(data_cfg, sample_bytes, float(data_cfg.eval_fraction),
                              listing.get("bytes") or 0)
         if not docs:
-            raise ValueError(f"no training documents to train the tokenizer on in {data_cfg.dataset!r}"
-                             ": check the data config (files, eval_fraction).")
+            raise ValueError("no training documents to train the tokenizer on in "
+                             f"data.source={field(data_cfg, 'source', 'python_docs')!r}: check the "
+                             "data config (files, eval_fraction).")
         tok = tokenizer_lib.train_tokenizer(docs, tok_cfg.kind, int(tok_cfg.vocab_size))
         info = {"trained_on_docs": len(docs), "trained_on_chars": sum(map(len, docs)),
                 "sample_fraction": keep, "seconds": round(time.time() - t0, 2)}
@@ -357,7 +363,7 @@ def _workers(data_cfg, listing: dict) -> int:
     requested = int(field(data_cfg, "prepare_workers", -1))
     if requested >= 0:
         return requested
-    if field(data_cfg, "dataset", "python_docs") == "python_docs":
+    if field(data_cfg, "source", "python_docs") == "python_docs":
         return 0
     size = listing.get("bytes")
     return 0 if size is not None and size < SMALL_SOURCE else (os.cpu_count() or 1)

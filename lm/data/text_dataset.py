@@ -1,6 +1,6 @@
 """The user's own text files as a real TFDS dataset: after one build,
 ``tfds.load('local_text_files', data_dir=DIR)`` and ``load_corpus`` with
-``dataset='local_text_files', data_dir=DIR`` read them like any TFDS dataset.
+``source='tfds', tfds_name='local_text_files', data_dir=DIR`` read them like any TFDS dataset.
 
 Documents follow :func:`lm.data.corpus.read_text_files` (blank lines separate
 documents). The train/validation split hashes each document's text, so it is

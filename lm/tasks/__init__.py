@@ -1,29 +1,55 @@
-"""Fine-tuning tasks: each module turns examples into fixed-shape numpy features, defines the
-loss on its head's logits, and scores predictions (see lm/tasks/data.py for the data).
+"""Fine-tuning tasks, chosen by name: `config.task` is a built-in short name (``BUILTIN``) or
+the dotted path of any importable module (``my_project.my_task``), which `get` imports, as
+big_vision's evaluators/common.py imports the module its config names.
 
-A task module provides:
-  HEAD                      'pooled' | 'span' | 'tokens' (what lm.finetune.TaskModel puts on the body)
+A task module turns examples into fixed-shape numpy features, defines the loss on its head's
+logits, scores predictions, and reads its own data. It provides:
+  HEAD                      'pooled' | 'span' | 'tokens' (what lm.tasks.model.TaskModel puts on the body)
   label_names(examples, given)            the label vocabulary (None for span tasks)
   featurize(examples, tok, labels, data_cfg) -> (features {name: np.ndarray [N, ...]}, aux)
   loss_sums(logits, batch)  -> (nll_sum, weight_sum, correct_sum)  (jax, inside jit)
   score(logits, features, aux, examples, labels, data_cfg) -> (metrics dict, predictions list)
+and one reader for each data.source it supports (lm.tasks.data.load_examples calls it):
+  offline_examples(split, eval_fraction) -> examples   'python_docs': split is 'train',
+                            'validation' or 'all' (lm.tasks.data.hash_split splits stably)
+  read_file(path) -> examples                          'files'
+  tfds_examples(name, rows, info) -> (examples, label names or None)       'tfds'
+Optional: STRATIFY_BY, the example key a low-resource subsample (data.max_train_examples)
+keeps every value of.
+
+To add a task, write one such module (copy lm/tasks/classification.py: `Specials`, `pad_rows`
+and `truncate_pair` below frame the rows) somewhere on the Python path and set
+``config.task = 'my_project.my_task'`` (or ``--config.task=my_project.my_task``); a checkpoint
+records that name, so eval.py finds the module again. A built-in one also gets a short name in
+``BUILTIN``.
 """
+import importlib
+
 import numpy as np
 
-TASKS = ('classification', 'qa', 'tokens')
+BUILTIN = {'classification': 'lm.tasks.classification', 'qa': 'lm.tasks.qa',
+           'tokens': 'lm.tasks.token_classification'}
+TASKS = tuple(BUILTIN)
+INTERFACE = ('HEAD', 'label_names', 'featurize', 'loss_sums', 'score')
 
 
-def get(task: str):
-  # pylint: disable=g-import-not-at-top
-  if task == 'classification':
-    from lm.tasks import classification as m
-  elif task == 'qa':
-    from lm.tasks import qa as m
-  elif task == 'tokens':
-    from lm.tasks import token_classification as m
-  else:
-    raise ValueError(f'task={task!r}: use one of {TASKS}.')
-  return m
+def get(name: str):
+  """The task module `name` names: a built-in short name or an importable module path."""
+  path = BUILTIN.get(name, name)
+  try:
+    module = importlib.import_module(path) if path and not path.startswith('.') else None
+  except ModuleNotFoundError as e:
+    if e.name is None or not (path + '.').startswith(e.name + '.'):
+      raise  # an import missing inside an existing module is that module's error
+    module = None
+  if module is None:
+    raise ValueError(f'task={name!r}: not a built-in task ({", ".join(BUILTIN)}) nor an '
+                     'importable module; a dotted module path (my_project.my_task) works too.')
+  missing = [a for a in INTERFACE if not hasattr(module, a)]
+  if missing:
+    raise ValueError(f'task={name!r}: module {module.__name__} lacks {", ".join(missing)} of the '
+                     'task interface (see lm/tasks/__init__.py).')
+  return module
 
 
 class Specials:

@@ -1,8 +1,24 @@
 """Sequence classification, single sentences or pairs (GLUE-style), on the pooled output.
 
-Rows are framed by `lm.tasks.Specials` and truncated longest-first to data.max_len.
+Examples: ``{'text': str, 'text_b': str | None, 'label': str}``. Rows are framed by
+`lm.tasks.Specials` and truncated longest-first to data.max_len.
 Metrics: accuracy and macro precision/recall/F1 over all labels (lm.metrics).
+
+Data (lm.tasks.data.load_examples picks the source):
+* python_docs: paragraphs of the ``pydoc_data.topics`` pages (the text of ``help('assert')``
+  etc.), labelled with the part of the Python documentation each page is generated from
+  (``TOPIC_GROUPS``: the Language Reference's statements / expressions / data model / lexical
+  analysis chapters, or the Library Reference's built-in types page). Paragraphs shorter than 80
+  characters and pure code blocks are dropped; split by a hash of the text.
+* files ``.tsv``: ``label<TAB>text`` or ``label<TAB>text_a<TAB>text_b`` per line; an optional
+  first line ``label<TAB>text...`` is a header and skipped. ``.jsonl``: one object per line with
+  ``text`` (or ``sentence``), optional ``text_b``, and ``label`` (string or int).
+* tfds: GLUE tasks by name (text fields from ``GLUE_FIELDS``), or any dataset with ``text`` and
+  a ``label`` feature.
 """
+import csv
+import inspect
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -10,16 +26,105 @@ import numpy as np
 from lm import metrics as metrics_lib
 from lm import tasks
 from lm.tasks import data as data_lib
+from lm.tasks import python_docs
 
 HEAD = 'pooled'
+STRATIFY_BY = 'label'  # a low-resource subsample keeps every label (finetune.subsample_train)
+
+# pydoc topic -> documentation part it comes from (Doc/reference/*.rst, Doc/library/stdtypes.rst).
+TOPIC_GROUPS = {
+    'statements': ('assert', 'assignment', 'augassign', 'break', 'continue', 'del', 'global',
+                   'import', 'nonlocal', 'pass', 'raise', 'return', 'yield',  # simple_stmts
+                   'async', 'class', 'compound', 'for', 'function', 'if', 'try', 'while',
+                   'with'),  # compound_stmts
+    'expressions': ('atom-identifiers', 'atom-literals', 'attribute-references', 'await', 'binary',
+                    'bitwise', 'booleans', 'calls', 'comparisons', 'conversions', 'dict',
+                    'exprlists', 'lambda', 'lists', 'operator-summary', 'power', 'shifting',
+                    'slicings', 'subscriptions', 'unary'),
+    'data model': ('attribute-access', 'callable-types', 'context-managers', 'customization',
+                   'numeric-types', 'objects', 'sequence-types', 'specialnames', 'types'),
+    'built-in types': ('bltin-code-objects', 'bltin-ellipsis-object', 'bltin-null-object',
+                       'bltin-type-objects', 'specialattrs', 'string-methods', 'truth',
+                       'typesfunctions', 'typesmapping', 'typesmethods', 'typesmodules', 'typesseq',
+                       'typesseq-mutable'),
+    'lexical analysis': ('id-classes', 'identifiers', 'floating', 'imaginary', 'integers',
+                         'numbers', 'strings'),
+}
+TOPIC_LABELS = tuple(TOPIC_GROUPS)
+
+GLUE_FIELDS = {  # tfds name -> (text field, second text field or None)
+    'glue/cola': ('sentence', None), 'glue/sst2': ('sentence', None),
+    'glue/mrpc': ('sentence1', 'sentence2'), 'glue/qqp': ('question1', 'question2'),
+    'glue/stsb': ('sentence1', 'sentence2'), 'glue/mnli': ('premise', 'hypothesis'),
+    'glue/qnli': ('question', 'sentence'), 'glue/rte': ('sentence1', 'sentence2'),
+    'glue/wnli': ('sentence1', 'sentence2'), 'glue/ax': ('premise', 'hypothesis'),
+}
+
+
+def offline_examples(split: str = 'train', eval_fraction: float = 0.2) -> list[dict]:
+  """Paragraph -> documentation part (see the module docstring)."""
+  from pydoc_data.topics import topics  # pylint: disable=g-import-not-at-top
+  examples = []
+  for label, keys in TOPIC_GROUPS.items():
+    for key in keys:
+      if key not in topics:  # topics differ a little between Python versions
+        continue
+      for p in python_docs.paragraphs(inspect.cleandoc(topics[key])):
+        examples.append({'text': p, 'text_b': None, 'label': label})
+  # Dedupe (a few paragraphs repeat across pages) keeping the first label; stable order.
+  seen, unique = set(), []
+  for e in sorted(examples, key=lambda e: (e['label'], e['text'])):
+    if e['text'] not in seen:
+      seen.add(e['text'])
+      unique.append(e)
+  return data_lib.hash_split(unique, lambda e: e['text'], split, eval_fraction)
+
+
+def read_file(path: str) -> list[dict]:
+  out = []
+  if path.endswith('.jsonl'):
+    for obj in data_lib.read_jsonl(path):
+      text = obj.get('text', obj.get('sentence'))
+      if text is None or 'label' not in obj:
+        raise ValueError(f'{path}: each line needs "text" (or "sentence") and "label": {obj}')
+      out.append({'text': text, 'text_b': obj.get('text_b'), 'label': str(obj['label'])})
+    return out
+  with open(path, encoding='utf-8', newline='') as f:
+    rows = list(csv.reader(f, delimiter='\t', quoting=csv.QUOTE_NONE))
+  if rows and rows[0] and rows[0][0].strip().lower() == 'label':
+    rows = rows[1:]
+  for i, row in enumerate(rows):
+    if not row or not any(row):
+      continue
+    if len(row) not in (2, 3):
+      raise ValueError(f'{path}:{i + 1}: expected label<TAB>text[<TAB>text_b], got {len(row)} '
+                       'columns.')
+    out.append({'text': row[1], 'text_b': row[2] if len(row) == 3 else None, 'label': row[0]})
+  return out
+
+
+def tfds_examples(name: str, rows, info):
+  """(examples, label names or None) from the rows of a TFDS dataset."""
+  if name not in GLUE_FIELDS and 'label' not in info.features:
+    raise ValueError(f'{name}: unknown text fields; use a GLUE task ({sorted(GLUE_FIELDS)}).')
+  a, b = GLUE_FIELDS.get(name, ('text', None))
+  names = list(info.features['label'].names) if hasattr(info.features['label'], 'names') else None
+  dec = data_lib.decode
+  out = []
+  for r in rows:
+    if int(r['label']) < 0:  # GLUE test splits have no labels
+      continue
+    label = names[int(r['label'])] if names else str(r['label'])
+    out.append({'text': dec(r[a]), 'text_b': dec(r[b]) if b else None, 'label': label})
+  return out, names
 
 
 def label_names(examples, given=None):
   if given:
     return list(given)
   found = {e['label'] for e in examples}
-  if found <= set(data_lib.TOPIC_LABELS):
-    return list(data_lib.TOPIC_LABELS)
+  if found <= set(TOPIC_LABELS):
+    return list(TOPIC_LABELS)
   return sorted(found)
 
 

@@ -12,15 +12,98 @@ logits at context tokens form candidate spans with start <= end and at most
 back to the *original* context through the tokenizer's character offsets, so the prediction is
 an exact substring of the context (surrounding whitespace stripped).
 Metrics: SQuAD v1.1 exact match and F1 (lm.metrics.squad_metrics).
+
+Examples: ``{'id': str, 'question': str, 'context': str, 'answers': [{'text': str, 'start': int}]}``
+(``start`` is the answer's character offset in ``context``). Data (lm.tasks.data.load_examples
+picks the source):
+* python_docs: for each stdlib module of ``lm.data.corpus.STDLIB_MODULES``, its public functions
+  and classes are rendered as ``help()`` shows them (``name(signature)`` then the docstring),
+  grouped by module in windows of ``QA_GROUP`` objects into one long context; the question
+  ``What does <name> do?`` is answered by the summary sentence of that object's docstring
+  (PEP 257: the first sentence), located by its character offset in the context. Split by a
+  hash of module and group number, so all questions on one context land in one split.
+* files ``.jsonl``: SQuAD-style objects ``{"id", "question", "context", "answers": {"text":
+  [...], "answer_start": [...]}}`` (HF ``datasets`` layout) or ``"answers": [{"text",
+  "answer_start"}]``. ``.json``: an official SQuAD v1.1 file (``data/paragraphs/qas``).
+* tfds: ``squad``.
 """
+import json
+
 import jax
 import jax.numpy as jnp
 import numpy as np
 
 from lm import metrics as metrics_lib
 from lm import tasks
+from lm.tasks import data as data_lib
+from lm.tasks import python_docs
 
 HEAD = 'span'
+QA_GROUP = 8
+
+
+def offline_examples(split: str = 'train', eval_fraction: float = 0.2) -> list[dict]:
+  """'What does <name> do?' over a long module context (see the module docstring)."""
+  by_module = {}
+  for mod_name, name, _, rendered, doc in python_docs.documented_objects():
+    by_module.setdefault(mod_name, []).append((name, rendered, doc))
+  examples = []
+  for mod_name, objs in by_module.items():
+    for g in range(0, len(objs), QA_GROUP):
+      group = objs[g:g + QA_GROUP]
+      context, starts = '', []
+      for name, rendered, _ in group:
+        starts.append(len(context) + len(name) + rendered[len(name):].index('\n    ') + 5)
+        context += rendered + '\n\n'
+      context = context.rstrip('\n')
+      for (name, rendered, doc), doc_start in zip(group, starts):
+        summary = python_docs.summary(doc)
+        if summary is None or sum(n == name for n, _, _ in group) > 1:
+          continue
+        start = context.find(summary, doc_start)
+        if start < 0 or start > doc_start + len(doc):  # reflowed lines: not verbatim, skip
+          continue
+        examples.append({'id': f'{mod_name}.{name}', 'question': f'What does {name} do?',
+                         'context': context, 'answers': [{'text': summary, 'start': start}],
+                         'group': f'{mod_name}/{g // QA_GROUP}'})
+  return data_lib.hash_split(examples, lambda e: e['group'], split, eval_fraction)
+
+
+def read_file(path: str) -> list[dict]:
+  out = []
+  if path.endswith('.json'):  # official SQuAD v1.1
+    with open(path, encoding='utf-8') as f:
+      data = json.load(f)['data']
+    for article in data:
+      for para in article['paragraphs']:
+        for qa in para['qas']:
+          out.append({'id': qa['id'], 'question': qa['question'], 'context': para['context'],
+                      'answers': [{'text': a['text'], 'start': int(a['answer_start'])}
+                                  for a in qa['answers']]})
+    return out
+  for i, obj in enumerate(data_lib.read_jsonl(path)):
+    ans = obj.get('answers', [])
+    if isinstance(ans, dict):
+      ans = [{'text': t, 'start': int(s)} for t, s in zip(ans['text'], ans['answer_start'])]
+    else:
+      ans = [{'text': a['text'], 'start': int(a.get('answer_start', a.get('start')))} for a in ans]
+    out.append({'id': str(obj.get('id', i)), 'question': obj['question'],
+                'context': obj['context'], 'answers': ans})
+  return out
+
+
+def tfds_examples(name: str, rows, info):
+  """(examples, None) from the rows of a SQuAD-layout TFDS dataset."""
+  del name, info
+  dec = data_lib.decode
+  out = []
+  for i, r in enumerate(rows):
+    ans = r['answers']
+    out.append({'id': dec(r.get('id', i)), 'question': dec(r['question']),
+                'context': dec(r['context']),
+                'answers': [{'text': dec(t), 'start': int(s)}
+                            for t, s in zip(ans['text'], ans['answer_start'])]})
+  return out, None
 
 
 def label_names(examples, given=None):

@@ -4,7 +4,19 @@ tag, the other sub-tokens are not scored (weight 0).
 Metrics are per word: accuracy over all words, and macro precision/recall/F1 over every tag
 except 'O' (the usual reading: the tags of interest). Words cut off by data.max_len count as
 predicted 'O' (or the first label when there is no 'O').
+
+Examples: ``{'tokens': [str], 'tags': [str]}``. Data (lm.tasks.data.load_examples picks the
+source):
+* python_docs: stdlib functions and classes rendered as ``help()`` shows them, one object each,
+  words tagged ``NAME`` (the object's own name), ``PARAM`` (one of its parameter names, from
+  ``inspect.signature``) or ``O``; split by a hash of the object's name.
+* files ``.jsonl``: ``{"tokens": [...], "tags": [...]}``; ``.tsv`` / ``.conll``: CoNLL style,
+  ``word<TAB>tag`` per line (the last column is the tag), blank lines between sentences.
+* tfds: ``conll2003`` (tags from its ``ner`` feature) or any dataset with ``tokens`` and ``tags``.
 """
+import inspect
+import re
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -12,16 +24,71 @@ import numpy as np
 from lm import metrics as metrics_lib
 from lm import tasks
 from lm.tasks import data as data_lib
+from lm.tasks import python_docs
 
 HEAD = 'tokens'
+TOKEN_LABELS = ('O', 'NAME', 'PARAM')
+_WORD = re.compile(r'\w+|[^\w\s]')
+
+
+def offline_examples(split: str = 'train', eval_fraction: float = 0.2,
+                     max_words: int = 160) -> list[dict]:
+  """help()-style text, words tagged NAME / PARAM / O (see the module docstring)."""
+  examples = []
+  for _, name, obj, rendered, _ in python_docs.documented_objects():
+    try:
+      params = set(inspect.signature(obj).parameters) - {'self', 'cls'}
+    except (TypeError, ValueError):
+      params = set()
+    words = _WORD.findall(rendered)[:max_words]
+    tags = ['NAME' if w == name else 'PARAM' if w in params else 'O' for w in words]
+    examples.append({'id': f'{getattr(obj, "__module__", "")}.{name}', 'tokens': words,
+                     'tags': tags})
+  return data_lib.hash_split(examples, lambda e: e['id'], split, eval_fraction)
+
+
+def read_file(path: str) -> list[dict]:
+  if path.endswith('.jsonl'):
+    out = []
+    for obj in data_lib.read_jsonl(path):
+      if len(obj['tokens']) != len(obj['tags']):
+        raise ValueError(f'{path}: tokens and tags differ in length: {obj}')
+      out.append({'tokens': list(obj['tokens']), 'tags': [str(t) for t in obj['tags']]})
+    return out
+  out, words, tags = [], [], []
+  with open(path, encoding='utf-8') as f:
+    for line in f:
+      line = line.rstrip('\n')
+      if not line.strip() or line.startswith('-DOCSTART-'):
+        if words:
+          out.append({'tokens': words, 'tags': tags})
+        words, tags = [], []
+        continue
+      cols = line.split('\t') if '\t' in line else line.split()
+      words.append(cols[0])
+      tags.append(cols[-1])
+  if words:
+    out.append({'tokens': words, 'tags': tags})
+  return out
+
+
+def tfds_examples(name: str, rows, info):
+  """(examples, tag names) from the rows of a CoNLL-layout TFDS dataset."""
+  del name
+  dec = data_lib.decode
+  tag_key = 'ner' if 'ner' in info.features else 'tags'
+  names = list(info.features[tag_key].feature.names)
+  out = [{'tokens': [dec(t) for t in r['tokens']], 'tags': [names[int(t)] for t in r[tag_key]]}
+         for r in rows]
+  return out, names
 
 
 def label_names(examples, given=None):
   if given:
     return list(given)
   found = {t for e in examples for t in e['tags']}
-  if found <= set(data_lib.TOKEN_LABELS):
-    return list(data_lib.TOKEN_LABELS)
+  if found <= set(TOKEN_LABELS):
+    return list(TOKEN_LABELS)
   return (['O'] if 'O' in found else []) + sorted(found - {'O'})
 
 

@@ -1,0 +1,165 @@
+"""The one training loop every job runs, and its periodic actions.
+
+`fit` steps a `trainer.make_train_step` over step-indexed batches (a resumed run sees the
+batches an uninterrupted one would) and, at step boundaries: logs (stopping on a NaN/Inf
+loss or parameters), evaluates, keeps the best params (`Best`, with early stopping),
+checkpoints, and on SIGTERM/SIGINT saves and returns. Nothing non-finite is ever saved.
+"""
+import dataclasses
+import signal
+import threading
+import time
+from typing import Any, Callable, Optional
+
+import jax
+import numpy as np
+
+from lm import checkpoint
+
+
+def itstime(step: int, every: int, total: int) -> bool:
+  """Whether a periodic action runs after `step`: every `every` steps (0 = never) and at the end."""
+  return bool(every) and step % every == 0 or step == total
+
+
+class StopFlag:
+  """Set by SIGTERM/SIGINT; every long loop checks it at step boundaries and stops cleanly."""
+
+  def __init__(self):
+    self.requested = False
+    self.signal = None
+
+  def install(self):
+    if threading.current_thread() is not threading.main_thread():
+      return self
+    for sig in (signal.SIGTERM, signal.SIGINT):
+      signal.signal(sig, self._handler)
+    return self
+
+  def _handler(self, signum, frame):
+    del frame
+    if self.requested and signum == signal.SIGINT:
+      raise KeyboardInterrupt
+    self.requested, self.signal = True, signal.Signals(signum).name
+
+
+def check_finite(metrics: dict, step: int, last_checkpoint):
+  """Stops on a NaN/Inf loss or parameters, before anything non-finite is checkpointed."""
+  bad = {k: float(metrics[k]) for k in ('loss', 'param_norm') if k in metrics
+         and not np.isfinite(float(metrics[k]))}
+  if bad:
+    where = (f'last good checkpoint: step {last_checkpoint}' if last_checkpoint is not None
+             else 'no checkpoint was saved')
+    what = ', '.join(f'{k} is {v}' for k, v in bad.items())
+    raise FloatingPointError(f'{what} at step {step}; {where}. Lower train.lr, raise '
+                             'train.warmup_steps or set train.clip_norm, then resume.')
+
+
+class Best:
+  """The best params by one eval metric, kept in their own directory (keep 1), and early
+  stopping after `patience` evaluations without improvement (0 = never)."""
+
+  def __init__(self, directory: str, metric: str, mode: str = 'max', patience: int = 0):
+    if mode not in ('max', 'min'):
+      raise ValueError(f"early_stopping.mode={mode!r}: use 'max' or 'min'.")
+    if not metric:
+      raise ValueError('early_stopping.metric is empty: name the eval metric that picks best/.')
+    self.metric, self.mode, self.patience = metric, mode, int(patience)
+    self.value, self.step, self.bad_evals = None, None, 0
+    self._ckpt = checkpoint.Checkpointer(directory, every=1, keep=1, async_save=False)
+
+  def meta(self) -> dict:
+    return {'best_value': self.value, 'best_step': self.step, 'bad_evals': self.bad_evals}
+
+  def load(self, meta: dict):
+    self.value, self.step = meta.get('best_value'), meta.get('best_step')
+    self.bad_evals = meta.get('bad_evals', 0)
+
+  def update(self, step: int, result: dict, params, meta: dict) -> bool:
+    """Saves params when `result` improves on the best; True when patience ran out."""
+    if self.metric not in result:
+      raise ValueError(f'early_stopping.metric={self.metric!r} is not an eval metric of this '
+                       f'task: use one of {sorted(result)}.')
+    value = float(result[self.metric])
+    if self.value is None or (value > self.value if self.mode == 'max' else value < self.value):
+      self.value, self.step, self.bad_evals = value, step, 0
+      self._ckpt.save(step, params, {**meta, **self.meta(), 'metrics': result}, force=True)
+      return False
+    self.bad_evals += 1
+    return bool(self.patience) and self.bad_evals >= self.patience
+
+  def close(self):
+    self._ckpt.close()
+
+
+@dataclasses.dataclass
+class Fit:
+  state: Any
+  eval: dict             # the last eval metrics ({} if none ran)
+  stopped: Optional[str]  # None when all steps ran; the signal's name or the early-stopping reason
+
+
+def fit(state, train_step: Callable, get_batch: Callable, *, steps: int, ckpt, writer,
+        log_every: int, eval_every: int = 0, evaluate: Optional[Callable] = None,
+        best: Optional[Best] = None, meta: Optional[Callable] = None,
+        rate: tuple[str, float] = ('steps_per_sec', 1.0), eval_at_start: bool = False,
+        stop: Optional[StopFlag] = None) -> Fit:
+  """Resumes `state` from `ckpt` if it holds a checkpoint, then trains up to `steps`.
+
+  get_batch(step) -> sharded batch; evaluate(params) -> metrics ({} when stopped midway);
+  meta(step) -> JSON saved beside each checkpoint (the step and `best`'s record are added);
+  rate: (name, units per step) for the logged throughput; eval_at_start: held-out figures
+  before the first update of a fresh run.
+  """
+  stop = stop or StopFlag().install()
+  meta = meta or (lambda step: {})
+  last_ckpt, last_eval, stopped = None, {}, None
+  restored = ckpt.restore(state)
+  if restored:
+    state, saved_meta, last_ckpt = restored
+    if best is not None:
+      best.load(saved_meta)
+    extra = f' (best {best.metric}={best.value} at step {best.step})' if best else ''
+    print(f'resumed from step {last_ckpt}{extra}')
+  start = int(state.step)
+  rate_name, per_step = rate
+
+  def save_meta(step):
+    return {**meta(step), 'step': step, **(best.meta() if best else {})}
+
+  if eval_at_start and evaluate is not None and start == 0:
+    writer.write(0, evaluate(state.params), 'eval')
+  t0, timed, metrics = time.time(), 0, None
+  with ckpt:  # pending async saves land even if the loop raises
+    for step in range(start, steps):
+      state, metrics = train_step(state, get_batch(step))
+      done, timed = step + 1, timed + 1
+      if itstime(done, log_every, steps):
+        metrics = jax.device_get(metrics)
+        check_finite(metrics, done, last_ckpt)
+        writer.write(done, {**metrics, rate_name: timed * per_step / (time.time() - t0)})
+        t0, timed = time.time(), 0
+      early = False
+      if evaluate is not None and itstime(done, eval_every, steps):
+        result = evaluate(state.params)
+        if result:
+          last_eval = result
+          writer.write(done, result, 'eval')
+          if best is not None:
+            check_finite(jax.device_get(metrics), done, last_ckpt)
+            early = best.update(done, result, state.params, save_meta(done))
+      if ckpt.should_save(done) or stop.requested or early or done == steps:
+        check_finite(jax.device_get(metrics), done, last_ckpt)  # never save a NaN state
+        ckpt.save(done, state, save_meta(done), force=True)
+        last_ckpt = done
+      if early:
+        stopped = f'early stopping: no {best.metric} improvement in {best.bad_evals} evaluations'
+        print(f'{stopped}; best {best.metric}={best.value:.4f} at step {best.step}.')
+        break
+      if stop.requested:
+        stopped = stop.signal
+        print(f'{stop.signal}: saved step {done}, exiting.')
+        break
+  if best is not None:
+    best.close()
+  return Fit(state, last_eval, stopped)
