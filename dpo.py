@@ -10,6 +10,7 @@ and cached in the workdir. Held-out metrics are written at step 0 (before any up
 eval_every steps and at the end. Resumes from the latest checkpoint in --workdir;
 SIGTERM/SIGINT save a checkpoint at the next step boundary and exit cleanly.
 """
+
 import dataclasses
 import os
 
@@ -30,9 +31,12 @@ from lm import sharding
 from lm import trainer
 
 FLAGS = flags.FLAGS
-config_flags.DEFINE_config_file('config', None, 'configs/dpo.py or configs/reward.py.',
-                                lock_config=True)
-flags.DEFINE_string('workdir', None, 'Checkpoints, reference log-probs, metrics.jsonl, TensorBoard.')
+config_flags.DEFINE_config_file(
+  'config', None, 'configs/dpo.py or configs/reward.py.', lock_config=True
+)
+flags.DEFINE_string(
+  'workdir', None, 'Checkpoints, reference log-probs, metrics.jsonl, TensorBoard.'
+)
 flags.mark_flags_as_required(['config', 'workdir'])
 
 
@@ -52,8 +56,10 @@ def train(config, workdir: str) -> dict:
   # The pretrained decoder and its tokenizer; preference pairs tokenized with it.
   pre = pretrained.load(config.pretrained, mesh)
   if pre.kind != 'decoder' or pre.tokenizer is None:
-    raise ValueError(f'{config.pretrained} is a {pre.kind} without/with tokenizer '
-                     f'{pre.tokenizer}: DPO and reward models need a decoder and its tokenizer.')
+    raise ValueError(
+      f'{config.pretrained} is a {pre.kind} without/with tokenizer '
+      f'{pre.tokenizer}: DPO and reward models need a decoder and its tokenizer.'
+    )
   tok, seq_len = pre.tokenizer, config.data.seq_len
   if seq_len > pre.cfg.max_len:
     raise ValueError(f'data.seq_len={seq_len} exceeds the model max_len={pre.cfg.max_len}.')
@@ -67,14 +73,18 @@ def train(config, workdir: str) -> dict:
   tx = optim.make(config.train)
   if config.task == 'reward':
     model = rlhf.RewardModel(pre.cfg)
-    state, state_sh = rlhf.create_state(model, tx, mesh, config.seed,
-                                        rlhf.reward_init_inputs(seq_len), pre.params, 'decoder')
+    state, state_sh = rlhf.create_state(
+      model, tx, mesh, config.seed, rlhf.reward_init_inputs(seq_len), pre.params, 'decoder'
+    )
   else:
     model = pre.model
-    state, state_sh = rlhf.create_state(model, tx, mesh, config.seed,
-                                        rlhf.policy_init_inputs(seq_len), pre.params)
-  print(f'{config.task}: {trainer.param_count(state.params):,} params, mesh {dict(mesh.shape)}, '
-        f'{len(train_pairs)} training / {len(eval_pairs)} held-out pairs')
+    state, state_sh = rlhf.create_state(
+      model, tx, mesh, config.seed, rlhf.policy_init_inputs(seq_len), pre.params
+    )
+  print(
+    f'{config.task}: {trainer.param_count(state.params):,} params, mesh {dict(mesh.shape)}, '
+    f'{len(train_pairs)} training / {len(eval_pairs)} held-out pairs'
+  )
   stop = loop.StopFlag().install()
 
   if config.task == 'dpo':  # the frozen reference, run once over every pair, then dropped
@@ -83,29 +93,51 @@ def train(config, workdir: str) -> dict:
     ref_id = f'{os.path.abspath(config.reference or config.pretrained)}@{ref.step}'
     logps_fn = rlhf.make_logps_fn(model, state_sh.params, mesh)
     for name, data in (('train', train_data), ('held-out', eval_data)):
-      got, path, computed = rlhf.reference_logps(logps_fn, ref_params, data,
-                                                 config.eval_batch_size, mesh, workdir, ref_id, stop)
+      got, path, computed = rlhf.reference_logps(
+        logps_fn, ref_params, data, config.eval_batch_size, mesh, workdir, ref_id, stop
+      )
       if got is None:
         print(f'{stop.signal}: stopped computing reference log-probs, exiting.')
         return
       data.update(got)
-      print(f'reference log-probs ({name}): {"computed, saved to" if computed else "read from"} {path}')
+      print(
+        f'reference log-probs ({name}): {"computed, saved to" if computed else "read from"} {path}'
+      )
     del ref, ref_params, pre
 
   train_step = rlhf.make_train_step(config, model, tx, state_sh, mesh)
   eval_step = rlhf.make_eval_step(config, model, state_sh.params, mesh)
   writer = report.Writer(workdir, config.train.steps)
   fit = loop.fit(
-      state, train_step, lambda step: sharding.shard_batch(preference.train_batch(
-          train_data, step, config.train.batch_size, config.seed, pi, pc), mesh),
-      steps=config.train.steps, ckpt=checkpoint.for_run(workdir, config), writer=writer,
-      log_every=config.log_every, eval_every=config.eval_every, stop=stop, eval_at_start=True,
-      evaluate=lambda params: rlhf.evaluate(eval_step, params, (
-          sharding.shard_batch(b, mesh) for b in preference.eval_batches(
-              eval_data, config.eval_batch_size, pi, pc)), stop),
-      meta=lambda step: {'task': config.task, 'config': config.to_json(),
-                         'model': dataclasses.asdict(model.cfg), 'data_position': step},
-      rate=('pairs_per_sec', config.train.batch_size))
+    state,
+    train_step,
+    lambda step: sharding.shard_batch(
+      preference.train_batch(train_data, step, config.train.batch_size, config.seed, pi, pc), mesh
+    ),
+    steps=config.train.steps,
+    ckpt=checkpoint.for_run(workdir, config),
+    writer=writer,
+    log_every=config.log_every,
+    eval_every=config.eval_every,
+    stop=stop,
+    eval_at_start=True,
+    evaluate=lambda params: rlhf.evaluate(
+      eval_step,
+      params,
+      (
+        sharding.shard_batch(b, mesh)
+        for b in preference.eval_batches(eval_data, config.eval_batch_size, pi, pc)
+      ),
+      stop,
+    ),
+    meta=lambda step: {
+      'task': config.task,
+      'config': config.to_json(),
+      'model': dataclasses.asdict(model.cfg),
+      'data_position': step,
+    },
+    rate=('pairs_per_sec', config.train.batch_size),
+  )
   writer.close()
   return fit.eval
 

@@ -9,6 +9,7 @@ Classification: accuracy, macro precision/recall/F1; QA: SQuAD v1.1 exact match 
 tokens: word accuracy and macro P/R/F1 over non-O tags. --output defaults to
 CHECKPOINT/eval_results.json; predictions go beside it (eval_predictions.jsonl).
 """
+
 import json
 import os
 
@@ -20,8 +21,9 @@ from lm import evaluation
 from lm import metrics
 
 FLAGS = flags.FLAGS
-config_flags.DEFINE_config_file('config', None, 'Optional config: the data to evaluate on.',
-                                lock_config=True)
+config_flags.DEFINE_config_file(
+  'config', None, 'Optional config: the data to evaluate on.', lock_config=True
+)
 flags.DEFINE_string('checkpoint', None, 'finetune.py or train.py workdir, or an HF model dir.')
 flags.DEFINE_string('output', None, 'JSON result file (default CHECKPOINT/eval_results.json).')
 flags.DEFINE_enum('which', 'best', ['best', 'latest'], 'Fine-tuned: best or latest params.')
@@ -35,16 +37,21 @@ def main(argv):
   path = FLAGS.checkpoint
   if FLAGS.config is not None and FLAGS.config.get('mode') == 'fewshot':  # configs/fewshot.py
     from lm import icl  # pylint: disable=g-import-not-at-top
+
     result = icl.evaluate(FLAGS.config, path, FLAGS.output)  # writes the JSON result file
     print(icl.format_table(result))
-    print(f"wrote {result['output']}")
+    print(f'wrote {result["output"]}')
     return
   output = FLAGS.output or os.path.join(path, 'eval_results.json')
   if evaluation.is_finetune_workdir(path):
-    results, preds = evaluation.evaluate_finetuned(path, FLAGS.config, FLAGS.which,
-                                                 max_examples=FLAGS.max_examples)
-    with open(os.path.splitext(output)[0].replace('eval_results', 'eval_predictions') +
-              '.jsonl', 'w', encoding='utf-8') as f:
+    results, preds = evaluation.evaluate_finetuned(
+      path, FLAGS.config, FLAGS.which, max_examples=FLAGS.max_examples
+    )
+    with open(
+      os.path.splitext(output)[0].replace('eval_results', 'eval_predictions') + '.jsonl',
+      'w',
+      encoding='utf-8',
+    ) as f:
       for p in preds:
         f.write(json.dumps(p) + '\n')
   else:

@@ -7,6 +7,7 @@ r"""Fine-tunes a pretrained body on a task (classification, extractive QA, token
 latest checkpoint in --workdir; the best params by the validation metric are kept in
 --workdir/best. SIGTERM/SIGINT save a checkpoint at the next step boundary and exit cleanly.
 """
+
 from absl import flags
 from ml_collections import config_flags
 
@@ -25,8 +26,12 @@ def main(argv):
   del argv
   distributed.initialize()
   out = finetune.run(FLAGS.config, FLAGS.workdir)
-  print(metrics.format_table({'best': out['best'], 'final': out['final']},
-                             f'{FLAGS.config.task} fine-tuning ({out["stopped"] or "finished"})'))
+  print(
+    metrics.format_table(
+      {'best': out['best'], 'final': out['final']},
+      f'{FLAGS.config.task} fine-tuning ({out["stopped"] or "finished"})',
+    )
+  )
 
 
 if __name__ == '__main__':

@@ -6,6 +6,7 @@
 DIR is a train.py workdir (causal LM) or a HuggingFace GPT-2 directory (config.json + weights);
 the tokenizer is `--tokenizer`, else the one in DIR.
 """
+
 import json
 import os
 
@@ -17,10 +18,13 @@ from lm import pretrained
 from lm.data import tokenizer as tokenizer_lib
 
 FLAGS = flags.FLAGS
-flags.DEFINE_string('checkpoint', None, 'train.py workdir (clm) or HF GPT-2 directory.',
-                    required=True)
+flags.DEFINE_string(
+  'checkpoint', None, 'train.py workdir (clm) or HF GPT-2 directory.', required=True
+)
 flags.DEFINE_string('prompt', '', 'Text to continue.')
-flags.DEFINE_string('tokenizer', None, 'tokenizer.json or HF vocab files (default: the one in --checkpoint).')
+flags.DEFINE_string(
+  'tokenizer', None, 'tokenizer.json or HF vocab files (default: the one in --checkpoint).'
+)
 flags.DEFINE_integer('max_new_tokens', 50, 'Tokens to generate per sequence.')
 flags.DEFINE_enum('strategy', 'greedy', ['greedy', 'sample', 'beam'], 'Decoding strategy.')
 flags.DEFINE_float('temperature', 1.0, 'Sampling temperature.')
@@ -29,8 +33,12 @@ flags.DEFINE_float('top_p', 1.0, 'Nucleus sampling mass (1: off).')
 flags.DEFINE_integer('num_beams', 4, 'Beams for --strategy=beam.')
 flags.DEFINE_float('length_penalty', 1.0, 'Beam score = logprob / length ** length_penalty.')
 flags.DEFINE_integer('num_return_sequences', 1, 'Sequences to print.')
-flags.DEFINE_integer('eos_id', None, "Stop token (default: the tokenizer's end of text, or "
-                     'config.json eos_token_id for an HF directory).')
+flags.DEFINE_integer(
+  'eos_id',
+  None,
+  "Stop token (default: the tokenizer's end of text, or "
+  'config.json eos_token_id for an HF directory).',
+)
 flags.DEFINE_integer('seed', 0, 'Sampling seed.')
 
 
@@ -59,12 +67,22 @@ def main(argv):
   if not prompt:  # GPT-2 conditions on <|endoftext|> when there is no text
     prompt = [eos if eos is not None else 0]
   room = pre.cfg.max_len - FLAGS.max_new_tokens
-  out = gen.generate(pre.model, pre.params, [prompt[-room:]], max_new_tokens=FLAGS.max_new_tokens,
-                     strategy=FLAGS.strategy, temperature=FLAGS.temperature, top_k=FLAGS.top_k,
-                     top_p=FLAGS.top_p, num_beams=FLAGS.num_beams,
-                     length_penalty=FLAGS.length_penalty,
-                     num_return_sequences=FLAGS.num_return_sequences, eos_id=eos,
-                     pad_id=tok.pad_id or 0, seed=FLAGS.seed)
+  out = gen.generate(
+    pre.model,
+    pre.params,
+    [prompt[-room:]],
+    max_new_tokens=FLAGS.max_new_tokens,
+    strategy=FLAGS.strategy,
+    temperature=FLAGS.temperature,
+    top_k=FLAGS.top_k,
+    top_p=FLAGS.top_p,
+    num_beams=FLAGS.num_beams,
+    length_penalty=FLAGS.length_penalty,
+    num_return_sequences=FLAGS.num_return_sequences,
+    eos_id=eos,
+    pad_id=tok.pad_id or 0,
+    seed=FLAGS.seed,
+  )
   for i, seq in enumerate(out[0]):
     print(f'--- {i}\n{FLAGS.prompt}{tok.decode(seq)}')
 

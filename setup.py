@@ -1,49 +1,52 @@
 """lm: JAX/Flax Transformer language models, from a laptop CPU to a TPU pod."""
+
 from setuptools import find_packages, setup
 
 # Ranges are the ones the test suite ran against; jax/flax/orbax break across minors.
 INSTALL_REQUIRES = [
-    "jax>=0.10.0,<0.11",
-    "flax>=0.12.0,<0.13",
-    "optax>=0.2.6,<0.3",
-    "orbax-checkpoint>=0.12.0,<0.13",
-    "tensorflow-cpu>=2.20,<2.22",
-    "tensorflow-datasets>=4.9.9,<4.10",
-    "ml-collections>=1.1,<1.2",
-    "absl-py>=2.1",
-    "numpy>=1.26",
-    "tokenizers>=0.21,<0.24",
-    "tensorboardX>=2.6",
-    "tqdm>=4.66",
-    "safetensors>=0.4",
-    "sacrebleu>=2.4,<3",
-    "rouge-score==0.1.2",
-    "scikit-learn>=1.5",
-    "importlib_resources",  # tensorflow-datasets imports it when building a dataset
+  'jax>=0.10.0,<0.11',
+  'flax>=0.12.0,<0.13',
+  'optax>=0.2.6,<0.3',
+  'orbax-checkpoint>=0.12.0,<0.13',
+  'tensorflow-cpu>=2.20,<2.22',
+  'tensorflow-datasets>=4.9.9,<4.10',
+  'ml-collections>=1.1,<1.2',
+  'absl-py>=2.1',
+  'numpy>=1.26',
+  'tokenizers>=0.21,<0.24',
+  'tensorboardX>=2.6',
+  'tqdm>=4.66',
+  'safetensors>=0.4',
+  'sacrebleu>=2.4,<3',
+  'rouge-score==0.1.2',
+  'scikit-learn>=1.5',
+  'importlib_resources',  # tensorflow-datasets imports it when building a dataset
 ]
 
 EXTRAS = {
-    # torch==2.13.0 resolves to the CPU wheel on this project's machines.
-    "hf": ["torch==2.13.0", "transformers>=5.0,<6"],
-    "test": [
-        "pytest>=8",
-        "pytest-xdist>=3.5",
-        "nbclient>=0.10",
-        "nbformat>=5.10",
-        "ipykernel>=6.29",
-        "matplotlib>=3.8",
-    ],
+  # torch==2.13.0 resolves to the CPU wheel on this project's machines.
+  'hf': ['torch==2.13.0', 'transformers>=5.0,<6'],
+  'test': [
+    'pytest>=8',
+    'pytest-xdist>=3.5',
+    'nbclient>=0.10',
+    'nbformat>=5.10',
+    'ipykernel>=6.29',
+    'matplotlib>=3.8',
+    # The formatter and linter of tests/test_style.py: pinned, its layout changes between versions.
+    'ruff==0.17.6',
+  ],
 }
 # bench/data_pipeline.py compares our memmapped shards with array_record and grain readers.
-EXTRAS["bench"] = ["array-record>=0.8,<0.9", "grain>=0.2.18,<0.3", "psutil>=5.9"]
-EXTRAS["all"] = sorted({d for v in EXTRAS.values() for d in v})
+EXTRAS['bench'] = ['array-record>=0.8,<0.9', 'grain>=0.2.18,<0.3', 'psutil>=5.9']
+EXTRAS['all'] = sorted({d for v in EXTRAS.values() for d in v})
 
 setup(
-    name="lm",
-    version="0.1.0",
-    description="Pretrain and fine-tune Transformer language models with JAX/Flax.",
-    packages=find_packages(include=["lm", "lm.*"]),
-    python_requires=">=3.10",
-    install_requires=INSTALL_REQUIRES,
-    extras_require=EXTRAS,
+  name='lm',
+  version='0.1.0',
+  description='Pretrain and fine-tune Transformer language models with JAX/Flax.',
+  packages=find_packages(include=['lm', 'lm.*']),
+  python_requires='>=3.10',
+  install_requires=INSTALL_REQUIRES,
+  extras_require=EXTRAS,
 )

@@ -5,6 +5,7 @@ r"""Pretrains a Transformer LM (BERT-style MLM+NSP or GPT-style causal LM).
 Resumes from the latest checkpoint in --workdir. SIGTERM/SIGINT save a checkpoint at the
 next step boundary and exit cleanly.
 """
+
 import os
 
 from absl import flags
@@ -55,9 +56,13 @@ def train_and_evaluate(config, workdir: str):
   mesh = sharding.make_mesh(config.mesh_shape)
   model = objectives.make_model(config, tok.vocab_size)
   tx = optim.make(config.train)
-  state, state_sh = trainer.create_state(model, tx, mesh, config.seed, objectives.init_inputs(config))
-  print(f'{config.objective}: {trainer.param_count(state.params):,} params, mesh '
-        f'{dict(mesh.shape)}, {pc} process(es), vocab {tok.vocab_size}')
+  state, state_sh = trainer.create_state(
+    model, tx, mesh, config.seed, objectives.init_inputs(config)
+  )
+  print(
+    f'{config.objective}: {trainer.param_count(state.params):,} params, mesh '
+    f'{dict(mesh.shape)}, {pc} process(es), vocab {tok.vocab_size}'
+  )
 
   ckpt = checkpoint.for_run(workdir, config)
   train_step = objectives.make_train_step(config, model, tx, state_sh, mesh)
@@ -65,21 +70,37 @@ def train_and_evaluate(config, workdir: str):
   stop = loop.StopFlag().install()
   writer = report.Writer(workdir, config.train.steps)
   fit = loop.fit(
-      state, train_step, lambda step: sharding.shard_batch(train_data.get_batch(step, pi, pc), mesh),
-      steps=config.train.steps, ckpt=ckpt, writer=writer, log_every=config.log_every,
-      eval_every=config.eval_every, stop=stop,
-      evaluate=lambda params: objectives.evaluate(eval_step, params, (
-          sharding.shard_batch(eval_data.get_batch(i, pi, pc), mesh)
-          for i in range(config.eval_batches)), stop),
-      meta=lambda step: {'data_position': step, 'config': config.to_json()},
-      rate=('tokens_per_sec', config.train.batch_size * config.data.seq_len))
+    state,
+    train_step,
+    lambda step: sharding.shard_batch(train_data.get_batch(step, pi, pc), mesh),
+    steps=config.train.steps,
+    ckpt=ckpt,
+    writer=writer,
+    log_every=config.log_every,
+    eval_every=config.eval_every,
+    stop=stop,
+    evaluate=lambda params: objectives.evaluate(
+      eval_step,
+      params,
+      (
+        sharding.shard_batch(eval_data.get_batch(i, pi, pc), mesh)
+        for i in range(config.eval_batches)
+      ),
+      stop,
+    ),
+    meta=lambda step: {'data_position': step, 'config': config.to_json()},
+    rate=('tokens_per_sec', config.train.batch_size * config.data.seq_len),
+  )
   state, result = fit.state, {'eval': fit.eval, 'sample': None}
 
   if not fit.stopped:
-    params = state.params if pc == 1 else multihost_utils.process_allgather(state.params, tiled=True)
+    params = (
+      state.params if pc == 1 else multihost_utils.process_allgather(state.params, tiled=True)
+    )
     if pi == 0:
-      result['sample'] = sample.sample(config.objective, model, params, tok,
-                                       config.sample_prompt, config.sample_tokens)
+      result['sample'] = sample.sample(
+        config.objective, model, params, tok, config.sample_prompt, config.sample_tokens
+      )
       writer.text(int(state.step), 'sample', result['sample'])
   writer.close()
   return {'step': int(state.step), **result}
@@ -91,9 +112,11 @@ def _keep_tokenizer(tok, workdir: str, data_dir: str):
   if os.path.isfile(path):
     with open(path, encoding='utf-8') as f:
       if f.read() != text:
-        raise ValueError(f'{workdir} was trained with another tokenizer than the prepared data in '
-                         f'{data_dir}: use a new --workdir, or pass --config.data.tokenizer.path='
-                         f'{path} to prepare the data with the run\'s own tokenizer.')
+        raise ValueError(
+          f'{workdir} was trained with another tokenizer than the prepared data in '
+          f'{data_dir}: use a new --workdir, or pass --config.data.tokenizer.path='
+          f"{path} to prepare the data with the run's own tokenizer."
+        )
     return
   with open(path, 'w', encoding='utf-8') as f:
     f.write(text)

@@ -5,6 +5,7 @@ parameter gradients of a small GPT, bf16, with and without packed-document masks
 
 bf16 operands land between 1e-3 and 1e-2 relative error; more means a wrong kernel.
 """
+
 import argparse
 import dataclasses
 
@@ -16,8 +17,9 @@ from lm import model as M
 
 
 def rel(a, b):
-  a, b = (jnp.concatenate([jnp.ravel(x).astype(jnp.float32) for x in jax.tree.leaves(t)])
-          for t in (a, b))
+  a, b = (
+    jnp.concatenate([jnp.ravel(x).astype(jnp.float32) for x in jax.tree.leaves(t)]) for t in (a, b)
+  )
   return float(jnp.linalg.norm(a - b) / jnp.linalg.norm(b))
 
 
@@ -26,9 +28,20 @@ def main():
   p.add_argument('--impl', default='cudnn')
   p.add_argument('--tol', type=float, default=2e-2)
   a = p.parse_args()
-  base = M.ModelConfig(vocab_size=512, hidden_size=256, num_layers=2, num_heads=4, mlp_dim=1024,
-                       max_len=256, type_vocab_size=0, pre_ln=True, activation='gelu_tanh',
-                       dropout_rate=0.0, attention_dropout_rate=0.0, dtype='bfloat16')
+  base = M.ModelConfig(
+    vocab_size=512,
+    hidden_size=256,
+    num_layers=2,
+    num_heads=4,
+    mlp_dim=1024,
+    max_len=256,
+    type_vocab_size=0,
+    pre_ln=True,
+    activation='gelu_tanh',
+    dropout_rate=0.0,
+    attention_dropout_rate=0.0,
+    dtype='bfloat16',
+  )
   rng = np.random.default_rng(0)
   B, T = 4, 256
   ids = jnp.asarray(rng.integers(0, 512, (B, T)), jnp.int32)
@@ -46,8 +59,10 @@ def main():
     e_f, e_g = rel(out[a.impl][0], out['einsum'][0]), rel(out[a.impl][1], out['einsum'][1])
     worst = max(worst, e_f, e_g)
     print(f'{a.impl} vs einsum, {name:<16}: logits rel err {e_f:.2e}, grads rel err {e_g:.2e}')
-  print(f'attention check {"PASSED" if worst < a.tol else "FAILED"} (worst {worst:.2e}, tol {a.tol:g}) '
-        f'on {jax.devices()[0].device_kind}')
+  print(
+    f'attention check {"PASSED" if worst < a.tol else "FAILED"} (worst {worst:.2e}, tol {a.tol:g}) '
+    f'on {jax.devices()[0].device_kind}'
+  )
 
 
 if __name__ == '__main__':

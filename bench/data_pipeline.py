@@ -32,6 +32,7 @@ What it measures, and why:
 Numbers are on a shared 2-core machine (the load average is printed per section): compare
 ratios within one run.
 """
+
 import argparse
 import hashlib
 import json
@@ -50,28 +51,44 @@ import psutil
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, REPO)
-SITE = os.path.join(REPO, '.venv', 'lib', f'python{sys.version_info.major}.{sys.version_info.minor}',
-                    'site-packages')
+SITE = os.path.join(
+  REPO, '.venv', 'lib', f'python{sys.version_info.major}.{sys.version_info.minor}', 'site-packages'
+)
 H100_TOKENS_PER_SEC = 423_258  # fastest train step measured: GPT-2 small, bf16, one H100
 MB = 1e6
 
 
 def parse_args(argv=None):
-  p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-  p.add_argument('--quick', action='store_true',
-                 help='~2 min: sizes 3,10, scaling and wordpiece on 3 MB, fewer batches and windows')
+  p = argparse.ArgumentParser(
+    description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+  )
+  p.add_argument(
+    '--quick',
+    action='store_true',
+    help='~2 min: sizes 3,10, scaling and wordpiece on 3 MB, fewer batches and windows',
+  )
   p.add_argument('--sizes_mb', default=None, help='corpus sizes, MB of .py text (default 3,30,300)')
   p.add_argument('--scaling_mb', type=float, default=None, help='size for the worker scaling (30)')
   p.add_argument('--workers', default='0,1,2', help='data.prepare_workers values to compare')
-  p.add_argument('--stress_workers', type=int, default=6,
-                 help='workers for the shard-boundary determinism check (0: skip)')
-  p.add_argument('--stress_shard_mb', type=float, default=None, help='data.shard_mb for that check (1.5)')
-  p.add_argument('--mlm_mb', type=float, default=None, help='size of the wordpiece preparation (30)')
+  p.add_argument(
+    '--stress_workers',
+    type=int,
+    default=6,
+    help='workers for the shard-boundary determinism check (0: skip)',
+  )
+  p.add_argument(
+    '--stress_shard_mb', type=float, default=None, help='data.shard_mb for that check (1.5)'
+  )
+  p.add_argument(
+    '--mlm_mb', type=float, default=None, help='size of the wordpiece preparation (30)'
+  )
   p.add_argument('--source', default=SITE, help='directory whose .py files are the corpus')
   p.add_argument('--batches', type=int, default=200, help='timed loader batches')
   p.add_argument('--windows', type=int, default=20000, help='random windows for section 4')
   p.add_argument('--record_tokens', type=int, default=1024, help='tokens per array_record record')
-  p.add_argument('--prepare_timeout_s', type=float, default=1200, help='kill a preparation after this')
+  p.add_argument(
+    '--prepare_timeout_s', type=float, default=1200, help='kill a preparation after this'
+  )
   p.add_argument('--poll_s', type=float, default=0.1, help='RSS polling interval')
   p.add_argument('--sections', default='1,2,3,4')
   p.add_argument('--tmp', default=None, help='scratch root (default: a new temp dir, removed)')
@@ -112,7 +129,9 @@ def table(log, header, rows):
   cells = [list(map(str, header))] + [[str(c) for c in r] for r in rows]
   widths = [max(len(r[i]) for r in cells) for i in range(len(header))]
   for j, r in enumerate(cells):
-    log('  ' + '  '.join(c.rjust(w) if i else c.ljust(w) for i, (c, w) in enumerate(zip(r, widths))))
+    log(
+      '  ' + '  '.join(c.rjust(w) if i else c.ljust(w) for i, (c, w) in enumerate(zip(r, widths)))
+    )
     if j == 0:
       log('  ' + '  '.join('-' * w for w in widths))
 
@@ -126,8 +145,11 @@ def gb(n):
 
 
 def machine(log, args):
-  model = next((l.split(':', 1)[1].strip() for l in open('/proc/cpuinfo') if l.startswith('model name')), '?')
+  model = next(
+    (l.split(':', 1)[1].strip() for l in open('/proc/cpuinfo') if l.startswith('model name')), '?'
+  )
   from importlib import metadata
+
   vers = {}
   for name in ('numpy', 'tokenizers', 'array_record', 'grain', 'jax', 'psutil'):
     try:
@@ -135,8 +157,10 @@ def machine(log, args):
     except metadata.PackageNotFoundError:
       vers[name] = 'absent'
   log('command:', shlex.join([sys.executable] + sys.argv))
-  log(f'machine: {os.cpu_count()} cpus, {model}, {gb(psutil.virtual_memory().total)} GiB RAM, '
-      f'python {platform.python_version()}, {platform.platform()}')
+  log(
+    f'machine: {os.cpu_count()} cpus, {model}, {gb(psutil.virtual_memory().total)} GiB RAM, '
+    f'python {platform.python_version()}, {platform.platform()}'
+  )
   log('versions:', ', '.join(f'{k} {v}' for k, v in vers.items()))
   log(f'load average (1/5/15 min) at start: {load_avg()}  (others run tests on this machine)')
   log(f'corpus: .py files under {args.source}')
@@ -192,12 +216,15 @@ def run_measured(cmd, env, poll_s, timeout=None):
 
   rc is 'timeout' (the tree killed) past ``timeout`` s."""
   t0 = time.perf_counter()
-  proc = subprocess.Popen(cmd, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                          text=True)
+  proc = subprocess.Popen(
+    cmd, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
+  )
   lines = []  # (seconds since start, line)
+
   def read():
     for line in proc.stdout:
       lines.append((time.perf_counter() - t0, line))
+
   reader = threading.Thread(target=read, daemon=True)
   reader.start()
   root = psutil.Process(proc.pid)
@@ -221,8 +248,9 @@ def run_measured(cmd, env, poll_s, timeout=None):
       rss, pss = rss + m.rss, pss + getattr(m, 'pss', m.rss)
       if i == 0:
         peak['main'] = max(peak['main'], m.rss)
-    peak.update(rss=max(peak['rss'], rss), pss=max(peak['pss'], pss),
-                procs=max(peak['procs'], len(procs)))
+    peak.update(
+      rss=max(peak['rss'], rss), pss=max(peak['pss'], pss), procs=max(peak['procs'], len(procs))
+    )
     time.sleep(poll_s)
   rc = proc.wait()
   wall = time.perf_counter() - t0
@@ -237,8 +265,15 @@ def sub_env(cache):
 
 
 def prepare_cmd(config, files, out, workers=None, extra=()):
-  cmd = [sys.executable, '-m', 'lm.data.prepare', f'--config={config}', '--config.data.source=files',
-         f'--config.data.files={files}', f'--config.data.prepared_dir={out}']
+  cmd = [
+    sys.executable,
+    '-m',
+    'lm.data.prepare',
+    f'--config={config}',
+    '--config.data.source=files',
+    f'--config.data.files={files}',
+    f'--config.data.prepared_dir={out}',
+  ]
   if workers is not None:
     cmd.append(f'--config.data.prepare_workers={workers}')
   return cmd + [f'--config.data.{k}={v}' for k, v in extra]
@@ -262,13 +297,38 @@ def prep_row(name, r):
   chars, tok_s = m['chars'], m['tokenizer'].get('seconds', 0.0)
   tokens = m['splits']['train']['tokens'] + m['splits']['eval']['tokens']
   phase = max(m['seconds'] - tok_s, 1e-9)
-  return [name, f"{chars / MB:.1f}", f'{tokens / 1e6:.1f}', m['workers'], f"{r['wall']:.1f}",
-          f'{tok_s:.1f}', f'{phase:.1f}', f"{chars / MB / r['wall']:.2f}", f'{chars / MB / phase:.2f}',
-          gb(p['rss']), gb(p['pss']), gb(p['main']), p['procs']]
+  return [
+    name,
+    f'{chars / MB:.1f}',
+    f'{tokens / 1e6:.1f}',
+    m['workers'],
+    f'{r["wall"]:.1f}',
+    f'{tok_s:.1f}',
+    f'{phase:.1f}',
+    f'{chars / MB / r["wall"]:.2f}',
+    f'{chars / MB / phase:.2f}',
+    gb(p['rss']),
+    gb(p['pss']),
+    gb(p['main']),
+    p['procs'],
+  ]
 
 
-PREP_HEADER = ['run', 'M chars', 'M tokens', 'workers', 'wall s', 'tok-train s', 'tokenize s',
-               'MB/s wall', 'MB/s tokenize', 'peak RSS GiB', 'peak PSS GiB', 'main RSS GiB', 'procs']
+PREP_HEADER = [
+  'run',
+  'M chars',
+  'M tokens',
+  'workers',
+  'wall s',
+  'tok-train s',
+  'tokenize s',
+  'MB/s wall',
+  'MB/s tokenize',
+  'peak RSS GiB',
+  'peak PSS GiB',
+  'main RSS GiB',
+  'procs',
+]
 
 
 def shard_digests(directory):
@@ -287,8 +347,10 @@ def shard_digests(directory):
 
 
 def section_prepare(log, args, env, subsets, root):
-  log(f'\n== 1. Preparation: python -m lm.data.prepare, configs/gpt_base.py (bpe 8192), '
-      f'default workers (-1) == load {load_avg()}')
+  log(
+    f'\n== 1. Preparation: python -m lm.data.prepare, configs/gpt_base.py (bpe 8192), '
+    f'default workers (-1) == load {load_avg()}'
+  )
   prepared, rows = {}, []
   for mb in args.sizes:
     out = os.path.join(root, f'prep_bpe_{mb:g}')
@@ -296,8 +358,10 @@ def section_prepare(log, args, env, subsets, root):
     prepared[mb] = out
     rows.append(prep_row(f'{mb:g} MB', r))
   table(log, PREP_HEADER, rows)
-  log('  tok-train s: tokenizer training (sample <= data.tokenizer.sample_mb=64 MiB, from the manifest);'
-      ' tokenize s: the rest of prepare (read, tokenize, write shards); wall: process start to exit.')
+  log(
+    '  tok-train s: tokenizer training (sample <= data.tokenizer.sample_mb=64 MiB, from the manifest);'
+    ' tokenize s: the rest of prepare (read, tokenize, write shards); wall: process start to exit.'
+  )
 
   mb = args.scaling_mb
   if mb not in subsets:
@@ -315,15 +379,17 @@ def section_prepare(log, args, env, subsets, root):
     if base:
       m, bm = runs[w]['manifest'], base['manifest']
       ph = lambda x: x['seconds'] - x['tokenizer'].get('seconds', 0.0)
-      row += [f"{base['wall'] / runs[w]['wall']:.2f}x", f'{ph(bm) / ph(m):.2f}x']
+      row += [f'{base["wall"] / runs[w]["wall"]:.2f}x', f'{ph(bm) / ph(m):.2f}x']
     else:
       row += ['-', '-']
   table(log, header, rows)
   digests = {w: shard_digests(r['dir']) for w, r in runs.items()}
   ref_w = args.worker_list[0]
   same = all(d == digests[ref_w] for d in digests.values())
-  log(f"  shards byte-identical across workers {args.worker_list}: {same} "
-      f"({len(digests[ref_w])} files compared by sha256: shards/* and tokenizer.json)")
+  log(
+    f'  shards byte-identical across workers {args.worker_list}: {same} '
+    f'({len(digests[ref_w])} files compared by sha256: shards/* and tokenizer.json)'
+  )
   if not same:
     for w, d in digests.items():
       diff = sorted(k for k in set(d) | set(digests[ref_w]) if d.get(k) != digests[ref_w].get(k))
@@ -336,8 +402,10 @@ def section_prepare(log, args, env, subsets, root):
   # cores (results arriving together) test that boundaries do not depend on timing.
   w, extra = args.stress_workers, (('shard_mb', args.stress_shard_mb), ('tokenizer.sample_mb', 4))
   if w:
-    log(f'\n   shard boundaries vs workers on {mb:g} MB, shard_mb={args.stress_shard_mb:g}, '
-        f'tokenizer.sample_mb=4: workers=0, then workers={w} twice == load {load_avg()}')
+    log(
+      f'\n   shard boundaries vs workers on {mb:g} MB, shard_mb={args.stress_shard_mb:g}, '
+      f'tokenizer.sample_mb=4: workers=0, then workers={w} twice == load {load_avg()}'
+    )
     rows, ref = [], None
     for i, workers in enumerate((0, w, w)):
       out = os.path.join(root, f'prep_stress_{i}')
@@ -345,35 +413,74 @@ def section_prepare(log, args, env, subsets, root):
       m = r['manifest']
       docs = [e['docs_read'] for e in m['shards']]
       ref = ref or (docs, shard_digests(out))
-      rows.append([f'workers={workers}', f"{r['wall']:.1f}", len(docs),
-                   m['corpus_sha256'][:12], docs == ref[0], shard_digests(out) == ref[1],
-                   ' '.join(map(str, docs[:8])) + (' ...' if len(docs) > 8 else '')])
+      rows.append(
+        [
+          f'workers={workers}',
+          f'{r["wall"]:.1f}',
+          len(docs),
+          m['corpus_sha256'][:12],
+          docs == ref[0],
+          shard_digests(out) == ref[1],
+          ' '.join(map(str, docs[:8])) + (' ...' if len(docs) > 8 else ''),
+        ]
+      )
       shutil.rmtree(out, ignore_errors=True)
-    table(log, ['run', 'wall s', 'shards', 'corpus_sha256', 'same boundaries', 'byte-identical',
-                'docs per shard'], rows)
+    table(
+      log,
+      [
+        'run',
+        'wall s',
+        'shards',
+        'corpus_sha256',
+        'same boundaries',
+        'byte-identical',
+        'docs per shard',
+      ],
+      rows,
+    )
   return prepared
 
 
 def section_train(log, args, env, subsets, prepared, root):
   sizes = [args.sizes[0], args.sizes[-1]]
-  log(f'\n== 2. train.py after preparation: configs/gpt_base.py, 2 steps, new workdir each '
-      f'== load {load_avg()}')
+  log(
+    f'\n== 2. train.py after preparation: configs/gpt_base.py, 2 steps, new workdir each '
+    f'== load {load_avg()}'
+  )
   rows, rss, failed = [], {}, []
   for mb in sizes:
     out = prepared[mb]
-    manifest_path, tok_path = os.path.join(out, 'manifest.json'), os.path.join(out, 'tokenizer.json')
-    before = (os.stat(manifest_path).st_mtime_ns, os.stat(tok_path).st_mtime_ns,
-              sorted(os.listdir(os.path.join(out, 'shards'))))
+    manifest_path, tok_path = (
+      os.path.join(out, 'manifest.json'),
+      os.path.join(out, 'tokenizer.json'),
+    )
+    before = (
+      os.stat(manifest_path).st_mtime_ns,
+      os.stat(tok_path).st_mtime_ns,
+      sorted(os.listdir(os.path.join(out, 'shards'))),
+    )
     workdir = tempfile.mkdtemp(prefix=f'wd_{mb:g}_', dir=root)
-    cmd = [sys.executable, 'train.py', '--config=configs/gpt_base.py', f'--workdir={workdir}',
-           '--config.data.source=files', f'--config.data.files={subsets[mb]}',
-           f'--config.data.prepared_dir={out}', '--config.train.steps=2', '--config.log_every=1',
-           '--config.eval_every=2', '--config.checkpoint_every=2']
+    cmd = [
+      sys.executable,
+      'train.py',
+      '--config=configs/gpt_base.py',
+      f'--workdir={workdir}',
+      '--config.data.source=files',
+      f'--config.data.files={subsets[mb]}',
+      f'--config.data.prepared_dir={out}',
+      '--config.train.steps=2',
+      '--config.log_every=1',
+      '--config.eval_every=2',
+      '--config.checkpoint_every=2',
+    ]
     if mb == sizes[0]:
       log('  command:', shlex.join(cmd).replace(root, '$TMP'))
     rc, wall, output, peak = run_measured(cmd, env, args.poll_s, timeout=900)
-    after = (os.stat(manifest_path).st_mtime_ns, os.stat(tok_path).st_mtime_ns,
-             sorted(os.listdir(os.path.join(out, 'shards'))))
+    after = (
+      os.stat(manifest_path).st_mtime_ns,
+      os.stat(tok_path).st_mtime_ns,
+      sorted(os.listdir(os.path.join(out, 'shards'))),
+    )
     prep_lines = [l.strip() for _, l in output if l.startswith(('prepare:', 'text_files:'))]
     no_retok = not prep_lines and before == after
     if rc:
@@ -383,18 +490,47 @@ def section_train(log, args, env, subsets, prepared, root):
     ready = next((t for t, l in output if ' params, mesh ' in l), float('nan'))
     rss[mb] = peak['rss']
     m = json.load(open(manifest_path))
-    rows.append([f'{mb:g} MB', f"{m['splits']['train']['tokens'] / 1e6:.1f}", rc, f'{ready:.1f}', f'{wall:.1f}',
-                 gb(peak['rss']), gb(peak['pss']), peak['procs'],
-                 'yes' if no_retok else f'NO: {prep_lines[:2]} mtimes/listing same={before == after}'])
+    rows.append(
+      [
+        f'{mb:g} MB',
+        f'{m["splits"]["train"]["tokens"] / 1e6:.1f}',
+        rc,
+        f'{ready:.1f}',
+        f'{wall:.1f}',
+        gb(peak['rss']),
+        gb(peak['pss']),
+        peak['procs'],
+        'yes' if no_retok else f'NO: {prep_lines[:2]} mtimes/listing same={before == after}',
+      ]
+    )
     shutil.rmtree(workdir, ignore_errors=True)
-  table(log, ['prepared', 'train M tokens', 'rc', 'ready s', 'wall s', 'peak RSS GiB', 'peak PSS GiB', 'procs',
-              'no re-tokenize'], rows)
-  log("  ready s: start to train.py's 'N params' line (imports, prepare.ensure, open shards, model init);"
-      ' wall: start to exit (compile, 2 steps, eval, checkpoint, sample).')
+  table(
+    log,
+    [
+      'prepared',
+      'train M tokens',
+      'rc',
+      'ready s',
+      'wall s',
+      'peak RSS GiB',
+      'peak PSS GiB',
+      'procs',
+      'no re-tokenize',
+    ],
+    rows,
+  )
+  log(
+    "  ready s: start to train.py's 'N params' line (imports, prepare.ensure, open shards, model init);"
+    ' wall: start to exit (compile, 2 steps, eval, checkpoint, sample).'
+  )
   ratio = rss[sizes[-1]] / rss[sizes[0]]
-  ok = rss[sizes[-1]] <= 1.5 * 2**30 and ratio <= 1.15 and not failed  # a crashed run proves nothing
-  log(f'  peak RSS {sizes[-1]:g} MB / {sizes[0]:g} MB = {ratio:.3f} (target <= 1.15, and <= 1.5 GiB): '
-      f"{'PASS' if ok else 'FAIL'}")
+  ok = (
+    rss[sizes[-1]] <= 1.5 * 2**30 and ratio <= 1.15 and not failed
+  )  # a crashed run proves nothing
+  log(
+    f'  peak RSS {sizes[-1]:g} MB / {sizes[0]:g} MB = {ratio:.3f} (target <= 1.15, and <= 1.5 GiB): '
+    f'{"PASS" if ok else "FAIL"}'
+  )
 
 
 def timed_batches(batcher, n, process_index=0, process_count=1, warmup=10):
@@ -414,17 +550,27 @@ def section_loader(log, args, env, subsets, prepared, root):
   mb = args.sizes[-1]
   manifest, tok = prepare_lib.load(prepared[mb])
   corpus = shards.open_split(prepared[mb], 'train', manifest)
-  log(f'\n== 3. Loader alone (this process, page cache warm), {mb:g} MB bpe preparation: '
-      f'{corpus.num_tokens:,} train tokens in {len(corpus.shards)} shard(s), {corpus.num_docs:,} docs '
-      f'== load {load_avg()}')
+  log(
+    f'\n== 3. Loader alone (this process, page cache warm), {mb:g} MB bpe preparation: '
+    f'{corpus.num_tokens:,} train tokens in {len(corpus.shards)} shard(s), {corpus.num_docs:,} docs '
+    f'== load {load_avg()}'
+  )
   target = 2 * H100_TOKENS_PER_SEC
   seq, batch, rows = 1024, 16, []
   clm = pretrain.CLMBatcher(corpus, tok, seq, batch, seed=0)
   for pi, pc in ((0, 1), (1, 8)):
     secs, _ = timed_batches(clm, args.batches, pi, pc)
     tps = args.batches * batch // pc * seq / secs
-    rows.append([f'CLM seq {seq}, process {pi} of {pc}', batch // pc, f'{1e3 * secs / args.batches:.2f}',
-                 f'{tps:,.0f}', f'{tps / target:.1f}x', f'{tps * pc:,.0f}'])
+    rows.append(
+      [
+        f'CLM seq {seq}, process {pi} of {pc}',
+        batch // pc,
+        f'{1e3 * secs / args.batches:.2f}',
+        f'{tps:,.0f}',
+        f'{tps / target:.1f}x',
+        f'{tps * pc:,.0f}',
+      ]
+    )
   full, part = clm.get_batch(7), clm.get_batch(7, 1, 8)
   same = all(np.array_equal(full[k][2:4], part[k]) for k in full)
   rss_before = psutil.Process().memory_info().rss
@@ -440,17 +586,41 @@ def section_loader(log, args, env, subsets, prepared, root):
     secs, b = timed_batches(mlm, args.batches)
     tps = args.batches * batch * seq / secs
     fill[seq] = float(np.mean(b['attention_mask']))
-    rows.append([f'MLM+NSP seq {seq} ({mlm_mb:g} MB wordpiece)', batch,
-                 f'{1e3 * secs / args.batches:.2f}', f'{tps:,.0f}', f'{tps / target:.1f}x', '-'])
-  table(log, ['batcher', 'rows/call', 'ms/call', 'tokens/s (this host)', 'vs 2x H100 step',
-              'global-equiv tokens/s'], rows)
-  log(f'  2x H100 step = 2 x {H100_TOKENS_PER_SEC:,} = {target:,} tokens/s (GPT-2 small, bf16); '
-      f'{args.batches} timed batches after 10 warm-up, single thread.')
-  log(f'  process 1 of 8 builds 2 rows, equal to rows 2:4 of the global batch: {same}; '
-      'global-equiv = tokens/s x process_count.')
-  log(f'  MLM rows are one span of a document + [SEP] + a span (real or random): non-pad fraction '
-      f'{fill[128]:.2f} at seq 128, {fill[512]:.2f} at seq 512 on this corpus '
-      f"({wp_corpus.num_tokens / wp_corpus.num_docs:.0f} tokens/doc mean).")
+    rows.append(
+      [
+        f'MLM+NSP seq {seq} ({mlm_mb:g} MB wordpiece)',
+        batch,
+        f'{1e3 * secs / args.batches:.2f}',
+        f'{tps:,.0f}',
+        f'{tps / target:.1f}x',
+        '-',
+      ]
+    )
+  table(
+    log,
+    [
+      'batcher',
+      'rows/call',
+      'ms/call',
+      'tokens/s (this host)',
+      'vs 2x H100 step',
+      'global-equiv tokens/s',
+    ],
+    rows,
+  )
+  log(
+    f'  2x H100 step = 2 x {H100_TOKENS_PER_SEC:,} = {target:,} tokens/s (GPT-2 small, bf16); '
+    f'{args.batches} timed batches after 10 warm-up, single thread.'
+  )
+  log(
+    f'  process 1 of 8 builds 2 rows, equal to rows 2:4 of the global batch: {same}; '
+    'global-equiv = tokens/s x process_count.'
+  )
+  log(
+    f'  MLM rows are one span of a document + [SEP] + a span (real or random): non-pad fraction '
+    f'{fill[128]:.2f} at seq 128, {fill[512]:.2f} at seq 512 on this corpus '
+    f'({wp_corpus.num_tokens / wp_corpus.num_docs:.0f} tokens/doc mean).'
+  )
   log('  wordpiece preparation of that corpus:')
   table(log, PREP_HEADER, [prep_row(f'{mlm_mb:g} MB wordpiece', r)])
   log(f'  this process RSS after loader runs: {gb(rss_before)} GiB')
@@ -467,8 +637,10 @@ def section_array_record(log, args, prepared, root):
   manifest, _ = prepare_lib.load(prepared[mb])
   corpus = shards.open_split(prepared[mb], 'train', manifest)
   dtype = np.dtype(manifest['dtype'])
-  log(f'\n== 4. memmap shards vs array_record, {mb:g} MB bpe train tokens ({corpus.num_tokens:,}, '
-      f'{dtype}), {args.windows} random {L}-token windows == load {load_avg()}')
+  log(
+    f'\n== 4. memmap shards vs array_record, {mb:g} MB bpe train tokens ({corpus.num_tokens:,}, '
+    f'{dtype}), {args.windows} random {L}-token windows == load {load_avg()}'
+  )
 
   variants, write_rows = {}, []
   for name, options in (('zstd', 'group_size:1'), ('uncompressed', 'group_size:1,uncompressed')):
@@ -478,15 +650,17 @@ def section_array_record(log, args, prepared, root):
       w = array_record_module.ArrayRecordWriter(path, options)
       toks = np.asarray(part.tokens)
       for s in range(0, len(toks), R):
-        w.write(toks[s:s + R].tobytes())
+        w.write(toks[s : s + R].tobytes())
       w.close()
       paths.append(path)
     secs = time.perf_counter() - t0
     size = sum(os.path.getsize(p) for p in paths)
     variants[name] = paths
     write_rows.append([name, options, f'{secs:.1f}', f'{size / MB:.1f}'])
-  mm_size = sum(os.path.getsize(os.path.join(prepared[mb], 'shards', f"{e['name']}.train.bin"))
-                for e in manifest['shards'])
+  mm_size = sum(
+    os.path.getsize(os.path.join(prepared[mb], 'shards', f'{e["name"]}.train.bin'))
+    for e in manifest['shards']
+  )
   write_rows.append(['memmap .bin (ours)', '-', '-', f'{mm_size / MB:.1f}'])
   table(log, ['format', 'writer options', 'write s', 'MB on disk'], write_rows)
 
@@ -507,7 +681,7 @@ def section_array_record(log, args, prepared, root):
 
   def memmap_slice():
     for s, o in zip(shard_of, local):
-      np.array(corpus.shards[s].tokens[o:o + L])
+      np.array(corpus.shards[s].tokens[o : o + L])
 
   def tokenized_window():
     for s, o in zip(shard_of, local):
@@ -515,34 +689,44 @@ def section_array_record(log, args, prepared, root):
 
   def ar_source(paths, batched=True):
     src = array_record_data_source.ArrayRecordDataSource(paths)
+
     def read():
       for s, o in zip(shard_of, local):
         k = int(rec_base[s] + o // R)
         recs = src.__getitems__([k, k + 1]) if batched else (src[k], src[k + 1])
-        w = np.frombuffer(b''.join(recs), dtype)[o % R:o % R + L]
+        w = np.frombuffer(b''.join(recs), dtype)[o % R : o % R + L]
         assert len(w) == L
+
     return read
 
   def ar_reader(paths):
-    readers = [array_record_module.ArrayRecordReader(p, 'readahead_buffer_size:0', file_reader_buffer_size=32768)
-               for p in paths]
+    readers = [
+      array_record_module.ArrayRecordReader(
+        p, 'readahead_buffer_size:0', file_reader_buffer_size=32768
+      )
+      for p in paths
+    ]
+
     def read():
       for s, o in zip(shard_of, local):
         k = int(o // R)
         recs = readers[s].read([k, k + 1])
-        w = np.frombuffer(b''.join(recs), dtype)[o % R:o % R + L]
+        w = np.frombuffer(b''.join(recs), dtype)[o % R : o % R + L]
         assert len(w) == L
+
     return read
 
   # Correctness: array_record windows equal the memmap slices.
   src = array_record_data_source.ArrayRecordDataSource(variants['zstd'])
   for s, o in list(zip(shard_of, local))[:50]:
     k = int(rec_base[s] + o // R)
-    w = np.frombuffer(b''.join(src.__getitems__([k, k + 1])), dtype)[o % R:o % R + L]
-    assert np.array_equal(w, corpus.shards[s].tokens[o:o + L]), (s, o)
+    w = np.frombuffer(b''.join(src.__getitems__([k, k + 1])), dtype)[o % R : o % R + L]
+    assert np.array_equal(w, corpus.shards[s].tokens[o : o + L]), (s, o)
 
-  cases = [('memmap slice (tokens[o:o+1025])', memmap_slice),
-           ('TokenizedCorpus.window (ours: + eos/doc bookkeeping)', tokenized_window)]
+  cases = [
+    ('memmap slice (tokens[o:o+1025])', memmap_slice),
+    ('TokenizedCorpus.window (ours: + eos/doc bookkeeping)', tokenized_window),
+  ]
   for name, paths in variants.items():
     cases.append((f'array_record {name}: ArrayRecordDataSource.__getitems__', ar_source(paths)))
     cases.append((f'array_record {name}: ArrayRecordDataSource[k], [k+1]', ar_source(paths, False)))
@@ -550,14 +734,18 @@ def section_array_record(log, args, prepared, root):
 
   try:
     import grain
+
     class Windows:  # a grain RandomAccessDataSource over our memmap windows
       def __len__(self):
         return args.windows
+
       def __getitem__(self, i):
         return corpus.shards[shard_of[i]].window(int(local[i]), L)[0]
+
     def via_grain():
       for _ in grain.MapDataset.source(Windows()).batch(16):
         pass
+
     cases.append(('grain MapDataset.source(our windows).batch(16)', via_grain))
     grain_note = 'grain: MapDataset over our window source (same offsets), batch 16, in-process.'
   except Exception as e:  # pylint: disable=broad-except
@@ -570,10 +758,15 @@ def section_array_record(log, args, prepared, root):
       fn()
       results.setdefault(name, []).append(args.windows / (time.perf_counter() - t0))
   ref = max(results[cases[1][0]])
-  rows = [[name, f'{max(v):,.0f}', f'{1e6 / max(v):.1f}', f'{max(v) / ref:.2f}'] for name, v in results.items()]
+  rows = [
+    [name, f'{max(v):,.0f}', f'{1e6 / max(v):.1f}', f'{max(v) / ref:.2f}']
+    for name, v in results.items()
+  ]
   table(log, ['reader', 'windows/s', 'us/window', 'vs TokenizedCorpus.window'], rows)
-  log(f'  records of {R} tokens ({R * dtype.itemsize} B); a {L}-token window always spans 2 records. '
-      'Best of 2 interleaved passes; page cache warm for all files.')
+  log(
+    f'  records of {R} tokens ({R * dtype.itemsize} B); a {L}-token window always spans 2 records. '
+    'Best of 2 interleaved passes; page cache warm for all files.'
+  )
   log(f'  {grain_note}')
   for paths in variants.values():
     for p in paths:

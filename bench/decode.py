@@ -7,6 +7,7 @@ flat for our fixed-size cache (HF's cache grows, so its attention cost does).
   python bench/decode.py                      # d=256, L=4, vocab 50257: ~2-3 min on 2 cores
   python bench/decode.py --new_tokens=64 --windows=32,48,64 --window=8   # smoke run
 """
+
 import time
 
 from absl import app
@@ -30,17 +31,29 @@ flags.DEFINE_integer('new_tokens', 128, 'Generated tokens per row in the through
 flags.DEFINE_list('batch_sizes', ['1', '8'], 'Batch sizes for the throughput table.')
 flags.DEFINE_list('windows', ['32', '256', '480'], 'Starts of the per-step timing windows.')
 flags.DEFINE_integer('window', 32, 'Steps per window.')
-flags.DEFINE_integer('torch_threads', 0, 'torch.set_num_threads (0: torch default, all cores, '
-                     'as JAX uses them; 1 helps torch on a heavily loaded shared machine).')
+flags.DEFINE_integer(
+  'torch_threads',
+  0,
+  'torch.set_num_threads (0: torch default, all cores, '
+  'as JAX uses them; 1 helps torch on a heavily loaded shared machine).',
+)
 FLAGS = flags.FLAGS
 
 
 def _models():
   torch.manual_seed(0)
   config = transformers.GPT2Config(
-      vocab_size=FLAGS.vocab, n_embd=FLAGS.hidden, n_layer=FLAGS.layers, n_head=FLAGS.heads,
-      n_positions=1024, resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0,
-      bos_token_id=None, eos_token_id=None)
+    vocab_size=FLAGS.vocab,
+    n_embd=FLAGS.hidden,
+    n_layer=FLAGS.layers,
+    n_head=FLAGS.heads,
+    n_positions=1024,
+    resid_pdrop=0.0,
+    embd_pdrop=0.0,
+    attn_pdrop=0.0,
+    bos_token_id=None,
+    eos_token_id=None,
+  )
   torch_model = transformers.GPT2LMHeadModel(config).eval()
   _, cfg = hf.config_from_hf(config)
   params = jax.tree.map(jnp.asarray, hf.gpt2_from_hf(torch_model.state_dict(), cfg))
@@ -63,14 +76,19 @@ def throughput(torch_model, model, params, batch):
   mask = np.ones_like(ids)
   n = FLAGS.new_tokens
   s = G.Settings(max_new_tokens=n)  # no EOS: every run decodes exactly n tokens
-  ours = _timed(lambda: G.decode(model, params, ids, mask, jax.random.PRNGKey(0), s)
-                .block_until_ready())
-  gen_cfg = transformers.GenerationConfig(max_new_tokens=n, min_new_tokens=n, do_sample=False,
-                                          pad_token_id=0, eos_token_id=None)
+  ours = _timed(
+    lambda: G.decode(model, params, ids, mask, jax.random.PRNGKey(0), s).block_until_ready()
+  )
+  gen_cfg = transformers.GenerationConfig(
+    max_new_tokens=n, min_new_tokens=n, do_sample=False, pad_token_id=0, eos_token_id=None
+  )
   t_ids = torch.tensor(ids, dtype=torch.long)
   with torch.no_grad():
-    theirs = _timed(lambda: torch_model.generate(t_ids, attention_mask=torch.ones_like(t_ids),
-                                                 generation_config=gen_cfg))
+    theirs = _timed(
+      lambda: torch_model.generate(
+        t_ids, attention_mask=torch.ones_like(t_ids), generation_config=gen_cfg
+      )
+    )
   return batch * n / ours, batch * n / theirs
 
 
@@ -107,7 +125,7 @@ def per_step_ms(torch_model, model, params, batch=1):
   ours()  # compile
   rows = []
   for times in (ours(), theirs()):
-    rows.append([1e3 * np.mean(times[s - p:s - p + FLAGS.window]) for s in starts])
+    rows.append([1e3 * np.mean(times[s - p : s - p + FLAGS.window]) for s in starts])
   return starts, rows
 
 
@@ -116,9 +134,11 @@ def main(argv):
   if FLAGS.torch_threads:
     torch.set_num_threads(FLAGS.torch_threads)
   torch_model, model, params = _models()
-  print(f'GPT-2 d={FLAGS.hidden} L={FLAGS.layers} heads={FLAGS.heads} vocab={FLAGS.vocab}, '
-        f'prompt {FLAGS.prompt_len}, float32; {jax.devices()[0].platform} jax, '
-        f'torch {torch.__version__} ({torch.get_num_threads()} threads)')
+  print(
+    f'GPT-2 d={FLAGS.hidden} L={FLAGS.layers} heads={FLAGS.heads} vocab={FLAGS.vocab}, '
+    f'prompt {FLAGS.prompt_len}, float32; {jax.devices()[0].platform} jax, '
+    f'torch {torch.__version__} ({torch.get_num_threads()} threads)'
+  )
   print(f'\ngreedy, {FLAGS.new_tokens} new tokens (tokens/s, best of 2 after warm-up)')
   print(f'{"batch":>5} {"ours":>10} {"HF torch":>10} {"ratio":>7}')
   for b in map(int, FLAGS.batch_sizes):

@@ -31,6 +31,7 @@ FLOP convention (model FLOPs, identical for ours and HF, so MFU ratios = through
      optimizer are not.
   MFU = model FLOPs per second / the measured XLA float32 (or bf16, by --dtype) matmul ceiling.
 """
+
 import argparse
 import itertools
 import math
@@ -40,49 +41,77 @@ import sys
 import time
 
 SIZES = {  # name: (d, layers, heads, mlp, seq, batch)
-    'small': (256, 4, 4, 1024, 128, 16),
-    'tiny': (128, 2, 4, 512, 128, 16),
-    'bert_base': (768, 12, 12, 3072, 128, 32),
-    'gpt2_small': (768, 12, 12, 3072, 1024, 8),
-    'gpt2_medium': (1024, 24, 16, 4096, 1024, 8),
+  'small': (256, 4, 4, 1024, 128, 16),
+  'tiny': (128, 2, 4, 512, 128, 16),
+  'bert_base': (768, 12, 12, 3072, 128, 32),
+  'gpt2_small': (768, 12, 12, 3072, 1024, 8),
+  'gpt2_medium': (1024, 24, 16, 4096, 1024, 8),
 }
 VOCAB = {'bert': 30522, 'gpt': 50257}
 
 
 def parse_args(argv=None):
-  p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-  p.add_argument('--config', default='small', choices=sorted(SIZES),
-                 help='model/batch size preset: small = d256 L4 h4 mlp1024 seq128 batch16')
+  p = argparse.ArgumentParser(
+    description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+  )
+  p.add_argument(
+    '--config',
+    default='small',
+    choices=sorted(SIZES),
+    help='model/batch size preset: small = d256 L4 h4 mlp1024 seq128 batch16',
+  )
   for k in ('d', 'layers', 'heads', 'mlp', 'seq', 'batch'):
     p.add_argument(f'--{k}', type=int, default=None, help=f'override the preset {k}')
   p.add_argument('--models', default='bert,gpt', help='comma list of bert,gpt')
   p.add_argument('--dtype', default='float32', choices=['float32', 'bfloat16'])
-  p.add_argument('--attention_impl', default='einsum',
-                 help="einsum | xla | cudnn; a comma list benchmarks each (interleaved)")
-  p.add_argument('--loss_chunk', default='1024',
-                 help='GPT fused chunked cross-entropy chunk in tokens (0 = full logits); '
-                      'a comma list benchmarks each (interleaved)')
-  p.add_argument('--doc_mask', default='1',
-                 help='GPT: 1 = attention stays inside each packed document (segment_ids, as '
-                      'CLMBatcher emits); 0 = plain causal over the window (GPT-2 style); '
-                      'a comma list benchmarks each (interleaved)')
+  p.add_argument(
+    '--attention_impl',
+    default='einsum',
+    help='einsum | xla | cudnn; a comma list benchmarks each (interleaved)',
+  )
+  p.add_argument(
+    '--loss_chunk',
+    default='1024',
+    help='GPT fused chunked cross-entropy chunk in tokens (0 = full logits); '
+    'a comma list benchmarks each (interleaved)',
+  )
+  p.add_argument(
+    '--doc_mask',
+    default='1',
+    help='GPT: 1 = attention stays inside each packed document (segment_ids, as '
+    'CLMBatcher emits); 0 = plain causal over the window (GPT-2 style); '
+    'a comma list benchmarks each (interleaved)',
+  )
   p.add_argument('--scan_layers', default='0', help='0 | 1; a comma list benchmarks each')
   p.add_argument('--remat', default='none')
   p.add_argument('--dropout', type=float, default=0.0, help='dropout (both systems)')
   p.add_argument('--hf', default='eager,compile', help="comma list of eager,compile or 'none'")
   p.add_argument('--steps', type=int, default=None, help='steps per timed block')
   p.add_argument('--repeats', type=int, default=None, help='timed blocks per system (interleaved)')
-  p.add_argument('--compile_layers', default='2,24', help="layer counts for compile timing; '' skips")
+  p.add_argument(
+    '--compile_layers', default='2,24', help="layer counts for compile timing; '' skips"
+  )
   p.add_argument('--compile_noscan', type=int, default=1, help='also time compile without scan')
-  p.add_argument('--matmul_n', type=int, default=None, help='matmul ceiling size (default 2048 CPU, 8192 GPU)')
-  p.add_argument('--peak_tflops', type=float, default=0,
-                 help="the chip's datasheet peak for --dtype (H100 SXM bf16 dense: 989); adds an "
-                      'MFU column against it beside the one against the measured matmul ceiling')
-  p.add_argument('--profile', default='',
-                 help='directory: after timing, trace 3 steps of the first of our runs there '
-                      '(jax.profiler, with a Perfetto .trace.json.gz)')
+  p.add_argument(
+    '--matmul_n', type=int, default=None, help='matmul ceiling size (default 2048 CPU, 8192 GPU)'
+  )
+  p.add_argument(
+    '--peak_tflops',
+    type=float,
+    default=0,
+    help="the chip's datasheet peak for --dtype (H100 SXM bf16 dense: 989); adds an "
+    'MFU column against it beside the one against the measured matmul ceiling',
+  )
+  p.add_argument(
+    '--profile',
+    default='',
+    help='directory: after timing, trace 3 steps of the first of our runs there '
+    '(jax.profiler, with a Perfetto .trace.json.gz)',
+  )
   p.add_argument('--xla_flags', default='', help='appended to XLA_FLAGS before jax is imported')
-  p.add_argument('--threads', type=int, default=0, help='torch intra-op threads (0 = torch default)')
+  p.add_argument(
+    '--threads', type=int, default=0, help='torch intra-op threads (0 = torch default)'
+  )
   p.add_argument('--quick', action='store_true', help='< 1 min: fewer steps and no torch.compile')
   a = p.parse_args(argv)
   if a.quick:
@@ -113,8 +142,10 @@ def model_flops_per_step(kind, d, L, m, T, B, V, n_pred):
   return body + head
 
 
-FORMULA = ('model FLOPs/step = B*T*(6*L*(4d^2+2dm) + 12*L*T*d) + 6*d*V*P (+ BERT: 6*d^2*P '
-           '+ 12*d^2*B); P = predicted tokens: GPT all B*T, BERT the masked ones')
+FORMULA = (
+  'model FLOPs/step = B*T*(6*L*(4d^2+2dm) + 12*L*T*d) + 6*d*V*P (+ BERT: 6*d^2*P '
+  '+ 12*d^2*B); P = predicted tokens: GPT all B*T, BERT the masked ones'
+)
 
 
 # ----------------------------------------------------------------------------- timing
@@ -135,6 +166,7 @@ def interleave(runners, steps, repeats, log):
   """Times each runner in alternating order. A baseline (HF) runner that fails -- a torch.compile
   error, out of memory -- is dropped with a log line rather than taking the others down.
   Returns the runners that finished."""
+
   def call(r, k):
     try:
       return r.fn(k)
@@ -189,7 +221,7 @@ def matmul_runner(jax, jnp, n, dtype):
     c.block_until_ready()
     return time.perf_counter() - t0
 
-  r = Runner(f'XLA matmul {n}^2 {jnp.dtype(dtype).name}', run, 0, 2 * n ** 3)
+  r = Runner(f'XLA matmul {n}^2 {jnp.dtype(dtype).name}', run, 0, 2 * n**3)
   r.params = 0
   return r
 
@@ -200,6 +232,7 @@ def matmul_runner(jax, jnp, n, dtype):
 def synthetic_batch(kind, B, T, V, seed=0, mlm_prob=0.15, nsp=True):
   """numpy batch with exactly the fields/dtypes/shapes of MLMBatcher / CLMBatcher rows."""
   import numpy as np
+
   rng = np.random.default_rng(seed)
   if kind == 'bert':
     P = max(1, math.ceil(T * mlm_prob))
@@ -209,7 +242,7 @@ def synthetic_batch(kind, B, T, V, seed=0, mlm_prob=0.15, nsp=True):
     ids[:, len_a + 1] = 3  # [SEP]
     ids[:, T - 1] = 3
     tt = np.zeros((B, T), np.int32)
-    tt[:, len_a + 2:] = 1
+    tt[:, len_a + 2 :] = 1
     cand = np.concatenate([np.arange(1, len_a + 1), np.arange(len_a + 2, T - 1)])
     num = min(P, max(1, int(math.floor(len(cand) * mlm_prob + 0.5))))
     pos = np.zeros((B, P), np.int32)
@@ -219,8 +252,14 @@ def synthetic_batch(kind, B, T, V, seed=0, mlm_prob=0.15, nsp=True):
       p = np.sort(rng.choice(cand, num, replace=False))
       pos[b, :num], mids[b, :num], w[b, :num] = p, ids[b, p], 1
       ids[b, p] = 4  # [MASK]
-    batch = dict(input_ids=ids, token_type_ids=tt, attention_mask=np.ones((B, T), np.int32),
-                 masked_positions=pos, masked_ids=mids, masked_weights=w)
+    batch = dict(
+      input_ids=ids,
+      token_type_ids=tt,
+      attention_mask=np.ones((B, T), np.int32),
+      masked_positions=pos,
+      masked_ids=mids,
+      masked_weights=w,
+    )
     if nsp:
       batch['nsp_labels'] = rng.integers(0, 2, (B,)).astype(np.int32)
     return batch
@@ -229,9 +268,13 @@ def synthetic_batch(kind, B, T, V, seed=0, mlm_prob=0.15, nsp=True):
   seg = 1 + np.concatenate([np.zeros((B, 1), np.int64), np.cumsum(ends[:, :-1], 1)], 1)
   seg_start = np.concatenate([np.ones((B, 1), bool), ends[:, :-1]], 1)
   start_idx = np.maximum.accumulate(np.where(seg_start, np.arange(T), 0), axis=1)
-  return dict(input_ids=window[:, :-1], targets=window[:, 1:], segment_ids=seg.astype(np.int32),
-              positions=(np.arange(T) - start_idx).astype(np.int32),
-              weights=(~ends).astype(np.float32))
+  return dict(
+    input_ids=window[:, :-1],
+    targets=window[:, 1:],
+    segment_ids=seg.astype(np.int32),
+    positions=(np.arange(T) - start_idx).astype(np.int32),
+    weights=(~ends).astype(np.float32),
+  )
 
 
 # ----------------------------------------------------------------------------- ours
@@ -239,12 +282,22 @@ def synthetic_batch(kind, B, T, V, seed=0, mlm_prob=0.15, nsp=True):
 
 def our_config(kind, size, a):
   from lm import defaults
+
   d, L, H, m, T, B = size
   c = defaults.pretraining()
   c.objective = 'mlm' if kind == 'bert' else 'clm'
-  model = dict(hidden_size=d, num_layers=L, num_heads=H, mlp_dim=m, max_len=max(T, 128),
-               dropout_rate=a.dropout, attention_dropout_rate=a.dropout, dtype=a.dtype,
-               scan_layers=bool(int(a.scan_layers)), remat=a.remat)
+  model = dict(
+    hidden_size=d,
+    num_layers=L,
+    num_heads=H,
+    mlp_dim=m,
+    max_len=max(T, 128),
+    dropout_rate=a.dropout,
+    attention_dropout_rate=a.dropout,
+    dtype=a.dtype,
+    scan_layers=bool(int(a.scan_layers)),
+    remat=a.remat,
+  )
   if kind == 'gpt':
     model.update(type_vocab_size=0, pre_ln=True, activation='gelu_tanh', layer_norm_eps=1e-5)
   model['attention_impl'] = a.attention_impl
@@ -258,13 +311,16 @@ def our_config(kind, size, a):
 
 def our_runner(kind, size, a, jax, log):
   from lm import objectives, optim, sharding, trainer
+
   d, L, H, m, T, B = size
   V = VOCAB[kind]
   config = our_config(kind, size, a)
   mesh = sharding.make_mesh(config.mesh_shape)
   model = objectives.make_model(config, V)
   tx = optim.make(config.train)
-  state, state_sh = trainer.create_state(model, tx, mesh, config.seed, objectives.init_inputs(config))
+  state, state_sh = trainer.create_state(
+    model, tx, mesh, config.seed, objectives.init_inputs(config)
+  )
   step = objectives.make_train_step(config, model, tx, state_sh, mesh)
   nb = synthetic_batch(kind, B, T, V)
   if kind == 'gpt' and not int(a.doc_mask):
@@ -295,11 +351,17 @@ def compile_time(kind, size, a, layers, scan, log):
   """Seconds to lower and compile our train step (abstract state: nothing allocated)."""
   import jax
   from lm import objectives, optim, sharding, trainer
+
   d, L, H, m, T, B = size
   size = (d, layers, H, m, T, B)
-  a2 = argparse.Namespace(**{**vars(a), 'scan_layers': int(scan),
-                              'attention_impl': a.attention_impl.split(',')[0],
-                              'loss_chunk': a.loss_chunk.split(',')[0]})
+  a2 = argparse.Namespace(
+    **{
+      **vars(a),
+      'scan_layers': int(scan),
+      'attention_impl': a.attention_impl.split(',')[0],
+      'loss_chunk': a.loss_chunk.split(',')[0],
+    }
+  )
   config = our_config(kind, size, a2)
   mesh = sharding.make_mesh(config.mesh_shape)
   model = objectives.make_model(config, VOCAB[kind])
@@ -327,21 +389,35 @@ def hf_runner(kind, size, a, mode, log):
   import numpy as np
   import torch
   import transformers
+
   d, L, H, m, T, B = size
   V = VOCAB[kind]
   dev = 'cuda' if torch.cuda.is_available() else 'cpu'
   torch.manual_seed(0)
   if kind == 'bert':
-    cfg = transformers.BertConfig(vocab_size=V, hidden_size=d, num_hidden_layers=L,
-                                  num_attention_heads=H, intermediate_size=m,
-                                  max_position_embeddings=max(T, 128),
-                                  hidden_dropout_prob=a.dropout,
-                                  attention_probs_dropout_prob=a.dropout)
+    cfg = transformers.BertConfig(
+      vocab_size=V,
+      hidden_size=d,
+      num_hidden_layers=L,
+      num_attention_heads=H,
+      intermediate_size=m,
+      max_position_embeddings=max(T, 128),
+      hidden_dropout_prob=a.dropout,
+      attention_probs_dropout_prob=a.dropout,
+    )
     model = transformers.BertForPreTraining(cfg)
   else:
-    cfg = transformers.GPT2Config(vocab_size=V, n_embd=d, n_layer=L, n_head=H, n_inner=m,
-                                  n_positions=max(T, 128), resid_pdrop=a.dropout,
-                                  embd_pdrop=a.dropout, attn_pdrop=a.dropout)
+    cfg = transformers.GPT2Config(
+      vocab_size=V,
+      n_embd=d,
+      n_layer=L,
+      n_head=H,
+      n_inner=m,
+      n_positions=max(T, 128),
+      resid_pdrop=a.dropout,
+      embd_pdrop=a.dropout,
+      attn_pdrop=a.dropout,
+    )
     model = transformers.GPT2LMHeadModel(cfg)
   tdtype = torch.bfloat16 if a.dtype == 'bfloat16' else torch.float32
   model = model.to(dev, tdtype).train()
@@ -353,9 +429,13 @@ def hf_runner(kind, size, a, mode, log):
     for b in range(B):
       k = nb['masked_weights'][b] > 0
       labels[b, nb['masked_positions'][b][k]] = nb['masked_ids'][b][k]
-    inputs = dict(input_ids=t(nb['input_ids']), token_type_ids=t(nb['token_type_ids']),
-                  attention_mask=t(nb['attention_mask']), labels=t(labels),
-                  next_sentence_label=t(nb['nsp_labels']))
+    inputs = dict(
+      input_ids=t(nb['input_ids']),
+      token_type_ids=t(nb['token_type_ids']),
+      attention_mask=t(nb['attention_mask']),
+      labels=t(labels),
+      next_sentence_label=t(nb['nsp_labels']),
+    )
     n_pred = int(nb['masked_weights'].sum())
   else:
     inputs = dict(input_ids=t(nb['input_ids']), labels=t(nb['input_ids']), use_cache=False)
@@ -393,17 +473,21 @@ def main(argv=None):
     os.environ['XLA_FLAGS'] = (os.environ.get('XLA_FLAGS', '') + ' ' + a.xla_flags).strip()
   import jax
   import jax.numpy as jnp
+
   jax.config.update('jax_enable_compilation_cache', False)  # compile times must be real
   if a.threads:
     import torch
+
     torch.set_num_threads(a.threads)
   log = lambda s: print(s, file=sys.stderr, flush=True)
   t_start = time.perf_counter()
 
   d, L, H, m, T, B = SIZES[a.config]
   over = {k: getattr(a, k) for k in ('d', 'layers', 'heads', 'mlp', 'seq', 'batch')}
-  d, L, H, m, T, B = [v if over[k] is None else over[k]
-                      for k, v in zip(('d', 'layers', 'heads', 'mlp', 'seq', 'batch'), (d, L, H, m, T, B))]
+  d, L, H, m, T, B = [
+    v if over[k] is None else over[k]
+    for k, v in zip(('d', 'layers', 'heads', 'mlp', 'seq', 'batch'), (d, L, H, m, T, B))
+  ]
   size = (d, L, H, m, T, B)
   kinds = [k for k in a.models.split(',') if k]
   hf_modes = [] if a.hf in ('', 'none') else a.hf.split(',')
@@ -416,13 +500,17 @@ def main(argv=None):
   except OSError:
     load = (float('nan'),) * 3
   out(f'# lm training throughput  ({time.strftime("%Y-%m-%d %H:%M")})')
-  out(f'device: {jax.devices()[0].device_kind} x{jax.device_count()} ({jax.default_backend()}), '
-      f'cpus={os.cpu_count()}, loadavg(1/5/15 min) at start = {load[0]:.2f} {load[1]:.2f} {load[2]:.2f}')
+  out(
+    f'device: {jax.devices()[0].device_kind} x{jax.device_count()} ({jax.default_backend()}), '
+    f'cpus={os.cpu_count()}, loadavg(1/5/15 min) at start = {load[0]:.2f} {load[1]:.2f} {load[2]:.2f}'
+  )
   out(f'jax {jax.__version__}; XLA_FLAGS={os.environ.get("XLA_FLAGS", "")!r}')
   out('command: python ' + ' '.join(sys.argv))
-  out(f'size: d={d} L={L} heads={H} mlp={m} seq={T} batch={B} vocab bert={VOCAB["bert"]} '
-      f'gpt={VOCAB["gpt"]}; dtype={a.dtype}; dropout={a.dropout}; AdamW; '
-      f'{a.repeats} interleaved blocks x {a.steps} steps, median')
+  out(
+    f'size: d={d} L={L} heads={H} mlp={m} seq={T} batch={B} vocab bert={VOCAB["bert"]} '
+    f'gpt={VOCAB["gpt"]}; dtype={a.dtype}; dropout={a.dropout}; AdamW; '
+    f'{a.repeats} interleaved blocks x {a.steps} steps, median'
+  )
   out()
 
   # 1. matmul ceiling
@@ -431,13 +519,17 @@ def main(argv=None):
   ceil = {}
   for dt in ('float32', 'bfloat16'):
     ceil[dt] = matmul_ceiling(jax, jnp, n, getattr(jnp, dt), iters)
-  out(f'XLA matmul ceiling ({n}x{n}): float32 {ceil["float32"]:.0f} GFLOP/s, '
-      f'bfloat16 {ceil["bfloat16"]:.0f} GFLOP/s')
+  out(
+    f'XLA matmul ceiling ({n}x{n}): float32 {ceil["float32"]:.0f} GFLOP/s, '
+    f'bfloat16 {ceil["bfloat16"]:.0f} GFLOP/s'
+  )
   ref = ceil[a.dtype]
-  out(f'(standalone, before the runs; MFU uses the interleaved re-measurement below)')
+  out('(standalone, before the runs; MFU uses the interleaved re-measurement below)')
   out(FORMULA)
-  out('ours gpt runs with config.train.loss_chunk = --loss_chunk (fused linear+CE, lm/losses.py); '
-      '0 = full [N, V] logits. configs/gpt_base.py sets 1024, configs/gpt2.py 4096.')
+  out(
+    'ours gpt runs with config.train.loss_chunk = --loss_chunk (fused linear+CE, lm/losses.py); '
+    '0 = full [N, V] logits. configs/gpt_base.py sets 1024, configs/gpt2.py 4096.'
+  )
   out()
 
   # 2-3. throughput, interleaved per model kind
@@ -447,10 +539,20 @@ def main(argv=None):
     runners = []
     gpt_axes = lambda x: x.split(',') if kind == 'gpt' else x.split(',')[:1]
     for scan, impl, chunk, doc in itertools.product(
-        a.scan_layers.split(','), a.attention_impl.split(','), gpt_axes(a.loss_chunk),
-        gpt_axes(a.doc_mask)):
-      v = argparse.Namespace(**{**vars(a), 'attention_impl': impl, 'loss_chunk': chunk,
-                                'doc_mask': doc, 'scan_layers': scan})
+      a.scan_layers.split(','),
+      a.attention_impl.split(','),
+      gpt_axes(a.loss_chunk),
+      gpt_axes(a.doc_mask),
+    ):
+      v = argparse.Namespace(
+        **{
+          **vars(a),
+          'attention_impl': impl,
+          'loss_chunk': chunk,
+          'doc_mask': doc,
+          'scan_layers': scan,
+        }
+      )
       runners.append(our_runner(kind, size, v, jax, log))
     n_ours = len(runners)
     runners.append(matmul_runner(jax, jnp, n, getattr(jnp, a.dtype)))
@@ -461,7 +563,7 @@ def main(argv=None):
         log(f'  HF {kind} {mode} unavailable: {e!r}')
     runners = interleave(runners, a.steps, a.repeats, log)
     mm = [r for r in runners if r.name.startswith('XLA matmul')]
-    ceil_interleaved.extend(2 * n ** 3 / t / 1e9 for r in mm for t in r.times)
+    ceil_interleaved.extend(2 * n**3 / t / 1e9 for r in mm for t in r.times)
     results[kind] = (runners[:n_ours], [r for r in runners[n_ours:] if r not in mm])
     for r in runners[:n_ours]:
       log(f'  {r.name}: loss after warm-up+timed steps {float(r.holder["metrics"]["loss"]):.3f}')
@@ -475,23 +577,29 @@ def main(argv=None):
 
   if ceil_interleaved:
     ref = median(ceil_interleaved)
-    out(f'{a.dtype} matmul ceiling re-measured interleaved with the training runs '
-        f'(same load): median {ref:.0f} GFLOP/s over {len(ceil_interleaved)} blocks '
-        f'(range {min(ceil_interleaved):.0f}-{max(ceil_interleaved):.0f}); MFU below is against it.')
+    out(
+      f'{a.dtype} matmul ceiling re-measured interleaved with the training runs '
+      f'(same load): median {ref:.0f} GFLOP/s over {len(ceil_interleaved)} blocks '
+      f'(range {min(ceil_interleaved):.0f}-{max(ceil_interleaved):.0f}); MFU below is against it.'
+    )
   peak = f' | {"MFU pk":>6}' if a.peak_tflops else ''
   if a.peak_tflops:
     out(f'MFU pk = against the datasheet peak --peak_tflops={a.peak_tflops:g} TFLOP/s.')
-  hdr = (f'| {"run":<36} | {"params":>7} | {"step ms":>8} | {"spread":>6} | {"tokens/s":>9} | '
-         f'{"TFLOP/step":>10} | {"GFLOP/s":>7} | {"MFU":>6}{peak} | {"1st step s":>10} |')
+  hdr = (
+    f'| {"run":<36} | {"params":>7} | {"step ms":>8} | {"spread":>6} | {"tokens/s":>9} | '
+    f'{"TFLOP/step":>10} | {"GFLOP/s":>7} | {"MFU":>6}{peak} | {"1st step s":>10} |'
+  )
   out(hdr)
   out('|' + '|'.join('-' * (len(c)) for c in hdr.split('|')[1:-1]) + '|')
   for kind in kinds:
     for r in results[kind][0] + results[kind][1]:
       gf = r.flops / r.step_s / 1e9
-      out(f'| {r.name:<36} | {r.params / 1e6:6.1f}M | {r.step_s * 1e3:8.1f} | {r.spread:5.0%} | '
-          f'{r.tok_s:9,.0f} | {r.flops / 1e12:10.4f} | {gf:7.1f} | {gf / ref:6.1%}'
-          + (f' | {gf / 1e3 / a.peak_tflops:6.1%}' if a.peak_tflops else '')
-          + f' | {r.first:10.1f} |')
+      out(
+        f'| {r.name:<36} | {r.params / 1e6:6.1f}M | {r.step_s * 1e3:8.1f} | {r.spread:5.0%} | '
+        f'{r.tok_s:9,.0f} | {r.flops / 1e12:10.4f} | {gf:7.1f} | {gf / ref:6.1%}'
+        + (f' | {gf / 1e3 / a.peak_tflops:6.1%}' if a.peak_tflops else '')
+        + f' | {r.first:10.1f} |'
+      )
   out('(spread = (max-min)/median of the per-block step times; 1st step = compile + one step)')
   out()
 
@@ -520,7 +628,9 @@ def main(argv=None):
       for r in results[kind][1]:
         out(f'  {ours.name:<36} / {r.name:<22} = {ours.tok_s / r.tok_s:5.2f}x')
   load = os.getloadavg()
-  out(f'loadavg at end = {load[0]:.2f} {load[1]:.2f} {load[2]:.2f}; total {time.perf_counter() - t_start:.0f} s')
+  out(
+    f'loadavg at end = {load[0]:.2f} {load[1]:.2f} {load[2]:.2f}; total {time.perf_counter() - t_start:.0f} s'
+  )
 
 
 if __name__ == '__main__':

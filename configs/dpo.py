@@ -10,6 +10,7 @@ every pair are computed once and cached in the workdir (reference_logps-<hash>.n
 Preference data: see lm/preference.py (offline default 'python_docs', JSON-lines files with
 data.source='files', or data.source='tfds' with data.tfds_name and data.data_dir).
 """
+
 from lm import defaults
 
 

@@ -12,6 +12,7 @@ GLUE from a prepared TFDS dir: --config.data.source=tfds --config.data.tfds_name
 Local files: --config.data.source=files --config.data.files=train.tsv
   --config.data.eval_files=dev.tsv (label<TAB>text[<TAB>text_b], or JSONL).
 """
+
 from lm import defaults
 
 

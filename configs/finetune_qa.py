@@ -10,6 +10,7 @@ SQuAD: --config.data.source=tfds --config.data.tfds_name=squad --config.data.dat
 --config.data.source=files --config.data.files=train-v1.1.json --config.data.eval_files=...
 (official JSON or SQuAD-style JSONL).
 """
+
 from lm import defaults
 
 

@@ -10,6 +10,7 @@ CoNLL-style local files: --config.data.source=files --config.data.files=train.co
   --config.data.tfds_name=conll2003 --config.data.data_dir=DIR.
 Metrics: word accuracy and macro P/R/F1 over the non-O tags.
 """
+
 from lm import defaults
 
 

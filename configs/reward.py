@@ -4,6 +4,7 @@
 
 Reports pairwise accuracy (reward of chosen > reward of rejected) on held-out pairs.
 """
+
 from lm import defaults
 
 

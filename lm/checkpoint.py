@@ -5,6 +5,7 @@ shardings, so a run saved on one mesh restores onto another) and `meta` (JSON: s
 position, config). Restores compare the saved tree and shapes with the target first, and
 fall back to the newest readable step when the latest one is damaged.
 """
+
 import logging
 import os
 from typing import Any, Optional
@@ -40,38 +41,64 @@ def compare_trees(saved: dict, target: dict, what: str = 'checkpoint'):
   restore a changed model partially without complaint."""
   missing = sorted(set(target) - set(saved))
   extra = sorted(set(saved) - set(target))
-  shapes = sorted(f'{k}: saved {saved[k]} vs model {target[k]}'
-                  for k in set(saved) & set(target) if tuple(saved[k]) != tuple(target[k]))
+  shapes = sorted(
+    f'{k}: saved {saved[k]} vs model {target[k]}'
+    for k in set(saved) & set(target)
+    if tuple(saved[k]) != tuple(target[k])
+  )
   if missing or extra or shapes:
-    lines = ([f'missing in {what}: {", ".join(missing[:8])}'] if missing else []) + \
-            ([f'not in model: {", ".join(extra[:8])}'] if extra else []) + \
-            ([f'shape mismatch: {"; ".join(shapes[:8])}'] if shapes else [])
-    raise CheckpointError(f'{what} does not match the model ({" | ".join(lines)}); '
-                          'check the model config matches the one the checkpoint was trained with.')
+    lines = (
+      ([f'missing in {what}: {", ".join(missing[:8])}'] if missing else [])
+      + ([f'not in model: {", ".join(extra[:8])}'] if extra else [])
+      + ([f'shape mismatch: {"; ".join(shapes[:8])}'] if shapes else [])
+    )
+    raise CheckpointError(
+      f'{what} does not match the model ({" | ".join(lines)}); '
+      'check the model config matches the one the checkpoint was trained with.'
+    )
 
 
 class Checkpointer:
   """Periodic + preemption saves, keep-N, exact restore."""
 
-  def __init__(self, directory: str, *, every: int = 1, keep: int = 3, async_save: bool = True,
-               read_only: bool = False):
+  def __init__(
+    self,
+    directory: str,
+    *,
+    every: int = 1,
+    keep: int = 3,
+    async_save: bool = True,
+    read_only: bool = False,
+  ):
     self.directory = os.path.abspath(directory)
     if read_only:
       options = ocp.CheckpointManagerOptions(read_only=True, create=False)
     else:
-      policy = cm.AnySavePolicy([cm.PreemptionCheckpointingPolicy(),  # a custom policy replaces
-                                 cm.FixedIntervalPolicy(max(int(every), 1))])  # the default: keep both
+      policy = cm.AnySavePolicy(
+        [
+          cm.PreemptionCheckpointingPolicy(),  # a custom policy replaces
+          cm.FixedIntervalPolicy(max(int(every), 1)),
+        ]
+      )  # the default: keep both
       options = ocp.CheckpointManagerOptions(
-          max_to_keep=keep, save_decision_policy=policy, enable_async_checkpointing=async_save,
-          cleanup_tmp_directories=True)
+        max_to_keep=keep,
+        save_decision_policy=policy,
+        enable_async_checkpointing=async_save,
+        cleanup_tmp_directories=True,
+      )
     try:
       self._mngr = ocp.CheckpointManager(
-          self.directory, options=options,
-          item_handlers={'state': ocp.StandardCheckpointHandler(),
-                         'meta': ocp.JsonCheckpointHandler()})
+        self.directory,
+        options=options,
+        item_handlers={
+          'state': ocp.StandardCheckpointHandler(),
+          'meta': ocp.JsonCheckpointHandler(),
+        },
+      )
     except (PermissionError, OSError) as e:
-      raise CheckpointError(f'cannot write checkpoints to {self.directory} ({e}); '
-                            'pass a writable --workdir.') from e
+      raise CheckpointError(
+        f'cannot write checkpoints to {self.directory} ({e}); pass a writable --workdir.'
+      ) from e
 
   def all_steps(self):
     return sorted(self._mngr.all_steps())
@@ -89,8 +116,11 @@ class Checkpointer:
       return False
 
   def save(self, step: int, state: Any, meta: dict, force: bool = False) -> bool:
-    saved = self._mngr.save(step, args=ocp.args.Composite(
-        state=ocp.args.StandardSave(state), meta=ocp.args.JsonSave(meta)), force=force)
+    saved = self._mngr.save(
+      step,
+      args=ocp.args.Composite(state=ocp.args.StandardSave(state), meta=ocp.args.JsonSave(meta)),
+      force=force,
+    )
     self._mngr.check_for_errors()  # an earlier async save that failed fails the run here
     return saved
 
@@ -115,8 +145,9 @@ class Checkpointer:
     """(meta, step) of `step` or the latest checkpoint, reading no arrays."""
     step = self.latest_step() if step is None else step
     if step is None:
-      raise FileNotFoundError(f'no checkpoint in {self.directory}: train first, or pass the '
-                              'workdir of a finished run.')
+      raise FileNotFoundError(
+        f'no checkpoint in {self.directory}: train first, or pass the workdir of a finished run.'
+      )
     out = self._mngr.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore()))
     return out['meta'], step
 
@@ -133,29 +164,47 @@ class Checkpointer:
     """
     steps = [step] if step is not None else sorted(self.all_steps(), reverse=True)
     abstract = jax.tree.map(
-        lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=getattr(x, 'sharding', None)),
-        target)
+      lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=getattr(x, 'sharding', None)),
+      target,
+    )
     want = paths_and_shapes(abstract)
     for i, s in enumerate(steps):
       try:
         compare_trees(self.saved_shapes(s), want, f'checkpoint step {s}')
-        out = self._mngr.restore(s, args=ocp.args.Composite(
-            state=ocp.args.StandardRestore(abstract), meta=ocp.args.JsonRestore()))
+        out = self._mngr.restore(
+          s,
+          args=ocp.args.Composite(
+            state=ocp.args.StandardRestore(abstract), meta=ocp.args.JsonRestore()
+          ),
+        )
         return out['state'], out['meta'], s
       except CheckpointError:
         raise  # the model changed: an older step would not match either
       except Exception as e:  # pylint: disable=broad-except
         if step is not None or i == len(steps) - 1:
-          raise CheckpointError(f'checkpoint step {s} in {self.directory} is unreadable ({e}); '
-                                'delete it or restore another step.') from e
-        log.warning('checkpoint step %d in %s is damaged (%s): falling back to step %d.',
-                    s, self.directory, type(e).__name__, steps[i + 1])
-        print(f'checkpoint step {s} is damaged ({type(e).__name__}); restoring step {steps[i + 1]}.')
+          raise CheckpointError(
+            f'checkpoint step {s} in {self.directory} is unreadable ({e}); '
+            'delete it or restore another step.'
+          ) from e
+        log.warning(
+          'checkpoint step %d in %s is damaged (%s): falling back to step %d.',
+          s,
+          self.directory,
+          type(e).__name__,
+          steps[i + 1],
+        )
+        print(
+          f'checkpoint step {s} is damaged ({type(e).__name__}); restoring step {steps[i + 1]}.'
+        )
     return None
 
 
 def for_run(workdir: str, config) -> Checkpointer:
   """A training run's checkpoints: WORKDIR/checkpoints, policy from the config's
   checkpoint_every, keep_checkpoints and async_checkpoints."""
-  return Checkpointer(os.path.join(workdir, 'checkpoints'), every=config.checkpoint_every,
-                      keep=config.keep_checkpoints, async_save=config.async_checkpoints)
+  return Checkpointer(
+    os.path.join(workdir, 'checkpoints'),
+    every=config.checkpoint_every,
+    keep=config.keep_checkpoints,
+    async_save=config.async_checkpoints,
+  )

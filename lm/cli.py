@@ -3,6 +3,7 @@
 A user's mistake (bad config key, missing data, empty corpus, mismatched checkpoint, NaN
 loss) ends the run with one line naming the problem and the fix, not a traceback.
 """
+
 import os
 import re
 import sys
@@ -14,8 +15,14 @@ from absl import logging
 from lm.checkpoint import CheckpointError
 from lm.data import sources
 
-USER_ERRORS = (ValueError, FileNotFoundError, NotADirectoryError, PermissionError,
-               CheckpointError, FloatingPointError)
+USER_ERRORS = (
+  ValueError,
+  FileNotFoundError,
+  NotADirectoryError,
+  PermissionError,
+  CheckpointError,
+  FloatingPointError,
+)
 
 
 def _fail(msg: str):
@@ -32,8 +39,11 @@ def parse_flags(argv):
     key = (re.findall(r'\w+', text) or ['?'])[0]
     hint = re.search(r'Did you mean "\w+"', text)
     arg = next((a for a in argv if re.match(rf'--config\.(\w+\.)*{key}\b', a)), '--config override')
-    _fail(f'unknown config key {key!r} in {arg}' + (f' ({hint.group(0).lower()}?)' if hint else '')
-          + '; the config file lists the valid keys.')
+    _fail(
+      f'unknown config key {key!r} in {arg}'
+      + (f' ({hint.group(0).lower()}?)' if hint else '')
+      + '; the config file lists the valid keys.'
+    )
   except flags.Error as e:
     _fail(f'{e}. Run with --helpfull to list the flags.')
 
@@ -52,6 +62,7 @@ def writable_dir(path: str, flag: str = '--workdir') -> str:
 
 def run(main):
   """app.run(main) with quiet library logs and one-line errors for user mistakes."""
+
   def guarded(argv):
     if not flags.FLAGS['verbosity'].present:
       logging.set_verbosity(logging.ERROR)  # orbax logs every file it writes, and read-only notes
@@ -59,6 +70,7 @@ def run(main):
       main(argv)
     except USER_ERRORS as e:
       _fail(str(e).splitlines()[0] if str(e) else type(e).__name__)
+
   msg = sources.argv_error(sys.argv[1:])  # ml_collections would reject an old key obscurely
   if msg:
     _fail(msg)

@@ -5,6 +5,7 @@ whichever job reads it; each file in configs/ states its own choices on top.
 * :func:`finetuning`: finetune.py (configs/finetune_*.py)
 * :func:`preference`: dpo.py, reward models and DPO (configs/reward.py, dpo.py)
 """
+
 import dataclasses
 
 import ml_collections
@@ -16,38 +17,66 @@ from lm.model import ModelConfig
 def train_block(**overrides) -> ml_collections.ConfigDict:
   """`c.train`: the optimizer and step fields (lm.optim.make) every job reads, with one set of
   defaults; a job overrides its own values and may add fields of its own."""
-  return ml_collections.ConfigDict(dict(dict(
-      batch_size=256, steps=100_000, lr=1e-4, warmup_steps=10_000, schedule='linear',
-      end_lr_fraction=0.0, weight_decay=0.01, b1=0.9, b2=0.999, eps=1e-6, clip_norm=1.0,
-      grad_accum_steps=1), **overrides))
+  return ml_collections.ConfigDict(
+    dict(
+      dict(
+        batch_size=256,
+        steps=100_000,
+        lr=1e-4,
+        warmup_steps=10_000,
+        schedule='linear',
+        end_lr_fraction=0.0,
+        weight_decay=0.01,
+        b1=0.9,
+        b2=0.999,
+        eps=1e-6,
+        clip_norm=1.0,
+        grad_accum_steps=1,
+      ),
+      **overrides,
+    )
+  )
 
 
-def periodic_block(log_every: int, eval_every: int, checkpoint_every: int, keep_checkpoints: int,
-                   async_checkpoints: bool = True) -> dict:
+def periodic_block(
+  log_every: int,
+  eval_every: int,
+  checkpoint_every: int,
+  keep_checkpoints: int,
+  async_checkpoints: bool = True,
+) -> dict:
   """The top-level fields saying how often a training loop logs, evaluates and checkpoints."""
-  return dict(log_every=log_every, eval_every=eval_every, checkpoint_every=checkpoint_every,
-              keep_checkpoints=keep_checkpoints, async_checkpoints=async_checkpoints)
+  return dict(
+    log_every=log_every,
+    eval_every=eval_every,
+    checkpoint_every=checkpoint_every,
+    keep_checkpoints=keep_checkpoints,
+    async_checkpoints=async_checkpoints,
+  )
 
 
 def source_block(held_out: bool, **overrides) -> dict:
   """The data-source fields of `c.data` (vocabulary: lm.data.sources); `held_out` adds
   eval_files and eval_split, for jobs that read held-out data separately."""
   fields = dict(
-      source='python_docs',  # 'python_docs' (offline default) | 'files' | 'tfds'
-      files='',              # files: comma-separated paths or globs
-      tfds_name='',          # tfds: a dataset prepared under data_dir (no download)
-      data_dir=config_dict.placeholder(str),
-      split='train')         # tfds
+    source='python_docs',  # 'python_docs' (offline default) | 'files' | 'tfds'
+    files='',  # files: comma-separated paths or globs
+    tfds_name='',  # tfds: a dataset prepared under data_dir (no download)
+    data_dir=config_dict.placeholder(str),
+    split='train',
+  )  # tfds
   if held_out:
-    fields.update(eval_files='',   # files: held-out data ('' = hash split by eval_fraction)
-                  eval_split='')   # tfds: held-out split ('' = hash split by eval_fraction)
+    fields.update(
+      eval_files='',  # files: held-out data ('' = hash split by eval_fraction)
+      eval_split='',
+    )  # tfds: held-out split ('' = hash split by eval_fraction)
   return dict(fields, **overrides)
 
 
 def pretraining() -> ml_collections.ConfigDict:
   """Defaults every pretraining config shares."""
   c = ml_collections.ConfigDict()
-  c.objective = 'mlm'        # 'mlm' (Encoder: MLM + NSP) | 'clm' (Decoder: causal LM)
+  c.objective = 'mlm'  # 'mlm' (Encoder: MLM + NSP) | 'clm' (Decoder: causal LM)
   c.seed = 0
   c.mesh_shape = (-1, 1, 1)  # (data, fsdp, tensor); -1 takes the remaining devices
 
@@ -57,25 +86,27 @@ def pretraining() -> ml_collections.ConfigDict:
   c.model = ml_collections.ConfigDict(model)
 
   c.data = ml_collections.ConfigDict(source_block(held_out=False))
-  c.data.text_key = 'text'        # tfds: the text feature
-  c.data.max_documents = 0        # 0 = all
-  c.data.eval_fraction = 0.05     # held-out documents (by a hash of their text)
+  c.data.text_key = 'text'  # tfds: the text feature
+  c.data.max_documents = 0  # 0 = all
+  c.data.eval_fraction = 0.05  # held-out documents (by a hash of their text)
   # Prepared token shards (lm/data/prepare.py); default: $LM_DATA_CACHE or ~/.cache/lm/prepared
   # under a name derived from this data config. Point every host at one shared path.
   c.data.prepared_dir = config_dict.placeholder(str)
-  c.data.prepare_workers = -1     # tokenizing processes; -1: one per core (0 for small sources)
-  c.data.shard_mb = 64.0          # text per shard
+  c.data.prepare_workers = -1  # tokenizing processes; -1: one per core (0 for small sources)
+  c.data.shard_mb = 64.0  # text per shard
   c.data.seq_len = 128
   c.data.mlm_prob = 0.15
   c.data.nsp = True
   # Trained once per prepared corpus on a deterministic sample of at most sample_mb of text,
   # unless `path` names HF tokenizer files.
-  c.data.tokenizer = ml_collections.ConfigDict(dict(kind='wordpiece', vocab_size=8192, path='',
-                                                    sample_mb=64.0))
+  c.data.tokenizer = ml_collections.ConfigDict(
+    dict(kind='wordpiece', vocab_size=8192, path='', sample_mb=64.0)
+  )
 
   c.train = train_block(loss_chunk=0)
-  c.update(periodic_block(log_every=100, eval_every=1000, checkpoint_every=1000,
-                          keep_checkpoints=3))
+  c.update(
+    periodic_block(log_every=100, eval_every=1000, checkpoint_every=1000, keep_checkpoints=3)
+  )
   c.eval_batches = 20
   c.sample_prompt = 'The assert statement'
   c.sample_tokens = 32
@@ -85,29 +116,28 @@ def pretraining() -> ml_collections.ConfigDict:
 def finetuning(task: str) -> ml_collections.ConfigDict:
   """Defaults every fine-tuning config shares; configs/finetune_*.py set their task's choices."""
   c = ml_collections.ConfigDict()
-  c.task = task                   # 'classification' | 'qa' | 'tokens'
-  c.init_checkpoint = ''          # train.py workdir or HF BERT/GPT-2 directory
-  c.init = 'pretrained'           # 'pretrained' | 'random' (same architecture/tokenizer, fresh body)
+  c.task = task  # 'classification' | 'qa' | 'tokens'
+  c.init_checkpoint = ''  # train.py workdir or HF BERT/GPT-2 directory
+  c.init = 'pretrained'  # 'pretrained' | 'random' (same architecture/tokenizer, fresh body)
   c.seed = 0
   c.mesh_shape = (-1, 1, 1)
-  c.pooling = 'pooler'            # classification: 'pooler' ([CLS] / last token) | 'mean'
-  c.num_devices = 0               # use the first N devices (0 = all)
-  c.model_overrides = ml_collections.ConfigDict(dict(dropout_rate=0.1,
-                                                     attention_dropout_rate=0.1))
+  c.pooling = 'pooler'  # classification: 'pooler' ([CLS] / last token) | 'mean'
+  c.num_devices = 0  # use the first N devices (0 = all)
+  c.model_overrides = ml_collections.ConfigDict(dict(dropout_rate=0.1, attention_dropout_rate=0.1))
   c.data = ml_collections.ConfigDict(source_block(held_out=True, eval_split='validation'))
-  c.data.max_examples = 0         # tfds: 0 = all
-  c.data.max_train_examples = 0   # >0: a seeded, label-stratified subset of the training set
-                                  # (a low-resource run); evaluation always uses all examples
-  c.data.eval_fraction = 0.2      # python_docs, or files without eval_files: held-out share
-  c.data.labels = ()              # label names in id order; () = from the data
+  c.data.max_examples = 0  # tfds: 0 = all
+  c.data.max_train_examples = 0  # >0: a seeded, label-stratified subset of the training set
+  # (a low-resource run); evaluation always uses all examples
+  c.data.eval_fraction = 0.2  # python_docs, or files without eval_files: held-out share
+  c.data.labels = ()  # label names in id order; () = from the data
   c.data.max_len = 128
-  c.data.max_query_len = 32       # qa
-  c.data.doc_stride = 64          # qa: tokens between window starts
-  c.data.max_answer_len = 64      # qa: tokens
-  c.data.n_best = 20              # qa
+  c.data.max_query_len = 32  # qa
+  c.data.doc_stride = 64  # qa: tokens between window starts
+  c.data.max_answer_len = 64  # qa: tokens
+  c.data.n_best = 20  # qa
   c.train = train_block(
-      batch_size=32, steps=1000, lr=5e-5, warmup_steps=100,
-      body_lr_scale=1.0)          # the body's learning rate is lr * body_lr_scale; the head's is lr
+    batch_size=32, steps=1000, lr=5e-5, warmup_steps=100, body_lr_scale=1.0
+  )  # the body's learning rate is lr * body_lr_scale; the head's is lr
   c.eval_batch_size = 64
   c.early_stopping = ml_collections.ConfigDict(dict(metric='accuracy', mode='max', patience=0))
   c.update(periodic_block(log_every=50, eval_every=200, checkpoint_every=200, keep_checkpoints=2))
@@ -117,28 +147,28 @@ def finetuning(task: str) -> ml_collections.ConfigDict:
 def preference() -> ml_collections.ConfigDict:
   """Defaults configs/reward.py and configs/dpo.py share (fields documented inline)."""
   c = ml_collections.ConfigDict()
-  c.task = 'reward'      # 'reward' | 'dpo' (configs/dpo.py)
+  c.task = 'reward'  # 'reward' | 'dpo' (configs/dpo.py)
   c.pretrained = config_dict.placeholder(str)  # train.py workdir or HF GPT-2 directory
   c.seed = 0
   c.mesh_shape = (-1, 1, 1)
 
   c.data = ml_collections.ConfigDict(source_block(held_out=True))
-  c.data.prompt_key = 'prompt'    # files (JSON lines) / tfds: the three text fields
+  c.data.prompt_key = 'prompt'  # files (JSON lines) / tfds: the three text fields
   c.data.chosen_key = 'chosen'
   c.data.rejected_key = 'rejected'
   c.data.eval_fraction = 0.15
-  c.data.max_pairs = 0            # cap on training pairs (0 = all); held-out: always all
-  c.data.rejected = 'shuffle'     # python_docs: 'shuffle' | 'other' | 'mix'
+  c.data.max_pairs = 0  # cap on training pairs (0 = all); held-out: always all
+  c.data.rejected = 'shuffle'  # python_docs: 'shuffle' | 'other' | 'mix'
   c.data.max_prompt_words = 40
   c.data.max_response_words = 40
   c.data.seed = 0
-  c.data.seq_len = 128            # prompt + response tokens, at most the model's max_len
-  c.data.max_prompt_len = 64      # the prompt keeps its last max_prompt_len tokens
+  c.data.seq_len = 128  # prompt + response tokens, at most the model's max_len
+  c.data.max_prompt_len = 64  # the prompt keeps its last max_prompt_len tokens
 
   c.train = train_block(batch_size=16, steps=300, lr=1e-4, warmup_steps=20, schedule='cosine')
   c.update(periodic_block(log_every=25, eval_every=100, checkpoint_every=100, keep_checkpoints=2))
   c.eval_batch_size = 32
-  c.loss = 'dpo'     # dpo only: 'dpo' -log sigmoid(beta h) | 'ipo' (h - 1/(2 beta))^2
+  c.loss = 'dpo'  # dpo only: 'dpo' -log sigmoid(beta h) | 'ipo' (h - 1/(2 beta))^2
   c.beta = 0.1
-  c.reference = ''   # dpo only: frozen reference model ('' = the pretrained model)
+  c.reference = ''  # dpo only: frozen reference model ('' = the pretrained model)
   return c

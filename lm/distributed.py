@@ -1,4 +1,5 @@
 """Multi-host start-up: one call, before any other JAX call, on every process."""
+
 import os
 
 import jax
@@ -12,9 +13,11 @@ def initialize():
   LM_DISTRIBUTED=1 is set.
   """
   if os.environ.get('LM_COORDINATOR'):
-    jax.distributed.initialize(coordinator_address=os.environ['LM_COORDINATOR'],
-                               num_processes=int(os.environ['LM_NUM_PROCESSES']),
-                               process_id=int(os.environ['LM_PROCESS_ID']),
-                               initialization_timeout=int(os.environ.get('LM_INIT_TIMEOUT', 300)))
+    jax.distributed.initialize(
+      coordinator_address=os.environ['LM_COORDINATOR'],
+      num_processes=int(os.environ['LM_NUM_PROCESSES']),
+      process_id=int(os.environ['LM_PROCESS_ID']),
+      initialization_timeout=int(os.environ.get('LM_INIT_TIMEOUT', 300)),
+    )
   elif os.environ.get('LM_DISTRIBUTED') == '1':
     jax.distributed.initialize()

@@ -5,6 +5,7 @@ notebooks evaluate a finished workdir with `evaluate_finetuned` (a fine-tuned on
 from its `best/` or latest params) or `evaluate_pretraining` (perplexity and accuracy on the
 held-out documents of the prepared data).
 """
+
 import dataclasses
 import json
 import os
@@ -30,10 +31,13 @@ from lm.tasks import model as task_model
 
 def make_predict_step(model, task_mod, params_sh, mesh):
   """(params, batch) -> (logits replicated on every device, (nll_sum, weight_sum, correct_sum))."""
+
   def fn(params, batch):
-    logits = model.apply({'params': params}, batch['input_ids'], batch['token_type_ids'],
-                         batch['attention_mask'], True)
+    logits = model.apply(
+      {'params': params}, batch['input_ids'], batch['token_type_ids'], batch['attention_mask'], True
+    )
     return logits, task_mod.loss_sums(logits, batch)
+
   replicated = NamedSharding(mesh, P())
   return trainer.jit_eval(fn, params_sh, mesh, out_shardings=(replicated, replicated))
 
@@ -51,7 +55,7 @@ def predict(predict_step, params, features: dict, batch_size: int, mesh, stop=No
     batch = {k: v[np.concatenate([rows, np.zeros(pad, np.int64)])] for k, v in features.items()}
     batch['weight'] = batch['weight'] * (np.arange(batch_size) < len(rows))
     out, (l, w, _) = predict_step(params, sharding.shard_batch(batch, mesh))
-    logits.append(np.asarray(jax.device_get(out))[:len(rows)])
+    logits.append(np.asarray(jax.device_get(out))[: len(rows)])
     nll, weight = nll + float(l), weight + float(w)
   return np.concatenate(logits), nll / max(weight, 1.0)
 
@@ -65,8 +69,9 @@ class TaskData:
 
 def evaluate(task_mod, predict_step, params, data: TaskData, labels, config, mesh, stop=None):
   """(metrics, predictions); metrics include the eval loss. ({} , []) when stopped."""
-  logits, loss = predict(predict_step, params, data.features, int(config.eval_batch_size), mesh,
-                         stop)
+  logits, loss = predict(
+    predict_step, params, data.features, int(config.eval_batch_size), mesh, stop
+  )
   if logits is None:
     return {}, []
   m, preds = task_mod.score(logits, data.features, data.aux, data.examples, labels, config.data)
@@ -83,8 +88,10 @@ def prepare(task_mod, examples, tok, labels, data_cfg, what: str) -> TaskData:
 def check_batch(batch_size: int, mesh, what: str):
   d = mesh.shape['data'] * mesh.shape['fsdp']
   if batch_size % d:
-    raise ValueError(f'{what}={batch_size} must divide by the {d} data-parallel devices of mesh '
-                     f'{dict(mesh.shape)}.')
+    raise ValueError(
+      f'{what}={batch_size} must divide by the {d} data-parallel devices of mesh '
+      f'{dict(mesh.shape)}.'
+    )
 
 
 def is_finetune_workdir(path: str) -> bool:
@@ -96,28 +103,38 @@ def load_finetuned(workdir: str, mesh, which: str = 'best', step: Optional[int] 
   with open(os.path.join(workdir, 'finetune.json'), encoding='utf-8') as f:
     info = json.load(f)
   cfg = M.ModelConfig.from_dict(info['model'])
-  model = task_model.TaskModel(cfg, info['kind'], info['head'], len(info['labels']) if info['labels'] else 2,
-                    info.get('pooling', 'pooler'))
+  model = task_model.TaskModel(
+    cfg,
+    info['kind'],
+    info['head'],
+    len(info['labels']) if info['labels'] else 2,
+    info.get('pooling', 'pooler'),
+  )
   tok = tokenizer_lib.Tokenizer.load(os.path.join(workdir, 'tokenizer.json'))
   config = ml_collections.ConfigDict(info['config'])
   tx = optim.make(config.train)
   target = trainer.abstract_state(model, tx, mesh, task_model.init_inputs(config.data.max_len))
   best_dir = os.path.join(workdir, 'best')
-  if which == 'best' and os.path.isdir(best_dir) and checkpoint.Checkpointer(
-      best_dir, every=1, read_only=True).latest_step() is not None:
+  if (
+    which == 'best'
+    and os.path.isdir(best_dir)
+    and checkpoint.Checkpointer(best_dir, every=1, read_only=True).latest_step() is not None
+  ):
     got = checkpoint.Checkpointer(best_dir, every=1, read_only=True).restore(target.params, step)
     params, _, s = got
   else:
-    got = checkpoint.Checkpointer(os.path.join(workdir, 'checkpoints'), every=1,
-                                  read_only=True).restore(target, step)
+    got = checkpoint.Checkpointer(
+      os.path.join(workdir, 'checkpoints'), every=1, read_only=True
+    ).restore(target, step)
     if got is None:
       raise FileNotFoundError(f'no checkpoint in {workdir}: fine-tune first.')
     params, s = got[0].params, got[2]
   return info, model, params, tok, s
 
 
-def evaluate_finetuned(workdir: str, config=None, which: str = 'best', mesh=None,
-                       max_examples: int = 0):
+def evaluate_finetuned(
+  workdir: str, config=None, which: str = 'best', mesh=None, max_examples: int = 0
+):
   """Task metrics of a fine-tuned workdir on `config`'s eval data (default: its own)."""
   mesh = mesh or sharding.make_mesh((-1, 1, 1))
   info, model, params, tok, step = load_finetuned(workdir, mesh, which)
@@ -142,6 +159,7 @@ def evaluate_pretraining(path: str, config=None, num_batches: Optional[int] = No
   from lm.data import prepare
   from lm.data import pretrain
   from lm.data import shards
+
   mesh = mesh or sharding.make_mesh((-1, 1, 1))
   pre = pretrained.load(path, mesh)
   config = config or pre.config
@@ -153,13 +171,19 @@ def evaluate_pretraining(path: str, config=None, num_batches: Optional[int] = No
   tok = pre.tokenizer
   data_dir, manifest, prepared_tok = prepare.ensure(config.data)
   if tok is None or prepared_tok.hf.to_str() != tok.hf.to_str():
-    raise ValueError(f'the prepared data in {data_dir} uses another tokenizer than {path}: set '
-                     f'--config.data.tokenizer.path={path} (or evaluate the data it was trained on).')
+    raise ValueError(
+      f'the prepared data in {data_dir} uses another tokenizer than {path}: set '
+      f'--config.data.tokenizer.path={path} (or evaluate the data it was trained on).'
+    )
   eval_corpus = shards.open_eval(data_dir, manifest)
-  batcher = pretrain.make_batcher(config, eval_corpus, tok, config.seed + 1)  # train.py's eval batches
+  batcher = pretrain.make_batcher(
+    config, eval_corpus, tok, config.seed + 1
+  )  # train.py's eval batches
   model = pre.model
-  params = jax.tree.map(lambda x: x if isinstance(x, jax.Array) else
-                        jax.device_put(x, NamedSharding(mesh, P())), pre.params)
+  params = jax.tree.map(
+    lambda x: x if isinstance(x, jax.Array) else jax.device_put(x, NamedSharding(mesh, P())),
+    pre.params,
+  )
   params_sh = jax.tree.map(lambda x: x.sharding, params)
   eval_step = objectives.make_eval_step(config, model, params_sh, mesh)
   n = int(num_batches or config.eval_batches)

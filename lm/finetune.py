@@ -12,6 +12,7 @@ stopping (`loop.Best`), SIGTERM/SIGINT save and exit at the next step boundary, 
 loss stops the run and is never checkpointed. `workdir/finetune.json` records what eval.py
 needs to rebuild the model (task, labels, body kind and config); tokenizer.json sits beside it.
 """
+
 import dataclasses
 import json
 import os
@@ -62,8 +63,9 @@ def subsample_train(examples: list, n: int, seed: int, stratify_by=None) -> list
 
 
 def _flat(tree) -> dict:
-  return {'/'.join(k): v for k, v in flax.traverse_util.flatten_dict(
-      flax.core.unfreeze(tree)).items()}
+  return {
+    '/'.join(k): v for k, v in flax.traverse_util.flatten_dict(flax.core.unfreeze(tree)).items()
+  }
 
 
 def merge_body(params, body, what: str = 'pretrained checkpoint'):
@@ -74,19 +76,24 @@ def merge_body(params, body, what: str = 'pretrained checkpoint'):
   dtypes and placed on its shardings."""
   want, have = _flat(params['body']), _flat(body)
   missing = sorted(k for k in want if k not in have)
-  shapes = sorted(f'{k}: checkpoint {tuple(have[k].shape)} vs model {tuple(want[k].shape)}'
-                  for k in want if k in have and tuple(have[k].shape) != tuple(want[k].shape))
+  shapes = sorted(
+    f'{k}: checkpoint {tuple(have[k].shape)} vs model {tuple(want[k].shape)}'
+    for k in want
+    if k in have and tuple(have[k].shape) != tuple(want[k].shape)
+  )
   extra = sorted(k for k in have if k not in want and k.split('/')[0] not in PRETRAINING_HEADS)
   if missing or shapes or extra:
-    parts = ([f'missing in {what}: {", ".join(missing[:8])}'] if missing else []) + \
-            ([f'not in the model: {", ".join(extra[:8])}'] if extra else []) + \
-            ([f'shape mismatch: {"; ".join(shapes[:8])}'] if shapes else [])
+    parts = (
+      ([f'missing in {what}: {", ".join(missing[:8])}'] if missing else [])
+      + ([f'not in the model: {", ".join(extra[:8])}'] if extra else [])
+      + ([f'shape mismatch: {"; ".join(shapes[:8])}'] if shapes else [])
+    )
     raise checkpoint.CheckpointError(
-        f'{what} does not match the fine-tuning body ({" | ".join(parts)}); the body config must '
-        'be the one the checkpoint was trained with (model_overrides may only change dropout, '
-        'dtype, remat and the like).')
-  new = {k: jax.device_put(jnp.asarray(have[k], want[k].dtype), want[k].sharding)
-         for k in want}
+      f'{what} does not match the fine-tuning body ({" | ".join(parts)}); the body config must '
+      'be the one the checkpoint was trained with (model_overrides may only change dropout, '
+      'dtype, remat and the like).'
+    )
+  new = {k: jax.device_put(jnp.asarray(have[k], want[k].dtype), want[k].sharding) for k in want}
   new_body = flax.traverse_util.unflatten_dict({tuple(k.split('/')): v for k, v in new.items()})
   return {**params, 'body': new_body}
 
@@ -97,16 +104,29 @@ def merge_body(params, body, what: str = 'pretrained checkpoint'):
 
 def make_train_step(config, model, task_mod, tx, state_sh, mesh):
   """trainer.make_train_step on the task's loss: the mean over its weighted rows or tokens."""
+
   def loss_fn(params, batch, rng):
-    logits = model.apply({'params': params}, batch['input_ids'], batch['token_type_ids'],
-                         batch['attention_mask'], False, rngs={'dropout': rng})
+    logits = model.apply(
+      {'params': params},
+      batch['input_ids'],
+      batch['token_type_ids'],
+      batch['attention_mask'],
+      False,
+      rngs={'dropout': rng},
+    )
     nll, w, correct = task_mod.loss_sums(logits, batch)
     w = jnp.maximum(w, 1.0)
     return nll / w, {'loss': nll / w, 'accuracy': correct / w}
 
-  return trainer.make_train_step(loss_fn, tx, state_sh, mesh, seed=config.seed,
-                                 schedule=optim.schedule(config.train),
-                                 accum_steps=config.train.get('grad_accum_steps', 1))
+  return trainer.make_train_step(
+    loss_fn,
+    tx,
+    state_sh,
+    mesh,
+    seed=config.seed,
+    schedule=optim.schedule(config.train),
+    accum_steps=config.train.get('grad_accum_steps', 1),
+  )
 
 
 def train_batch(features: dict, step: int, batch_size: int, seed: int) -> dict:
@@ -126,8 +146,10 @@ def body_config(pre: pretrained.Pretrained, config) -> M.ModelConfig:
   overrides = dict(config.model_overrides) if 'model_overrides' in config else {}
   cfg = dataclasses.replace(pre.cfg, **overrides)
   if pre.cfg.position == 'learned' and config.data.max_len > cfg.max_len:
-    raise ValueError(f'data.max_len={config.data.max_len} exceeds the body\'s max_len='
-                     f'{cfg.max_len} (learned positions): lower data.max_len.')
+    raise ValueError(
+      f"data.max_len={config.data.max_len} exceeds the body's max_len="
+      f'{cfg.max_len} (learned positions): lower data.max_len.'
+    )
   return cfg
 
 
@@ -135,48 +157,70 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
   """Fine-tunes; returns {'best': {metric: value, step}, 'final': eval metrics, 'stopped': why}."""
   task_mod = tasks.get(config.task)
   if not config.init_checkpoint:
-    raise ValueError('init_checkpoint is empty: pass a train.py workdir or an HF model directory '
-                     '(--config.init_checkpoint=...).')
+    raise ValueError(
+      'init_checkpoint is empty: pass a train.py workdir or an HF model directory '
+      '(--config.init_checkpoint=...).'
+    )
   if config.init not in ('pretrained', 'random'):
     raise ValueError(f"init={config.init!r}: use 'pretrained' or 'random'.")
-  devices = jax.devices()[:config.num_devices] if config.get('num_devices') else None
+  devices = jax.devices()[: config.num_devices] if config.get('num_devices') else None
   mesh = sharding.make_mesh(config.mesh_shape, devices)
   evaluation.check_batch(config.train.batch_size, mesh, 'train.batch_size')
   evaluation.check_batch(config.eval_batch_size, mesh, 'eval_batch_size')
   pre = pretrained.load(config.init_checkpoint, mesh)
   if pre.tokenizer is None:
-    raise ValueError(f'{config.init_checkpoint} has no tokenizer files (tokenizer.json, vocab.txt '
-                     'or vocab.json + merges.txt).')
+    raise ValueError(
+      f'{config.init_checkpoint} has no tokenizer files (tokenizer.json, vocab.txt '
+      'or vocab.json + merges.txt).'
+    )
   tok = pre.tokenizer
   cfg = body_config(pre, config)
 
   train_ex, label_names = data_lib.load_examples(config.task, config.data, 'train')
   eval_ex, _ = data_lib.load_examples(config.task, config.data, 'validation')
   labels = task_mod.label_names(train_ex + eval_ex, list(config.data.labels) or label_names)
-  train_ex = subsample_train(train_ex, int(config.data.get('max_train_examples', 0)), config.seed,
-                             getattr(task_mod, 'STRATIFY_BY', None))
+  train_ex = subsample_train(
+    train_ex,
+    int(config.data.get('max_train_examples', 0)),
+    config.seed,
+    getattr(task_mod, 'STRATIFY_BY', None),
+  )
   train_data = evaluation.prepare(task_mod, train_ex, tok, labels, config.data, 'training')
   eval_data = evaluation.prepare(task_mod, eval_ex, tok, labels, config.data, 'evaluation')
 
-  model = task_model.TaskModel(cfg, pre.kind, task_mod.HEAD, len(labels) if labels else 2, config.pooling)
+  model = task_model.TaskModel(
+    cfg, pre.kind, task_mod.HEAD, len(labels) if labels else 2, config.pooling
+  )
   tx = optim.make(config.train)
-  state, state_sh = trainer.create_state(model, tx, mesh, config.seed,
-                                         task_model.init_inputs(config.data.max_len))
+  state, state_sh = trainer.create_state(
+    model, tx, mesh, config.seed, task_model.init_inputs(config.data.max_len)
+  )
   if config.init == 'pretrained':
     state = state.replace(params=merge_body(state.params, pre.params, config.init_checkpoint))
   del pre
-  print(f'{config.task}: {trainer.param_count(state.params):,} params ({config.init} body from '
-        f'{config.init_checkpoint}), {len(train_ex)} train / {len(eval_ex)} eval examples, '
-        f'{len(train_data.features["weight"])} train rows, labels {labels}, mesh {dict(mesh.shape)}')
+  print(
+    f'{config.task}: {trainer.param_count(state.params):,} params ({config.init} body from '
+    f'{config.init_checkpoint}), {len(train_ex)} train / {len(eval_ex)} eval examples, '
+    f'{len(train_data.features["weight"])} train rows, labels {labels}, mesh {dict(mesh.shape)}'
+  )
 
   if jax.process_index() == 0:
     os.makedirs(workdir, exist_ok=True)
     tok.save(workdir)
     with open(os.path.join(workdir, 'finetune.json'), 'w', encoding='utf-8') as f:
-      json.dump({'task': config.task, 'labels': labels, 'kind': model.kind, 'head': model.head,
-                 'pooling': model.pooling,
-                 'model': dataclasses.asdict(cfg), 'config': json.loads(config.to_json())}, f,
-                indent=2)
+      json.dump(
+        {
+          'task': config.task,
+          'labels': labels,
+          'kind': model.kind,
+          'head': model.head,
+          'pooling': model.pooling,
+          'model': dataclasses.asdict(cfg),
+          'config': json.loads(config.to_json()),
+        },
+        f,
+        indent=2,
+      )
 
   es = config.early_stopping
   best = loop.Best(os.path.join(workdir, 'best'), es.metric, es.mode, es.patience)
@@ -185,13 +229,27 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
   stop = loop.StopFlag().install()
   writer = report.Writer(workdir, config.train.steps)
   fit = loop.fit(
-      state, train_step, lambda step: sharding.shard_batch(
-          train_batch(train_data.features, step, config.train.batch_size, config.seed), mesh),
-      steps=int(config.train.steps), ckpt=checkpoint.for_run(workdir, config), writer=writer,
-      log_every=config.log_every, eval_every=config.eval_every, best=best, stop=stop,
-      evaluate=lambda params: evaluation.evaluate(task_mod, predict_step, params, eval_data, labels, config,
-                                       mesh, stop)[0],
-      meta=lambda step: {'config': config.to_json(), 'task': config.task, 'labels': labels})
+    state,
+    train_step,
+    lambda step: sharding.shard_batch(
+      train_batch(train_data.features, step, config.train.batch_size, config.seed), mesh
+    ),
+    steps=int(config.train.steps),
+    ckpt=checkpoint.for_run(workdir, config),
+    writer=writer,
+    log_every=config.log_every,
+    eval_every=config.eval_every,
+    best=best,
+    stop=stop,
+    evaluate=lambda params: evaluation.evaluate(
+      task_mod, predict_step, params, eval_data, labels, config, mesh, stop
+    )[0],
+    meta=lambda step: {'config': config.to_json(), 'task': config.task, 'labels': labels},
+  )
   writer.close()
-  return {'best': {es.metric: best.value, 'step': best.step}, 'final': fit.eval,
-          'stopped': fit.stopped, 'labels': labels}
+  return {
+    'best': {es.metric: best.value, 'step': best.step},
+    'final': fit.eval,
+    'stopped': fit.stopped,
+    'labels': labels,
+  }

@@ -14,6 +14,7 @@ Semantics follow Hugging Face `generate` so outputs can be compared token for to
   * Continuations stop at EOS, which is INCLUDED in the returned tokens (as in HF);
     finished rows are padded with `pad_id` inside the jitted loop and trimmed on return.
 """
+
 import dataclasses
 import functools
 from typing import Optional, Sequence, Union
@@ -31,6 +32,7 @@ NEG = -1.0e9  # HF's "impossible" score: finite, so sums and comparisons stay we
 @dataclasses.dataclass(frozen=True)
 class Settings:
   """Everything that changes the compiled program (hashable: a static jit argument)."""
+
   max_new_tokens: int
   strategy: str = 'greedy'  # 'greedy' | 'sample' | 'beam'
   temperature: float = 1.0
@@ -55,13 +57,16 @@ def left_pad(prompts: Sequence[Sequence[int]], pad_id: int):
   mask = np.zeros((len(prompts), p), np.int32)
   for i, x in enumerate(prompts):
     if len(x):
-      ids[i, p - len(x):], mask[i, p - len(x):] = x, 1
+      ids[i, p - len(x) :], mask[i, p - len(x) :] = x, 1
   return ids, mask
 
 
 def _cache_shapes(model, batch: int, length: int):
-  return jax.eval_shape(lambda: nn.unbox(model.init(
-      jax.random.PRNGKey(0), jnp.zeros((batch, length), jnp.int32), decode=True))['cache'])
+  return jax.eval_shape(
+    lambda: nn.unbox(
+      model.init(jax.random.PRNGKey(0), jnp.zeros((batch, length), jnp.int32), decode=True)
+    )['cache']
+  )
 
 
 def init_cache(model, batch: int, length: int):
@@ -76,16 +81,19 @@ def cache_batch_axes(model):
   Found by comparing the cache shapes at two batch sizes rather than assuming a layout, so
   it holds with or without `scan_layers` (which prepends a layer axis) and for any leaf.
   """
+
   def axis(a, b):
     diff = [i for i, (x, y) in enumerate(zip(a.shape, b.shape)) if x != y]
     return diff[0] if diff else None
+
   return jax.tree.map(axis, _cache_shapes(model, 1, 1), _cache_shapes(model, 2, 1))
 
 
 def reorder_cache(model, cache, rows):
   """Gathers cache rows (beam search's parent beams); `rows` indexes the flat batch."""
-  return jax.tree.map(lambda x, ax: x if ax is None else jnp.take(x, rows, axis=ax),
-                      cache, cache_batch_axes(model))
+  return jax.tree.map(
+    lambda x, ax: x if ax is None else jnp.take(x, rows, axis=ax), cache, cache_batch_axes(model)
+  )
 
 
 def _last_logits(module, ids, **kwargs):
@@ -95,9 +103,15 @@ def _last_logits(module, ids, **kwargs):
 
 def forward(model, params, cache, ids, positions, mask):
   """Appends `ids` [B, T] at the cache index; returns (float32 logits of the last position, cache)."""
-  logits, mut = model.apply({'params': params, 'cache': cache}, ids, positions=positions,
-                            attention_mask=mask, decode=True, mutable=['cache'],
-                            method=_last_logits)
+  logits, mut = model.apply(
+    {'params': params, 'cache': cache},
+    ids,
+    positions=positions,
+    attention_mask=mask,
+    decode=True,
+    mutable=['cache'],
+    method=_last_logits,
+  )
   return logits.astype(jnp.float32), mut['cache']
 
 
@@ -109,8 +123,9 @@ def prefill(model, params, ids, mask, max_new_tokens: int):
   b, p = ids.shape
   full_mask = jnp.concatenate([mask, jnp.ones((b, max_new_tokens), mask.dtype)], axis=1)
   positions = jnp.maximum(jnp.cumsum(mask, axis=1) - 1, 0)
-  logits, cache = forward(model, params, init_cache(model, b, p + max_new_tokens), ids,
-                          positions, full_mask)
+  logits, cache = forward(
+    model, params, init_cache(model, b, p + max_new_tokens), ids, positions, full_mask
+  )
   return logits, cache, full_mask, mask.sum(axis=1)
 
 
@@ -134,8 +149,9 @@ def process_logits(logits, s: Settings):
     mass_before = jnp.cumsum(probs, axis=-1) - probs
     drop_sorted = mass_before >= s.top_p
     drop_sorted = drop_sorted.at[..., 0].set(False)
-    drop = jnp.zeros_like(drop_sorted).at[
-        jnp.arange(logits.shape[0])[:, None], order].set(drop_sorted)
+    drop = (
+      jnp.zeros_like(drop_sorted).at[jnp.arange(logits.shape[0])[:, None], order].set(drop_sorted)
+    )
     logits = jnp.where(drop, -jnp.inf, logits)
   return logits
 
@@ -228,14 +244,24 @@ def beam_search(model, params, ids, mask, s: Settings):
 
     # HF's heuristic: can the best running beam still beat the worst finished one?
     hyp_len = float(n) if s.early_stopping == 'never' and lp > 0 else i + 1.0
-    best_running = run_scores[:, :1] / hyp_len ** lp
+    best_running = run_scores[:, :1] / hyp_len**lp
     worst = jnp.where(finished, scores.min(1, keepdims=True), NEG)
     improvable = st['improvable'] & jnp.any(best_running > worst, -1)
     go = jnp.any(improvable) & ~jnp.all(hits) & (i + 1 < n)
     if s.early_stopping is True:
       go &= ~jnp.all(finished)
-    return dict(st, i=i + 1, run_seqs=run_seqs, run_scores=run_scores, rows=rows, seqs=seqs,
-                scores=scores, finished=finished, improvable=improvable, go=go)
+    return dict(
+      st,
+      i=i + 1,
+      run_seqs=run_seqs,
+      run_scores=run_scores,
+      rows=rows,
+      seqs=seqs,
+      scores=scores,
+      finished=finished,
+      improvable=improvable,
+      go=go,
+    )
 
   def body(st):
     cache = reorder_cache(model, st['cache'], st['rows'])
@@ -243,11 +269,21 @@ def beam_search(model, params, ids, mask, s: Settings):
     logits, cache = step(model, params, cache, tokens, pos + st['i'] - 1, full_mask)
     return advance(dict(st, cache=cache), logits)
 
-  state = advance(dict(
-      i=jnp.int32(0), cache=cache, run_seqs=seqs, run_scores=jnp.zeros((b, k)).at[:, 1:].set(NEG),
-      rows=jnp.arange(b * k), seqs=seqs, scores=jnp.full((b, k), NEG),
-      finished=jnp.zeros((b, k), bool), improvable=jnp.ones((b,), bool), go=jnp.array(True)),
-      logits)
+  state = advance(
+    dict(
+      i=jnp.int32(0),
+      cache=cache,
+      run_seqs=seqs,
+      run_scores=jnp.zeros((b, k)).at[:, 1:].set(NEG),
+      rows=jnp.arange(b * k),
+      seqs=seqs,
+      scores=jnp.full((b, k), NEG),
+      finished=jnp.zeros((b, k), bool),
+      improvable=jnp.ones((b,), bool),
+      go=jnp.array(True),
+    ),
+    logits,
+  )
   st = jax.lax.while_loop(lambda st: st['go'], body, state)
   return st['seqs'], st['scores']
 
@@ -264,15 +300,28 @@ def _shard_params(model, params, mesh):
 
 def _trim(row, eos_id):
   row = [int(t) for t in row]
-  return row[:row.index(eos_id) + 1] if eos_id in row else row
+  return row[: row.index(eos_id) + 1] if eos_id in row else row
 
 
-def generate(model, params, prompts: Union[Sequence[Sequence[int]], np.ndarray], *,
-             max_new_tokens: int, strategy: str = 'greedy', temperature: float = 1.0,
-             top_k: int = 0, top_p: float = 1.0, num_beams: int = 1,
-             length_penalty: float = 1.0, early_stopping: Union[bool, str] = False,
-             num_return_sequences: int = 1, eos_id: Optional[int] = None, pad_id: int = 0,
-             seed: int = 0, mesh=None) -> list:
+def generate(
+  model,
+  params,
+  prompts: Union[Sequence[Sequence[int]], np.ndarray],
+  *,
+  max_new_tokens: int,
+  strategy: str = 'greedy',
+  temperature: float = 1.0,
+  top_k: int = 0,
+  top_p: float = 1.0,
+  num_beams: int = 1,
+  length_penalty: float = 1.0,
+  early_stopping: Union[bool, str] = False,
+  num_return_sequences: int = 1,
+  eos_id: Optional[int] = None,
+  pad_id: int = 0,
+  seed: int = 0,
+  mesh=None,
+) -> list:
   """Continuations of each prompt: result[prompt][sequence] is a list of new token ids.
 
   prompts: token-id lists (any lengths) or a [B, T] array of equal-length prompts.
@@ -288,8 +337,9 @@ def generate(model, params, prompts: Union[Sequence[Sequence[int]], np.ndarray],
   if strategy == 'greedy' and num_return_sequences != 1:
     raise ValueError('greedy decoding returns one sequence per prompt; use sample or beam.')
   if strategy == 'beam' and not 1 <= num_return_sequences <= num_beams:
-    raise ValueError(f'num_return_sequences={num_return_sequences} must be in [1, num_beams='
-                     f'{num_beams}].')
+    raise ValueError(
+      f'num_return_sequences={num_return_sequences} must be in [1, num_beams={num_beams}].'
+    )
   if strategy == 'sample' and temperature <= 0:
     raise ValueError('temperature must be > 0 for sampling; use strategy=greedy instead.')
   if max_new_tokens < 1:
@@ -297,12 +347,22 @@ def generate(model, params, prompts: Union[Sequence[Sequence[int]], np.ndarray],
   cfg = model.cfg
   longest = max(len(p) for p in prompts)
   if cfg.position == 'learned' and longest + max_new_tokens > cfg.max_len:
-    raise ValueError(f'prompt ({longest}) + max_new_tokens ({max_new_tokens}) exceeds the '
-                     f'model max_len {cfg.max_len}.')
-  s = Settings(max_new_tokens=max_new_tokens, strategy=strategy, temperature=float(temperature),
-               top_k=int(top_k), top_p=float(top_p), num_beams=int(num_beams) if strategy == 'beam'
-               else 1, length_penalty=float(length_penalty), early_stopping=early_stopping,
-               eos_id=-1 if eos_id is None else int(eos_id), pad_id=int(pad_id))
+    raise ValueError(
+      f'prompt ({longest}) + max_new_tokens ({max_new_tokens}) exceeds the '
+      f'model max_len {cfg.max_len}.'
+    )
+  s = Settings(
+    max_new_tokens=max_new_tokens,
+    strategy=strategy,
+    temperature=float(temperature),
+    top_k=int(top_k),
+    top_p=float(top_p),
+    num_beams=int(num_beams) if strategy == 'beam' else 1,
+    length_penalty=float(length_penalty),
+    early_stopping=early_stopping,
+    eos_id=-1 if eos_id is None else int(eos_id),
+    pad_id=int(pad_id),
+  )
 
   copies = num_return_sequences if strategy == 'sample' else 1
   rows = [p for p in prompts for _ in range(copies)]

@@ -8,6 +8,7 @@ of silently loading part of a checkpoint.
 
 Needs no transformers; torch only to read `pytorch_model.bin`.
 """
+
 import dataclasses
 import json
 import pathlib
@@ -32,6 +33,7 @@ StateDict = dict[str, np.ndarray]
 @dataclasses.dataclass(frozen=True)
 class Codec:
   """One HF tensor <-> one or more of our leaves."""
+
   split: Callable[[np.ndarray], tuple]  # HF tensor -> our leaves
   join: Callable[[list], np.ndarray]  # our leaves -> HF tensor
 
@@ -51,8 +53,10 @@ class Rule:
 def _dense(ours, hf, codec=LINEAR):
   """A Dense layer (or fused Dense layers: `ours` a tuple) <-> HF `.weight` / `.bias`."""
   mods = (ours,) if isinstance(ours, str) else ours
-  return [Rule(tuple(f'{m}/kernel' for m in mods), f'{hf}.weight', codec),
-          Rule(tuple(f'{m}/bias' for m in mods), f'{hf}.bias', QKV if codec is QKV else SAME)]
+  return [
+    Rule(tuple(f'{m}/kernel' for m in mods), f'{hf}.weight', codec),
+    Rule(tuple(f'{m}/bias' for m in mods), f'{hf}.bias', QKV if codec is QKV else SAME),
+  ]
 
 
 def _norm(ours, hf):
@@ -66,6 +70,7 @@ def _emb(ours, hf):
 @dataclasses.dataclass(frozen=True)
 class Spec:
   """Everything that differs between the supported architectures."""
+
   module: type  # our nn.Module
   architecture: str  # HF class written to config.json
   prefix: str  # HF base-model prefix; bare-model checkpoints lack it
@@ -82,77 +87,137 @@ class Spec:
 
 
 BERT = Spec(
-    module=M.Encoder, architecture='BertForPreTraining', prefix='bert.',
-    top=[_emb('embed/token', 'bert.embeddings.word_embeddings'),
-         _emb('embed/position', 'bert.embeddings.position_embeddings'),
-         _emb('embed/segment', 'bert.embeddings.token_type_embeddings'),
-         *_norm('embed/ln', 'bert.embeddings.LayerNorm'),
-         *_dense('pooler', 'bert.pooler.dense'),
-         *_dense('mlm_dense', 'cls.predictions.transform.dense'),
-         *_norm('mlm_ln', 'cls.predictions.transform.LayerNorm'),
-         Rule(('mlm_bias',), 'cls.predictions.bias'),
-         *_dense('nsp', 'cls.seq_relationship')],
-    layer_prefix='bert.encoder.layer.{i}.',
-    layer=[*_dense('attention/query', 'attention.self.query'),
-           *_dense('attention/key', 'attention.self.key'),
-           *_dense('attention/value', 'attention.self.value'),
-           *_dense('attention/out', 'attention.output.dense'),
-           *_norm('ln_attention', 'attention.output.LayerNorm'),
-           *_dense('mlp/wi', 'intermediate.dense'),
-           *_dense('mlp/wo', 'output.dense'),
-           *_norm('ln_mlp', 'output.LayerNorm')],
-    tied={'cls.predictions.decoder.weight': 'bert.embeddings.word_embeddings.weight',
-          'cls.predictions.decoder.bias': 'cls.predictions.bias'},
-    fixed=dict(pre_ln=False, position='learned'),
-    config=dict(vocab_size='vocab_size', hidden_size='hidden_size', num_layers='num_hidden_layers',
-                num_heads='num_attention_heads', mlp_dim='intermediate_size',
-                max_len='max_position_embeddings', type_vocab_size='type_vocab_size',
-                layer_norm_eps='layer_norm_eps', dropout_rate='hidden_dropout_prob',
-                attention_dropout_rate='attention_probs_dropout_prob',
-                initializer_range='initializer_range'),
-    activation_key='hidden_act',
-    hf_defaults=dict(vocab_size=30522, hidden_size=768, num_hidden_layers=12,
-                     num_attention_heads=12, intermediate_size=3072, hidden_act='gelu',
-                     hidden_dropout_prob=0.1, attention_probs_dropout_prob=0.1,
-                     max_position_embeddings=512, type_vocab_size=2, initializer_range=0.02,
-                     layer_norm_eps=1e-12),
-    hf_allowed=dict(position_embedding_type=('absolute',), is_decoder=(False,),
-                    add_cross_attention=(False,), tie_word_embeddings=(True,)),
-    hf_extra=dict(position_embedding_type='absolute', tie_word_embeddings=True),
+  module=M.Encoder,
+  architecture='BertForPreTraining',
+  prefix='bert.',
+  top=[
+    _emb('embed/token', 'bert.embeddings.word_embeddings'),
+    _emb('embed/position', 'bert.embeddings.position_embeddings'),
+    _emb('embed/segment', 'bert.embeddings.token_type_embeddings'),
+    *_norm('embed/ln', 'bert.embeddings.LayerNorm'),
+    *_dense('pooler', 'bert.pooler.dense'),
+    *_dense('mlm_dense', 'cls.predictions.transform.dense'),
+    *_norm('mlm_ln', 'cls.predictions.transform.LayerNorm'),
+    Rule(('mlm_bias',), 'cls.predictions.bias'),
+    *_dense('nsp', 'cls.seq_relationship'),
+  ],
+  layer_prefix='bert.encoder.layer.{i}.',
+  layer=[
+    *_dense('attention/query', 'attention.self.query'),
+    *_dense('attention/key', 'attention.self.key'),
+    *_dense('attention/value', 'attention.self.value'),
+    *_dense('attention/out', 'attention.output.dense'),
+    *_norm('ln_attention', 'attention.output.LayerNorm'),
+    *_dense('mlp/wi', 'intermediate.dense'),
+    *_dense('mlp/wo', 'output.dense'),
+    *_norm('ln_mlp', 'output.LayerNorm'),
+  ],
+  tied={
+    'cls.predictions.decoder.weight': 'bert.embeddings.word_embeddings.weight',
+    'cls.predictions.decoder.bias': 'cls.predictions.bias',
+  },
+  fixed=dict(pre_ln=False, position='learned'),
+  config=dict(
+    vocab_size='vocab_size',
+    hidden_size='hidden_size',
+    num_layers='num_hidden_layers',
+    num_heads='num_attention_heads',
+    mlp_dim='intermediate_size',
+    max_len='max_position_embeddings',
+    type_vocab_size='type_vocab_size',
+    layer_norm_eps='layer_norm_eps',
+    dropout_rate='hidden_dropout_prob',
+    attention_dropout_rate='attention_probs_dropout_prob',
+    initializer_range='initializer_range',
+  ),
+  activation_key='hidden_act',
+  hf_defaults=dict(
+    vocab_size=30522,
+    hidden_size=768,
+    num_hidden_layers=12,
+    num_attention_heads=12,
+    intermediate_size=3072,
+    hidden_act='gelu',
+    hidden_dropout_prob=0.1,
+    attention_probs_dropout_prob=0.1,
+    max_position_embeddings=512,
+    type_vocab_size=2,
+    initializer_range=0.02,
+    layer_norm_eps=1e-12,
+  ),
+  hf_allowed=dict(
+    position_embedding_type=('absolute',),
+    is_decoder=(False,),
+    add_cross_attention=(False,),
+    tie_word_embeddings=(True,),
+  ),
+  hf_extra=dict(position_embedding_type='absolute', tie_word_embeddings=True),
 )
 
 GPT2 = Spec(
-    module=M.Decoder, architecture='GPT2LMHeadModel', prefix='transformer.',
-    top=[_emb('embed/token', 'transformer.wte'),
-         _emb('embed/position', 'transformer.wpe'),
-         *_norm('ln_final', 'transformer.ln_f')],
-    layer_prefix='transformer.h.{i}.',
-    layer=[*_norm('ln_attention', 'ln_1'),  # Conv1D weights are already [in, out]: SAME
-           *_dense(('attention/query', 'attention/key', 'attention/value'), 'attn.c_attn', QKV),
-           *_dense('attention/out', 'attn.c_proj', SAME),
-           *_norm('ln_mlp', 'ln_2'),
-           *_dense('mlp/wi', 'mlp.c_fc', SAME),
-           *_dense('mlp/wo', 'mlp.c_proj', SAME)],
-    tied={'lm_head.weight': 'transformer.wte.weight'},
-    fixed=dict(pre_ln=True, position='learned', type_vocab_size=0),
-    config=dict(vocab_size='vocab_size', hidden_size='n_embd', num_layers='n_layer',
-                num_heads='n_head', mlp_dim='n_inner', max_len='n_positions',
-                layer_norm_eps='layer_norm_epsilon', dropout_rate='resid_pdrop',
-                attention_dropout_rate='attn_pdrop', initializer_range='initializer_range'),
-    activation_key='activation_function',
-    hf_defaults=dict(vocab_size=50257, n_positions=1024, n_embd=768, n_layer=12, n_head=12,
-                     n_inner=None, activation_function='gelu_new', resid_pdrop=0.1,
-                     attn_pdrop=0.1, layer_norm_epsilon=1e-5, initializer_range=0.02),
-    hf_allowed=dict(scale_attn_weights=(True,), scale_attn_by_inverse_layer_idx=(False,),
-                    add_cross_attention=(False,), tie_word_embeddings=(True,)),
-    hf_extra=dict(tie_word_embeddings=True),
+  module=M.Decoder,
+  architecture='GPT2LMHeadModel',
+  prefix='transformer.',
+  top=[
+    _emb('embed/token', 'transformer.wte'),
+    _emb('embed/position', 'transformer.wpe'),
+    *_norm('ln_final', 'transformer.ln_f'),
+  ],
+  layer_prefix='transformer.h.{i}.',
+  layer=[
+    *_norm('ln_attention', 'ln_1'),  # Conv1D weights are already [in, out]: SAME
+    *_dense(('attention/query', 'attention/key', 'attention/value'), 'attn.c_attn', QKV),
+    *_dense('attention/out', 'attn.c_proj', SAME),
+    *_norm('ln_mlp', 'ln_2'),
+    *_dense('mlp/wi', 'mlp.c_fc', SAME),
+    *_dense('mlp/wo', 'mlp.c_proj', SAME),
+  ],
+  tied={'lm_head.weight': 'transformer.wte.weight'},
+  fixed=dict(pre_ln=True, position='learned', type_vocab_size=0),
+  config=dict(
+    vocab_size='vocab_size',
+    hidden_size='n_embd',
+    num_layers='n_layer',
+    num_heads='n_head',
+    mlp_dim='n_inner',
+    max_len='n_positions',
+    layer_norm_eps='layer_norm_epsilon',
+    dropout_rate='resid_pdrop',
+    attention_dropout_rate='attn_pdrop',
+    initializer_range='initializer_range',
+  ),
+  activation_key='activation_function',
+  hf_defaults=dict(
+    vocab_size=50257,
+    n_positions=1024,
+    n_embd=768,
+    n_layer=12,
+    n_head=12,
+    n_inner=None,
+    activation_function='gelu_new',
+    resid_pdrop=0.1,
+    attn_pdrop=0.1,
+    layer_norm_epsilon=1e-5,
+    initializer_range=0.02,
+  ),
+  hf_allowed=dict(
+    scale_attn_weights=(True,),
+    scale_attn_by_inverse_layer_idx=(False,),
+    add_cross_attention=(False,),
+    tie_word_embeddings=(True,),
+  ),
+  hf_extra=dict(tie_word_embeddings=True),
 )
 
 SPECS = {'bert': BERT, 'gpt2': GPT2}
 
 # HF activation -> ours (exact equivalents only), and back.
-_ACTIVATIONS = {'gelu': 'gelu', 'gelu_new': 'gelu_tanh', 'gelu_pytorch_tanh': 'gelu_tanh',
-                'relu': 'relu'}
+_ACTIVATIONS = {
+  'gelu': 'gelu',
+  'gelu_new': 'gelu_tanh',
+  'gelu_pytorch_tanh': 'gelu_tanh',
+  'relu': 'relu',
+}
 _HF_ACTIVATION = {'gelu': 'gelu', 'gelu_tanh': 'gelu_new', 'relu': 'relu'}
 
 
@@ -177,8 +242,11 @@ def config_from_hf(hf_config) -> tuple[str, M.ModelConfig]:
   kind = d.get('model_type')
   spec = _spec(kind)
   d = {**spec.hf_defaults, **d}
-  bad = [f'{k}={d[k]!r} (supported: {list(ok)})' for k, ok in spec.hf_allowed.items()
-         if d.get(k, ok[0]) not in ok]
+  bad = [
+    f'{k}={d[k]!r} (supported: {list(ok)})'
+    for k, ok in spec.hf_allowed.items()
+    if d.get(k, ok[0]) not in ok
+  ]
   act = d[spec.activation_key]
   if act not in _ACTIVATIONS:
     bad.append(f'{spec.activation_key}={act!r} (supported: {sorted(_ACTIVATIONS)})')
@@ -195,10 +263,14 @@ def config_to_hf(kind: str, cfg: M.ModelConfig, **hf_overrides: Any) -> dict:
   not know (bos/eos/pad token ids, ...)."""
   spec = _spec(kind)
   _check_cfg(kind, cfg)
-  d = {'architectures': [spec.architecture], 'model_type': kind,
-       **{theirs: getattr(cfg, ours) for ours, theirs in spec.config.items()},
-       spec.activation_key: _HF_ACTIVATION[cfg.activation], **spec.hf_extra,
-       'dtype': str(cfg.param_dtype)}
+  d = {
+    'architectures': [spec.architecture],
+    'model_type': kind,
+    **{theirs: getattr(cfg, ours) for ours, theirs in spec.config.items()},
+    spec.activation_key: _HF_ACTIVATION[cfg.activation],
+    **spec.hf_extra,
+    'dtype': str(cfg.param_dtype),
+  }
   if kind == 'gpt2':
     d['embd_pdrop'] = cfg.dropout_rate  # one dropout rate here
     if cfg.vocab_size <= 50256:  # HF's default bos/eos (50256) would point outside the vocab
@@ -209,8 +281,9 @@ def config_to_hf(kind: str, cfg: M.ModelConfig, **hf_overrides: Any) -> dict:
 def _check_cfg(kind: str, cfg: M.ModelConfig):
   """Configs the HF architecture cannot express (RoPE, pre-LN BERT, ...)."""
   spec = _spec(kind)
-  bad = [f'{k}={getattr(cfg, k)!r} (needs {v!r})' for k, v in spec.fixed.items()
-         if getattr(cfg, k) != v]
+  bad = [
+    f'{k}={getattr(cfg, k)!r} (needs {v!r})' for k, v in spec.fixed.items() if getattr(cfg, k) != v
+  ]
   if kind == 'bert' and not cfg.type_vocab_size:
     bad.append('type_vocab_size=0 (BERT needs token type embeddings)')
   if cfg.activation not in _HF_ACTIVATION:
@@ -228,7 +301,7 @@ _BUFFERS = re.compile(r'(^|\.)(position_ids|token_type_ids|attn\.bias|attn\.mask
 def _strip(name: str) -> str:
   for p in (BERT.prefix, GPT2.prefix):
     if name.startswith(p):
-      return name[len(p):]
+      return name[len(p) :]
   return name
 
 
@@ -251,8 +324,10 @@ def canonical(state_dict) -> StateDict:
     name = re.sub(r'LayerNorm\.gamma$', 'LayerNorm.weight', _strip(k))
     name = re.sub(r'LayerNorm\.beta$', 'LayerNorm.bias', name)
     if name in out:
-      raise ValueError(f'State dict holds {name!r} twice (with and without a prefix, or as '
-                       f'gamma/beta and weight/bias); last seen as {k!r}.')
+      raise ValueError(
+        f'State dict holds {name!r} twice (with and without a prefix, or as '
+        f'gamma/beta and weight/bias); last seen as {k!r}.'
+      )
     out[name] = _to_numpy(v)
   return out
 
@@ -260,13 +335,19 @@ def canonical(state_dict) -> StateDict:
 def _load_file(path: pathlib.Path) -> dict:
   if path.suffix == '.safetensors':
     import safetensors.numpy  # pylint: disable=import-outside-toplevel
+
     return safetensors.numpy.load_file(str(path))
   import torch  # pylint: disable=import-outside-toplevel
+
   return torch.load(str(path), map_location='cpu', weights_only=True)
 
 
-_WEIGHT_FILES = ('model.safetensors', 'model.safetensors.index.json', 'pytorch_model.bin',
-                 'pytorch_model.bin.index.json')
+_WEIGHT_FILES = (
+  'model.safetensors',
+  'model.safetensors.index.json',
+  'pytorch_model.bin',
+  'pytorch_model.bin.index.json',
+)
 
 
 def load_state_dict(path) -> StateDict:
@@ -306,8 +387,11 @@ def _slots(spec: Spec, cfg: M.ModelConfig):
   for r in spec.top:
     yield tuple((p, None) for p in r.ours), r.hf, r.codec
   for i in range(cfg.num_layers):
-    leaf = ((lambda p: (f'stack/layers/{p}', i)) if cfg.scan_layers else
-            (lambda p: (f'stack/layers_{i}/{p}', None)))
+    leaf = (
+      (lambda p: (f'stack/layers/{p}', i))
+      if cfg.scan_layers
+      else (lambda p: (f'stack/layers_{i}/{p}', None))
+    )
     for r in spec.layer:
       yield tuple(map(leaf, r.ours)), spec.layer_prefix.format(i=i) + r.hf, r.codec
 
@@ -324,8 +408,9 @@ def _hf_shape(codec: Codec, shapes) -> tuple:
 def _table_errors(spec, cfg, expected) -> list[str]:
   """Our params the table misses or invents (the model changed under the table)."""
   covered = {path for leaves, _, _ in _slots(spec, cfg) for path, _ in leaves}
-  return ([f'param {p} has no HF counterpart' for p in sorted(set(expected) - covered)] +
-          [f'table names param {p} the model lacks' for p in sorted(covered - set(expected))])
+  return [f'param {p} has no HF counterpart' for p in sorted(set(expected) - covered)] + [
+    f'table names param {p} the model lacks' for p in sorted(covered - set(expected))
+  ]
 
 
 def _fail(what: str, **problems):
@@ -364,8 +449,13 @@ def from_hf(kind: str, state_dict, cfg: M.ModelConfig) -> dict:
       if m in sd and (sd[a].shape != sd[m].shape or not np.array_equal(sd[a], sd[m])):
         untied.append(f'{alias} != {main}')
   unexpected = sorted(set(sd) - used)
-  _fail(f'Cannot load {kind} state dict into {cfg}', missing=missing, unexpected=unexpected,
-        shape_mismatch=mismatched, untied_weights=untied)
+  _fail(
+    f'Cannot load {kind} state dict into {cfg}',
+    missing=missing,
+    unexpected=unexpected,
+    shape_mismatch=mismatched,
+    untied_weights=untied,
+  )
 
   dtype = jnp.dtype(cfg.param_dtype)
   flat = {}
@@ -386,15 +476,22 @@ def to_hf(kind: str, params, cfg: M.ModelConfig) -> StateDict:
   flat = traverse_util.flatten_dict(params, sep='/')
   expected = _expected_shapes(spec, cfg)
   _fail(f'{kind} table does not match the model', errors=_table_errors(spec, cfg, expected))
-  _fail(f'Params do not match {cfg}',
-        missing=sorted(set(expected) - set(flat)), unexpected=sorted(set(flat) - set(expected)),
-        shape_mismatch=[f'{p} {tuple(np.shape(flat[p]))} != expected {s}'
-                        for p, s in expected.items() if p in flat and np.shape(flat[p]) != s])
+  _fail(
+    f'Params do not match {cfg}',
+    missing=sorted(set(expected) - set(flat)),
+    unexpected=sorted(set(flat) - set(expected)),
+    shape_mismatch=[
+      f'{p} {tuple(np.shape(flat[p]))} != expected {s}'
+      for p, s in expected.items()
+      if p in flat and np.shape(flat[p]) != s
+    ],
+  )
   flat = {k: np.asarray(v) for k, v in flat.items()}
   out = {}
   for ours, hf, codec in _slots(spec, cfg):
-    out[hf] = np.ascontiguousarray(codec.join([flat[p] if i is None else flat[p][i]
-                                               for p, i in ours]))
+    out[hf] = np.ascontiguousarray(
+      codec.join([flat[p] if i is None else flat[p][i] for p, i in ours])
+    )
   out.update({alias: out[main] for alias, main in spec.tied.items()})
   return out
 
@@ -428,11 +525,13 @@ def import_pretrained(directory, **overrides: Any) -> tuple[str, M.ModelConfig, 
   return kind, cfg, from_hf(kind, load_state_dict(directory), cfg)
 
 
-def export_pretrained(kind: str, cfg: M.ModelConfig, params, directory,
-                      **hf_overrides: Any) -> None:
+def export_pretrained(
+  kind: str, cfg: M.ModelConfig, params, directory, **hf_overrides: Any
+) -> None:
   """config.json + model.safetensors that `transformers.AutoModel*.from_pretrained` loads; tied
   aliases are left out as `save_pretrained` does. `hf_overrides` go into config.json."""
   import safetensors.numpy  # pylint: disable=import-outside-toplevel
+
   directory = pathlib.Path(directory)
   directory.mkdir(parents=True, exist_ok=True)
   sd = {k: v for k, v in to_hf(kind, params, cfg).items() if k not in _spec(kind).tied}

@@ -5,6 +5,7 @@ batches an uninterrupted one would) and, at step boundaries: logs (stopping on a
 loss or parameters), evaluates, keeps the best params (`Best`, with early stopping),
 checkpoints, and on SIGTERM/SIGINT saves and returns. Nothing non-finite is ever saved.
 """
+
 import dataclasses
 import signal
 import threading
@@ -45,14 +46,22 @@ class StopFlag:
 
 def check_finite(metrics: dict, step: int, last_checkpoint):
   """Stops on a NaN/Inf loss or parameters, before anything non-finite is checkpointed."""
-  bad = {k: float(metrics[k]) for k in ('loss', 'param_norm') if k in metrics
-         and not np.isfinite(float(metrics[k]))}
+  bad = {
+    k: float(metrics[k])
+    for k in ('loss', 'param_norm')
+    if k in metrics and not np.isfinite(float(metrics[k]))
+  }
   if bad:
-    where = (f'last good checkpoint: step {last_checkpoint}' if last_checkpoint is not None
-             else 'no checkpoint was saved')
+    where = (
+      f'last good checkpoint: step {last_checkpoint}'
+      if last_checkpoint is not None
+      else 'no checkpoint was saved'
+    )
     what = ', '.join(f'{k} is {v}' for k, v in bad.items())
-    raise FloatingPointError(f'{what} at step {step}; {where}. Lower train.lr, raise '
-                             'train.warmup_steps or set train.clip_norm, then resume.')
+    raise FloatingPointError(
+      f'{what} at step {step}; {where}. Lower train.lr, raise '
+      'train.warmup_steps or set train.clip_norm, then resume.'
+    )
 
 
 class Best:
@@ -78,8 +87,10 @@ class Best:
   def update(self, step: int, result: dict, params, meta: dict) -> bool:
     """Saves params when `result` improves on the best; True when patience ran out."""
     if self.metric not in result:
-      raise ValueError(f'early_stopping.metric={self.metric!r} is not an eval metric of this '
-                       f'task: use one of {sorted(result)}.')
+      raise ValueError(
+        f'early_stopping.metric={self.metric!r} is not an eval metric of this '
+        f'task: use one of {sorted(result)}.'
+      )
     value = float(result[self.metric])
     if self.value is None or (value > self.value if self.mode == 'max' else value < self.value):
       self.value, self.step, self.bad_evals = value, step, 0
@@ -95,15 +106,27 @@ class Best:
 @dataclasses.dataclass
 class Fit:
   state: Any
-  eval: dict             # the last eval metrics ({} if none ran)
+  eval: dict  # the last eval metrics ({} if none ran)
   stopped: Optional[str]  # None when all steps ran; the signal's name or the early-stopping reason
 
 
-def fit(state, train_step: Callable, get_batch: Callable, *, steps: int, ckpt, writer,
-        log_every: int, eval_every: int = 0, evaluate: Optional[Callable] = None,
-        best: Optional[Best] = None, meta: Optional[Callable] = None,
-        rate: tuple[str, float] = ('steps_per_sec', 1.0), eval_at_start: bool = False,
-        stop: Optional[StopFlag] = None) -> Fit:
+def fit(
+  state,
+  train_step: Callable,
+  get_batch: Callable,
+  *,
+  steps: int,
+  ckpt,
+  writer,
+  log_every: int,
+  eval_every: int = 0,
+  evaluate: Optional[Callable] = None,
+  best: Optional[Best] = None,
+  meta: Optional[Callable] = None,
+  rate: tuple[str, float] = ('steps_per_sec', 1.0),
+  eval_at_start: bool = False,
+  stop: Optional[StopFlag] = None,
+) -> Fit:
   """Resumes `state` from `ckpt` if it holds a checkpoint, then trains up to `steps`.
 
   get_batch(step) -> sharded batch; evaluate(params) -> metrics ({} when stopped midway);

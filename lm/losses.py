@@ -1,5 +1,6 @@
 """Weighted cross-entropy sums. Sums, not means, so gradient accumulation over
 micro-batches divides once by the whole batch's weight and equals one big batch."""
+
 import functools
 
 import jax
@@ -85,21 +86,34 @@ def _chunked_ce_fwd(hidden, embedding, labels, weights, chunk_size):
     return d_emb, (jnp.sum(nll * wc), jnp.sum(correct * wc), d_h, nll)
 
   d_emb, (nll, correct, d_h, tok_nll) = jax.lax.scan(
-      body, jnp.zeros(embedding.shape, jnp.float32), chunks)
+    body, jnp.zeros(embedding.shape, jnp.float32), chunks
+  )
   d_h = d_h.reshape(-1, hidden.shape[-1])[:n].reshape(hidden.shape)
   tok_nll = tok_nll.reshape(-1)[:n].reshape(weights.shape)
-  return (jnp.sum(nll), jnp.sum(correct)), (d_h, d_emb.astype(embedding.dtype), tok_nll, labels,
-                                            weights)
+  return (jnp.sum(nll), jnp.sum(correct)), (
+    d_h,
+    d_emb.astype(embedding.dtype),
+    tok_nll,
+    labels,
+    weights,
+  )
 
 
 def _chunked_ce_bwd(chunk_size, res, g):
   del chunk_size
   d_h, d_emb, tok_nll, labels, weights = res
   g_nll = g[0]  # `correct` is piecewise constant: no gradient
-  d_w = ((g_nll * tok_nll).astype(weights.dtype) if jnp.issubdtype(weights.dtype, jnp.inexact)
-         else np.zeros(weights.shape, jax.dtypes.float0))
-  return ((g_nll * d_h).astype(d_h.dtype), (g_nll * d_emb).astype(d_emb.dtype),
-          np.zeros(labels.shape, jax.dtypes.float0), d_w)
+  d_w = (
+    (g_nll * tok_nll).astype(weights.dtype)
+    if jnp.issubdtype(weights.dtype, jnp.inexact)
+    else np.zeros(weights.shape, jax.dtypes.float0)
+  )
+  return (
+    (g_nll * d_h).astype(d_h.dtype),
+    (g_nll * d_emb).astype(d_emb.dtype),
+    np.zeros(labels.shape, jax.dtypes.float0),
+    d_w,
+  )
 
 
 chunked_cross_entropy_sums.defvjp(_chunked_ce_fwd, _chunked_ce_bwd)

@@ -7,6 +7,7 @@ token F1 exactly as the official SQuAD v1.1 `evaluate-v1.1.py` (lowercase, strip
 drop the articles a/an/the, collapse whitespace; max over the ground truths; percentages).
 Language models: perplexity = exp(mean token negative log-likelihood).
 """
+
 import collections
 import json
 import math
@@ -30,8 +31,9 @@ def confusion_matrix(labels, predictions, num_labels: int) -> np.ndarray:
   return m
 
 
-def classification_metrics(labels, predictions, num_labels: Optional[int] = None,
-                           label_ids: Optional[Sequence[int]] = None) -> dict:
+def classification_metrics(
+  labels, predictions, num_labels: Optional[int] = None, label_ids: Optional[Sequence[int]] = None
+) -> dict:
   """accuracy and macro precision/recall/F1 over `label_ids` (default: every label that
   occurs in labels or predictions, as sklearn's default `labels=None`)."""
   labels, predictions = np.asarray(labels, np.int64), np.asarray(predictions, np.int64)
@@ -51,11 +53,13 @@ def classification_metrics(labels, predictions, num_labels: Optional[int] = None
   recall = np.divide(tp, actual, out=np.zeros_like(tp), where=actual > 0)
   denom = precision + recall
   f1 = np.divide(2 * precision * recall, denom, out=np.zeros_like(tp), where=denom > 0)
-  return {'accuracy': float(np.mean(labels == predictions)),
-          'precision': float(precision.mean()) if len(label_ids) else 0.0,
-          'recall': float(recall.mean()) if len(label_ids) else 0.0,
-          'f1': float(f1.mean()) if len(label_ids) else 0.0,
-          'count': int(labels.size)}
+  return {
+    'accuracy': float(np.mean(labels == predictions)),
+    'precision': float(precision.mean()) if len(label_ids) else 0.0,
+    'recall': float(recall.mean()) if len(label_ids) else 0.0,
+    'f1': float(f1.mean()) if len(label_ids) else 0.0,
+    'count': int(labels.size),
+  }
 
 
 # ------------------------------------------------------------------------------------------------

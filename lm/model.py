@@ -5,6 +5,7 @@ One `Block` serves both: `pre_ln` picks GPT-2 (pre-LN, final LayerNorm) or BERT
 Every parameter carries logical axis names and every large activation a logical
 constraint; `lm.sharding.RULES` maps those names onto the device mesh.
 """
+
 import dataclasses
 import functools
 from typing import Optional
@@ -46,8 +47,10 @@ class ModelConfig:
     d = dict(d)
     unknown = set(d) - {f.name for f in dataclasses.fields(cls)}
     if unknown:
-      raise ValueError(f'Unknown model config keys {sorted(unknown)}; valid keys: '
-                       f'{sorted(f.name for f in dataclasses.fields(cls))}.')
+      raise ValueError(
+        f'Unknown model config keys {sorted(unknown)}; valid keys: '
+        f'{sorted(f.name for f in dataclasses.fields(cls))}.'
+      )
     return cls(**d)
 
   @property
@@ -72,14 +75,22 @@ def _constrain(x, *names):
 
 
 def _activation(name):
-  return {'gelu': functools.partial(jax.nn.gelu, approximate=False),
-          'gelu_tanh': functools.partial(jax.nn.gelu, approximate=True),
-          'relu': jax.nn.relu}[name]
+  return {
+    'gelu': functools.partial(jax.nn.gelu, approximate=False),
+    'gelu_tanh': functools.partial(jax.nn.gelu, approximate=True),
+    'relu': jax.nn.relu,
+  }[name]
 
 
 def LayerNorm(c: ModelConfig, name: Optional[str] = None) -> nn.LayerNorm:  # pylint: disable=invalid-name
-  return nn.LayerNorm(epsilon=c.layer_norm_eps, dtype=c.dtype, param_dtype=c.param_dtype,
-                      scale_init=_ones('embed'), bias_init=_zeros('embed'), name=name)
+  return nn.LayerNorm(
+    epsilon=c.layer_norm_eps,
+    dtype=c.dtype,
+    param_dtype=c.param_dtype,
+    scale_init=_ones('embed'),
+    bias_init=_zeros('embed'),
+    name=name,
+  )
 
 
 def rope(x: Array, positions: Array, theta: float) -> Array:
@@ -98,6 +109,7 @@ class Attention(nn.Module):
   `causal` is applied here rather than folded into `mask`, so fused kernels (cuDNN flash
   attention) get `is_causal` and skip the masked half instead of reading a [T, T] mask.
   """
+
   cfg: ModelConfig
   causal: bool = False
 
@@ -105,12 +117,19 @@ class Attention(nn.Module):
   def __call__(self, x, mask, positions, deterministic: bool, decode: bool = False):
     c = self.cfg
     # Flat [D, H*Dh] kernels (HF's layout); sharding the flat axis on 'tensor' splits whole heads.
-    dense = functools.partial(nn.Dense, c.num_heads * c.head_dim, dtype=c.dtype,
-                              param_dtype=c.param_dtype, kernel_init=_init(c, 'embed', 'heads'),
-                              bias_init=_zeros('heads'))
+    dense = functools.partial(
+      nn.Dense,
+      c.num_heads * c.head_dim,
+      dtype=c.dtype,
+      param_dtype=c.param_dtype,
+      kernel_init=_init(c, 'embed', 'heads'),
+      bias_init=_zeros('heads'),
+    )
     split = lambda y: y.reshape(y.shape[:2] + (c.num_heads, c.head_dim))
-    q, k, v = (_constrain(split(dense(name=n)(x)), 'batch', 'act_length', 'act_heads', 'act_kv')
-               for n in ('query', 'key', 'value'))
+    q, k, v = (
+      _constrain(split(dense(name=n)(x)), 'batch', 'act_length', 'act_heads', 'act_kv')
+      for n in ('query', 'key', 'value')
+    )
     if c.position == 'rope':
       q, k = rope(q, positions, c.rope_theta), rope(k, positions, c.rope_theta)
     causal = self.causal
@@ -120,11 +139,13 @@ class Attention(nn.Module):
 
     impl = c.attention_impl
     if impl == 'auto':
-      impl = ('cudnn' if jax.default_backend() == 'gpu' and c.dtype in ('bfloat16', 'float16')
-              else 'xla')
+      impl = (
+        'cudnn' if jax.default_backend() == 'gpu' and c.dtype in ('bfloat16', 'float16') else 'xla'
+      )
     if impl != 'einsum' and (deterministic or c.attention_dropout_rate == 0.0):
-      out = jax.nn.dot_product_attention(q, k, v, mask=mask, is_causal=causal,
-                                         implementation=None if impl == 'xla' else impl)
+      out = jax.nn.dot_product_attention(
+        q, k, v, mask=mask, is_causal=causal, implementation=None if impl == 'xla' else impl
+      )
     else:
       if causal:
         tri = jnp.tril(jnp.ones((q.shape[1], k.shape[1]), bool))[None, None]
@@ -136,9 +157,14 @@ class Attention(nn.Module):
       probs = nn.Dropout(c.attention_dropout_rate)(probs, deterministic=deterministic)
       out = jnp.einsum('bhqk,bkhd->bqhd', probs, v)
     out = _constrain(out, 'batch', 'act_length', 'act_heads', 'act_kv')
-    return nn.Dense(c.hidden_size, dtype=c.dtype, param_dtype=c.param_dtype,
-                    kernel_init=_init(c, 'heads', 'embed'), bias_init=_zeros('embed'),
-                    name='out')(out.reshape(out.shape[:2] + (-1,)))
+    return nn.Dense(
+      c.hidden_size,
+      dtype=c.dtype,
+      param_dtype=c.param_dtype,
+      kernel_init=_init(c, 'heads', 'embed'),
+      bias_init=_zeros('embed'),
+      name='out',
+    )(out.reshape(out.shape[:2] + (-1,)))
 
   def _update_cache(self, k, v, mask):
     """Writes k, v at the cache index and masks each query to the slots up to its own.
@@ -167,11 +193,23 @@ class Mlp(nn.Module):
   @nn.compact
   def __call__(self, x, deterministic: bool):
     c = self.cfg
-    h = nn.Dense(c.mlp_dim, dtype=c.dtype, param_dtype=c.param_dtype,
-                 kernel_init=_init(c, 'embed', 'mlp'), bias_init=_zeros('mlp'), name='wi')(x)
+    h = nn.Dense(
+      c.mlp_dim,
+      dtype=c.dtype,
+      param_dtype=c.param_dtype,
+      kernel_init=_init(c, 'embed', 'mlp'),
+      bias_init=_zeros('mlp'),
+      name='wi',
+    )(x)
     h = _constrain(_activation(c.activation)(h), 'batch', 'act_length', 'act_mlp')
-    h = nn.Dense(c.hidden_size, dtype=c.dtype, param_dtype=c.param_dtype,
-                 kernel_init=_init(c, 'mlp', 'embed'), bias_init=_zeros('embed'), name='wo')(h)
+    h = nn.Dense(
+      c.hidden_size,
+      dtype=c.dtype,
+      param_dtype=c.param_dtype,
+      kernel_init=_init(c, 'mlp', 'embed'),
+      bias_init=_zeros('embed'),
+      name='wo',
+    )(h)
     return nn.Dropout(c.dropout_rate)(h, deterministic=deterministic)
 
 
@@ -183,8 +221,9 @@ class Block(nn.Module):
   def __call__(self, x, mask, positions, deterministic: bool, decode: bool = False):
     c = self.cfg
     drop = lambda y: nn.Dropout(c.dropout_rate)(y, deterministic=deterministic)
-    attn = lambda y: drop(Attention(c, self.causal, name='attention')(
-        y, mask, positions, deterministic, decode))
+    attn = lambda y: drop(
+      Attention(c, self.causal, name='attention')(y, mask, positions, deterministic, decode)
+    )
     if c.pre_ln:
       x = x + attn(LayerNorm(c, name='ln_attention')(x))
       x = x + Mlp(c, name='mlp')(LayerNorm(c, name='ln_mlp')(x), deterministic)
@@ -196,13 +235,14 @@ class Block(nn.Module):
 
 
 _REMAT_POLICIES = {
-    'full': None,
-    'dots': jax.checkpoint_policies.checkpoint_dots_with_no_batch_dims,
+  'full': None,
+  'dots': jax.checkpoint_policies.checkpoint_dots_with_no_batch_dims,
 }
 
 
 class Stack(nn.Module):
   """The layer stack: a Python loop, or `nn.scan` (params stacked on a 'layers' axis)."""
+
   cfg: ModelConfig
   causal: bool = False
 
@@ -211,13 +251,18 @@ class Stack(nn.Module):
     c = self.cfg
     block = Block
     if c.remat != 'none':
-      block = nn.remat(block, policy=_REMAT_POLICIES[c.remat], prevent_cse=not c.scan_layers,
-                       static_argnums=(4, 5))  # deterministic, decode (self counts as 0)
+      block = nn.remat(
+        block, policy=_REMAT_POLICIES[c.remat], prevent_cse=not c.scan_layers, static_argnums=(4, 5)
+      )  # deterministic, decode (self counts as 0)
     if c.scan_layers:
-      scanned = nn.scan(block, variable_axes={'params': 0, 'cache': 0},
-                        split_rngs={'params': True, 'dropout': True},
-                        in_axes=(nn.broadcast, nn.broadcast, nn.broadcast, nn.broadcast),
-                        length=c.num_layers, metadata_params={nn.PARTITION_NAME: 'layers'})
+      scanned = nn.scan(
+        block,
+        variable_axes={'params': 0, 'cache': 0},
+        split_rngs={'params': True, 'dropout': True},
+        in_axes=(nn.broadcast, nn.broadcast, nn.broadcast, nn.broadcast),
+        length=c.num_layers,
+        metadata_params={nn.PARTITION_NAME: 'layers'},
+      )
       x, _ = scanned(c, self.causal, name='layers')(x, mask, positions, deterministic, decode)
       return x
     for i in range(c.num_layers):
@@ -227,6 +272,7 @@ class Stack(nn.Module):
 
 class Embed(nn.Module):
   """Token (+ learned position, + segment) embeddings; `attend` is the tied output layer."""
+
   cfg: ModelConfig
 
   def setup(self):
@@ -236,8 +282,9 @@ class Embed(nn.Module):
     if c.position == 'learned':
       self.position = emb(c.max_len, c.hidden_size, embedding_init=_init(c, 'position', 'embed'))
     if c.type_vocab_size:
-      self.segment = emb(c.type_vocab_size, c.hidden_size,
-                         embedding_init=_init(c, 'type_vocab', 'embed'))
+      self.segment = emb(
+        c.type_vocab_size, c.hidden_size, embedding_init=_init(c, 'type_vocab', 'embed')
+      )
     if not c.pre_ln:
       self.ln = LayerNorm(c)
     self.dropout = nn.Dropout(c.dropout_rate)
@@ -251,7 +298,9 @@ class Embed(nn.Module):
       x = x + self.segment(jnp.zeros_like(input_ids) if token_type_ids is None else token_type_ids)
     if not c.pre_ln:
       x = self.ln(x)
-    return _constrain(self.dropout(x, deterministic=deterministic), 'batch', 'act_length', 'act_embed')
+    return _constrain(
+      self.dropout(x, deterministic=deterministic), 'batch', 'act_length', 'act_embed'
+    )
 
   def attend(self, x):
     return self.token.attend(x.astype(self.cfg.dtype)).astype(jnp.float32)
@@ -273,6 +322,7 @@ def make_mask(attention_mask=None, segment_ids=None):
 
 class Encoder(nn.Module):
   """BERT: bidirectional stack with pooler, MLM head (tied) and NSP head."""
+
   cfg: ModelConfig
 
   def setup(self):
@@ -281,14 +331,29 @@ class Encoder(nn.Module):
     self.stack = Stack(c)
     if c.pre_ln:
       self.ln_final = LayerNorm(c)
-    self.pooler = nn.Dense(c.hidden_size, dtype=c.dtype, param_dtype=c.param_dtype,
-                           kernel_init=_init(c, 'embed', 'mlp'), bias_init=_zeros('mlp'))
-    self.mlm_dense = nn.Dense(c.hidden_size, dtype=c.dtype, param_dtype=c.param_dtype,
-                              kernel_init=_init(c, 'embed', 'mlp'), bias_init=_zeros('mlp'))
+    self.pooler = nn.Dense(
+      c.hidden_size,
+      dtype=c.dtype,
+      param_dtype=c.param_dtype,
+      kernel_init=_init(c, 'embed', 'mlp'),
+      bias_init=_zeros('mlp'),
+    )
+    self.mlm_dense = nn.Dense(
+      c.hidden_size,
+      dtype=c.dtype,
+      param_dtype=c.param_dtype,
+      kernel_init=_init(c, 'embed', 'mlp'),
+      bias_init=_zeros('mlp'),
+    )
     self.mlm_ln = LayerNorm(c)
     self.mlm_bias = self.param('mlm_bias', _zeros('vocab'), (c.vocab_size,), c.param_dtype)
-    self.nsp = nn.Dense(2, dtype=c.dtype, param_dtype=c.param_dtype,
-                        kernel_init=_init(c, 'mlp', 'classes'), bias_init=_zeros('classes'))
+    self.nsp = nn.Dense(
+      2,
+      dtype=c.dtype,
+      param_dtype=c.param_dtype,
+      kernel_init=_init(c, 'mlp', 'classes'),
+      bias_init=_zeros('classes'),
+    )
 
   def encode(self, input_ids, token_type_ids=None, attention_mask=None, deterministic=True):
     """Returns (hidden [B, T, D], pooled [B, D]): the body fine-tuning heads sit on."""
@@ -305,22 +370,36 @@ class Encoder(nn.Module):
     # Constraints here are load-bearing: without them XLA's CPU partitioner picked layouts
     # that gave wrong gradients on a (2, 2, 2) mesh (jax 0.9-0.10; see tests/test_train.py).
     hidden = _constrain(hidden, 'batch', 'act_length', 'act_embed')
-    h = _constrain(_activation(self.cfg.activation)(self.mlm_dense(hidden)),
-                   'batch', 'act_length', 'act_embed')
-    return self.embed.attend(_constrain(self.mlm_ln(h), 'batch', 'act_length', 'act_embed')) + self.mlm_bias
+    h = _constrain(
+      _activation(self.cfg.activation)(self.mlm_dense(hidden)), 'batch', 'act_length', 'act_embed'
+    )
+    return (
+      self.embed.attend(_constrain(self.mlm_ln(h), 'batch', 'act_length', 'act_embed'))
+      + self.mlm_bias
+    )
 
-  def __call__(self, input_ids, token_type_ids=None, attention_mask=None, masked_positions=None,
-               deterministic=True):
+  def __call__(
+    self,
+    input_ids,
+    token_type_ids=None,
+    attention_mask=None,
+    masked_positions=None,
+    deterministic=True,
+  ):
     """MLM logits at `masked_positions` [B, P] only (the vocab projection dominates the FLOPs),
     or at every position when they are None; NSP logits from the pooled [CLS]."""
     hidden, pooled = self.encode(input_ids, token_type_ids, attention_mask, deterministic)
     if masked_positions is not None:
       hidden = jnp.take_along_axis(hidden, masked_positions[..., None], axis=1)
-    return {'mlm_logits': self.mlm_logits(hidden), 'nsp_logits': self.nsp(pooled).astype(jnp.float32)}
+    return {
+      'mlm_logits': self.mlm_logits(hidden),
+      'nsp_logits': self.nsp(pooled).astype(jnp.float32),
+    }
 
 
 class Decoder(nn.Module):
   """GPT-2: causal pre-LN stack with a final LayerNorm and a tied LM head."""
+
   cfg: ModelConfig
 
   def setup(self):
@@ -329,8 +408,15 @@ class Decoder(nn.Module):
     self.stack = Stack(c, causal=True)
     self.ln_final = LayerNorm(c)
 
-  def hidden(self, input_ids, positions=None, segment_ids=None, attention_mask=None,
-             deterministic=True, decode=False):
+  def hidden(
+    self,
+    input_ids,
+    positions=None,
+    segment_ids=None,
+    attention_mask=None,
+    deterministic=True,
+    decode=False,
+  ):
     """Final hidden states [B, T, D].
 
     segment_ids: packed documents (attention never crosses a segment; 0 is padding).
@@ -351,8 +437,15 @@ class Decoder(nn.Module):
   def logits(self, hidden):
     return self.embed.attend(hidden)
 
-  def __call__(self, input_ids, positions=None, segment_ids=None, attention_mask=None,
-               deterministic=True, decode=False):
-    return self.logits(self.hidden(input_ids, positions, segment_ids, attention_mask,
-                                   deterministic, decode))
-
+  def __call__(
+    self,
+    input_ids,
+    positions=None,
+    segment_ids=None,
+    attention_mask=None,
+    deterministic=True,
+    decode=False,
+  ):
+    return self.logits(
+      self.hidden(input_ids, positions, segment_ids, attention_mask, deterministic, decode)
+    )

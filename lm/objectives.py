@@ -5,6 +5,7 @@
 their normalisers computed from the whole batch up front, so a step split into
 micro-batches gives the same gradient as one big batch.
 """
+
 import functools
 
 import jax.numpy as jnp
@@ -20,7 +21,9 @@ OBJECTIVES = ('mlm', 'clm')
 def model_config(config, vocab_size: int) -> M.ModelConfig:
   """The model config with the tokenizer's vocab, padded to a multiple of 128 so the
   vocab axis shards evenly over 'tensor' (the extra rows are never a target)."""
-  return M.ModelConfig.from_dict({**config.model.to_dict(), 'vocab_size': -(-vocab_size // 128) * 128})
+  return M.ModelConfig.from_dict(
+    {**config.model.to_dict(), 'vocab_size': -(-vocab_size // 128) * 128}
+  )
 
 
 def make_model(config, vocab_size: int):
@@ -49,21 +52,38 @@ def loss_sums(objective, model, params, batch, rng, deterministic: bool, loss_ch
   """Per-term (nll_sum, correct_sum) for this (micro-)batch."""
   rngs = None if deterministic else {'dropout': rng}
   if objective == 'mlm':
-    out = model.apply({'params': params}, batch['input_ids'], batch['token_type_ids'],
-                      batch['attention_mask'], batch['masked_positions'], deterministic, rngs=rngs)
-    sums = {'mlm': losses.cross_entropy_sums(out['mlm_logits'], batch['masked_ids'],
-                                             batch['masked_weights'])}
+    out = model.apply(
+      {'params': params},
+      batch['input_ids'],
+      batch['token_type_ids'],
+      batch['attention_mask'],
+      batch['masked_positions'],
+      deterministic,
+      rngs=rngs,
+    )
+    sums = {
+      'mlm': losses.cross_entropy_sums(
+        out['mlm_logits'], batch['masked_ids'], batch['masked_weights']
+      )
+    }
     if 'nsp_labels' in batch:
-      sums['nsp'] = losses.cross_entropy_sums(out['nsp_logits'], batch['nsp_labels'],
-                                              jnp.ones_like(batch['nsp_labels'], jnp.float32))
+      sums['nsp'] = losses.cross_entropy_sums(
+        out['nsp_logits'], batch['nsp_labels'], jnp.ones_like(batch['nsp_labels'], jnp.float32)
+      )
     return sums
-  kwargs = dict(positions=batch['positions'], segment_ids=batch.get('segment_ids'),
-                deterministic=deterministic)
+  kwargs = dict(
+    positions=batch['positions'], segment_ids=batch.get('segment_ids'), deterministic=deterministic
+  )
   if loss_chunk:
-    hidden = model.apply({'params': params}, batch['input_ids'], method='hidden', rngs=rngs, **kwargs)
+    hidden = model.apply(
+      {'params': params}, batch['input_ids'], method='hidden', rngs=rngs, **kwargs
+    )
     emb = params['embed']['token']['embedding']
-    return {'lm': losses.chunked_cross_entropy_sums(hidden, emb, batch['targets'], batch['weights'],
-                                                    loss_chunk)}
+    return {
+      'lm': losses.chunked_cross_entropy_sums(
+        hidden, emb, batch['targets'], batch['weights'], loss_chunk
+      )
+    }
   logits = model.apply({'params': params}, batch['input_ids'], rngs=rngs, **kwargs)
   return {'lm': losses.cross_entropy_sums(logits, batch['targets'], batch['weights'])}
 
@@ -85,21 +105,31 @@ def metrics(sums: dict, norms: dict) -> dict:
 
 def make_train_step(config, model, tx, state_shardings, mesh):
   """trainer.make_train_step on this objective's loss; normalisers come from the whole batch."""
+
   def loss_fn(params, batch, rng, norms):
     sums = loss_sums(config.objective, model, params, batch, rng, False, config.train.loss_chunk)
     return total_loss(sums, norms), sums
 
   return trainer.make_train_step(
-      loss_fn, tx, state_shardings, mesh, seed=config.seed, schedule=optim.schedule(config.train),
-      accum_steps=config.train.grad_accum_steps,
-      norms_fn=functools.partial(normalizers, config.objective), metrics_fn=metrics)
+    loss_fn,
+    tx,
+    state_shardings,
+    mesh,
+    seed=config.seed,
+    schedule=optim.schedule(config.train),
+    accum_steps=config.train.grad_accum_steps,
+    norms_fn=functools.partial(normalizers, config.objective),
+    metrics_fn=metrics,
+  )
 
 
 def make_eval_step(config, model, params_shardings, mesh):
   """(params, batch) -> (nll/correct sums, normalisers), for trainer.evaluate(..., metrics)."""
+
   def eval_fn(params, batch):
     sums = loss_sums(config.objective, model, params, batch, None, True, config.train.loss_chunk)
     return sums, normalizers(config.objective, batch)
+
   return trainer.jit_eval(eval_fn, params_shardings, mesh)
 
 

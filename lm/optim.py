@@ -1,5 +1,6 @@
 """AdamW with BERT's decay mask, warmup + decay schedule and global-norm clipping: every job's
 optimizer (the `train` block of lm/defaults.py)."""
+
 import flax
 import jax
 import optax
@@ -11,31 +12,39 @@ def schedule(cfg) -> optax.Schedule:
   decay_steps = max(int(cfg.steps) - warmup, 1)
   end = cfg.lr * cfg.end_lr_fraction
   decay = {
-      'linear': lambda: optax.linear_schedule(cfg.lr, end, decay_steps),
-      'cosine': lambda: optax.cosine_decay_schedule(cfg.lr, decay_steps, cfg.end_lr_fraction),
-      'constant': lambda: optax.constant_schedule(cfg.lr),
+    'linear': lambda: optax.linear_schedule(cfg.lr, end, decay_steps),
+    'cosine': lambda: optax.cosine_decay_schedule(cfg.lr, decay_steps, cfg.end_lr_fraction),
+    'constant': lambda: optax.constant_schedule(cfg.lr),
   }
   if cfg.schedule not in decay:
     raise ValueError(f'train.schedule={cfg.schedule!r}: use one of {sorted(decay)}.')
-  return optax.join_schedules([optax.linear_schedule(0.0, cfg.lr, warmup), decay[cfg.schedule]()],
-                              [warmup])
+  return optax.join_schedules(
+    [optax.linear_schedule(0.0, cfg.lr, warmup), decay[cfg.schedule]()], [warmup]
+  )
 
 
 def decay_mask(params):
   """Weight decay on matrices only: no decay on biases and LayerNorm scales (as in BERT)."""
   flat = flax.traverse_util.flatten_dict(params)
   return flax.traverse_util.unflatten_dict(
-      {k: not (k[-1] in ('bias', 'scale') or k[-1].endswith('_bias')) for k in flat})
+    {k: not (k[-1] in ('bias', 'scale') or k[-1].endswith('_bias')) for k in flat}
+  )
 
 
 def make(cfg) -> optax.GradientTransformation:
-  tx = optax.adamw(schedule(cfg), b1=cfg.b1, b2=cfg.b2, eps=cfg.eps,
-                   weight_decay=cfg.weight_decay, mask=decay_mask)
+  tx = optax.adamw(
+    schedule(cfg), b1=cfg.b1, b2=cfg.b2, eps=cfg.eps, weight_decay=cfg.weight_decay, mask=decay_mask
+  )
   if cfg.clip_norm:
     tx = optax.chain(optax.clip_by_global_norm(cfg.clip_norm), tx)
   scale = float(cfg.get('body_lr_scale', 1.0))
   if scale != 1.0:  # fine-tuning: the body's updates (lr and decoupled decay alike) scaled
-    tx = optax.chain(tx, optax.stateless(lambda updates, params: {
-        k: jax.tree.map(lambda u: u * scale, v) if k == 'body' else v
-        for k, v in updates.items()}))
+    tx = optax.chain(
+      tx,
+      optax.stateless(
+        lambda updates, params: {
+          k: jax.tree.map(lambda u: u * scale, v) if k == 'body' else v for k, v in updates.items()
+        }
+      ),
+    )
   return tx

@@ -22,6 +22,7 @@ as in pretraining where each document follows an eos), right-padded to ``seq_len
 ``*_resp`` marks the response tokens (eos included): only they count in the sequence
 log-probabilities; the prompt is context only.
 """
+
 from __future__ import annotations
 
 import glob
@@ -45,11 +46,11 @@ _HEADING = re.compile(r'^\s*[*=\-~^"#]{3,}\s*$', re.M)
 def _unit(text: str, salt: str = '') -> float:
   """A deterministic uniform number in [0, 1) from sha256 of the text."""
   digest = hashlib.sha256((salt + text).encode('utf-8', errors='replace')).digest()
-  return int.from_bytes(digest[:8], 'big') / 2.0 ** 64
+  return int.from_bytes(digest[:8], 'big') / 2.0**64
 
 
 def _seed(text: str, salt: str) -> int:
-  return int(_unit(text, salt) * 2 ** 63)
+  return int(_unit(text, salt) * 2**63)
 
 
 def is_held_out(text: str, fraction: float) -> bool:
@@ -57,6 +58,7 @@ def is_held_out(text: str, fraction: float) -> bool:
 
 
 # ------------------------------------------------------------------ offline default
+
 
 def _prose_paragraphs(doc: str) -> list[str]:
   """Blank-line separated paragraphs that read as prose, each joined onto one line.
@@ -67,8 +69,11 @@ def _prose_paragraphs(doc: str) -> list[str]:
   out = []
   for para in re.split(r'\n\s*\n', doc):
     lines = [l for l in para.splitlines() if l.strip()]
-    if not lines or _HEADING.search(para) or any(l.lstrip().startswith(('>>>', '...', '|', '+--'))
-                                                 for l in lines):
+    if (
+      not lines
+      or _HEADING.search(para)
+      or any(l.lstrip().startswith(('>>>', '...', '|', '+--')) for l in lines)
+    ):
       continue
     indents = {len(l) - len(l.lstrip()) for l in lines}
     if len(indents) > 1:  # hanging indents: argument lists, code, tables
@@ -112,9 +117,14 @@ def _shuffled(text: str, rng: np.random.Generator) -> Optional[str]:
   return None
 
 
-def python_docs_pairs(seed: int = 0, eval_fraction: float = 0.1, rejected: str = 'shuffle',
-                      max_prompt_words: int = 40, max_response_words: int = 40,
-                      docs: Optional[list[str]] = None):
+def python_docs_pairs(
+  seed: int = 0,
+  eval_fraction: float = 0.1,
+  rejected: str = 'shuffle',
+  max_prompt_words: int = 40,
+  max_response_words: int = 40,
+  docs: Optional[list[str]] = None,
+):
   """Preference pairs from Python's bundled documentation: (train, held_out) lists of dicts.
 
   Each prose paragraph of the pydoc topics and stdlib docstrings gives one pair:
@@ -138,6 +148,7 @@ def python_docs_pairs(seed: int = 0, eval_fraction: float = 0.1, rejected: str =
     raise ValueError(f'rejected={rejected!r}: use one of {REJECTED_KINDS}.')
   if docs is None:
     from lm.data import corpus  # pylint: disable=g-import-not-at-top
+
     docs = corpus.python_docs_corpus()
   splits = ([], [])  # (train, held out): lists of (doc index, prompt, chosen)
   seen = set()  # pydoc topics repeat passages: a prompt or continuation is used once, first
@@ -170,11 +181,15 @@ def python_docs_pairs(seed: int = 0, eval_fraction: float = 0.1, rejected: str =
 
 # ------------------------------------------------------------------ files and TFDS
 
+
 def _expand(files: str) -> list[str]:
   out = []
   for pattern in [f.strip() for f in (files or '').split(',') if f.strip()]:
-    matches = sorted(glob.glob(pattern)) if glob.has_magic(pattern) else (
-        [pattern] if os.path.isfile(pattern) else [])
+    matches = (
+      sorted(glob.glob(pattern))
+      if glob.has_magic(pattern)
+      else ([pattern] if os.path.isfile(pattern) else [])
+    )
     if not matches:
       raise FileNotFoundError(f'no preference file at {pattern!r}: fix --config.data.files.')
     out.extend(matches)
@@ -195,8 +210,10 @@ def read_jsonl(files: str, keys=FIELDS) -> list[dict]:
           raise ValueError(f'{path}:{n} is not JSON ({e}).') from None
         missing = [k for k in keys if not isinstance(obj.get(k), str)]
         if missing:
-          raise ValueError(f'{path}:{n} lacks text field(s) {missing} (has {sorted(obj)}): '
-                           'set --config.data.prompt_key/chosen_key/rejected_key.')
+          raise ValueError(
+            f'{path}:{n} lacks text field(s) {missing} (has {sorted(obj)}): '
+            'set --config.data.prompt_key/chosen_key/rejected_key.'
+          )
         pairs.append({f: obj[k] for f, k in zip(FIELDS, keys)})
   if not pairs:
     raise ValueError(f'no preference pairs in {files!r}.')
@@ -211,20 +228,26 @@ def write_jsonl(pairs: list[dict], path: str):
 
 def read_tfds(name: str, split: str, data_dir, keys=FIELDS) -> list[dict]:
   import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
+
   try:
     ds = tfds.load(name, split=split, data_dir=data_dir, download=False)
   except (AssertionError, tfds.core.registered.DatasetNotFoundError) as e:
     raise FileNotFoundError(
-        f'TFDS dataset {name!r} (split {split!r}) is not prepared under data_dir={data_dir!r} '
-        f'({str(e).splitlines()[0]}): run `tfds build {name} --data_dir=DIR` and pass '
-        '--config.data.data_dir=DIR.') from None
+      f'TFDS dataset {name!r} (split {split!r}) is not prepared under data_dir={data_dir!r} '
+      f'({str(e).splitlines()[0]}): run `tfds build {name} --data_dir=DIR` and pass '
+      '--config.data.data_dir=DIR.'
+    ) from None
   missing = [k for k in keys if k not in ds.element_spec]
   if missing:
-    raise ValueError(f'TFDS dataset {name!r} has no feature(s) {missing} (has '
-                     f'{sorted(ds.element_spec)}): set --config.data.prompt_key/chosen_key/'
-                     'rejected_key.')
-  return [{f: ex[k].decode('utf-8', errors='replace') for f, k in zip(FIELDS, keys)}
-          for ex in tfds.as_numpy(ds)]
+    raise ValueError(
+      f'TFDS dataset {name!r} has no feature(s) {missing} (has '
+      f'{sorted(ds.element_spec)}): set --config.data.prompt_key/chosen_key/'
+      'rejected_key.'
+    )
+  return [
+    {f: ex[k].decode('utf-8', errors='replace') for f, k in zip(FIELDS, keys)}
+    for ex in tfds.as_numpy(ds)
+  ]
 
 
 def _hash_split(pairs, fraction):
@@ -235,17 +258,23 @@ def _hash_split(pairs, fraction):
 
 def load_pairs(data_cfg):
   """(train_pairs, held_out_pairs) as lists of {'prompt', 'chosen', 'rejected'} dicts."""
+
   def get(k, default):
     v = getattr(data_cfg, k, None)
     return default if v is None or v == '' else v
+
   sources.check(data_cfg)
   source = get('source', 'python_docs')
   frac, cap = float(get('eval_fraction', 0.1)), int(get('max_pairs', 0))
   keys = tuple(get(f'{f}_key', f) for f in FIELDS)
   if source == 'python_docs':
-    train, held = python_docs_pairs(int(get('seed', 0)), frac, get('rejected', 'shuffle'),
-                                    int(get('max_prompt_words', 40)),
-                                    int(get('max_response_words', 40)))
+    train, held = python_docs_pairs(
+      int(get('seed', 0)),
+      frac,
+      get('rejected', 'shuffle'),
+      int(get('max_prompt_words', 40)),
+      int(get('max_response_words', 40)),
+    )
   elif source == 'files':
     if not get('files', ''):
       raise ValueError("data.source='files' needs --config.data.files=PATH[,PATH...].")
@@ -266,12 +295,15 @@ def load_pairs(data_cfg):
   if cap:  # training pairs only: the held-out figures always cover every held-out pair
     train = train[:cap]
   if not train or not held:
-    raise ValueError(f'preference data {source!r} gave {len(train)} training and {len(held)} '
-                     'held-out pairs: both must be non-empty (check eval_fraction / eval split).')
+    raise ValueError(
+      f'preference data {source!r} gave {len(train)} training and {len(held)} '
+      'held-out pairs: both must be non-empty (check eval_fraction / eval split).'
+    )
   return train, held
 
 
 # ------------------------------------------------------------------ tokenization
+
 
 def encode_pairs(pairs: list[dict], tok, seq_len: int, max_prompt_len: int) -> dict:
   """Token arrays for chosen and rejected sequences, [N, seq_len] each.
@@ -281,8 +313,9 @@ def encode_pairs(pairs: list[dict], tok, seq_len: int, max_prompt_len: int) -> d
   ``max_prompt_len`` tokens (bos first), the response is cut to what fits.
   """
   if max_prompt_len >= seq_len:
-    raise ValueError(f'max_prompt_len={max_prompt_len} leaves no room for a response in '
-                     f'seq_len={seq_len}.')
+    raise ValueError(
+      f'max_prompt_len={max_prompt_len} leaves no room for a response in seq_len={seq_len}.'
+    )
   eos = tok.eos_id if tok.eos_id is not None else tok.sep_id
   bos = tok.bos_id if tok.bos_id is not None else tok.cls_id
   pad = tok.pad_id if tok.pad_id is not None else 0
@@ -296,11 +329,11 @@ def encode_pairs(pairs: list[dict], tok, seq_len: int, max_prompt_len: int) -> d
     for i, r in enumerate(tok.encode_batch([p[c] for p in pairs])):
       head = ([bos] if bos is not None else []) + prompts[i]
       head = head[-max_prompt_len:]
-      body = (r + ([eos] if eos is not None else []))[:seq_len - len(head)]
+      body = (r + ([eos] if eos is not None else []))[: seq_len - len(head)]
       row = head + body
-      ids[i, :len(row)] = row
-      mask[i, :len(row)] = 1
-      resp[i, len(head):len(row)] = 1
+      ids[i, : len(row)] = row
+      mask[i, : len(row)] = 1
+      resp[i, len(head) : len(row)] = 1
     out.update({f'{c}_ids': ids, f'{c}_mask': mask, f'{c}_resp': resp})
   return out
 
@@ -321,8 +354,14 @@ def num_rows(arrays: dict) -> int:
   return len(arrays['chosen_ids'])
 
 
-def train_batch(arrays: dict, step: int, batch_size: int, seed: int, process_index: int = 0,
-                process_count: int = 1) -> dict:
+def train_batch(
+  arrays: dict,
+  step: int,
+  batch_size: int,
+  seed: int,
+  process_index: int = 0,
+  process_count: int = 1,
+) -> dict:
   """Rows of step `step`: epochs of a seeded permutation, so step -> batch is a pure function
   (resuming at step s gives exactly the batches a run without interruption would see).
   Each process takes its contiguous slice of the global batch."""
@@ -332,11 +371,11 @@ def train_batch(arrays: dict, step: int, batch_size: int, seed: int, process_ind
   while len(idx) < batch_size:
     epoch, off = divmod(pos, n)
     perm = np.random.default_rng([seed, epoch]).permutation(n)
-    take = perm[off:off + batch_size - len(idx)]
+    take = perm[off : off + batch_size - len(idx)]
     idx.extend(take.tolist())
     pos += len(take)
   per = batch_size // process_count
-  idx = np.asarray(idx[process_index * per:(process_index + 1) * per])
+  idx = np.asarray(idx[process_index * per : (process_index + 1) * per])
   batch = {k: v[idx] for k, v in arrays.items()}
   batch['weight'] = np.ones(len(idx), np.float32)
   return batch
@@ -349,7 +388,7 @@ def eval_batches(arrays: dict, batch_size: int, process_index: int = 0, process_
   for start in range(0, n, batch_size):
     idx = np.arange(start, start + batch_size)
     weight = (idx < n).astype(np.float32)
-    idx = np.where(idx < n, idx, 0)[process_index * per:(process_index + 1) * per]
+    idx = np.where(idx < n, idx, 0)[process_index * per : (process_index + 1) * per]
     batch = {k: v[idx] for k, v in arrays.items()}
-    batch['weight'] = weight[process_index * per:(process_index + 1) * per]
+    batch['weight'] = weight[process_index * per : (process_index + 1) * per]
     yield batch

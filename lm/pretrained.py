@@ -4,6 +4,7 @@ Two sources look the same to callers: a workdir of our `train.py` (config from t
 checkpoint's metadata, tokenizer.json beside it, params from orbax onto any mesh), or a
 HuggingFace BERT/GPT-2 directory (config.json + weights, converted by `lm.hf`).
 """
+
 import dataclasses
 import json
 import os
@@ -41,16 +42,21 @@ def is_workdir(path: str) -> bool:
 def load(path: str, mesh=None, step: Optional[int] = None) -> Pretrained:
   """Loads our workdir or an HF directory; params are placed on `mesh` (default: all devices)."""
   if not os.path.exists(path):
-    raise FileNotFoundError(f'{path} does not exist: pass a train.py --workdir or a HuggingFace '
-                            'model directory (config.json + model.safetensors).')
+    raise FileNotFoundError(
+      f'{path} does not exist: pass a train.py --workdir or a HuggingFace '
+      'model directory (config.json + model.safetensors).'
+    )
   mesh = mesh or sharding.make_mesh((-1, 1, 1))
   if is_workdir(path):
     return _load_workdir(path, mesh, step)
   from lm import hf  # pylint: disable=g-import-not-at-top
+
   kind, cfg, params = hf.import_pretrained(path)
   kind = {'bert': 'encoder', 'gpt2': 'decoder'}.get(kind, kind)
   tok = None
-  if any(os.path.exists(os.path.join(path, f)) for f in ('tokenizer.json', 'vocab.txt', 'vocab.json')):
+  if any(
+    os.path.exists(os.path.join(path, f)) for f in ('tokenizer.json', 'vocab.txt', 'vocab.json')
+  ):
     tok = tokenizer_lib.from_hf_files(path)
   return Pretrained(kind, cfg, params, tok)
 
@@ -65,10 +71,10 @@ def _load_workdir(workdir: str, mesh, step: Optional[int]) -> Pretrained:
   config = saved_config(workdir, step)
   tok = tokenizer_lib.Tokenizer.load(os.path.join(workdir, 'tokenizer.json'))
   model = objectives.make_model(config, tok.vocab_size)
-  target = trainer.abstract_state(model, optim.make(config.train), mesh,
-                                  objectives.init_inputs(config))
+  target = trainer.abstract_state(
+    model, optim.make(config.train), mesh, objectives.init_inputs(config)
+  )
   ckpt = checkpoint.Checkpointer(os.path.join(workdir, 'checkpoints'), read_only=True)
   state, _, got = ckpt.restore(target, step)
   kind = 'encoder' if config.objective == 'mlm' else 'decoder'
   return Pretrained(kind, model.cfg, state.params, tok, config, got)
-

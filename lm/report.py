@@ -1,4 +1,5 @@
 """Where metrics go: TensorBoard, `metrics.jsonl` in the workdir, and a line on the terminal."""
+
 import json
 import os
 import time
@@ -17,6 +18,7 @@ class Writer:
     if self.enabled:
       os.makedirs(workdir, exist_ok=True)
       from tensorboardX import SummaryWriter  # pylint: disable=g-import-not-at-top
+
       self._tb = SummaryWriter(os.path.join(workdir, 'tensorboard'))
       self._jsonl = open(os.path.join(workdir, 'metrics.jsonl'), 'a', encoding='utf-8')
 

@@ -14,6 +14,7 @@ Losses, with h the DPO log-ratio margin
 
 and the implicit reward of a response is ``beta * (log pi - log ref)``.
 """
+
 import os
 from typing import Callable
 
@@ -35,6 +36,7 @@ LOSSES = ('dpo', 'ipo')
 
 # ------------------------------------------------------------------ log-probs and losses
 
+
 def token_logps(logits, ids):
   """log p(ids[t] | ids[<t]) for t >= 1, at [B, T-1]: logits at t-1 predict token t."""
   logp = jax.nn.log_softmax(logits[:, :-1].astype(jnp.float32), axis=-1)
@@ -43,8 +45,9 @@ def token_logps(logits, ids):
 
 def sequence_logps(model, params, ids, mask, resp, deterministic=True, rngs=None):
   """Sum of the response tokens' log-probs [B]; prompt and padding tokens do not count."""
-  logits = model.apply({'params': params}, ids, attention_mask=mask, deterministic=deterministic,
-                       rngs=rngs)
+  logits = model.apply(
+    {'params': params}, ids, attention_mask=mask, deterministic=deterministic, rngs=rngs
+  )
   return jnp.sum(token_logps(logits, ids) * resp[:, 1:].astype(jnp.float32), axis=-1)
 
 
@@ -76,17 +79,23 @@ def _both(batch, key):
 
 # ------------------------------------------------------------------ reward model
 
+
 class RewardModel(nn.Module):
   """The decoder with a scalar head on the hidden state of each row's last real token."""
+
   cfg: M.ModelConfig
 
   def setup(self):
     self.decoder = M.Decoder(self.cfg)
-    self.head = nn.Dense(1, dtype=self.cfg.dtype, param_dtype=self.cfg.param_dtype,
-                         kernel_init=nn.with_logical_partitioning(
-                             nn.initializers.normal(self.cfg.initializer_range), ('embed', 'classes')),
-                         bias_init=nn.with_logical_partitioning(nn.initializers.zeros_init(),
-                                                                ('classes',)))
+    self.head = nn.Dense(
+      1,
+      dtype=self.cfg.dtype,
+      param_dtype=self.cfg.param_dtype,
+      kernel_init=nn.with_logical_partitioning(
+        nn.initializers.normal(self.cfg.initializer_range), ('embed', 'classes')
+      ),
+      bias_init=nn.with_logical_partitioning(nn.initializers.zeros_init(), ('classes',)),
+    )
 
   def __call__(self, input_ids, attention_mask=None, deterministic=True):
     if attention_mask is None:
@@ -115,8 +124,12 @@ def create_state(model, tx, mesh, seed, init_inputs, pretrained_params, subtree=
   target = params[subtree] if subtree else params
   target_sh = state_sh.params[subtree] if subtree else state_sh.params
   from lm import checkpoint  # pylint: disable=g-import-not-at-top
-  checkpoint.compare_trees(checkpoint.paths_and_shapes(pretrained_params),
-                           checkpoint.paths_and_shapes(target), 'pretrained model')
+
+  checkpoint.compare_trees(
+    checkpoint.paths_and_shapes(pretrained_params),
+    checkpoint.paths_and_shapes(target),
+    'pretrained model',
+  )
   placed = jax.device_put(pretrained_params, target_sh)
   if subtree:
     params[subtree] = placed
@@ -127,37 +140,50 @@ def create_state(model, tx, mesh, seed, init_inputs, pretrained_params, subtree=
 
 # ------------------------------------------------------------------ steps
 
+
 def _reward_terms(model, params, batch, deterministic, rngs=None):
   b = batch['chosen_ids'].shape[0]
-  r = model.apply({'params': params}, _both(batch, 'ids'), _both(batch, 'mask'),
-                  deterministic, rngs=rngs)
+  r = model.apply(
+    {'params': params}, _both(batch, 'ids'), _both(batch, 'mask'), deterministic, rngs=rngs
+  )
   r_c, r_r = r[:b], r[b:]
   w = batch['weight']
-  return {'loss': _wmean(bradley_terry_loss(r_c, r_r), w),
-          'accuracy': _wmean((r_c > r_r).astype(jnp.float32), w),
-          'margin': _wmean(r_c - r_r, w),
-          'reward_chosen': _wmean(r_c, w),
-          'reward_rejected': _wmean(r_r, w)}
+  return {
+    'loss': _wmean(bradley_terry_loss(r_c, r_r), w),
+    'accuracy': _wmean((r_c > r_r).astype(jnp.float32), w),
+    'margin': _wmean(r_c - r_r, w),
+    'reward_chosen': _wmean(r_c, w),
+    'reward_rejected': _wmean(r_r, w),
+  }
 
 
 def _dpo_terms(config, model, params, batch, deterministic, rngs=None):
   b = batch['chosen_ids'].shape[0]
-  logps = sequence_logps(model, params, _both(batch, 'ids'), _both(batch, 'mask'),
-                         _both(batch, 'resp'), deterministic, rngs)
+  logps = sequence_logps(
+    model,
+    params,
+    _both(batch, 'ids'),
+    _both(batch, 'mask'),
+    _both(batch, 'resp'),
+    deterministic,
+    rngs,
+  )
   pi_c, pi_r = logps[:b], logps[b:]
   ref_c, ref_r = batch['ref_chosen'], batch['ref_rejected']
   per, rew_c, rew_r = preference_loss(pi_c, pi_r, ref_c, ref_r, config.beta, config.loss)
   w = batch['weight']
-  return {'loss': _wmean(per, w),
-          'reward_accuracy': _wmean((rew_c > rew_r).astype(jnp.float32), w),
-          'reward_margin': _wmean(rew_c - rew_r, w),
-          'reward_chosen': _wmean(rew_c, w),
-          'reward_rejected': _wmean(rew_r, w),
-          'logp_chosen': _wmean(pi_c, w),
-          'logp_rejected': _wmean(pi_r, w),
-          'logp_margin': _wmean(pi_c - pi_r, w),   # the policy's own chosen-vs-rejected margin
-          'ref_logp_margin': _wmean(ref_c - ref_r, w),
-          'policy_accuracy': _wmean((pi_c > pi_r).astype(jnp.float32), w)}
+  return {
+    'loss': _wmean(per, w),
+    'reward_accuracy': _wmean((rew_c > rew_r).astype(jnp.float32), w),
+    'reward_margin': _wmean(rew_c - rew_r, w),
+    'reward_chosen': _wmean(rew_c, w),
+    'reward_rejected': _wmean(rew_r, w),
+    'logp_chosen': _wmean(pi_c, w),
+    'logp_rejected': _wmean(pi_r, w),
+    'logp_margin': _wmean(pi_c - pi_r, w),  # the policy's own chosen-vs-rejected margin
+    'ref_logp_margin': _wmean(ref_c - ref_r, w),
+    'policy_accuracy': _wmean((pi_c > pi_r).astype(jnp.float32), w),
+  }
 
 
 def terms_fn(config, model) -> Callable:
@@ -177,9 +203,15 @@ def make_train_step(config, model, tx, state_shardings, mesh) -> Callable:
     m = terms(params, batch, False, {'dropout': rng})
     return m['loss'], m
 
-  return trainer.make_train_step(loss_fn, tx, state_shardings, mesh, seed=config.seed,
-                                 schedule=optim.schedule(config.train),
-                                 accum_steps=config.train.get('grad_accum_steps', 1))
+  return trainer.make_train_step(
+    loss_fn,
+    tx,
+    state_shardings,
+    mesh,
+    seed=config.seed,
+    schedule=optim.schedule(config.train),
+    accum_steps=config.train.get('grad_accum_steps', 1),
+  )
 
 
 def make_eval_step(config, model, params_shardings, mesh) -> Callable:
@@ -195,25 +227,42 @@ def make_eval_step(config, model, params_shardings, mesh) -> Callable:
 
 def evaluate(eval_step, params, batches, stop=None) -> dict:
   """Means over every held-out pair (each batch's means weighted by its real rows)."""
-  return trainer.evaluate(eval_step, params, batches,
-                          lambda s, w: {k: v / w for k, v in s.items()} if float(w) else {}, stop)
+  return trainer.evaluate(
+    eval_step,
+    params,
+    batches,
+    lambda s, w: {k: v / w for k, v in s.items()} if float(w) else {},
+    stop,
+  )
 
 
 # ------------------------------------------------------------------ reference log-probs
 
+
 def make_logps_fn(model, params_shardings, mesh) -> Callable:
   """(params, batch) -> (chosen logps [B], rejected logps [B]), jitted and sharded."""
+
   def fn(params, batch):
     b = batch['chosen_ids'].shape[0]
-    lp = sequence_logps(model, params, _both(batch, 'ids'), _both(batch, 'mask'),
-                        _both(batch, 'resp'))
+    lp = sequence_logps(
+      model, params, _both(batch, 'ids'), _both(batch, 'mask'), _both(batch, 'resp')
+    )
     return lp[:b], lp[b:]
+
   jitted = jax.jit(fn, in_shardings=(params_shardings, sharding.batch_sharding(mesh)))
   return sharding.with_mesh(jitted, mesh)
 
 
-def reference_logps(logps_fn, params, arrays: dict, batch_size: int, mesh, cache_dir: str,
-                    reference_id: str, stop=None):
+def reference_logps(
+  logps_fn,
+  params,
+  arrays: dict,
+  batch_size: int,
+  mesh,
+  cache_dir: str,
+  reference_id: str,
+  stop=None,
+):
   """{'ref_chosen', 'ref_rejected'} [N] for every row of `arrays`, computed once.
 
   Cached as ``cache_dir/reference_logps-<hash>.npz``, the hash covering the token arrays
@@ -238,8 +287,10 @@ def reference_logps(logps_fn, params, arrays: dict, batch_size: int, mesh, cache
     chosen.append(np.asarray(c))
     rejected.append(np.asarray(r))
   n = preference.num_rows(arrays)
-  out = {'ref_chosen': np.concatenate(chosen)[:n].astype(np.float32),
-         'ref_rejected': np.concatenate(rejected)[:n].astype(np.float32)}
+  out = {
+    'ref_chosen': np.concatenate(chosen)[:n].astype(np.float32),
+    'ref_rejected': np.concatenate(rejected)[:n].astype(np.float32),
+  }
   if pi == 0:
     os.makedirs(cache_dir, exist_ok=True)
     tmp = path + '.tmp.npz'
@@ -250,12 +301,14 @@ def reference_logps(logps_fn, params, arrays: dict, batch_size: int, mesh, cache
 
 # ------------------------------------------------------------------ loading a fine-tuned run
 
+
 def load_finetuned(workdir: str, mesh=None, step=None):
   """(task, model, params, tokenizer, step) of a dpo.py workdir: the DPO policy (a
   `lm.model.Decoder`, usable with `lm.generate`) or the reward model (`RewardModel`)."""
   import json  # pylint: disable=g-import-not-at-top
   from lm import checkpoint  # pylint: disable=g-import-not-at-top
   from lm.data import tokenizer as tokenizer_lib  # pylint: disable=g-import-not-at-top
+
   mesh = mesh or sharding.make_mesh((-1, 1, 1))
   ckpt = checkpoint.Checkpointer(os.path.join(workdir, 'checkpoints'), every=1, read_only=True)
   meta, step = ckpt.read_meta(step)

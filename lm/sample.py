@@ -1,4 +1,5 @@
 """A qualitative look at a model mid-training: fill [MASK]s (encoder) or continue text (decoder)."""
+
 import jax.numpy as jnp
 import numpy as np
 
@@ -15,10 +16,18 @@ def fill_masks(model, params, tok, text: str) -> str:
 
 def continue_text(model, params, tok, text: str, max_new_tokens: int) -> str:
   from lm import generate  # pylint: disable=g-import-not-at-top
+
   prompt = tok.encode(text)
   room = model.cfg.max_len - max_new_tokens
-  out = generate.generate(model, params, [prompt[-room:]], max_new_tokens=max_new_tokens,
-                          strategy='greedy', eos_id=tok.eos_id, pad_id=tok.pad_id)
+  out = generate.generate(
+    model,
+    params,
+    [prompt[-room:]],
+    max_new_tokens=max_new_tokens,
+    strategy='greedy',
+    eos_id=tok.eos_id,
+    pad_id=tok.pad_id,
+  )
   return text + tok.decode(out[0][0])
 
 

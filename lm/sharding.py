@@ -4,6 +4,7 @@ Parameters and activations are annotated with logical names in `lm.model`; `RULE
 maps them onto the mesh axes `data` (pure data parallel), `fsdp` (data parallel with
 parameters and optimizer state sharded) and `tensor` (Megatron-style model parallel).
 """
+
 import contextlib
 import functools
 from typing import Sequence
@@ -16,22 +17,22 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 MESH_AXES = ('data', 'fsdp', 'tensor')
 
 RULES = (
-    # parameters
-    ('vocab', 'tensor'),
-    ('embed', 'fsdp'),
-    ('mlp', 'tensor'),
-    ('heads', 'tensor'),
-    ('position', None),
-    ('type_vocab', None),
-    ('classes', None),
-    ('layers', None),
-    # activations
-    ('batch', ('data', 'fsdp')),
-    ('act_length', None),
-    ('act_embed', None),
-    ('act_heads', 'tensor'),
-    ('act_kv', None),
-    ('act_mlp', 'tensor'),
+  # parameters
+  ('vocab', 'tensor'),
+  ('embed', 'fsdp'),
+  ('mlp', 'tensor'),
+  ('heads', 'tensor'),
+  ('position', None),
+  ('type_vocab', None),
+  ('classes', None),
+  ('layers', None),
+  # activations
+  ('batch', ('data', 'fsdp')),
+  ('act_length', None),
+  ('act_embed', None),
+  ('act_heads', 'tensor'),
+  ('act_kv', None),
+  ('act_mlp', 'tensor'),
 )
 
 
@@ -47,11 +48,17 @@ def make_mesh(shape: Sequence[int] = (-1, 1, 1), devices=None) -> Mesh:
       raise ValueError(f'{len(devices)} devices do not divide into mesh {tuple(shape)}.')
     shape[shape.index(-1)] = len(devices) // rest
   if int(np.prod(shape)) != len(devices):
-    raise ValueError(f'mesh {tuple(shape)} needs {int(np.prod(shape))} devices, '
-                     f'have {len(devices)}: set --config.mesh_shape so the product matches.')
+    raise ValueError(
+      f'mesh {tuple(shape)} needs {int(np.prod(shape))} devices, '
+      f'have {len(devices)}: set --config.mesh_shape so the product matches.'
+    )
   # Auto axes: XLA propagates shardings from our constraints (Explicit mode would assert).
-  return jax.make_mesh(tuple(shape), MESH_AXES, devices=devices,
-                       axis_types=(jax.sharding.AxisType.Auto,) * len(MESH_AXES))
+  return jax.make_mesh(
+    tuple(shape),
+    MESH_AXES,
+    devices=devices,
+    axis_types=(jax.sharding.AxisType.Auto,) * len(MESH_AXES),
+  )
 
 
 @contextlib.contextmanager
@@ -63,10 +70,12 @@ def use(mesh: Mesh, rules=RULES):
 
 def with_mesh(fn, mesh: Mesh):
   """`fn` called with `mesh` and the rules in scope (jit traces there, so constraints apply)."""
+
   @functools.wraps(fn)
   def wrapped(*args, **kwargs):
     with use(mesh):
       return fn(*args, **kwargs)
+
   return wrapped
 
 
@@ -98,5 +107,6 @@ def batch_sharding(mesh: Mesh) -> NamedSharding:
 def shard_batch(local_batch, mesh: Mesh):
   """Assembles each process's slice of the global batch into global jax.Arrays."""
   sharding = batch_sharding(mesh)
-  return jax.tree.map(lambda x: jax.make_array_from_process_local_data(sharding, np.asarray(x)),
-                      local_batch)
+  return jax.tree.map(
+    lambda x: jax.make_array_from_process_local_data(sharding, np.asarray(x)), local_batch
+  )

@@ -1,4 +1,5 @@
 """Train state and the one jitted, sharded train step every job builds from its `loss_fn`."""
+
 from typing import Any, Callable, Optional
 
 import flax
@@ -20,41 +21,57 @@ class TrainState:
 
 def state_initializer(model, tx, init_inputs):
   """rng -> TrainState with logically-annotated (boxed) params and optimizer state."""
+
   def init(rng):
     params = model.init(rng, *init_inputs)['params']
     return TrainState(step=jnp.zeros((), jnp.int32), params=params, opt_state=tx.init(params))
+
   return init
 
 
 def create_state(model, tx, mesh, seed: int, init_inputs):
   """Initialises params and optimizer state directly into their shardings."""
-  return sharding.init_sharded(state_initializer(model, tx, init_inputs), mesh,
-                               jax.random.PRNGKey(seed))
+  return sharding.init_sharded(
+    state_initializer(model, tx, init_inputs), mesh, jax.random.PRNGKey(seed)
+  )
 
 
 def abstract_state(model, tx, mesh, init_inputs):
   """Shapes, dtypes and shardings of the state, allocating nothing: a restore target."""
   boxed = jax.eval_shape(state_initializer(model, tx, init_inputs), jax.random.PRNGKey(0))
   shardings = sharding.to_shardings(sharding.logical_specs(boxed), mesh)
-  return jax.tree.map(lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s),
-                      nn.unbox(boxed), shardings)
+  return jax.tree.map(
+    lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s), nn.unbox(boxed), shardings
+  )
 
 
 def _micro_batches(batch, n: int):
   """[B, ...] -> [n, B/n, ...] taking rows i, i+n, ... for micro-batch i, so each device's
   contiguous block of rows feeds every micro-batch and nothing moves between devices."""
+
   def split(x):
     if x.shape[0] % n:
-      raise ValueError(f'batch of {x.shape[0]} rows does not split into {n} micro-batches; '
-                       'make train.batch_size divisible by train.grad_accum_steps.')
+      raise ValueError(
+        f'batch of {x.shape[0]} rows does not split into {n} micro-batches; '
+        'make train.batch_size divisible by train.grad_accum_steps.'
+      )
     return jnp.moveaxis(x.reshape((x.shape[0] // n, n) + x.shape[1:]), 1, 0)
+
   return jax.tree.map(split, batch)
 
 
-def make_train_step(loss_fn: Callable, tx, state_shardings, mesh, *, seed: int,
-                    schedule: Optional[Callable] = None, accum_steps: int = 1,
-                    norms_fn: Optional[Callable] = None,
-                    metrics_fn: Optional[Callable] = None) -> Callable:
+def make_train_step(
+  loss_fn: Callable,
+  tx,
+  state_shardings,
+  mesh,
+  *,
+  seed: int,
+  schedule: Optional[Callable] = None,
+  accum_steps: int = 1,
+  norms_fn: Optional[Callable] = None,
+  metrics_fn: Optional[Callable] = None,
+) -> Callable:
   """(state, batch) -> (state, metrics), jitted with the state's and the batch's shardings.
 
   `loss_fn(params, batch, rng) -> (loss, aux)`. The dropout rng is folded from `seed` and the
@@ -87,7 +104,8 @@ def make_train_step(loss_fn: Callable, tx, state_shardings, mesh, *, seed: int,
         return jax.tree.map(jnp.add, carry, (g, a)), None
 
       (_, aux_shape), grads_shape = jax.eval_shape(
-          grad_fn, state.params, jax.tree.map(lambda x: x[0], mbs), rng)
+        grad_fn, state.params, jax.tree.map(lambda x: x[0], mbs), rng
+      )
       zero = jax.tree.map(lambda x: jnp.zeros(x.shape, x.dtype), (grads_shape, aux_shape))
       (grads, aux), _ = jax.lax.scan(body, zero, (mbs, jnp.arange(accum)))
       if norms_fn is None:
@@ -100,8 +118,12 @@ def make_train_step(loss_fn: Callable, tx, state_shardings, mesh, *, seed: int,
       m['learning_rate'] = schedule(state.step)
     return TrainState(step=state.step + 1, params=params, opt_state=opt_state), m
 
-  jitted = jax.jit(step_fn, in_shardings=(state_shardings, sharding.batch_sharding(mesh)),
-                   out_shardings=(state_shardings, None), donate_argnums=(0,))
+  jitted = jax.jit(
+    step_fn,
+    in_shardings=(state_shardings, sharding.batch_sharding(mesh)),
+    out_shardings=(state_shardings, None),
+    donate_argnums=(0,),
+  )
   return sharding.with_mesh(jitted, mesh)
 
 

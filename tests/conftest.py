@@ -1,12 +1,14 @@
 """Suite-wide set-up: 8 simulated CPU devices (before JAX starts), a private prepared-data
 cache, and a train.py runner."""
+
 import os
 import subprocess
 import sys
 import tempfile
 
-os.environ['XLA_FLAGS'] = (os.environ.get('XLA_FLAGS', '') +
-                           ' --xla_force_host_platform_device_count=8').strip()
+os.environ['XLA_FLAGS'] = (
+  os.environ.get('XLA_FLAGS', '') + ' --xla_force_host_platform_device_count=8'
+).strip()
 os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '2')
 # Prepared corpora go to this session's own cache (shared by its runs, never by the user's).
 os.environ['LM_DATA_CACHE'] = tempfile.mkdtemp(prefix='lm_data_cache_')
@@ -16,8 +18,9 @@ import pytest  # noqa: E402
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
-def run_script(script, *args, devices=None, timeout=900, check=True, env=None, background=False,
-               **popen_kwargs):
+def run_script(
+  script, *args, devices=None, timeout=900, check=True, env=None, background=False, **popen_kwargs
+):
   """Runs a repo-root script (train.py, eval.py, ...) in a fresh process.
 
   devices: simulated CPU device count for that process (default 1, unlike this one).
@@ -30,8 +33,9 @@ def run_script(script, *args, devices=None, timeout=900, check=True, env=None, b
     return subprocess.Popen(cmd, cwd=ROOT, env=e, **popen_kwargs)
   proc = subprocess.run(cmd, cwd=ROOT, env=e, capture_output=True, text=True, timeout=timeout)
   if check and proc.returncode != 0:
-    raise AssertionError(f'{" ".join(cmd)} exited {proc.returncode}:\n{proc.stdout[-3000:]}\n'
-                         f'{proc.stderr[-5000:]}')
+    raise AssertionError(
+      f'{" ".join(cmd)} exited {proc.returncode}:\n{proc.stdout[-3000:]}\n{proc.stderr[-5000:]}'
+    )
   return proc
 
 
@@ -46,10 +50,17 @@ def run():
 
 def _pretrain(tmp_path_factory, name, config, steps, *overrides):
   workdir = tmp_path_factory.mktemp(name)
-  proc = run_script('train.py', f'--config={config}', f'--workdir={workdir}',
-                    f'--config.train.steps={steps}', f'--config.train.warmup_steps={steps // 10}',
-                    '--config.log_every=10', f'--config.eval_every={steps}',
-                    f'--config.checkpoint_every={steps}', *overrides)
+  proc = run_script(
+    'train.py',
+    f'--config={config}',
+    f'--workdir={workdir}',
+    f'--config.train.steps={steps}',
+    f'--config.train.warmup_steps={steps // 10}',
+    '--config.log_every=10',
+    f'--config.eval_every={steps}',
+    f'--config.checkpoint_every={steps}',
+    *overrides,
+  )
   (workdir / 'stdout.log').write_text(proc.stdout)
   return workdir
 
@@ -63,5 +74,6 @@ def pretrained_bert(tmp_path_factory):
 @pytest.fixture(scope='session')
 def pretrained_gpt(tmp_path_factory):
   """configs/gpt_base.py (GPT causal LM on Python's docs), batch 16, 300 steps."""
-  return _pretrain(tmp_path_factory, 'gpt', 'configs/gpt_base.py', 300,
-                   '--config.train.batch_size=16')
+  return _pretrain(
+    tmp_path_factory, 'gpt', 'configs/gpt_base.py', 300, '--config.train.batch_size=16'
+  )

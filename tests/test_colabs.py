@@ -5,6 +5,7 @@ a temporary LM_COLAB_WORKDIR shared by the notebooks of one session (so the fine
 notebooks reuse the pretraining runs of the quickstart and the generation notebook, as they do
 for a user who runs them in order). Any cell error fails the test.
 """
+
 import glob
 import json
 import os
@@ -18,9 +19,10 @@ nbclient = pytest.importorskip('nbclient')
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 COLABS = os.path.join(ROOT, 'colabs')
 ORDER = ['quickstart', 'finetune_classifier', 'generate_and_fewshot', 'dpo']  # reuse runs
-NOTEBOOKS = sorted((os.path.splitext(os.path.basename(p))[0]
-                    for p in glob.glob(os.path.join(COLABS, '*.ipynb'))),
-                   key=lambda n: (ORDER.index(n) if n in ORDER else len(ORDER), n))
+NOTEBOOKS = sorted(
+  (os.path.splitext(os.path.basename(p))[0] for p in glob.glob(os.path.join(COLABS, '*.ipynb'))),
+  key=lambda n: (ORDER.index(n) if n in ORDER else len(ORDER), n),
+)
 
 
 @pytest.fixture(scope='module')
@@ -30,12 +32,13 @@ def workdir(tmp_path_factory):
 
 def _kernel_env(workdir):
   env = {
-      'XLA_FLAGS': '--xla_force_host_platform_device_count=1',  # conftest sets 8 for this process
-      'LM_COLAB_WORKDIR': str(workdir),
-      'TF_CPP_MIN_LOG_LEVEL': '2',
+    'XLA_FLAGS': '--xla_force_host_platform_device_count=1',  # conftest sets 8 for this process
+    'LM_COLAB_WORKDIR': str(workdir),
+    'TF_CPP_MIN_LOG_LEVEL': '2',
   }
   try:  # render figures into the outputs (checked below) without any display
     import matplotlib_inline  # noqa: F401  pylint: disable=g-import-not-at-top,unused-import
+
     env['MPLBACKEND'] = 'module://matplotlib_inline.backend_inline'
   except ImportError:
     env['MPLBACKEND'] = 'Agg'
@@ -49,8 +52,9 @@ def execute(name, workdir):
   saved = {k: os.environ.get(k) for k in env}
   os.environ.update(env)  # the kernel inherits this process's environment
   try:
-    client = nbclient.NotebookClient(nb, timeout=600, kernel_name='python3',
-                                     resources={'metadata': {'path': COLABS}})
+    client = nbclient.NotebookClient(
+      nb, timeout=600, kernel_name='python3', resources={'metadata': {'path': COLABS}}
+    )
     t0 = time.time()
     client.execute()
     print(f'{name}.ipynb: {time.time() - t0:.0f}s')
@@ -65,8 +69,12 @@ def execute(name, workdir):
 
 
 def _images(nb) -> int:
-  return sum('image/png' in o.get('data', {}) for c in nb.cells if c.cell_type == 'code'
-             for o in c.get('outputs', []))
+  return sum(
+    'image/png' in o.get('data', {})
+    for c in nb.cells
+    if c.cell_type == 'code'
+    for o in c.get('outputs', [])
+  )
 
 
 def _metrics(path):
@@ -121,8 +129,13 @@ def _check_finetune(workdir):
 def _check_fewshot(workdir):
   with open(workdir / 'fewshot_results.json', encoding='utf-8') as f:
     result = json.load(f)
-  assert set(result['strategies']) == {'random', 'similarity', 'diversity', 'difficulty',
-                                       'gradient'}
+  assert set(result['strategies']) == {
+    'random',
+    'similarity',
+    'diversity',
+    'difficulty',
+    'gradient',
+  }
   for s in result['strategies']:
     for k in result['ks']:
       assert 0.0 <= result['accuracy'][s][str(k)]['mean'] <= 1.0
@@ -138,5 +151,9 @@ def _check_dpo(workdir):
   assert acc[-1] > 0.6, f'held-out reward accuracy {acc}'
 
 
-CHECKS = {'quickstart': _check_quickstart, 'finetune_classifier': _check_finetune,
-          'generate_and_fewshot': _check_fewshot, 'dpo': _check_dpo}
+CHECKS = {
+  'quickstart': _check_quickstart,
+  'finetune_classifier': _check_finetune,
+  'generate_and_fewshot': _check_fewshot,
+  'dpo': _check_dpo,
+}

@@ -1,5 +1,6 @@
 """One config schema: the base configs share their blocks, and every old data-source spelling
 fails at once with one line naming the new one."""
+
 import dataclasses
 
 import ml_collections
@@ -13,14 +14,29 @@ from lm.model import ModelConfig
 from lm import preference
 from lm.tasks import data as task_data
 
-SHARED_TRAIN = ('batch_size', 'steps', 'lr', 'warmup_steps', 'schedule', 'end_lr_fraction',
-                'weight_decay', 'b1', 'b2', 'eps', 'clip_norm', 'grad_accum_steps')
+SHARED_TRAIN = (
+  'batch_size',
+  'steps',
+  'lr',
+  'warmup_steps',
+  'schedule',
+  'end_lr_fraction',
+  'weight_decay',
+  'b1',
+  'b2',
+  'eps',
+  'clip_norm',
+  'grad_accum_steps',
+)
 PERIODIC = ('log_every', 'eval_every', 'checkpoint_every', 'keep_checkpoints', 'async_checkpoints')
 
 
 def base_configs():
-  return {'pretraining': defaults.pretraining(), 'finetuning': defaults.finetuning('qa'),
-          'preference': defaults.preference()}
+  return {
+    'pretraining': defaults.pretraining(),
+    'finetuning': defaults.finetuning('qa'),
+    'preference': defaults.preference(),
+  }
 
 
 def test_base_configs_share_the_train_and_periodic_blocks():
@@ -48,7 +64,9 @@ def test_model_defaults_are_model_config():
   assert defaults.pretraining().model.to_dict() == want
 
 
-@pytest.mark.parametrize('old,new', [
+@pytest.mark.parametrize(
+  'old,new',
+  [
     (dict(dataset='text_files'), "data.source='files'"),
     (dict(dataset='lm1b'), "data.tfds_name='lm1b'"),
     (dict(train_file='a.tsv'), 'data.files'),
@@ -57,12 +75,18 @@ def test_model_defaults_are_model_config():
     (dict(source='text_files'), "data.source='files'"),
     (dict(source='jsonl'), "data.source='files'"),
     (dict(source='glue/sst2'), "data.source='tfds' and data.tfds_name='glue/sst2'"),
-])
+  ],
+)
 def test_old_spellings_name_the_new_key(old, new):
   cfg = ml_collections.ConfigDict(dict(source='python_docs', files='', eval_fraction=0.2))
   cfg.update(old)
-  for load in (sources.check, corpus.load_corpus, prepare.spec, preference.load_pairs,
-               lambda c: task_data.load_examples('classification', c, 'train')):
+  for load in (
+    sources.check,
+    corpus.load_corpus,
+    prepare.spec,
+    preference.load_pairs,
+    lambda c: task_data.load_examples('classification', c, 'train'),
+  ):
     with pytest.raises(ValueError) as e:
       load(cfg)
     assert new in str(e.value) and '\n' not in str(e.value)
@@ -75,14 +99,24 @@ def test_argv_prescan_names_the_new_key():
   assert 'data.files' in sources.argv_error(['--config.data.train_file', 'x.tsv'])
   assert 'data.split' in sources.argv_error(['--config.data.train_split=train'])
   assert "data.source='files'" in sources.argv_error(['--config.data.source=jsonl'])
-  assert sources.argv_error(['--config.data.source=tfds', '--config.data.tfds_name=lm1b',
-                             '--config.data.files=a.txt', '--config.data.eval_files=b']) is None
+  assert (
+    sources.argv_error(
+      [
+        '--config.data.source=tfds',
+        '--config.data.tfds_name=lm1b',
+        '--config.data.files=a.txt',
+        '--config.data.eval_files=b',
+      ]
+    )
+    is None
+  )
 
 
 def test_files_source_reads_globs_and_splits_by_hash(tmp_path):
   for i in range(2):
     (tmp_path / f'part{i}.tsv').write_text(
-        ''.join(f'{"pos" if j % 2 else "neg"}\tsentence {i} {j}\n' for j in range(50)))
+      ''.join(f'{"pos" if j % 2 else "neg"}\tsentence {i} {j}\n' for j in range(50))
+    )
   cfg = defaults.finetuning('classification').data
   cfg.update(source='files', files=str(tmp_path / 'part*.tsv'), eval_fraction=0.3)
   train, _ = task_data.load_examples('classification', cfg, 'train')

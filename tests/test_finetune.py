@@ -1,13 +1,12 @@
 """Fine-tuning: body loading checks, offline tasks, QA windows, early stopping, NaN, SIGTERM,
 mesh changes, and pretrained beating random init on the offline classification default."""
+
 import json
 import os
 import signal
 import subprocess
 import sys
-import time
 
-import jax
 import numpy as np
 import pytest
 
@@ -26,14 +25,16 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 def _run(args, env=None, timeout=600):
   e = {**os.environ, **(env or {}), 'PYTHONPATH': ROOT}
-  out = subprocess.run([sys.executable] + args, cwd=ROOT, env=e, capture_output=True, text=True,
-                       timeout=timeout)
+  out = subprocess.run(
+    [sys.executable] + args, cwd=ROOT, env=e, capture_output=True, text=True, timeout=timeout
+  )
   assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
   return out.stdout
 
 
 def _cls_config(init_checkpoint, **train):
   import configs.finetune_cls as C  # pylint: disable=g-import-not-at-top
+
   c = C.get_config()
   c.init_checkpoint = str(init_checkpoint)
   c.num_devices = 1  # robust whether this process has 1 or 8 (simulated) devices
@@ -59,8 +60,10 @@ def test_pretrained_beats_random_init(pretrained_bert, tmp_path):
     c.init = init
     got[init] = finetune.run(c, str(tmp_path / init))['final']
   print('accuracy, macro-F1:', {k: (v['accuracy'], v['f1']) for k, v in got.items()})
-  assert (got['pretrained']['accuracy'] >= got['random']['accuracy'] + 0.05 or
-          got['pretrained']['f1'] >= got['random']['f1'] + 0.05), got
+  assert (
+    got['pretrained']['accuracy'] >= got['random']['accuracy'] + 0.05
+    or got['pretrained']['f1'] >= got['random']['f1'] + 0.05
+  ), got
 
 
 def test_mesh_1_to_8_to_1(pretrained_bert, tmp_path):
@@ -74,15 +77,19 @@ def test_mesh_1_to_8_to_1(pretrained_bert, tmp_path):
   c.eval_every = 4
   c.eval_batch_size = 16
   wd = str(tmp_path / 'ft')
-  code = ('import json, jax, ml_collections; from lm import evaluation, finetune, sharding; '
-          f'c = ml_collections.ConfigDict(json.loads({c.to_json()!r})); c.mesh_shape = (2, 2, 2); '
-          f'eight = finetune.run(c, {wd!r})["final"]; '
-          f'one, _ = evaluation.evaluate_finetuned({wd!r}, '
-          'mesh=sharding.make_mesh((1, 1, 1), jax.devices()[:1])); '
-          f'again, _ = evaluation.evaluate_finetuned({wd!r}, mesh=sharding.make_mesh((2, 2, 2))); '
-          'print("RESULT", json.dumps([eight, one, again]))')
-  out = _run(['-c', code], env={'XLA_FLAGS': '--xla_force_host_platform_device_count=8',
-                                'JAX_PLATFORMS': 'cpu'})
+  code = (
+    'import json, jax, ml_collections; from lm import evaluation, finetune, sharding; '
+    f'c = ml_collections.ConfigDict(json.loads({c.to_json()!r})); c.mesh_shape = (2, 2, 2); '
+    f'eight = finetune.run(c, {wd!r})["final"]; '
+    f'one, _ = evaluation.evaluate_finetuned({wd!r}, '
+    'mesh=sharding.make_mesh((1, 1, 1), jax.devices()[:1])); '
+    f'again, _ = evaluation.evaluate_finetuned({wd!r}, mesh=sharding.make_mesh((2, 2, 2))); '
+    'print("RESULT", json.dumps([eight, one, again]))'
+  )
+  out = _run(
+    ['-c', code],
+    env={'XLA_FLAGS': '--xla_force_host_platform_device_count=8', 'JAX_PLATFORMS': 'cpu'},
+  )
   eight, one, again = json.loads(out.split('RESULT', 1)[1])
   for r in (one, again):
     assert r['step'] == 4
@@ -109,9 +116,13 @@ def test_early_stopping_keeps_best(pretrained_bert, tmp_path):
   wd = str(tmp_path / 'es')
   out = finetune.run(c, wd)
   assert 'early stopping' in out['stopped'] and out['best']['step'] == 2
-  assert checkpoint.Checkpointer(os.path.join(wd, 'best'), every=1, read_only=True).all_steps() == [2]
-  assert checkpoint.Checkpointer(os.path.join(wd, 'checkpoints'), every=1,
-                                 read_only=True).latest_step() == 6
+  assert checkpoint.Checkpointer(os.path.join(wd, 'best'), every=1, read_only=True).all_steps() == [
+    2
+  ]
+  assert (
+    checkpoint.Checkpointer(os.path.join(wd, 'checkpoints'), every=1, read_only=True).latest_step()
+    == 6
+  )
   res, _ = evaluation.evaluate_finetuned(wd, max_examples=16)
   assert res['step'] == 2 and 0 <= res['accuracy'] <= 1
 
@@ -123,19 +134,33 @@ def test_nan_loss_stops_without_checkpoint(pretrained_bert, tmp_path):
   wd = str(tmp_path / 'nan')
   with pytest.raises(FloatingPointError):
     finetune.run(c, wd)
-  assert checkpoint.Checkpointer(os.path.join(wd, 'checkpoints'), every=1,
-                                 read_only=True).latest_step() is None
+  assert (
+    checkpoint.Checkpointer(os.path.join(wd, 'checkpoints'), every=1, read_only=True).latest_step()
+    is None
+  )
 
 
 def test_sigterm_saves_and_exits(pretrained_bert, tmp_path):
   wd = str(tmp_path / 'term')
   proc = subprocess.Popen(
-      [sys.executable, 'finetune.py', '--config=configs/finetune_tokens.py', f'--workdir={wd}',
-       f'--config.init_checkpoint={pretrained_bert}', '--config.train.steps=100000',
-       '--config.log_every=1', '--config.data.max_len=32', '--config.train.batch_size=4',
-       '--config.num_devices=1'],
-      cwd=ROOT, env={**os.environ, 'PYTHONPATH': ROOT}, stdout=subprocess.PIPE,
-      stderr=subprocess.STDOUT, text=True)
+    [
+      sys.executable,
+      'finetune.py',
+      '--config=configs/finetune_tokens.py',
+      f'--workdir={wd}',
+      f'--config.init_checkpoint={pretrained_bert}',
+      '--config.train.steps=100000',
+      '--config.log_every=1',
+      '--config.data.max_len=32',
+      '--config.train.batch_size=4',
+      '--config.num_devices=1',
+    ],
+    cwd=ROOT,
+    env={**os.environ, 'PYTHONPATH': ROOT},
+    stdout=subprocess.PIPE,
+    stderr=subprocess.STDOUT,
+    text=True,
+  )
   lines = []
   for line in proc.stdout:
     lines.append(line)
@@ -145,8 +170,9 @@ def test_sigterm_saves_and_exits(pretrained_bert, tmp_path):
   rest, _ = proc.communicate(timeout=120)
   assert proc.returncode == 0, ''.join(lines) + rest
   assert 'SIGTERM: saved step' in rest
-  step = checkpoint.Checkpointer(os.path.join(wd, 'checkpoints'), every=1,
-                                 read_only=True).latest_step()
+  step = checkpoint.Checkpointer(
+    os.path.join(wd, 'checkpoints'), every=1, read_only=True
+  ).latest_step()
   assert step is not None and step < 100000
 
 
@@ -161,8 +187,12 @@ def test_qa_windows_find_far_answer(kind):
   filler = ' '.join(f'The statement number {i} is followed by another one.' for i in range(60))
   answer = 'Assert statements insert debugging assertions'
   context = filler + '  ' + answer + ' into a program. ' + filler[:300]
-  ex = {'id': 'far', 'question': 'What do assert statements do?', 'context': context,
-        'answers': [{'text': answer, 'start': context.index(answer)}]}
+  ex = {
+    'id': 'far',
+    'question': 'What do assert statements do?',
+    'context': context,
+    'answers': [{'text': answer, 'start': context.index(answer)}],
+  }
   cfg = defaults.finetuning('qa').data
   cfg.update(max_len=48, max_query_len=12, doc_stride=16, max_answer_len=34)
   features, aux = qa.featurize([ex], tok, None, cfg)
@@ -195,7 +225,7 @@ def test_offline_sets_are_real_and_deterministic():
   assert qa_ex == qa.offline_examples('validation') and len(qa_ex) > 50
   for e in qa_ex:
     a = e['answers'][0]
-    assert e['context'][a['start']:a['start'] + len(a['text'])] == a['text']
+    assert e['context'][a['start'] : a['start'] + len(a['text'])] == a['text']
   tok_ex = token_classification.offline_examples('train')
   assert {t for e in tok_ex for t in e['tags']} == set(token_classification.TOKEN_LABELS)
 
@@ -203,23 +233,35 @@ def test_offline_sets_are_real_and_deterministic():
 def test_local_files(tmp_path):
   tsv = tmp_path / 'c.tsv'
   tsv.write_text('label\ttext\ttext_b\npos\tgood film\tyes\nneg\tbad\tno\n')
-  assert classification.read_file(str(tsv))[1] == {'text': 'bad', 'text_b': 'no',
-                                                            'label': 'neg'}
+  assert classification.read_file(str(tsv))[1] == {'text': 'bad', 'text_b': 'no', 'label': 'neg'}
   jl = tmp_path / 'q.jsonl'
-  jl.write_text(json.dumps({'id': 'a', 'question': 'q?', 'context': 'ctx here',
-                            'answers': {'text': ['here'], 'answer_start': [4]}}) + '\n')
+  jl.write_text(
+    json.dumps(
+      {
+        'id': 'a',
+        'question': 'q?',
+        'context': 'ctx here',
+        'answers': {'text': ['here'], 'answer_start': [4]},
+      }
+    )
+    + '\n'
+  )
   assert qa.read_file(str(jl))[0]['answers'] == [{'text': 'here', 'start': 4}]
   conll = tmp_path / 't.conll'
   conll.write_text('EU\tB-ORG\nrejects\tO\n\nPeter\tB-PER\n')
   assert token_classification.read_file(str(conll)) == [
-      {'tokens': ['EU', 'rejects'], 'tags': ['B-ORG', 'O']}, {'tokens': ['Peter'], 'tags': ['B-PER']}]
+    {'tokens': ['EU', 'rejects'], 'tags': ['B-ORG', 'O']},
+    {'tokens': ['Peter'], 'tags': ['B-PER']},
+  ]
 
 
 def test_glue_from_tfds_mock(tmp_path):
   import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
+
   cfg = defaults.finetuning('classification').data
-  cfg.update(source='tfds', tfds_name='glue/mnli', data_dir=str(tmp_path),
-             eval_split='validation_matched')
+  cfg.update(
+    source='tfds', tfds_name='glue/mnli', data_dir=str(tmp_path), eval_split='validation_matched'
+  )
   with tfds.testing.mock_data(num_examples=6, data_dir=str(tmp_path)):
     ex, names = data_lib.load_examples('classification', cfg, 'validation')
   assert names == ['entailment', 'neutral', 'contradiction']

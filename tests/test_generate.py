@@ -1,5 +1,6 @@
 """Generation equals HF `generate` token for token on a random tiny GPT-2, the KV cache equals
 the uncached forward, sampling is seeded, and scan layers / a device mesh change nothing."""
+
 import dataclasses
 import functools
 import os
@@ -30,8 +31,18 @@ def _hf_model():
   """Random GPT-2 with init std 0.3: at HF's 0.02 logits are nearly flat and greedy repeats."""
   torch.manual_seed(0)
   config = transformers.GPT2Config(
-      vocab_size=96, n_embd=32, n_layer=2, n_head=4, n_positions=64, initializer_range=0.3,
-      resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0, bos_token_id=None, eos_token_id=None)
+    vocab_size=96,
+    n_embd=32,
+    n_layer=2,
+    n_head=4,
+    n_positions=64,
+    initializer_range=0.3,
+    resid_pdrop=0.0,
+    embd_pdrop=0.0,
+    attn_pdrop=0.0,
+    bos_token_id=None,
+    eos_token_id=None,
+  )
   return transformers.GPT2LMHeadModel(config).eval()
 
 
@@ -46,11 +57,17 @@ def _ours(scan_layers=False):
 
 def _hf_generate(**kwargs):
   ids, mask = G.left_pad(PROMPTS, PAD)
-  out = _hf_model().generate(torch.tensor(ids, dtype=torch.long), attention_mask=torch.tensor(mask),
-                             max_new_tokens=N, pad_token_id=PAD, do_sample=False, **kwargs)
+  out = _hf_model().generate(
+    torch.tensor(ids, dtype=torch.long),
+    attention_mask=torch.tensor(mask),
+    max_new_tokens=N,
+    pad_token_id=PAD,
+    do_sample=False,
+    **kwargs,
+  )
   if hasattr(out, 'sequences'):
-    return out.sequences[:, ids.shape[1]:].numpy(), out.sequences_scores.numpy()
-  return out[:, ids.shape[1]:].numpy(), None
+    return out.sequences[:, ids.shape[1] :].numpy(), out.sequences_scores.numpy()
+  return out[:, ids.shape[1] :].numpy(), None
 
 
 def _trim(rows, eos):
@@ -82,16 +99,28 @@ def test_greedy_matches_hf(eos):
     assert len(ours[0]) < N and ours[0][-1] == eos
 
 
-@pytest.mark.parametrize('length_penalty,eos,early_stopping', [
-    (0.7, None, False), (0.7, 'mid', False), (1.0, 'mid', False), (2.0, 'mid', True)])
+@pytest.mark.parametrize(
+  'length_penalty,eos,early_stopping',
+  [(0.7, None, False), (0.7, 'mid', False), (1.0, 'mid', False), (2.0, 'mid', True)],
+)
 def test_beam_matches_hf(length_penalty, eos, early_stopping):
   eos = _eos() if eos else None
   model, params = _ours()
   kw = dict(num_beams=3, length_penalty=length_penalty, early_stopping=early_stopping)
-  ours = G.generate(model, params, PROMPTS, max_new_tokens=N, strategy='beam', eos_id=eos,
-                    pad_id=PAD, num_return_sequences=2, **kw)
-  ref, ref_scores = _hf_generate(eos_token_id=eos, num_return_sequences=2,
-                                 return_dict_in_generate=True, output_scores=True, **kw)
+  ours = G.generate(
+    model,
+    params,
+    PROMPTS,
+    max_new_tokens=N,
+    strategy='beam',
+    eos_id=eos,
+    pad_id=PAD,
+    num_return_sequences=2,
+    **kw,
+  )
+  ref, ref_scores = _hf_generate(
+    eos_token_id=eos, num_return_sequences=2, return_dict_in_generate=True, output_scores=True, **kw
+  )
   assert [len(o) for o in ours] == [2, 2]
   assert _flat(ours) == _trim(ref, eos)
   if eos is not None:
@@ -116,22 +145,33 @@ def test_cached_logits_equal_uncached():
     steps.append(logits)
   cached = np.stack(steps, 1)  # [B, N, V]: predictions after the prompt and each new token
   seq = np.concatenate([ids, np.stack(tokens, 1)], 1)
-  seq_mask = np.asarray(full_mask[:, :seq.shape[1]])
+  seq_mask = np.asarray(full_mask[:, : seq.shape[1]])
   positions = np.maximum(np.cumsum(seq_mask, 1) - 1, 0)
   full = model.apply({'params': params}, seq, positions=positions, attention_mask=seq_mask)
   p = ids.shape[1]
-  np.testing.assert_allclose(cached, np.asarray(full)[:, p - 1:], atol=1e-5, rtol=1e-5)
+  np.testing.assert_allclose(cached, np.asarray(full)[:, p - 1 :], atol=1e-5, rtol=1e-5)
   with torch.no_grad():
-    ref = _hf_model()(torch.tensor(seq, dtype=torch.long), attention_mask=torch.tensor(seq_mask),
-                      position_ids=torch.tensor(positions)).logits
-  np.testing.assert_allclose(cached, ref.numpy()[:, p - 1:], atol=1e-4, rtol=1e-4)
+    ref = _hf_model()(
+      torch.tensor(seq, dtype=torch.long),
+      attention_mask=torch.tensor(seq_mask),
+      position_ids=torch.tensor(positions),
+    ).logits
+  np.testing.assert_allclose(cached, ref.numpy()[:, p - 1 :], atol=1e-4, rtol=1e-4)
 
 
 def test_sampling_seeded_and_top_k_1_is_greedy():
   model, params = _ours()
-  sample = functools.partial(G.generate, model, params, PROMPTS, max_new_tokens=N,
-                             strategy='sample', temperature=1.5, top_p=0.9,
-                             num_return_sequences=3)
+  sample = functools.partial(
+    G.generate,
+    model,
+    params,
+    PROMPTS,
+    max_new_tokens=N,
+    strategy='sample',
+    temperature=1.5,
+    top_p=0.9,
+    num_return_sequences=3,
+  )
   a, b, c = sample(seed=0), sample(seed=0), sample(seed=1)
   assert a == b and a != c
   assert [len(x) for x in a] == [3, 3] and all(len(s) == N for s in _flat(a))
@@ -149,8 +189,9 @@ def test_logits_processors_match_hf(temperature, top_k, top_p):
   procs += [transformers.TopKLogitsWarper(top_k)] if top_k else []
   procs += [transformers.TopPLogitsWarper(top_p)] if top_p < 1 else []
   ref = transformers.LogitsProcessorList(procs)(None, torch.tensor(logits)).numpy()
-  s = G.Settings(max_new_tokens=1, strategy='sample', temperature=temperature, top_k=top_k,
-                 top_p=top_p)
+  s = G.Settings(
+    max_new_tokens=1, strategy='sample', temperature=temperature, top_k=top_k, top_p=top_p
+  )
   ours = np.asarray(G.process_logits(jnp.asarray(logits), s))
   np.testing.assert_array_equal(np.isinf(ours), np.isinf(ref))
   np.testing.assert_allclose(ours[~np.isinf(ours)], ref[~np.isinf(ref)], rtol=1e-6)
@@ -179,8 +220,9 @@ def test_mesh_same_tokens():
 def test_bad_arguments():
   model, params = _ours()
   with pytest.raises(ValueError, match='num_return_sequences'):
-    G.generate(model, params, PROMPTS, max_new_tokens=2, strategy='beam', num_beams=2,
-               num_return_sequences=3)
+    G.generate(
+      model, params, PROMPTS, max_new_tokens=2, strategy='beam', num_beams=2, num_return_sequences=3
+    )
   with pytest.raises(ValueError, match='max_len'):
     G.generate(model, params, PROMPTS, max_new_tokens=64)
   with pytest.raises(ValueError, match='greedy'):

@@ -1,5 +1,6 @@
 """HF interop: logits match the PyTorch reference models, round trips are exact, files load, and
 any mismatch is an error naming the tensor."""
+
 import dataclasses
 import functools
 import json
@@ -22,13 +23,28 @@ from lm import model as M  # noqa: E402
 RTOL = 1e-5
 
 HF_CONFIGS = {
-    'bert': lambda: transformers.BertConfig(
-        vocab_size=99, hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
-        intermediate_size=37, max_position_embeddings=64, hidden_dropout_prob=0.0,
-        attention_probs_dropout_prob=0.0),
-    'gpt2': lambda: transformers.GPT2Config(  # n_inner None: 4 * n_embd
-        vocab_size=99, n_embd=32, n_layer=2, n_head=4, n_positions=64, resid_pdrop=0.0,
-        embd_pdrop=0.0, attn_pdrop=0.0, bos_token_id=1, eos_token_id=1),
+  'bert': lambda: transformers.BertConfig(
+    vocab_size=99,
+    hidden_size=32,
+    num_hidden_layers=2,
+    num_attention_heads=4,
+    intermediate_size=37,
+    max_position_embeddings=64,
+    hidden_dropout_prob=0.0,
+    attention_probs_dropout_prob=0.0,
+  ),
+  'gpt2': lambda: transformers.GPT2Config(  # n_inner None: 4 * n_embd
+    vocab_size=99,
+    n_embd=32,
+    n_layer=2,
+    n_head=4,
+    n_positions=64,
+    resid_pdrop=0.0,
+    embd_pdrop=0.0,
+    attn_pdrop=0.0,
+    bos_token_id=1,
+    eos_token_id=1,
+  ),
 }
 HF_CLASSES = {'bert': 'BertForPreTraining', 'gpt2': 'GPT2LMHeadModel'}
 AUTO_CLASSES = {'bert': 'AutoModelForPreTraining', 'gpt2': 'AutoModelForCausalLM'}
@@ -72,8 +88,9 @@ def _hf_logits(kind, model, ids, mask, types):
 
 
 def _our_logits(kind, cfg, params, ids, mask, types):
-  out = hf.module(kind, cfg).apply({'params': params}, ids, *([types] if kind == 'bert' else []),
-                                   attention_mask=mask)
+  out = hf.module(kind, cfg).apply(
+    {'params': params}, ids, *([types] if kind == 'bert' else []), attention_mask=mask
+  )
   return out if kind == 'bert' else {'logits': out}
 
 
@@ -114,8 +131,12 @@ def test_bert_encode_matches_hidden_states():
   ids, mask, types = _batch()
   hidden, _ = hf.module('bert', cfg).apply({'params': params}, ids, types, mask, method='encode')
   with torch.no_grad():
-    ref = hf_model(input_ids=torch.from_numpy(ids), attention_mask=torch.from_numpy(mask),
-                   token_type_ids=torch.from_numpy(types), output_hidden_states=True)
+    ref = hf_model(
+      input_ids=torch.from_numpy(ids),
+      attention_mask=torch.from_numpy(mask),
+      token_type_ids=torch.from_numpy(types),
+      output_hidden_states=True,
+    )
   _assert_logits_match({'h': hidden}, {'h': ref.hidden_states[-1]}, mask)
 
 
@@ -134,11 +155,30 @@ def test_state_dict_round_trip_is_exact(kind, scan):
 
 
 OURS = {
-    'bert': M.ModelConfig(vocab_size=99, hidden_size=32, num_layers=2, num_heads=4, mlp_dim=48,
-                          max_len=64, dropout_rate=0.0, attention_dropout_rate=0.0),
-    'gpt2': M.ModelConfig(vocab_size=99, hidden_size=32, num_layers=2, num_heads=4, mlp_dim=48,
-                          max_len=64, dropout_rate=0.0, attention_dropout_rate=0.0, pre_ln=True,
-                          type_vocab_size=0, activation='gelu_tanh', layer_norm_eps=1e-5),
+  'bert': M.ModelConfig(
+    vocab_size=99,
+    hidden_size=32,
+    num_layers=2,
+    num_heads=4,
+    mlp_dim=48,
+    max_len=64,
+    dropout_rate=0.0,
+    attention_dropout_rate=0.0,
+  ),
+  'gpt2': M.ModelConfig(
+    vocab_size=99,
+    hidden_size=32,
+    num_layers=2,
+    num_heads=4,
+    mlp_dim=48,
+    max_len=64,
+    dropout_rate=0.0,
+    attention_dropout_rate=0.0,
+    pre_ln=True,
+    type_vocab_size=0,
+    activation='gelu_tanh',
+    layer_norm_eps=1e-5,
+  ),
 }
 
 
@@ -156,10 +196,15 @@ def test_export_loads_in_transformers(kind, tmp_path):
   model, info = auto.from_pretrained(tmp_path, output_loading_info=True)
   assert type(model).__name__ == HF_CLASSES[kind]
   assert not any(info.values()), info  # no missing / unexpected / mismatched keys
-  _assert_logits_match(_our_logits(kind, cfg, params, ids, mask, types),
-                       _hf_logits(kind, model.eval(), ids, mask, types), mask)
+  _assert_logits_match(
+    _our_logits(kind, cfg, params, ids, mask, types),
+    _hf_logits(kind, model.eval(), ids, mask, types),
+    mask,
+  )
   assert hf.config_from_hf(json.loads((tmp_path / 'config.json').read_text())) == (
-      kind, dataclasses.replace(cfg, scan_layers=False))
+    kind,
+    dataclasses.replace(cfg, scan_layers=False),
+  )
 
 
 @pytest.mark.parametrize('kind', KINDS)
@@ -186,8 +231,11 @@ def test_original_gpt2_layout_loads():
   """Hub GPT-2 files: bare `GPT2Model` names, causal-mask buffers, no lm_head."""
   hf_model = _hf_model('gpt2')
   _, cfg = hf.config_from_hf(hf_model.config)
-  sd = {k.removeprefix('transformer.'): v for k, v in hf_model.state_dict().items()
-        if k != 'lm_head.weight'}
+  sd = {
+    k.removeprefix('transformer.'): v
+    for k, v in hf_model.state_dict().items()
+    if k != 'lm_head.weight'
+  }
   for i in range(cfg.num_layers):
     sd[f'h.{i}.attn.bias'] = torch.ones(1, 1, 64, 64)
     sd[f'h.{i}.attn.masked_bias'] = torch.tensor(-1e4)
@@ -215,8 +263,9 @@ def test_mismatches_raise_naming_the_key(kind, scan):
   _raises(layer_key, hf.from_hf, kind, {**sd, layer_key: sd[layer_key][..., :-1]}, cfg)
   _raises(top_key, hf.from_hf, kind, {**sd, top_key: sd[top_key].T[:-1]}, cfg)
   extra = p.format(i=2) + 'whatever.weight'
-  _raises(extra.removeprefix(hf.SPECS[kind].prefix), hf.from_hf, kind, {**sd, extra: sd[top_key]},
-          cfg)
+  _raises(
+    extra.removeprefix(hf.SPECS[kind].prefix), hf.from_hf, kind, {**sd, extra: sd[top_key]}, cfg
+  )
   _raises(alias, hf.from_hf, kind, {**sd, alias: sd[alias] + 1}, cfg)  # untied head
   _raises(p.format(i=2), hf.from_hf, kind, sd, dataclasses.replace(cfg, num_layers=3))  # missing
 
@@ -225,7 +274,9 @@ def test_mismatches_raise_naming_the_key(kind, scan):
   _raises('embed/token/embedding', hf.to_hf, kind, params, cfg)
 
 
-@pytest.mark.parametrize('config', [
+@pytest.mark.parametrize(
+  'config',
+  [
     lambda: transformers.BertConfig(hidden_act='silu'),
     lambda: {'model_type': 'bert', 'position_embedding_type': 'relative_key'},
     lambda: transformers.BertConfig(is_decoder=True),
@@ -233,15 +284,19 @@ def test_mismatches_raise_naming_the_key(kind, scan):
     lambda: transformers.GPT2Config(scale_attn_by_inverse_layer_idx=True),
     lambda: transformers.GPT2Config(activation_function='swish'),
     lambda: {'model_type': 'llama'},
-])
+  ],
+)
 def test_unsupported_configs_are_refused(config):
   with pytest.raises(ValueError, match='nsupported'):
     hf.config_from_hf(config())
 
 
 def test_inexpressible_configs_are_refused(tmp_path):
-  for kind, bad in [('gpt2', dict(position='rope')), ('bert', dict(pre_ln=True)),
-                    ('gpt2', dict(type_vocab_size=2))]:
+  for kind, bad in [
+    ('gpt2', dict(position='rope')),
+    ('bert', dict(pre_ln=True)),
+    ('gpt2', dict(type_vocab_size=2)),
+  ]:
     cfg = dataclasses.replace(OURS[kind], **bad)
     with pytest.raises(ValueError, match=next(iter(bad))):
       hf.config_to_hf(kind, cfg)

@@ -1,4 +1,5 @@
 """In-context demonstration selection and few-shot scoring (lm/icl/)."""
+
 import importlib
 import json
 import os
@@ -21,9 +22,20 @@ V = 64
 
 @pytest.fixture(scope='module')
 def lm():
-  cfg = M.ModelConfig(vocab_size=V, hidden_size=32, num_layers=2, num_heads=2, mlp_dim=64,
-                      max_len=64, type_vocab_size=0, pre_ln=True, activation='gelu_tanh',
-                      layer_norm_eps=1e-5, dropout_rate=0.0, attention_dropout_rate=0.0)
+  cfg = M.ModelConfig(
+    vocab_size=V,
+    hidden_size=32,
+    num_layers=2,
+    num_heads=2,
+    mlp_dim=64,
+    max_len=64,
+    type_vocab_size=0,
+    pre_ln=True,
+    activation='gelu_tanh',
+    layer_norm_eps=1e-5,
+    dropout_rate=0.0,
+    attention_dropout_rate=0.0,
+  )
   model = M.Decoder(cfg)
   params = nn.unbox(model.init(jax.random.PRNGKey(0), jnp.zeros((1, 8), jnp.int32))['params'])
   return icl.LM(model, params, pad_id=0, max_len=64, batch_size=4)
@@ -36,6 +48,7 @@ def _seqs(n, seed, lo=6, hi=20):
 
 class CharTokenizer:
   """Deterministic stand-in for the BPE tokenizer: one id per character."""
+
   eos_id, pad_id = 1, 0
 
   def encode(self, text):
@@ -186,16 +199,28 @@ def test_vmap_gradients_equal_per_example_loop(lm):
 def test_gradient_strategy_ranks_identical_example_first(lm):
   pool = _seqs(10, 5)
   w = [[0] + [1] * (len(s) - 1) for s in pool]
-  f = icl.Features(num_pool=10, pool_grad=lm.gradients(pool, w),
-                   query_grad=lm.gradients([pool[6], pool[2]], [w[6], w[2]]))
+  f = icl.Features(
+    num_pool=10,
+    pool_grad=lm.gradients(pool, w),
+    query_grad=lm.gradients([pool[6], pool[2]], [w[6], w[2]]),
+  )
   assert icl.select('gradient', 3, f, query=0)[0] == 6
   assert icl.select('gradient', 3, f, query=1)[0] == 2
 
 
 def test_prompt_fits_max_len_and_drops_furthest_demos():
   tok = CharTokenizer()
-  p = icl.Prompter(tok, ['a', 'b'], ['yes', 'no'], max_len=64, input_prefix='T:',
-                   output_prefix='|', separator=';', demo_tokens=20, query_tokens=10)
+  p = icl.Prompter(
+    tok,
+    ['a', 'b'],
+    ['yes', 'no'],
+    max_len=64,
+    input_prefix='T:',
+    output_prefix='|',
+    separator=';',
+    demo_tokens=20,
+    query_tokens=10,
+  )
   long = 'x' * 100
   for k in range(0, 9):
     ids, kept = p.prompt([(long, 'a')] * k, long)
@@ -211,14 +236,33 @@ def test_run_fewshot_grid_and_inspectable_selections(lm):
   tok = CharTokenizer()
   rng = np.random.default_rng(0)
   words = ['alpha', 'beta', 'gamma', 'delta']
-  make = lambda n: [{'text': ' '.join(rng.choice(words, 4)), 'label': str(rng.integers(2))}
-                    for _ in range(n)]
+  make = lambda n: [
+    {'text': ' '.join(rng.choice(words, 4)), 'label': str(rng.integers(2))} for _ in range(n)
+  ]
   pool, test = make(12), make(4)
-  p = icl.Prompter(tok, ['0', '1'], ['no', 'yes'], max_len=64, input_prefix='T:',
-                   output_prefix='|', separator=';', demo_tokens=12, query_tokens=12)
-  fs = ml_collections.ConfigDict(dict(
-      strategies=icl.STRATEGIES, ks=(0, 1, 2), seeds=(0, 1), orderings=2, score='mean',
-      difficulty='easy', gradient_params='last', gradient_dim=0))
+  p = icl.Prompter(
+    tok,
+    ['0', '1'],
+    ['no', 'yes'],
+    max_len=64,
+    input_prefix='T:',
+    output_prefix='|',
+    separator=';',
+    demo_tokens=12,
+    query_tokens=12,
+  )
+  fs = ml_collections.ConfigDict(
+    dict(
+      strategies=icl.STRATEGIES,
+      ks=(0, 1, 2),
+      seeds=(0, 1),
+      orderings=2,
+      score='mean',
+      difficulty='easy',
+      gradient_params='last',
+      gradient_dim=0,
+    )
+  )
   r = icl.run_fewshot(lm, p, pool, test, fs)
   assert r['runs'] == 4
   for s in icl.STRATEGIES:
@@ -236,8 +280,7 @@ def test_run_fewshot_grid_and_inspectable_selections(lm):
         assert len(run['pool_indices']) == 2 and all(0 <= i < 12 for i in run['pool_indices'])
         assert run['prediction'] in ('0', '1') and len(run['scores']) == 2
   # query-independent strategies choose the same set for every test example
-  sets = {frozenset(ex['selections']['difficulty']['2'][0]['pool_indices'])
-          for ex in r['examples']}
+  sets = {frozenset(ex['selections']['difficulty']['2'][0]['pool_indices']) for ex in r['examples']}
   assert len(sets) == 1
   table = icl.format_table(r)
   for s in icl.STRATEGIES:
@@ -254,10 +297,16 @@ def test_run_fewshot_grid_and_inspectable_selections(lm):
 def test_eval_py_fewshot_table(tmp_path, pretrained_gpt):
   wd = str(pretrained_gpt)
   out = str(tmp_path / 'fewshot.json')
-  proc = run_script('eval.py', '--config=configs/fewshot.py', f'--checkpoint={wd}',
-                    f'--output={out}', '--config.fewshot.num_test=6',
-                    '--config.fewshot.pool_size=16', '--config.fewshot.ks=0,1,2',
-                    '--config.fewshot.seeds=0,1')
+  proc = run_script(
+    'eval.py',
+    '--config=configs/fewshot.py',
+    f'--checkpoint={wd}',
+    f'--output={out}',
+    '--config.fewshot.num_test=6',
+    '--config.fewshot.pool_size=16',
+    '--config.fewshot.ks=0,1,2',
+    '--config.fewshot.seeds=0,1',
+  )
   lines = proc.stdout.splitlines()
   header = next(l for l in lines if l.startswith('| strategy'))
   assert all(f'k={k}' in header for k in (0, 1, 2))
@@ -313,6 +362,7 @@ def user_modules(tmp_path, monkeypatch):
       (tmp_path / path).write_text(src)
       names.append(path[:-3].replace('/', '.'))
     importlib.invalidate_caches()
+
   yield write
   for n in names:
     sys.modules.pop(n, None)
@@ -322,13 +372,32 @@ def _fewshot_setup(strategies, ks=(0, 2)):
   tok = CharTokenizer()
   rng = np.random.default_rng(1)
   words = ['alpha', 'beta', 'gamma', 'delta']
-  make = lambda n: [{'text': ' '.join(rng.choice(words, 4)), 'label': str(rng.integers(2))}
-                    for _ in range(n)]
-  p = icl.Prompter(tok, ['0', '1'], ['no', 'yes'], max_len=64, input_prefix='T:',
-                   output_prefix='|', separator=';', demo_tokens=12, query_tokens=12)
-  fs = ml_collections.ConfigDict(dict(
-      strategies=tuple(strategies), ks=ks, seeds=(0, 1), orderings=1, score='mean',
-      difficulty='easy', gradient_params='last', gradient_dim=0))
+  make = lambda n: [
+    {'text': ' '.join(rng.choice(words, 4)), 'label': str(rng.integers(2))} for _ in range(n)
+  ]
+  p = icl.Prompter(
+    tok,
+    ['0', '1'],
+    ['no', 'yes'],
+    max_len=64,
+    input_prefix='T:',
+    output_prefix='|',
+    separator=';',
+    demo_tokens=12,
+    query_tokens=12,
+  )
+  fs = ml_collections.ConfigDict(
+    dict(
+      strategies=tuple(strategies),
+      ks=ks,
+      seeds=(0, 1),
+      orderings=1,
+      score='mean',
+      difficulty='easy',
+      gradient_params='last',
+      gradient_dim=0,
+    )
+  )
   return p, make(8), make(3), fs
 
 
@@ -341,6 +410,7 @@ def test_new_strategy_module_named_in_config_is_used(lm, user_modules):
       assert sorted(run['pool_indices']) == [0, 1]
   assert '| first_k ' in icl.format_table(r)
   import first_k  # pylint: disable=g-import-not-at-top
+
   assert first_k.CALLS == [(2, None), (2, None)]  # query-independent: once per (k, seed)
   f = icl.compute_features(lm, p, pool, test, ['first_k', 'random'])
   assert all(getattr(f, n) is None for n in ('pool_emb', 'query_emb', 'pool_loss', 'pool_grad'))
@@ -367,8 +437,12 @@ def test_unknown_or_broken_strategy_is_a_clear_error(user_modules):
       icl.strategies.get(name)
   with pytest.raises(ValueError, match='defines no select'):
     icl.strategies.get('json')  # a module, but not a strategy
-  user_modules({'needs_bm25.py': 'NEEDS = ("pool_bm25",)\ndef select(*a):\n  return []\n',
-                'broken.py': 'import no_such_dependency_xyz\ndef select(*a):\n  return []\n'})
+  user_modules(
+    {
+      'needs_bm25.py': 'NEEDS = ("pool_bm25",)\ndef select(*a):\n  return []\n',
+      'broken.py': 'import no_such_dependency_xyz\ndef select(*a):\n  return []\n',
+    }
+  )
   with pytest.raises(ValueError, match=r"needs \['pool_bm25'\]"):
     icl.strategies.get('needs_bm25')
   with pytest.raises(ModuleNotFoundError, match='no_such_dependency_xyz'):

@@ -1,5 +1,6 @@
 """Cross-entropy sums against a float64 numpy reference, and the fused chunked linear + CE
 (custom VJP) against plain autodiff through full logits: values and all three gradients."""
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -24,8 +25,9 @@ def test_cross_entropy_sums_matches_numpy():
   labels[0, :3] = logits[0, :3].argmax(-1)  # some correct predictions
   weights = rng.integers(0, 2, (4, 7)).astype(np.float32)
   weights[0, :3] = 1
-  nll, correct = losses.cross_entropy_sums(jnp.asarray(logits), jnp.asarray(labels),
-                                           jnp.asarray(weights))
+  nll, correct = losses.cross_entropy_sums(
+    jnp.asarray(logits), jnp.asarray(labels), jnp.asarray(weights)
+  )
   ref_nll, ref_correct = _numpy_ce(logits, labels, weights)
   np.testing.assert_allclose(float(nll), ref_nll, rtol=1e-5)
   assert float(correct) == ref_correct and ref_correct >= 3
@@ -50,9 +52,11 @@ def test_chunked_cross_entropy_equals_full_logits(chunk):
 
   (_, ref), ref_g = jax.value_and_grad(full, argnums=(0, 1, 2), has_aux=True)(hidden, emb, weights)
   (_, out), out_g = jax.jit(jax.value_and_grad(fused, argnums=(0, 1, 2), has_aux=True))(
-      hidden, emb, weights)
+    hidden, emb, weights
+  )
   np.testing.assert_allclose(out[0], ref[0], rtol=1e-5)
   assert float(out[1]) == float(ref[1])
   for name, g, r in zip(('hidden', 'embedding', 'weights'), out_g, ref_g):
-    np.testing.assert_allclose(g, r, rtol=1e-4, atol=1e-5 * float(jnp.abs(r).max()),
-                               err_msg=f'd loss / d {name}')
+    np.testing.assert_allclose(
+      g, r, rtol=1e-4, atol=1e-5 * float(jnp.abs(r).max()), err_msg=f'd loss / d {name}'
+    )

@@ -1,4 +1,5 @@
 """lm.metrics against scikit-learn and the official SQuAD v1.1 evaluation logic."""
+
 import collections
 import json
 import math
@@ -40,14 +41,14 @@ def _official_f1(prediction, ground_truth):
 
 
 CASES = [  # (prediction, ground truths)
-    ('The Eiffel Tower', ['Eiffel Tower', 'the tower']),
-    ('an apple a day', ['apple day']),
-    ('Denver Broncos!', ['Denver Broncos', 'Broncos']),
-    ('in 1999,  the year', ['1999']),
-    ('', ['something']),
-    ('the', ['a']),  # both normalise to '': EM 1, F1 0 (no common tokens)
-    ('Théâtre du Châtelet.', ['théâtre du châtelet']),
-    ('red red blue', ['red blue blue']),
+  ('The Eiffel Tower', ['Eiffel Tower', 'the tower']),
+  ('an apple a day', ['apple day']),
+  ('Denver Broncos!', ['Denver Broncos', 'Broncos']),
+  ('in 1999,  the year', ['1999']),
+  ('', ['something']),
+  ('the', ['a']),  # both normalise to '': EM 1, F1 0 (no common tokens)
+  ('Théâtre du Châtelet.', ['théâtre du châtelet']),
+  ('red red blue', ['red blue blue']),
 ]
 
 
@@ -68,8 +69,9 @@ def test_squad_hand_values():
   answers = {q: t for q, (_, t) in enumerate(CASES)}
   answers[99] = ['missing prediction counts as wrong']
   out = metrics.squad_metrics(preds, answers)
-  em = sum(max(float(_official_normalize(p) == _official_normalize(t)) for t in ts)
-           for p, ts in CASES)
+  em = sum(
+    max(float(_official_normalize(p) == _official_normalize(t)) for t in ts) for p, ts in CASES
+  )
   f1 = sum(max(_official_f1(p, t) for t in ts) for p, ts in CASES)
   assert out['exact_match'] == pytest.approx(100 * em / 9)
   assert out['f1'] == pytest.approx(100 * f1 / 9)
@@ -83,15 +85,20 @@ def test_classification_matches_sklearn(seed):
   p = np.where(rng.random(60) < 0.6, y, rng.integers(0, 5, 60))  # label 4 only ever predicted
   got = metrics.classification_metrics(y, p)
   assert got['accuracy'] == pytest.approx(skm.accuracy_score(y, p))
-  for k, fn in (('precision', skm.precision_score), ('recall', skm.recall_score),
-                ('f1', skm.f1_score)):
+  for k, fn in (
+    ('precision', skm.precision_score),
+    ('recall', skm.recall_score),
+    ('f1', skm.f1_score),
+  ):
     assert got[k] == pytest.approx(fn(y, p, average='macro', zero_division=0)), k
   # Restricted label set (as token classification uses: every tag but O).
   got = metrics.classification_metrics(y, p, 5, label_ids=[1, 2, 3])
-  assert got['f1'] == pytest.approx(skm.f1_score(y, p, labels=[1, 2, 3], average='macro',
-                                                 zero_division=0))
-  assert got['recall'] == pytest.approx(skm.recall_score(y, p, labels=[1, 2, 3], average='macro',
-                                                         zero_division=0))
+  assert got['f1'] == pytest.approx(
+    skm.f1_score(y, p, labels=[1, 2, 3], average='macro', zero_division=0)
+  )
+  assert got['recall'] == pytest.approx(
+    skm.recall_score(y, p, labels=[1, 2, 3], average='macro', zero_division=0)
+  )
 
 
 def test_classification_hand_case():
@@ -103,8 +110,9 @@ def test_classification_hand_case():
   assert got['precision'] == pytest.approx((0.5 + 2 / 3 + 0) / 3)
   assert got['recall'] == pytest.approx((0.5 + 1 + 0) / 3)
   assert got['f1'] == pytest.approx((0.5 + 0.8 + 0) / 3)
-  np.testing.assert_array_equal(metrics.confusion_matrix(y, p, 3),
-                                skm.confusion_matrix(y, p, labels=[0, 1, 2]))
+  np.testing.assert_array_equal(
+    metrics.confusion_matrix(y, p, 3), skm.confusion_matrix(y, p, labels=[0, 1, 2])
+  )
 
 
 def test_perplexity_table_and_json(tmp_path):

@@ -1,4 +1,5 @@
 """Prepared data: shards equal a direct tokenization, resume, reuse, and bad input."""
+
 import hashlib
 import os
 
@@ -16,13 +17,17 @@ from lm.data import shards
 def write_corpus(directory, n_files=3, docs_per_file=40, seed=0):
   """Text files of blank-line separated documents; returns the documents in stream order."""
   rng = np.random.default_rng(seed)
-  words = ('alpha beta gamma delta the of list dict value return raise yield lambda class '
-           'import module function object string bytes int float none true false').split()
+  words = (
+    'alpha beta gamma delta the of list dict value return raise yield lambda class '
+    'import module function object string bytes int float none true false'
+  ).split()
   os.makedirs(directory, exist_ok=True)
   docs = []
   for f in range(n_files):
-    file_docs = [' '.join(rng.choice(words, rng.integers(3, 80))) + f' doc{f}_{d}.'
-                 for d in range(docs_per_file)]
+    file_docs = [
+      ' '.join(rng.choice(words, rng.integers(3, 80))) + f' doc{f}_{d}.'
+      for d in range(docs_per_file)
+    ]
     with open(os.path.join(directory, f'part{f}.txt'), 'w', encoding='utf-8') as out:
       out.write('\n\n'.join(file_docs) + '\n')
     docs += file_docs
@@ -31,8 +36,14 @@ def write_corpus(directory, n_files=3, docs_per_file=40, seed=0):
 
 def data_config(files, out, **overrides) -> ml_collections.ConfigDict:
   c = defaults.pretraining().data
-  c.update(source='files', files=str(files), prepared_dir=str(out), prepare_workers=0,
-           shard_mb=0.004, eval_fraction=0.2)
+  c.update(
+    source='files',
+    files=str(files),
+    prepared_dir=str(out),
+    prepare_workers=0,
+    shard_mb=0.004,
+    eval_fraction=0.2,
+  )
   c.tokenizer.update(kind='bpe', vocab_size=300, sample_mb=1)
   c.update(**overrides)
   return c
@@ -79,8 +90,10 @@ def test_shards_equal_direct_tokenization(source, prepared):
   for split in ('train', 'eval'):
     got = shards.open_split(directory, split, manifest)
     assert split_docs(got) == expected[split]
-    assert manifest['splits'][split] == {'docs': len(expected[split]),
-                                         'tokens': sum(map(len, expected[split]))}
+    assert manifest['splits'][split] == {
+      'docs': len(expected[split]),
+      'tokens': sum(map(len, expected[split])),
+    }
   assert len(manifest['shards']) > 2  # shard_mb is tiny: the corpus spans several shards
   assert manifest['docs_read'] == len(docs) and manifest['chars'] == sum(map(len, docs))
   assert manifest['dtype'] == '<u2'
@@ -162,8 +175,9 @@ def test_bad_prepared_data_is_named_and_left_alone(source, prepared, tmp_path):
   with pytest.raises(ValueError, match='another corpus or tokenizer.*files'):
     prepare.ensure(data_config(other_src, directory))
   with pytest.raises(ValueError, match='another corpus or tokenizer.*vocab_size'):
-    prepare.ensure(data_config(root, directory, tokenizer=dict(kind='bpe', vocab_size=400,
-                                                               sample_mb=1, path='')))
+    prepare.ensure(
+      data_config(root, directory, tokenizer=dict(kind='bpe', vocab_size=400, sample_mb=1, path=''))
+    )
   foreign = tmp_path / 'foreign'
   foreign.mkdir()
   (foreign / 'notes.txt').write_text('mine')
@@ -174,10 +188,23 @@ def test_bad_prepared_data_is_named_and_left_alone(source, prepared, tmp_path):
 
   # Damage a copy: a missing shard, a truncated one, another tokenizer, a changed source.
   import shutil
+
   for damage, error, pattern in [
-      (lambda d: os.remove(d / 'shards' / '00001.train.bin'), FileNotFoundError, '00001.train.bin.*missing'),
-      (lambda d: open(d / 'shards' / '00000.train.bin', 'ab').write(b'xx'), ValueError, '00000.train.bin.*corrupt'),
-      (lambda d: (d / 'tokenizer.json').write_text('{}'), ValueError, 'tokenizer.json.*not the tokenizer'),
+    (
+      lambda d: os.remove(d / 'shards' / '00001.train.bin'),
+      FileNotFoundError,
+      '00001.train.bin.*missing',
+    ),
+    (
+      lambda d: open(d / 'shards' / '00000.train.bin', 'ab').write(b'xx'),
+      ValueError,
+      '00000.train.bin.*corrupt',
+    ),
+    (
+      lambda d: (d / 'tokenizer.json').write_text('{}'),
+      ValueError,
+      'tokenizer.json.*not the tokenizer',
+    ),
   ]:
     copy = tmp_path / f'copy_{pattern[:5]}'
     shutil.copytree(directory, copy)
@@ -191,7 +218,9 @@ def test_bad_prepared_data_is_named_and_left_alone(source, prepared, tmp_path):
     f.write('\n\none more document\n')
   copy = tmp_path / 'copy_src'
   shutil.copytree(directory, copy)
-  (copy / 'manifest.json').write_text((copy / 'manifest.json').read_text().replace(str(root), str(grown)))
+  (copy / 'manifest.json').write_text(
+    (copy / 'manifest.json').read_text().replace(str(root), str(grown))
+  )
   with pytest.raises(ValueError, match='source files changed'):
     prepare.ensure(data_config(grown, copy))
 
@@ -207,8 +236,11 @@ def test_sharded_corpus_reads_like_one_corpus(tmp_path):
     c = pretrain.TokenizedCorpus.from_lists(group)
     path = tmp_path / f'{i}.bin'
     path.write_bytes(c.tokens.astype('<u2').tobytes())
-    tokens = (shards._RemoteTokens(path, np.dtype('<u2'), c.num_tokens) if i == 0 else
-              np.memmap(path, dtype='<u2', mode='r'))
+    tokens = (
+      shards._RemoteTokens(path, np.dtype('<u2'), c.num_tokens)
+      if i == 0
+      else np.memmap(path, dtype='<u2', mode='r')
+    )
     parts.append(pretrain.TokenizedCorpus(tokens, c.doc_starts))
   sharded, whole = pretrain.ShardedCorpus(parts), pretrain.TokenizedCorpus.from_lists(docs)
   assert (sharded.num_docs, sharded.num_tokens) == (whole.num_docs, whole.num_tokens)
@@ -221,7 +253,7 @@ def test_sharded_corpus_reads_like_one_corpus(tmp_path):
     ids, is_eos = sharded.window(o, T + 1)
     s = int(np.searchsorted(np.cumsum([p.num_windows(T) for p in parts]), o, side='right'))
     stream = [t for doc in groups[s] for t in doc + [-1]]
-    hits = [i for i in range(len(stream) - T) if stream[i:i + T + 1] == ids.tolist()]
+    hits = [i for i in range(len(stream) - T) if stream[i : i + T + 1] == ids.tolist()]
     assert hits, f'window {o} is not inside shard {s}'
     assert (ids == -1).tolist() == is_eos.tolist()
 
@@ -233,15 +265,22 @@ def test_tfds_dataset_of_100k_documents_is_streamed_and_trained_on(tmp_path, run
   corpus), and train.py trains on the prepared shards."""
   import tracemalloc
   from lm.data import text_dataset
+
   n = 100_000
   rng = np.random.default_rng(0)
   words = np.array('the of and a to in is it that for on with as by this be are from or'.split())
   text = '\n\n'.join(' '.join(rng.choice(words, 30)) + f' {i}' for i in range(n))
   (tmp_path / 'big.txt').write_text(text)
   text_dataset.build_text_files_dataset(str(tmp_path / 'big.txt'), str(tmp_path / 'tfds'), 0.01)
-  cfg = data_config('', tmp_path / 'prep', source='tfds', tfds_name='local_text_files',
-                    data_dir=str(tmp_path / 'tfds'),
-                    shard_mb=1.0, eval_fraction=0.02)
+  cfg = data_config(
+    '',
+    tmp_path / 'prep',
+    source='tfds',
+    tfds_name='local_text_files',
+    data_dir=str(tmp_path / 'tfds'),
+    shard_mb=1.0,
+    eval_fraction=0.02,
+  )
   cfg.tokenizer.update(vocab_size=400, sample_mb=0.25)
   monkeypatch.setattr(prepare, 'CHUNK_CHARS', 32 << 10)  # what bounds memory: chunk + sample
   del text
@@ -249,15 +288,28 @@ def test_tfds_dataset_of_100k_documents_is_streamed_and_trained_on(tmp_path, run
   directory, manifest, _ = prepare.ensure(cfg)
   _, peak = tracemalloc.get_traced_memory()
   tracemalloc.stop()
-  print(f'{manifest["docs_read"]} documents, {manifest["chars"] / 1e6:.1f} M chars, traced peak '
-        f'{peak / 1e6:.1f} MB, {len(manifest["shards"])} shards')
+  print(
+    f'{manifest["docs_read"]} documents, {manifest["chars"] / 1e6:.1f} M chars, traced peak '
+    f'{peak / 1e6:.1f} MB, {len(manifest["shards"])} shards'
+  )
   assert manifest['docs_read'] > 0.98 * n  # the train split of the TFDS dataset
   assert peak < manifest['chars'] / 4
-  out = run('train.py', '--config=configs/gpt_base.py', f'--workdir={tmp_path / "w"}',
-            '--config.data.source=tfds', '--config.data.tfds_name=local_text_files',
-            f'--config.data.data_dir={tmp_path / "tfds"}',
-            f'--config.data.prepared_dir={directory}', '--config.data.shard_mb=1.0',
-            '--config.data.eval_fraction=0.02', '--config.data.tokenizer.vocab_size=400',
-            '--config.data.tokenizer.sample_mb=0.25', '--config.train.steps=3', '--config.log_every=1',
-            '--config.eval_every=3', '--config.train.batch_size=4', '--config.eval_batches=1').stdout
+  out = run(
+    'train.py',
+    '--config=configs/gpt_base.py',
+    f'--workdir={tmp_path / "w"}',
+    '--config.data.source=tfds',
+    '--config.data.tfds_name=local_text_files',
+    f'--config.data.data_dir={tmp_path / "tfds"}',
+    f'--config.data.prepared_dir={directory}',
+    '--config.data.shard_mb=1.0',
+    '--config.data.eval_fraction=0.02',
+    '--config.data.tokenizer.vocab_size=400',
+    '--config.data.tokenizer.sample_mb=0.25',
+    '--config.train.steps=3',
+    '--config.log_every=1',
+    '--config.eval_every=3',
+    '--config.train.batch_size=4',
+    '--config.eval_batches=1',
+  ).stdout
   assert '[train 3/3]' in out and 'prepare:' not in out

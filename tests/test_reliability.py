@@ -1,5 +1,6 @@
 """What a user on preemptible or shared machines relies on: clean one-line errors that lose
 nothing, SIGTERM saves, damaged-checkpoint fallback, NaN stops, and multi-process runs."""
+
 import json
 import os
 import signal
@@ -9,13 +10,18 @@ import time
 import numpy as np
 import pytest
 
-from conftest import ROOT, run_script
+from conftest import run_script
 from test_train import TINY, load_params, read_metrics
 
 pytestmark = pytest.mark.slow
 
-BASE = ['--config=configs/base.py', *TINY, '--config.log_every=1', '--config.eval_every=1000',
-        '--config.eval_batches=1']
+BASE = [
+  '--config=configs/base.py',
+  *TINY,
+  '--config.log_every=1',
+  '--config.eval_every=1000',
+  '--config.eval_batches=1',
+]
 
 
 def train(workdir, *args, check=True, **kw):
@@ -45,15 +51,25 @@ def trained(tmp_path_factory):
   return w
 
 
-@pytest.mark.parametrize('args,needles', [
+@pytest.mark.parametrize(
+  'args,needles',
+  [
     (['--config.train.stepz=3'], ['unknown config key', 'stepz', 'did you mean "steps"']),
     (['--config.train.steps=abc'], ['--config.train.steps', 'abc']),
-    (['--config.data.source=files', '--config.data.files=/no/such/file.txt'],
-     ['/no/such/file.txt', '--config.data.files']),
-    (['--config.data.source=tfds', '--config.data.tfds_name=no_such_tfds_dataset',
-      '--config.data.data_dir=/tmp/none'],
-     ['no_such_tfds_dataset', 'tfds build']),
-])
+    (
+      ['--config.data.source=files', '--config.data.files=/no/such/file.txt'],
+      ['/no/such/file.txt', '--config.data.files'],
+    ),
+    (
+      [
+        '--config.data.source=tfds',
+        '--config.data.tfds_name=no_such_tfds_dataset',
+        '--config.data.data_dir=/tmp/none',
+      ],
+      ['no_such_tfds_dataset', 'tfds build'],
+    ),
+  ],
+)
 def test_bad_input_one_line_error(tmp_path, args, needles):
   one_line_error(train(tmp_path / 'w', *args, check=False), *needles)
 
@@ -61,8 +77,9 @@ def test_bad_input_one_line_error(tmp_path, args, needles):
 def test_empty_corpus(tmp_path):
   empty = tmp_path / 'empty.txt'
   empty.write_text('\n   \n\n')
-  proc = train(tmp_path / 'w', '--config.data.source=files', f'--config.data.files={empty}',
-               check=False)
+  proc = train(
+    tmp_path / 'w', '--config.data.source=files', f'--config.data.files={empty}', check=False
+  )
   one_line_error(proc, 'empty', '--config.data.files')
 
 
@@ -72,14 +89,21 @@ def test_bad_bytes_and_a_10mb_line_are_repaired_and_counted(tmp_path):
   with open(text, 'wb') as f:
     f.write('\n\n'.join(docs).encode() + b'\n\nbroken \xff\xfe bytes here\n\n')
     f.write(b'lorem ipsum dolor ' * 600_000 + b'\n')  # one 10.8 MB line
-  proc = train(tmp_path / 'w', '--config.data.source=files', f'--config.data.files={text}',
-               '--config.train.steps=2')
+  proc = train(
+    tmp_path / 'w',
+    '--config.data.source=files',
+    f'--config.data.files={text}',
+    '--config.train.steps=2',
+  )
   assert '2 invalid UTF-8 sequences replaced, 1 over-long lines split' in proc.stdout, proc.stdout
 
 
 def test_read_only_workdir(tmp_path):
-  one_line_error(train('/proc/lm_workdir', '--config.train.steps=2', check=False), '/proc/lm_workdir',
-                 'writable --workdir')
+  one_line_error(
+    train('/proc/lm_workdir', '--config.train.steps=2', check=False),
+    '/proc/lm_workdir',
+    'writable --workdir',
+  )
 
 
 def test_wrong_checkpoint_shapes_lose_nothing(trained, tmp_path):
@@ -94,6 +118,7 @@ def test_wrong_checkpoint_shapes_lose_nothing(trained, tmp_path):
 def test_damaged_latest_checkpoint_falls_back(trained, tmp_path):
   work = tmp_path / 'copy'
   import shutil
+
   shutil.copytree(trained, work)
   state_dir = work / 'checkpoints' / '4' / 'state'
   for dp, _, fs in os.walk(state_dir):  # truncate every data file of step 4
@@ -112,8 +137,15 @@ def test_damaged_latest_checkpoint_falls_back(trained, tmp_path):
 def test_nan_loss_stops_without_a_nan_checkpoint(tmp_path):
   w = tmp_path / 'w'
   # Warmup from lr 0: step 1 is finite and saved; the next update overflows the params.
-  proc = train(w, '--config.train.steps=50', '--config.train.lr=1e30', '--config.train.clip_norm=0',
-               '--config.train.warmup_steps=20', '--config.checkpoint_every=1', check=False)
+  proc = train(
+    w,
+    '--config.train.steps=50',
+    '--config.train.lr=1e30',
+    '--config.train.clip_norm=0',
+    '--config.train.warmup_steps=20',
+    '--config.checkpoint_every=1',
+    check=False,
+  )
   err = one_line_error(proc, 'at step', 'train.lr')
   assert 'nan' in err.lower() or 'inf' in err.lower()
   assert ckpt_steps(w) and f'last good checkpoint: step {ckpt_steps(w)[-1]}' in err
@@ -123,9 +155,16 @@ def test_nan_loss_stops_without_a_nan_checkpoint(tmp_path):
 
 def test_sigterm_saves_and_exits_cleanly(tmp_path):
   w = tmp_path / 'w'
-  proc = run_script('train.py', *BASE, f'--workdir={w}', '--config.train.steps=100000',
-                    '--config.checkpoint_every=100000', background=True,
-                    stdout=open(tmp_path / 'out.log', 'w'), stderr=open(tmp_path / 'err.log', 'w'))
+  proc = run_script(
+    'train.py',
+    *BASE,
+    f'--workdir={w}',
+    '--config.train.steps=100000',
+    '--config.checkpoint_every=100000',
+    background=True,
+    stdout=open(tmp_path / 'out.log', 'w'),
+    stderr=open(tmp_path / 'err.log', 'w'),
+  )
   metrics = w / 'metrics.jsonl'
   assert _term_when(proc, metrics, lambda r: r['step'] >= 5) == 0
   out = (tmp_path / 'out.log').read_text()
@@ -146,17 +185,41 @@ def test_two_processes_match_one_process(tmp_path):
   """2 processes x 4 CPU devices (gloo collectives) vs 1 process x 8 devices, mesh (2, 2, 2).
   Each run prepares its data from scratch in its own cache: in the 2-process run, process 0
   prepares while process 1 waits for the manifest and never reads the corpus."""
-  args = [*BASE, '--config.model.dropout_rate=0', '--config.model.attention_dropout_rate=0',
-          '--config.train.steps=12', '--config.mesh_shape=(2,2,2)', '--config.checkpoint_every=6']
-  run_script('train.py', *args, f'--workdir={tmp_path / "one"}', devices=8,
-             env={'LM_DATA_CACHE': str(tmp_path / 'cache_one')})
+  args = [
+    *BASE,
+    '--config.model.dropout_rate=0',
+    '--config.model.attention_dropout_rate=0',
+    '--config.train.steps=12',
+    '--config.mesh_shape=(2,2,2)',
+    '--config.checkpoint_every=6',
+  ]
+  run_script(
+    'train.py',
+    *args,
+    f'--workdir={tmp_path / "one"}',
+    devices=8,
+    env={'LM_DATA_CACHE': str(tmp_path / 'cache_one')},
+  )
   port = _free_port()
-  procs = [run_script('train.py', *args, f'--workdir={tmp_path / "two"}', devices=4, background=True,
-                      stdout=open(tmp_path / f'p{i}.log', 'w'), stderr=open(tmp_path / f'e{i}.log', 'w'),
-                      env={'LM_COORDINATOR': f'localhost:{port}', 'LM_NUM_PROCESSES': '2',
-                           'LM_PROCESS_ID': str(i), 'LM_INIT_TIMEOUT': '120',
-                           'LM_DATA_CACHE': str(tmp_path / 'cache_two')})
-           for i in range(2)]
+  procs = [
+    run_script(
+      'train.py',
+      *args,
+      f'--workdir={tmp_path / "two"}',
+      devices=4,
+      background=True,
+      stdout=open(tmp_path / f'p{i}.log', 'w'),
+      stderr=open(tmp_path / f'e{i}.log', 'w'),
+      env={
+        'LM_COORDINATOR': f'localhost:{port}',
+        'LM_NUM_PROCESSES': '2',
+        'LM_PROCESS_ID': str(i),
+        'LM_INIT_TIMEOUT': '120',
+        'LM_DATA_CACHE': str(tmp_path / 'cache_two'),
+      },
+    )
+    for i in range(2)
+  ]
   for i, p in enumerate(procs):
     assert p.wait(timeout=600) == 0, (tmp_path / f'e{i}.log').read_text()[-3000:]
   assert '2 process(es)' in (tmp_path / 'p0.log').read_text()
@@ -184,9 +247,17 @@ def _term_when(proc, metrics_file, predicate, timeout=300):
 def test_sigterm_during_eval_stops_the_eval_and_saves(tmp_path):
   """An endless eval (100k batches) must not hold a preempted job past its grace period."""
   w = tmp_path / 'w'
-  proc = run_script('train.py', *BASE, f'--workdir={w}', '--config.train.steps=5',
-                    '--config.eval_every=1', '--config.eval_batches=100000', background=True,
-                    stdout=open(tmp_path / 'out.log', 'w'), stderr=open(tmp_path / 'err.log', 'w'))
+  proc = run_script(
+    'train.py',
+    *BASE,
+    f'--workdir={w}',
+    '--config.train.steps=5',
+    '--config.eval_every=1',
+    '--config.eval_batches=100000',
+    background=True,
+    stdout=open(tmp_path / 'out.log', 'w'),
+    stderr=open(tmp_path / 'err.log', 'w'),
+  )
   assert _term_when(proc, w / 'metrics.jsonl', lambda r: r['step'] >= 1) == 0
   assert 'SIGTERM: saved step 1' in (tmp_path / 'out.log').read_text()
   assert ckpt_steps(w) == [1]
@@ -194,11 +265,19 @@ def test_sigterm_during_eval_stops_the_eval_and_saves(tmp_path):
 
 def test_dpo_sigterm_saves_and_exits_cleanly(pretrained_gpt, tmp_path):
   w = tmp_path / 'dpo'
-  proc = run_script('dpo.py', '--config=configs/dpo.py', f'--workdir={w}',
-                    f'--config.pretrained={pretrained_gpt}', '--config.train.steps=100000',
-                    '--config.log_every=1', '--config.eval_every=100000',
-                    '--config.checkpoint_every=100000', background=True,
-                    stdout=open(tmp_path / 'out.log', 'w'), stderr=open(tmp_path / 'err.log', 'w'))
+  proc = run_script(
+    'dpo.py',
+    '--config=configs/dpo.py',
+    f'--workdir={w}',
+    f'--config.pretrained={pretrained_gpt}',
+    '--config.train.steps=100000',
+    '--config.log_every=1',
+    '--config.eval_every=100000',
+    '--config.checkpoint_every=100000',
+    background=True,
+    stdout=open(tmp_path / 'out.log', 'w'),
+    stderr=open(tmp_path / 'err.log', 'w'),
+  )
   code = _term_when(proc, w / 'metrics.jsonl', lambda r: r['step'] >= 3 and 'train/loss' in r)
   out = (tmp_path / 'out.log').read_text()
   assert code == 0, (tmp_path / 'err.log').read_text()[-3000:]
@@ -229,8 +308,14 @@ os._exit(0)
 """
   import subprocess
   import sys
-  out = subprocess.run([sys.executable, '-c', code], capture_output=True, text=True, timeout=120,
-                       env=dict(os.environ, XLA_FLAGS='--xla_force_host_platform_device_count=1'))
+
+  out = subprocess.run(
+    [sys.executable, '-c', code],
+    capture_output=True,
+    text=True,
+    timeout=120,
+    env=dict(os.environ, XLA_FLAGS='--xla_force_host_platform_device_count=1'),
+  )
   assert 'RAISED' in out.stdout, out.stdout[-2000:] + out.stderr[-3000:]
 
 
@@ -239,6 +324,7 @@ def test_save_interval_keeps_orbax_preemption_saves(tmp_path):
   preemption policy, so multi-host jobs save when the scheduler says they are preempted."""
   from lm import checkpoint
   from orbax.checkpoint import checkpoint_managers as cm
+
   ckpt = checkpoint.Checkpointer(str(tmp_path / 'ckpt'), every=7)
   policy = ckpt._mngr._options.save_decision_policy  # pylint: disable=protected-access
   kinds = {type(p) for p in policy.policies}

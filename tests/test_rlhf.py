@@ -4,6 +4,7 @@ The end-to-end tests start from the suite's shared `pretrained_gpt` (tests/conft
 configs/gpt_base.py, 2 layers, d=128, 300 steps) and run dpo.py as a user would: a reward model must beat chance on held-out pairs of the offline default, and
 DPO must widen the policy's chosen-vs-rejected log-prob margin on held-out pairs.
 """
+
 import functools
 import json
 import math
@@ -28,12 +29,22 @@ from lm import trainer
 from lm.data import tokenizer as tokenizer_lib
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-TINY = M.ModelConfig(vocab_size=64, hidden_size=32, num_layers=2, num_heads=4, mlp_dim=64,
-                     max_len=16, type_vocab_size=0, pre_ln=True, dropout_rate=0.0,
-                     attention_dropout_rate=0.0)
+TINY = M.ModelConfig(
+  vocab_size=64,
+  hidden_size=32,
+  num_layers=2,
+  num_heads=4,
+  mlp_dim=64,
+  max_len=16,
+  type_vocab_size=0,
+  pre_ln=True,
+  dropout_rate=0.0,
+  attention_dropout_rate=0.0,
+)
 
 
 # ---------------------------------------------------------------- losses by hand
+
 
 def _sigmoid(x):
   return 1.0 / (1.0 + math.exp(-x))
@@ -62,7 +73,7 @@ def test_dpo_ipo_losses_match_hand_computation(beta):
   np.testing.assert_allclose(same, math.log(2.0), rtol=1e-6)
   np.testing.assert_allclose(z, 0.0)
   same_ipo, _, _ = rlhf.preference_loss(pi_c, pi_r, pi_c, pi_r, beta, 'ipo')
-  np.testing.assert_allclose(same_ipo, 1.0 / (4 * beta ** 2), rtol=1e-6)
+  np.testing.assert_allclose(same_ipo, 1.0 / (4 * beta**2), rtol=1e-6)
   with pytest.raises(ValueError, match='loss='):
     rlhf.preference_loss(pi_c, pi_r, ref_c, ref_r, beta, 'kto')
 
@@ -76,6 +87,7 @@ def test_bradley_terry_loss_by_hand():
 
 # ---------------------------------------------------------------- log-probs by hand
 
+
 def _tiny_batch(n=8, t=16, seed=0):
   """Rows: random prompt of 3-6 tokens, response of 2-8 tokens, right padding with 0."""
   rng = np.random.default_rng(seed)
@@ -84,9 +96,9 @@ def _tiny_batch(n=8, t=16, seed=0):
     ids, mask, resp = (np.zeros((n, t), np.int32) for _ in range(3))
     for i in range(n):
       p, r = int(rng.integers(3, 7)), int(rng.integers(2, 9))
-      ids[i, :p + r] = rng.integers(1, TINY.vocab_size, p + r)
-      mask[i, :p + r] = 1
-      resp[i, p:p + r] = 1
+      ids[i, : p + r] = rng.integers(1, TINY.vocab_size, p + r)
+      mask[i, : p + r] = 1
+      resp[i, p : p + r] = 1
     out.update({f'{c}_ids': ids, f'{c}_mask': mask, f'{c}_resp': resp})
   return out
 
@@ -112,9 +124,20 @@ def test_sequence_logps_equal_per_token_sum():
 
 
 def _state(model, init_inputs, lr=3e-3, seed=0, all_devices=False):
-  cfg = ml_collections.ConfigDict(dict(lr=lr, steps=100, warmup_steps=0, schedule='constant',
-                                       end_lr_fraction=0.0, weight_decay=0.0, b1=0.9, b2=0.999,
-                                       eps=1e-8, clip_norm=1.0))
+  cfg = ml_collections.ConfigDict(
+    dict(
+      lr=lr,
+      steps=100,
+      warmup_steps=0,
+      schedule='constant',
+      end_lr_fraction=0.0,
+      weight_decay=0.0,
+      b1=0.9,
+      b2=0.999,
+      eps=1e-8,
+      clip_norm=1.0,
+    )
+  )
   tx = optax.adam(lr)
   # One device keeps the compile short; the cache test runs on every (simulated) device.
   mesh = sharding.make_mesh((-1, 1, 1), None if all_devices else jax.devices()[:1])
@@ -128,8 +151,7 @@ def test_preference_steps_fit_a_batch(loss):
   reward-model step learns to rank it; eval averages over rows weighted by `weight`."""
   model = M.Decoder(TINY)
   train_cfg, tx, mesh, state, sh = _state(model, rlhf.policy_init_inputs(16))
-  config = ml_collections.ConfigDict(dict(task='dpo', loss=loss, beta=0.5, seed=0,
-                                          train=train_cfg))
+  config = ml_collections.ConfigDict(dict(task='dpo', loss=loss, beta=0.5, seed=0, train=train_cfg))
   b = _tiny_batch(seed=1)
   logps = rlhf.make_logps_fn(model, sh.params, mesh)
   ref_c, ref_r = (np.asarray(x) for x in logps(state.params, sharding.shard_batch(b, mesh)))
@@ -165,12 +187,15 @@ def test_reward_model_scores_last_real_token_and_learns():
   ids2 = np.where(mask == 1, ids, 7)
   np.testing.assert_allclose(model.apply({'params': state.params}, ids2, mask), r, rtol=1e-5)
   # ... and equals the head applied to the decoder's hidden state at the last real token.
-  h = M.Decoder(TINY).apply({'params': state.params['decoder']}, ids, attention_mask=mask,
-                            method='hidden')
+  h = M.Decoder(TINY).apply(
+    {'params': state.params['decoder']}, ids, attention_mask=mask, method='hidden'
+  )
   last = mask.sum(1) - 1
   head = state.params['head']
-  want = np.asarray(h)[np.arange(len(ids)), last] @ np.asarray(head['kernel'])[:, 0] + \
-      np.asarray(head['bias'])[0]
+  want = (
+    np.asarray(h)[np.arange(len(ids)), last] @ np.asarray(head['kernel'])[:, 0]
+    + np.asarray(head['bias'])[0]
+  )
   np.testing.assert_allclose(r, want, rtol=1e-4, atol=1e-5)
   config = ml_collections.ConfigDict(dict(task='reward', seed=0, train=train_cfg))
   batch = {**b, 'weight': np.ones(8, np.float32)}
@@ -192,11 +217,17 @@ def test_reference_logps_cached_by_data_hash(tmp_path):
   assert computed and os.path.exists(path) and len(calls) == 2  # 13 rows in batches of 8
   assert got['ref_chosen'].shape == (13,)
   with jax.default_device(jax.devices()[0]):
-    direct = [rlhf.sequence_logps(model, jax.device_get(state.params), b[f'{c}_ids'],
-                                  b[f'{c}_mask'], b[f'{c}_resp']) for c in ('chosen', 'rejected')]
+    direct = [
+      rlhf.sequence_logps(
+        model, jax.device_get(state.params), b[f'{c}_ids'], b[f'{c}_mask'], b[f'{c}_resp']
+      )
+      for c in ('chosen', 'rejected')
+    ]
   np.testing.assert_allclose(got['ref_chosen'], direct[0], rtol=1e-5)
   np.testing.assert_allclose(got['ref_rejected'], direct[1], rtol=1e-5)
-  again, path2, computed2 = rlhf.reference_logps(fn, state.params, b, 8, mesh, str(tmp_path), 'ref@1')
+  again, path2, computed2 = rlhf.reference_logps(
+    fn, state.params, b, 8, mesh, str(tmp_path), 'ref@1'
+  )
   assert not computed2 and path2 == path and len(calls) == 2  # read back, model not run
   np.testing.assert_array_equal(again['ref_chosen'], got['ref_chosen'])
   # Other data or another reference: another key.
@@ -208,9 +239,11 @@ def test_reference_logps_cached_by_data_hash(tmp_path):
 
 # ---------------------------------------------------------------- data
 
+
 @pytest.fixture(scope='module')
 def bpe():
   from lm.data import corpus
+
   return tokenizer_lib.train_tokenizer(corpus.python_docs_corpus()[:60], 'bpe', 600)
 
 
@@ -233,9 +266,14 @@ def test_python_docs_pairs_deterministic_and_held_out():
 
 
 def test_encode_pairs_masks_the_prompt(bpe):
-  pairs = [{'prompt': 'The assert statement', 'chosen': ' is for debugging.',
-            'rejected': ' debugging. for is'},
-           {'prompt': 'word ' * 40, 'chosen': ' tail ' * 40, 'rejected': ' x'}]
+  pairs = [
+    {
+      'prompt': 'The assert statement',
+      'chosen': ' is for debugging.',
+      'rejected': ' debugging. for is',
+    },
+    {'prompt': 'word ' * 40, 'chosen': ' tail ' * 40, 'rejected': ' x'},
+  ]
   a = preference.encode_pairs(pairs, bpe, seq_len=32, max_prompt_len=12)
   eos = bpe.eos_id
   row = a['chosen_ids'][0]
@@ -261,25 +299,43 @@ def test_batches_resume_exactly_and_cover_eval(bpe):
   seen = np.concatenate([preference.train_batch(a, s, 5, 0)['chosen_ids'] for s in range(2)])
   assert len({r.tobytes() for r in seen}) == 10
   halves = [preference.train_batch(a, 3, 4, 0, p, 2)['chosen_ids'] for p in range(2)]
-  np.testing.assert_array_equal(np.concatenate(halves), preference.train_batch(a, 3, 4, 0)['chosen_ids'])
+  np.testing.assert_array_equal(
+    np.concatenate(halves), preference.train_batch(a, 3, 4, 0)['chosen_ids']
+  )
   ev = list(preference.eval_batches(a, 4))
   assert [int(b['weight'].sum()) for b in ev] == [4, 4, 2]
   np.testing.assert_array_equal(np.concatenate([b['chosen_ids'] for b in ev])[:10], a['chosen_ids'])
 
 
 def test_jsonl_source(tmp_path):
-  rows = [{'q': f'prompt {i}', 'good': f' yes {i}', 'bad': f' no {i}', 'extra': 1} for i in range(40)]
+  rows = [
+    {'q': f'prompt {i}', 'good': f' yes {i}', 'bad': f' no {i}', 'extra': 1} for i in range(40)
+  ]
   path = tmp_path / 'pairs.jsonl'
   path.write_text('\n'.join(json.dumps(r) for r in rows) + '\n')
-  cfg = ml_collections.ConfigDict(dict(source='files', files=str(path), eval_files='',
-                                       eval_fraction=0.25, prompt_key='q', chosen_key='good',
-                                       rejected_key='bad', max_pairs=0))
+  cfg = ml_collections.ConfigDict(
+    dict(
+      source='files',
+      files=str(path),
+      eval_files='',
+      eval_fraction=0.25,
+      prompt_key='q',
+      chosen_key='good',
+      rejected_key='bad',
+      max_pairs=0,
+    )
+  )
   train, held = preference.load_pairs(cfg)
   assert len(train) + len(held) == 40 and 0 < len(held) < 20
-  assert train[0] == {'prompt': 'prompt 0', 'chosen': ' yes 0', 'rejected': ' no 0'} or \
-      held[0]['prompt'] == 'prompt 0'
-  (tmp_path / 'held.jsonl').write_text('\n'.join(json.dumps(
-      {'q': p['prompt'], 'good': p['chosen'], 'bad': p['rejected']}) for p in held))
+  assert (
+    train[0] == {'prompt': 'prompt 0', 'chosen': ' yes 0', 'rejected': ' no 0'}
+    or held[0]['prompt'] == 'prompt 0'
+  )
+  (tmp_path / 'held.jsonl').write_text(
+    '\n'.join(
+      json.dumps({'q': p['prompt'], 'good': p['chosen'], 'bad': p['rejected']}) for p in held
+    )
+  )
   cfg.eval_files, cfg.max_pairs = str(tmp_path / 'held.jsonl'), 7
   train2, held2 = preference.load_pairs(cfg)
   assert len(train2) == 7 and held2 == held
@@ -304,8 +360,9 @@ def test_tfds_source(tmp_path):
 
     def _info(self):
       t = tfds.features.Text()
-      return tfds.core.DatasetInfo(builder=self, features=tfds.features.FeaturesDict(
-          {'question': t, 'good': t, 'bad': t}))
+      return tfds.core.DatasetInfo(
+        builder=self, features=tfds.features.FeaturesDict({'question': t, 'good': t, 'bad': t})
+      )
 
     def _split_generators(self, dl_manager):
       return {'train': self._generate_examples(30), 'test': self._generate_examples(6)}
@@ -315,9 +372,18 @@ def test_tfds_source(tmp_path):
         yield i, {'question': f'q{i}', 'good': f' a{i}', 'bad': f' b{i}'}
 
   TinyPrefs(data_dir=str(tmp_path)).download_and_prepare()
-  cfg = ml_collections.ConfigDict(dict(source='tfds', tfds_name='tiny_prefs', data_dir=str(tmp_path),
-                                       split='train', eval_split='test', prompt_key='question', chosen_key='good',
-                                       rejected_key='bad'))
+  cfg = ml_collections.ConfigDict(
+    dict(
+      source='tfds',
+      tfds_name='tiny_prefs',
+      data_dir=str(tmp_path),
+      split='train',
+      eval_split='test',
+      prompt_key='question',
+      chosen_key='good',
+      rejected_key='bad',
+    )
+  )
   train, held = preference.load_pairs(cfg)
   assert len(train) == 30 and len(held) == 6
   assert sorted(p['prompt'] for p in held) == sorted(f'q{i}' for i in range(6))
@@ -329,18 +395,23 @@ def test_tfds_source(tmp_path):
 
 # ---------------------------------------------------------------- end to end
 
+
 def _run(*args, timeout=600):
   env = dict(os.environ, JAX_PLATFORMS='cpu', XLA_FLAGS='--xla_force_host_platform_device_count=1')
-  out = subprocess.run([sys.executable, *args], cwd=ROOT, env=env, capture_output=True,
-                       text=True, timeout=timeout)
+  out = subprocess.run(
+    [sys.executable, *args], cwd=ROOT, env=env, capture_output=True, text=True, timeout=timeout
+  )
   assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
   return out.stdout
 
 
 def _evals(workdir):
   rows = [json.loads(l) for l in open(os.path.join(workdir, 'metrics.jsonl'))]
-  return {r['step']: {k[5:]: v for k, v in r.items() if k.startswith('eval/')}
-          for r in rows if any(k.startswith('eval/') for k in r)}
+  return {
+    r['step']: {k[5:]: v for k, v in r.items() if k.startswith('eval/')}
+    for r in rows
+    if any(k.startswith('eval/') for k in r)
+  }
 
 
 DATA = ['--config.data.seq_len=64', '--config.data.max_prompt_len=24']
@@ -350,9 +421,17 @@ DATA = ['--config.data.seq_len=64', '--config.data.max_prompt_len=24']
 def test_reward_model_beats_chance_on_held_out_pairs(pretrained_gpt, tmp_path):
   """Measured from pretrained_gpt, 80 steps: held-out pairwise accuracy 0.592 -> 0.877."""
   wd = str(tmp_path / 'rm')
-  _run('dpo.py', '--config=configs/reward.py', f'--workdir={wd}',
-       f'--config.pretrained={pretrained_gpt}', '--config.train.steps=80',
-       '--config.eval_every=80', '--config.log_every=40', '--config.eval_batch_size=64', *DATA)
+  _run(
+    'dpo.py',
+    '--config=configs/reward.py',
+    f'--workdir={wd}',
+    f'--config.pretrained={pretrained_gpt}',
+    '--config.train.steps=80',
+    '--config.eval_every=80',
+    '--config.log_every=40',
+    '--config.eval_batch_size=64',
+    *DATA,
+  )
   ev = _evals(wd)
   print('reward model held-out accuracy:', ev[0]['accuracy'], '->', ev[80]['accuracy'])
   assert abs(ev[0]['accuracy'] - 0.5) < 0.15  # an untrained head is at chance
@@ -363,9 +442,17 @@ def test_reward_model_beats_chance_on_held_out_pairs(pretrained_gpt, tmp_path):
 @pytest.mark.slow
 def test_dpo_widens_held_out_margin_and_resumes(pretrained_gpt, tmp_path):
   wd = str(tmp_path / 'dpo')
-  args = ['dpo.py', '--config=configs/dpo.py', f'--workdir={wd}',
-          f'--config.pretrained={pretrained_gpt}', '--config.data.max_pairs=320',
-          '--config.eval_every=20', '--config.log_every=20', '--config.eval_batch_size=64', *DATA]
+  args = [
+    'dpo.py',
+    '--config=configs/dpo.py',
+    f'--workdir={wd}',
+    f'--config.pretrained={pretrained_gpt}',
+    '--config.data.max_pairs=320',
+    '--config.eval_every=20',
+    '--config.log_every=20',
+    '--config.eval_batch_size=64',
+    *DATA,
+  ]
   out = _run(*args, '--config.train.steps=20')
   assert out.count('computed, saved to') == 2
   out = _run(*args, '--config.train.steps=40')  # resumes; reference log-probs read back
@@ -373,11 +460,19 @@ def test_dpo_widens_held_out_margin_and_resumes(pretrained_gpt, tmp_path):
   assert len([f for f in os.listdir(wd) if re.match(r'reference_logps-\w+\.npz', f)]) == 2
   ev = _evals(wd)
   before, after = ev[0], ev[40]
-  print('DPO held-out log-prob margin (chosen - rejected):', before['logp_margin'], '->',
-        after['logp_margin'], '; implicit reward accuracy', after['reward_accuracy'])
+  print(
+    'DPO held-out log-prob margin (chosen - rejected):',
+    before['logp_margin'],
+    '->',
+    after['logp_margin'],
+    '; implicit reward accuracy',
+    after['reward_accuracy'],
+  )
   assert before['logp_margin'] == pytest.approx(before['ref_logp_margin'], rel=1e-4)
   assert before['loss'] == pytest.approx(math.log(2), rel=1e-4)
-  assert after['logp_margin'] > before['logp_margin'] + 1.0  # measured (pretrained_gpt): 31.11 -> 41.24
+  assert (
+    after['logp_margin'] > before['logp_margin'] + 1.0
+  )  # measured (pretrained_gpt): 31.11 -> 41.24
   assert after['reward_accuracy'] > 0.8 and after['loss'] < before['loss']  # measured acc 0.977
   # The tuned policy loads back as a plain Decoder with its tokenizer.
   task, model, params, tok, step = rlhf.load_finetuned(wd)

@@ -1,4 +1,5 @@
 """Sharded forward passes equal the single-device one, and params sit where RULES say."""
+
 import os
 
 os.environ.setdefault('XLA_FLAGS', '--xla_force_host_platform_device_count=8')
@@ -14,8 +15,16 @@ from lm import sharding  # noqa: E402
 
 pytestmark = pytest.mark.skipif(jax.device_count() < 8, reason='needs 8 (simulated) devices')
 
-TINY = dict(vocab_size=128, hidden_size=32, num_layers=2, num_heads=4, mlp_dim=64, max_len=16,
-            dropout_rate=0.0, attention_dropout_rate=0.0)
+TINY = dict(
+  vocab_size=128,
+  hidden_size=32,
+  num_layers=2,
+  num_heads=4,
+  mlp_dim=64,
+  max_len=16,
+  dropout_rate=0.0,
+  attention_dropout_rate=0.0,
+)
 
 
 def _batch():
@@ -74,16 +83,23 @@ def test_sharded_gradients_match_single_device(kind):
   def loss(params, ids, mask, pos):
     if kind == 'encoder':
       out = model.apply({'params': params}, ids, None, mask, pos)
-      return jnp.sum(jax.nn.log_softmax(out['mlm_logits'])[..., 7]) + jnp.sum(out['nsp_logits'][:, 0])
-    return jnp.sum(jax.nn.log_softmax(model.apply({'params': params}, ids, attention_mask=mask))[..., 3])
+      return jnp.sum(jax.nn.log_softmax(out['mlm_logits'])[..., 7]) + jnp.sum(
+        out['nsp_logits'][:, 0]
+      )
+    return jnp.sum(
+      jax.nn.log_softmax(model.apply({'params': params}, ids, attention_mask=mask))[..., 3]
+    )
 
   init = lambda: model.init(jax.random.PRNGKey(0), jnp.asarray(ids))
   ref = jax.grad(loss)(nn.unbox(init())['params'], ids, mask, pos)
   mesh = sharding.make_mesh((2, 2, 2))
   variables, _ = sharding.init_sharded(init, mesh)
   with sharding.use(mesh):
-    got = jax.jit(jax.grad(loss))(variables['params'], *sharding.shard_batch((ids, mask, pos), mesh))
+    got = jax.jit(jax.grad(loss))(
+      variables['params'], *sharding.shard_batch((ids, mask, pos), mesh)
+    )
   for (path, r), g in zip(jax.tree_util.tree_flatten_with_path(ref)[0], jax.tree.leaves(got)):
     scale = max(1.0, float(np.abs(r).max()))
-    np.testing.assert_allclose(np.asarray(g), r, rtol=1e-4, atol=1e-5 * scale,
-                               err_msg=jax.tree_util.keystr(path))
+    np.testing.assert_allclose(
+      np.asarray(g), r, rtol=1e-4, atol=1e-5 * scale, err_msg=jax.tree_util.keystr(path)
+    )

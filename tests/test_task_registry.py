@@ -1,5 +1,6 @@
 """Tasks are chosen by name: a module written outside lm/tasks becomes a task with no change to
 lm (one module + `config.task = '<module>'`), and an unknown name is one clear error."""
+
 import textwrap
 
 import flax.linen as nn
@@ -119,13 +120,16 @@ def test_finetune_run_with_a_config_line(parity, tok, tmp_path):
   """finetune.run and evaluate_finetuned on `task='parity_task'`, from a tiny random BERT in
   HF layout (no pretraining run needed: the plumbing is under test, not the accuracy)."""
   body = tmp_path / 'body'
-  cfg = M.ModelConfig(vocab_size=tok.vocab_size, hidden_size=16, num_layers=1, num_heads=2,
-                      mlp_dim=32, max_len=32)
-  shapes = jax.eval_shape(hf.module('bert', cfg).init, jax.random.PRNGKey(0),
-                          jnp.zeros((1, 8), jnp.int32))  # no compiles: numpy values below
+  cfg = M.ModelConfig(
+    vocab_size=tok.vocab_size, hidden_size=16, num_layers=1, num_heads=2, mlp_dim=32, max_len=32
+  )
+  shapes = jax.eval_shape(
+    hf.module('bert', cfg).init, jax.random.PRNGKey(0), jnp.zeros((1, 8), jnp.int32)
+  )  # no compiles: numpy values below
   rng = np.random.default_rng(0)
-  params = jax.tree.map(lambda s: rng.normal(0, 0.02, s.shape).astype(s.dtype),
-                        nn.unbox(shapes)['params'])
+  params = jax.tree.map(
+    lambda s: rng.normal(0, 0.02, s.shape).astype(s.dtype), nn.unbox(shapes)['params']
+  )
   hf.export_pretrained('bert', cfg, params, body)
   tok.save(str(body))
 
@@ -135,20 +139,25 @@ def test_finetune_run_with_a_config_line(parity, tok, tmp_path):
   c.num_devices = 1
   c.data.max_len = 16
   c.train.update(batch_size=8, steps=2, warmup_steps=1)
-  c.update(eval_batch_size=8, eval_every=2, log_every=2, checkpoint_every=2,
-           async_checkpoints=False)
+  c.update(
+    eval_batch_size=8, eval_every=2, log_every=2, checkpoint_every=2, async_checkpoints=False
+  )
   wd = str(tmp_path / 'ft')
   out = finetune.run(c, wd)
   assert 0.0 <= out['final']['accuracy'] <= 1.0
   again, preds = evaluation.evaluate_finetuned(wd)
   assert again['task'] == parity and len(preds) == len(
-      data_lib.load_examples(parity, c.data, 'validation')[0])
+    data_lib.load_examples(parity, c.data, 'validation')[0]
+  )
 
 
 @pytest.mark.parametrize('name', ['no_such_task', 'lm.tasks.no_such_task', ''])
 def test_unknown_name_is_one_clear_error(name):
-  with pytest.raises(ValueError, match='not a built-in task .classification, qa, tokens. nor an '
-                     'importable module; a dotted module path .* works too'):
+  with pytest.raises(
+    ValueError,
+    match='not a built-in task .classification, qa, tokens. nor an '
+    'importable module; a dotted module path .* works too',
+  ):
     tasks.get(name)
 
 

@@ -1,4 +1,5 @@
 """Tokenizer training is reproducible across processes, and WordPiece still splits like BERT."""
+
 import os
 import random
 import subprocess
@@ -14,13 +15,13 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 # HF's WordPieceTrainer gave a different vocab in almost every process at this size.
 VOCAB = 4000
 
-TRAIN_BOTH = '''
+TRAIN_BOTH = """
 import sys
 from lm.data import corpus, tokenizer
 docs = corpus.python_docs_corpus()
 for kind in ('wordpiece', 'bpe'):
   tokenizer.train_tokenizer(iter(docs), kind, {vocab}).save(sys.argv[1] + '/' + kind)
-'''
+"""
 
 
 @pytest.fixture(scope='module')
@@ -37,8 +38,13 @@ def test_training_is_identical_across_processes(tmp_path):
   # Fresh interpreters (different hash seeds too): Rust hash-map order differs per process.
   for run, seed in (('a', '1'), ('b', '2')):
     env = dict(os.environ, PYTHONHASHSEED=seed)
-    subprocess.run([sys.executable, '-c', TRAIN_BOTH.format(vocab=VOCAB), str(tmp_path / run)],
-                   cwd=ROOT, env=env, check=True, timeout=300)
+    subprocess.run(
+      [sys.executable, '-c', TRAIN_BOTH.format(vocab=VOCAB), str(tmp_path / run)],
+      cwd=ROOT,
+      env=env,
+      check=True,
+      timeout=300,
+    )
   for kind in ('wordpiece', 'bpe'):
     a = (tmp_path / 'a' / kind / 'tokenizer.json').read_bytes()
     b = (tmp_path / 'b' / kind / 'tokenizer.json').read_bytes()
@@ -64,8 +70,10 @@ def test_wordpiece_round_trip(wordpiece):
   assert wordpiece.unk_id not in ids and wordpiece.decode(ids) == normalized
 
 
-@pytest.mark.parametrize('sentence', ['Hello, World! The Café sat on the mat in 1984.',
-                                      'Naïve ideas: didn\'t x.append(42) -> [1, 2]?'])
+@pytest.mark.parametrize(
+  'sentence',
+  ['Hello, World! The Café sat on the mat in 1984.', "Naïve ideas: didn't x.append(42) -> [1, 2]?"],
+)
 def test_wordpiece_pieces_rebuild_bert_words(wordpiece, sentence):
   normalized = wordpiece.hf.normalizer.normalize_str(sentence)
   words = [w for w, _ in wordpiece.hf.pre_tokenizer.pre_tokenize_str(normalized)]
@@ -85,9 +93,14 @@ def test_training_words_match_bert_on_odd_unicode(odd, monkeypatch):
   monkeypatch.setattr(tok_lib, '_CHUNK_CHARS', 3000)  # several batches, long docs cut
   rng = random.Random(0)
   pool = [chr(c) for c in range(0x20000) if not 0xD800 <= c < 0xE000]
-  common = 'abcXYZ \t\n\r\x00\x0b.,#\'-éñ日本\u0301'
-  docs = [''.join(rng.choice(pool) if rng.random() < odd else rng.choice(common)
-                  for _ in range(rng.randrange(1, 6000))) for _ in range(20)]
+  common = "abcXYZ \t\n\r\x00\x0b.,#'-éñ日本\u0301"
+  docs = [
+    ''.join(
+      rng.choice(pool) if rng.random() < odd else rng.choice(common)
+      for _ in range(rng.randrange(1, 6000))
+    )
+    for _ in range(20)
+  ]
   # Left out of training: chars without a private-use image, or already in planes 15/16.
   docs.append('kept \U0002b820 a\U0002b820b c\U000ffffe \U0010ffff d ok')
   dropped = ('a\U0002b820b', 'c\U000ffffe', '\U0010ffff')

@@ -1,4 +1,5 @@
 """train.py end to end: the loss falls, resume is exact, a sharded run matches one device."""
+
 import json
 import math
 import os
@@ -12,10 +13,18 @@ import pytest
 from conftest import run_script
 
 # A model small enough for 2k CPU steps in seconds, with dropout so the RNG must resume too.
-TINY = ['--config.model.hidden_size=32', '--config.model.num_layers=1', '--config.model.num_heads=2',
-        '--config.model.mlp_dim=64', '--config.model.max_len=32', '--config.data.seq_len=32',
-        '--config.train.batch_size=8', '--config.data.tokenizer.vocab_size=512',
-        '--config.model.dropout_rate=0.1', '--config.model.attention_dropout_rate=0.1']
+TINY = [
+  '--config.model.hidden_size=32',
+  '--config.model.num_layers=1',
+  '--config.model.num_heads=2',
+  '--config.model.mlp_dim=64',
+  '--config.model.max_len=32',
+  '--config.data.seq_len=32',
+  '--config.train.batch_size=8',
+  '--config.data.tokenizer.vocab_size=512',
+  '--config.model.dropout_rate=0.1',
+  '--config.model.attention_dropout_rate=0.1',
+]
 
 
 def read_metrics(workdir, prefix='train'):
@@ -26,14 +35,18 @@ def read_metrics(workdir, prefix='train'):
 def load_params(workdir):
   from lm import pretrained  # imported late: JAX starts after conftest set the device count
   import jax
+
   return jax.tree.map(np.asarray, pretrained.load(workdir).params)
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize('fixture,key,margin', [
+@pytest.mark.parametrize(
+  'fixture,key,margin',
+  [
     ('pretrained_bert', 'mlm_loss', 3.0),
     ('pretrained_gpt', 'lm_loss', 3.0),
-])
+  ],
+)
 def test_default_configs_loss_falls(request, fixture, key, margin):
   """At init the loss is ln(vocab); the default configs' runs on Python's docs (600 steps for
   base.py, 300 for gpt_base.py: the shared pretraining fixtures) must take `margin` nats off it.
@@ -44,7 +57,9 @@ def test_default_configs_loss_falls(request, fixture, key, margin):
   steps = max(evals)
   ln_vocab = math.log(8192)
   first, final = train[10][f'train/{key}'], evals[steps][f'eval/{key}']
-  print(f'{fixture}: {key} at step 10 = {first:.3f}, eval at {steps} = {final:.3f}, ln V = {ln_vocab:.3f}')
+  print(
+    f'{fixture}: {key} at step 10 = {first:.3f}, eval at {steps} = {final:.3f}, ln V = {ln_vocab:.3f}'
+  )
   assert abs(first - ln_vocab) < 1.0  # started near chance
   assert final < ln_vocab - margin
   assert '[sample' in (workdir / 'stdout.log').read_text()
@@ -56,15 +71,27 @@ def test_resume_after_sigkill_is_bitwise_exact(tmp_path):
   100 steps. Data batches and dropout keys are functions of the step, so a resumed run must
   reproduce the uninterrupted one bit for bit."""
   steps = 2000
-  args = ['--config=configs/base.py', *TINY, f'--config.train.steps={steps}',
-          '--config.train.warmup_steps=100', '--config.checkpoint_every=100',
-          '--config.log_every=10', f'--config.eval_every={steps}']
+  args = [
+    '--config=configs/base.py',
+    *TINY,
+    f'--config.train.steps={steps}',
+    '--config.train.warmup_steps=100',
+    '--config.checkpoint_every=100',
+    '--config.log_every=10',
+    f'--config.eval_every={steps}',
+  ]
   straight, resumed = tmp_path / 'straight', tmp_path / 'resumed'
   run_script('train.py', *args, f'--workdir={straight}')
 
   kill_at = random.Random().randrange(150, steps - 150)
-  proc = run_script('train.py', *args, f'--workdir={resumed}', background=True,
-                    stdout=open(tmp_path / 'killed.log', 'w'), stderr=open(os.devnull, 'w'))
+  proc = run_script(
+    'train.py',
+    *args,
+    f'--workdir={resumed}',
+    background=True,
+    stdout=open(tmp_path / 'killed.log', 'w'),
+    stderr=open(os.devnull, 'w'),
+  )
   deadline = time.time() + 600
   metrics = resumed / 'metrics.jsonl'
   while time.time() < deadline and proc.poll() is None:
@@ -80,6 +107,7 @@ def test_resume_after_sigkill_is_bitwise_exact(tmp_path):
 
   a, b = load_params(straight), load_params(resumed)
   import jax
+
   for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b)):
     assert np.array_equal(x, y)
   ma, mb = read_metrics(straight), read_metrics(resumed)
@@ -89,12 +117,20 @@ def test_resume_after_sigkill_is_bitwise_exact(tmp_path):
 @pytest.mark.slow
 def test_sharded_mesh_matches_one_device(tmp_path):
   """(data, fsdp, tensor) = (2, 2, 2) on 8 devices vs 1 device: same loss curve."""
-  args = ['--config=configs/base.py', *TINY, '--config.model.dropout_rate=0.0',
-          '--config.model.attention_dropout_rate=0.0', '--config.train.steps=40',
-          '--config.train.warmup_steps=5', '--config.log_every=5', '--config.eval_every=40']
+  args = [
+    '--config=configs/base.py',
+    *TINY,
+    '--config.model.dropout_rate=0.0',
+    '--config.model.attention_dropout_rate=0.0',
+    '--config.train.steps=40',
+    '--config.train.warmup_steps=5',
+    '--config.log_every=5',
+    '--config.eval_every=40',
+  ]
   run_script('train.py', *args, f'--workdir={tmp_path / "one"}', '--config.mesh_shape=(1,1,1)')
-  out = run_script('train.py', *args, f'--workdir={tmp_path / "mesh"}',
-                   '--config.mesh_shape=(2,2,2)', devices=8).stdout
+  out = run_script(
+    'train.py', *args, f'--workdir={tmp_path / "mesh"}', '--config.mesh_shape=(2,2,2)', devices=8
+  ).stdout
   assert "mesh {'data': 2, 'fsdp': 2, 'tensor': 2}" in out
   one, mesh = read_metrics(tmp_path / 'one'), read_metrics(tmp_path / 'mesh')
   assert sorted(one) == sorted(mesh) == list(range(5, 45, 5))
@@ -109,15 +145,26 @@ def test_sharded_mesh_matches_one_device(tmp_path):
 def test_two_runs_from_scratch_are_bit_identical(tmp_path):
   """Same config and seed, nothing shared (each run prepares its own data and trains its own
   WordPiece tokenizer): byte-identical tokenizer.json and bit-identical parameters."""
-  args = ['--config=configs/base.py', *TINY, '--config.train.steps=30',
-          '--config.train.warmup_steps=5', '--config.log_every=10', '--config.eval_every=30']
+  args = [
+    '--config=configs/base.py',
+    *TINY,
+    '--config.train.steps=30',
+    '--config.train.warmup_steps=5',
+    '--config.log_every=10',
+    '--config.eval_every=30',
+  ]
   for name in ('a', 'b'):
-    out = run_script('train.py', *args, f'--workdir={tmp_path / name}',
-                     env={'LM_DATA_CACHE': str(tmp_path / f'cache_{name}')}).stdout
+    out = run_script(
+      'train.py',
+      *args,
+      f'--workdir={tmp_path / name}',
+      env={'LM_DATA_CACHE': str(tmp_path / f'cache_{name}')},
+    ).stdout
     assert 'prepare: trained a wordpiece tokenizer' in out
   tokenizers = [(tmp_path / n / 'tokenizer.json').read_bytes() for n in ('a', 'b')]
   assert tokenizers[0] == tokenizers[1]
   import jax
+
   a, b = load_params(tmp_path / 'a'), load_params(tmp_path / 'b')
   for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b)):
     assert np.array_equal(x, y)
@@ -128,6 +175,12 @@ def test_new_workdir_reuses_prepared_data(tmp_path, pretrained_gpt):
   """A second run with the same data config (new workdir) never tokenizes: it opens the shards
   prepared by the shared fixture's run (or whichever run of this session came first)."""
   del pretrained_gpt
-  out = run_script('train.py', '--config=configs/gpt_base.py', f'--workdir={tmp_path / "w"}',
-                   '--config.train.steps=2', '--config.log_every=1', '--config.eval_every=2').stdout
+  out = run_script(
+    'train.py',
+    '--config=configs/gpt_base.py',
+    f'--workdir={tmp_path / "w"}',
+    '--config.train.steps=2',
+    '--config.log_every=1',
+    '--config.eval_every=2',
+  ).stdout
   assert 'prepare:' not in out and '[train 2/2]' in out

@@ -13,6 +13,7 @@ does not grow with the corpus and each host touches only the rows it trains on. 
 paths (``gs://...``, anything etils epath opens) are read by ranged reads instead, with
 each shard's document index held in memory (8 bytes a document).
 """
+
 from __future__ import annotations
 
 import json
@@ -25,118 +26,130 @@ from etils import epath
 from lm.data.pretrain import ShardedCorpus, TokenizedCorpus
 
 FORMAT = 1
-MANIFEST = "manifest.json"
-TOKENIZER = "tokenizer.json"
-SPLITS = ("train", "eval")
+MANIFEST = 'manifest.json'
+TOKENIZER = 'tokenizer.json'
+SPLITS = ('train', 'eval')
 
 
 def shard_name(i: int) -> str:
-    return f"{i:05d}"
+  return f'{i:05d}'
 
 
 def token_dtype(vocab_size: int) -> np.dtype:
-    return np.dtype("<u2") if vocab_size <= 1 << 16 else np.dtype("<u4")
+  return np.dtype('<u2') if vocab_size <= 1 << 16 else np.dtype('<u4')
 
 
 def is_remote(path) -> bool:
-    return "://" in str(path)
+  return '://' in str(path)
 
 
 def read_json(path) -> Optional[dict]:
-    path = epath.Path(path)
-    if not path.exists():
-        return None
-    try:
-        return json.loads(path.read_text())
-    except ValueError:
-        raise ValueError(f"{path} is not valid JSON (a damaged prepared directory): delete "
-                         f"{path.parent} and prepare again.") from None
+  path = epath.Path(path)
+  if not path.exists():
+    return None
+  try:
+    return json.loads(path.read_text())
+  except ValueError:
+    raise ValueError(
+      f'{path} is not valid JSON (a damaged prepared directory): delete '
+      f'{path.parent} and prepare again.'
+    ) from None
 
 
 def write_json(path, obj) -> None:
-    """Write then rename, so a reader never sees half a file."""
-    path = epath.Path(path)
-    tmp = path.parent / f"{path.name}.tmp"
-    tmp.write_text(json.dumps(obj, indent=1, sort_keys=True))
-    tmp.replace(path)
+  """Write then rename, so a reader never sees half a file."""
+  path = epath.Path(path)
+  tmp = path.parent / f'{path.name}.tmp'
+  tmp.write_text(json.dumps(obj, indent=1, sort_keys=True))
+  tmp.replace(path)
 
 
 class _RemoteTokens:
-    """Slices of a remote token file by ranged reads (no local copy)."""
+  """Slices of a remote token file by ranged reads (no local copy)."""
 
-    def __init__(self, path, dtype: np.dtype, count: int):
-        self.path, self.dtype, self.count = epath.Path(path), dtype, count
+  def __init__(self, path, dtype: np.dtype, count: int):
+    self.path, self.dtype, self.count = epath.Path(path), dtype, count
 
-    def __len__(self):
-        return self.count
+  def __len__(self):
+    return self.count
 
-    def __getitem__(self, index: slice) -> np.ndarray:
-        start, stop, _ = index.indices(self.count)
-        with self.path.open("rb") as f:
-            f.seek(start * self.dtype.itemsize)
-            raw = f.read(max(0, stop - start) * self.dtype.itemsize)
-        return np.frombuffer(raw, self.dtype)
+  def __getitem__(self, index: slice) -> np.ndarray:
+    start, stop, _ = index.indices(self.count)
+    with self.path.open('rb') as f:
+      f.seek(start * self.dtype.itemsize)
+      raw = f.read(max(0, stop - start) * self.dtype.itemsize)
+    return np.frombuffer(raw, self.dtype)
 
 
 def _array(path, dtype: np.dtype, count: int, remote: bool):
-    if count == 0:
-        return np.zeros(0, dtype)
-    if remote:
-        return _RemoteTokens(path, dtype, count)
-    return np.memmap(os.fspath(path), dtype=dtype, mode="r", shape=(count,))
+  if count == 0:
+    return np.zeros(0, dtype)
+  if remote:
+    return _RemoteTokens(path, dtype, count)
+  return np.memmap(os.fspath(path), dtype=dtype, mode='r', shape=(count,))
 
 
 def expected_bytes(entry: dict, split: str, dtype: np.dtype) -> dict:
-    """File name -> size in bytes that a committed shard must have."""
-    name, part = entry["name"], entry[split]
-    return {f"{name}.{split}.bin": part["tokens"] * dtype.itemsize,
-            f"{name}.{split}.idx": (part["docs"] + 1) * 8}
+  """File name -> size in bytes that a committed shard must have."""
+  name, part = entry['name'], entry[split]
+  return {
+    f'{name}.{split}.bin': part['tokens'] * dtype.itemsize,
+    f'{name}.{split}.idx': (part['docs'] + 1) * 8,
+  }
 
 
 def check_files(directory, entry: dict, dtype: np.dtype) -> None:
-    """Every file of a shard exists with its recorded size (cheap: no data is read)."""
-    shards = epath.Path(directory) / "shards"
-    for split in SPLITS:
-        for name, size in expected_bytes(entry, split, dtype).items():
-            path = shards / name
-            if not path.exists():
-                raise FileNotFoundError(f"prepared shard {path} is missing: delete {directory} "
-                                        "and prepare again (python -m lm.data.prepare --config=...).")
-            if path.stat().length != size:
-                raise ValueError(f"prepared shard {path} is corrupt ({path.stat().length} bytes, "
-                                 f"manifest says {size}): delete {directory} and prepare again.")
+  """Every file of a shard exists with its recorded size (cheap: no data is read)."""
+  shards = epath.Path(directory) / 'shards'
+  for split in SPLITS:
+    for name, size in expected_bytes(entry, split, dtype).items():
+      path = shards / name
+      if not path.exists():
+        raise FileNotFoundError(
+          f'prepared shard {path} is missing: delete {directory} '
+          'and prepare again (python -m lm.data.prepare --config=...).'
+        )
+      if path.stat().length != size:
+        raise ValueError(
+          f'prepared shard {path} is corrupt ({path.stat().length} bytes, '
+          f'manifest says {size}): delete {directory} and prepare again.'
+        )
 
 
 def open_split(directory, split: str, manifest: dict) -> ShardedCorpus:
-    """The 'train' or 'eval' documents of a prepared directory, memory-mapped."""
-    dtype = np.dtype(manifest["dtype"])
-    remote = is_remote(directory)
-    shards = epath.Path(directory) / "shards"
-    parts = []
-    for entry in manifest["shards"]:
-        check_files(directory, entry, dtype)
-        part = entry[split]
-        if not part["docs"]:
-            continue
-        name = f"{entry['name']}.{split}"
-        idx_path = shards / f"{name}.idx"
-        if remote:
-            starts = np.frombuffer(idx_path.read_bytes(), "<i8")
-        else:
-            starts = np.memmap(os.fspath(idx_path), dtype="<i8", mode="r")
-        if starts[0] != 0 or starts[-1] != part["tokens"]:
-            raise ValueError(f"prepared index {idx_path} does not match its tokens: delete "
-                             f"{directory} and prepare again.")
-        tokens = _array(shards / f"{name}.bin", dtype, part["tokens"], remote)
-        parts.append(TokenizedCorpus(tokens, starts))
-    return ShardedCorpus(parts)
+  """The 'train' or 'eval' documents of a prepared directory, memory-mapped."""
+  dtype = np.dtype(manifest['dtype'])
+  remote = is_remote(directory)
+  shards = epath.Path(directory) / 'shards'
+  parts = []
+  for entry in manifest['shards']:
+    check_files(directory, entry, dtype)
+    part = entry[split]
+    if not part['docs']:
+      continue
+    name = f'{entry["name"]}.{split}'
+    idx_path = shards / f'{name}.idx'
+    if remote:
+      starts = np.frombuffer(idx_path.read_bytes(), '<i8')
+    else:
+      starts = np.memmap(os.fspath(idx_path), dtype='<i8', mode='r')
+    if starts[0] != 0 or starts[-1] != part['tokens']:
+      raise ValueError(
+        f'prepared index {idx_path} does not match its tokens: delete '
+        f'{directory} and prepare again.'
+      )
+    tokens = _array(shards / f'{name}.bin', dtype, part['tokens'], remote)
+    parts.append(TokenizedCorpus(tokens, starts))
+  return ShardedCorpus(parts)
 
 
 def open_eval(directory, manifest: dict) -> ShardedCorpus:
-    """The held-out documents; the training ones (said once) when there are none."""
-    held_out = open_split(directory, "eval", manifest)
-    if held_out.num_docs:
-        return held_out
-    print(f"no held-out documents in {directory} (eval_split: {manifest['eval_split']}): "
-          "eval metrics are on training data.")
-    return open_split(directory, "train", manifest)
+  """The held-out documents; the training ones (said once) when there are none."""
+  held_out = open_split(directory, 'eval', manifest)
+  if held_out.num_docs:
+    return held_out
+  print(
+    f'no held-out documents in {directory} (eval_split: {manifest["eval_split"]}): '
+    'eval metrics are on training data.'
+  )
+  return open_split(directory, 'train', manifest)

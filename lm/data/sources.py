@@ -11,6 +11,7 @@ so a data flag learned for one job means the same in all of them:
 :func:`check` names the new spelling of an old one (``data.dataset``, ``data.train_file``, ...)
 in one line, so an old config or notebook fails at once with the fix.
 """
+
 from __future__ import annotations
 
 import glob
@@ -18,95 +19,98 @@ import os
 import re
 from typing import Iterable, Optional, Union
 
-SOURCES = ("python_docs", "files", "tfds")
+SOURCES = ('python_docs', 'files', 'tfds')
 
 # Old data-config key -> its new spelling.
 RENAMED_KEYS = {
-    "dataset": "data.source ('python_docs' | 'files' | 'tfds'; a TFDS dataset: data.source='tfds' "
-               "and data.tfds_name=NAME)",
-    "train_file": "data.files",
-    "eval_file": "data.eval_files",
-    "train_split": "data.split",
+  'dataset': "data.source ('python_docs' | 'files' | 'tfds'; a TFDS dataset: data.source='tfds' "
+  'and data.tfds_name=NAME)',
+  'train_file': 'data.files',
+  'eval_file': 'data.eval_files',
+  'train_split': 'data.split',
 }
-RENAMED_SOURCES = {"text_files": "files", "jsonl": "files"}
+RENAMED_SOURCES = {'text_files': 'files', 'jsonl': 'files'}
 
 
 def _tfds_hint(name) -> str:
-    return f"for a TFDS dataset use data.source='tfds' and data.tfds_name={name!r}"
+  return f"for a TFDS dataset use data.source='tfds' and data.tfds_name={name!r}"
 
 
 def old_key_error(key: str, value=None) -> Optional[str]:
-    """One line naming the new spelling of data.<key> (set to ``value``), or None if the key is
-    not an old one."""
-    if key not in RENAMED_KEYS:
-        return None
-    if key == "dataset" and value not in (None, ""):
-        value = str(value)
-        new = RENAMED_SOURCES.get(value, value)
-        if new in SOURCES:
-            use = f"data.source={new!r}" + (" and data.files=PATHS" if new == "files" else "")
-        else:
-            use = f"data.source='tfds' and data.tfds_name={value!r}"
-        return f"data.dataset was renamed: use {use}."
-    return f"data.{key} was renamed: use {RENAMED_KEYS[key]}."
+  """One line naming the new spelling of data.<key> (set to ``value``), or None if the key is
+  not an old one."""
+  if key not in RENAMED_KEYS:
+    return None
+  if key == 'dataset' and value not in (None, ''):
+    value = str(value)
+    new = RENAMED_SOURCES.get(value, value)
+    if new in SOURCES:
+      use = f'data.source={new!r}' + (' and data.files=PATHS' if new == 'files' else '')
+    else:
+      use = f"data.source='tfds' and data.tfds_name={value!r}"
+    return f'data.dataset was renamed: use {use}.'
+  return f'data.{key} was renamed: use {RENAMED_KEYS[key]}.'
 
 
 def source_error(source) -> Optional[str]:
-    """One line for a ``data.source`` outside :data:`SOURCES`, or None."""
-    if source in SOURCES:
-        return None
-    if source in RENAMED_SOURCES:
-        return (f"data.source={source!r} was renamed: use data.source={RENAMED_SOURCES[source]!r} "
-                "with data.files=PATHS.")
-    return (f"data.source={source!r} is not one of {SOURCES}: " + _tfds_hint(source) + ".")
+  """One line for a ``data.source`` outside :data:`SOURCES`, or None."""
+  if source in SOURCES:
+    return None
+  if source in RENAMED_SOURCES:
+    return (
+      f'data.source={source!r} was renamed: use data.source={RENAMED_SOURCES[source]!r} '
+      'with data.files=PATHS.'
+    )
+  return f'data.source={source!r} is not one of {SOURCES}: ' + _tfds_hint(source) + '.'
 
 
 def check(data_cfg) -> None:
-    """Raises ValueError (one line: the old spelling and the new one) for a data config that
-    uses an old key or source name; an old key left empty carries nothing and passes."""
-    for key in RENAMED_KEYS:
-        value = getattr(data_cfg, key, None)
-        if value not in (None, ""):
-            raise ValueError(old_key_error(key, value))
-    msg = source_error(getattr(data_cfg, "source", None) or "python_docs")
-    if msg:
-        raise ValueError(msg)
+  """Raises ValueError (one line: the old spelling and the new one) for a data config that
+  uses an old key or source name; an old key left empty carries nothing and passes."""
+  for key in RENAMED_KEYS:
+    value = getattr(data_cfg, key, None)
+    if value not in (None, ''):
+      raise ValueError(old_key_error(key, value))
+  msg = source_error(getattr(data_cfg, 'source', None) or 'python_docs')
+  if msg:
+    raise ValueError(msg)
 
 
-def expand(value: Union[str, Iterable[str]], key: str = "files") -> list[str]:
-    """The files that ``data.<key>`` (comma-separated paths or globs, or a list of them; a
-    directory: every file under it) names, in order; a pattern that names none is an error
-    naming the flag."""
-    patterns = value.split(",") if isinstance(value, str) else map(str, value or ())
-    out = []
-    for pattern in [p.strip() for p in patterns if p.strip()]:
-        if glob.has_magic(pattern):
-            matches = sorted(p for p in glob.glob(pattern, recursive=True) if os.path.isfile(p))
-        elif os.path.isdir(pattern):
-            matches = sorted(p for p in glob.glob(os.path.join(pattern, "**", "*"), recursive=True)
-                             if os.path.isfile(p))
-        else:
-            matches = [pattern] if os.path.isfile(pattern) else []
-        if not matches:
-            raise FileNotFoundError(f"no file at {pattern!r}: fix --config.data.{key}.")
-        out.extend(matches)
-    return out
+def expand(value: Union[str, Iterable[str]], key: str = 'files') -> list[str]:
+  """The files that ``data.<key>`` (comma-separated paths or globs, or a list of them; a
+  directory: every file under it) names, in order; a pattern that names none is an error
+  naming the flag."""
+  patterns = value.split(',') if isinstance(value, str) else map(str, value or ())
+  out = []
+  for pattern in [p.strip() for p in patterns if p.strip()]:
+    if glob.has_magic(pattern):
+      matches = sorted(p for p in glob.glob(pattern, recursive=True) if os.path.isfile(p))
+    elif os.path.isdir(pattern):
+      matches = sorted(
+        p for p in glob.glob(os.path.join(pattern, '**', '*'), recursive=True) if os.path.isfile(p)
+      )
+    else:
+      matches = [pattern] if os.path.isfile(pattern) else []
+    if not matches:
+      raise FileNotFoundError(f'no file at {pattern!r}: fix --config.data.{key}.')
+    out.extend(matches)
+  return out
 
 
 def argv_error(argv) -> Optional[str]:
-    """The one-line error for the first ``--config.data.<old key>[=value]`` (or old source name)
-    in ``argv``: a locked config rejects an unknown key inside the flag parser with an obscure
-    error, before :func:`check` could run."""
-    for i, arg in enumerate(argv):
-        m = re.match(r"--config\.data\.(\w+)(?:=(.*))?$", arg)
-        if not m:
-            continue
-        key, value = m.groups()
-        if value is None and i + 1 < len(argv) and not argv[i + 1].startswith("-"):
-            value = argv[i + 1]
-        msg = old_key_error(key, value)
-        if msg is None and key == "source" and value is not None:
-            msg = source_error(value)
-        if msg:
-            return f"{arg}: {msg}"
-    return None
+  """The one-line error for the first ``--config.data.<old key>[=value]`` (or old source name)
+  in ``argv``: a locked config rejects an unknown key inside the flag parser with an obscure
+  error, before :func:`check` could run."""
+  for i, arg in enumerate(argv):
+    m = re.match(r'--config\.data\.(\w+)(?:=(.*))?$', arg)
+    if not m:
+      continue
+    key, value = m.groups()
+    if value is None and i + 1 < len(argv) and not argv[i + 1].startswith('-'):
+      value = argv[i + 1]
+    msg = old_key_error(key, value)
+    if msg is None and key == 'source' and value is not None:
+      msg = source_error(value)
+    if msg:
+      return f'{arg}: {msg}'
+  return None

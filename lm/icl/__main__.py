@@ -2,6 +2,7 @@
 
 Few-shot accuracy per demonstration strategy and k; the same as eval.py with that config.
 """
+
 import sys
 
 from absl import flags

@@ -4,6 +4,7 @@ Strategies name the fields they read (their ``NEEDS``) and `compute` fills only 
 strategy over embeddings, losses or gradients needs no edit here; a new kind of feature is a
 field plus a `COMPUTE` entry.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -15,11 +16,12 @@ import numpy as np
 @dataclasses.dataclass
 class Features:
   """Per pool item (and per query: a test example), numpy; None = not computed."""
+
   num_pool: int
-  pool_emb: Optional[np.ndarray] = None    # [N, D] mean-pooled final hidden states
-  query_emb: Optional[np.ndarray] = None   # [M, D]
-  pool_loss: Optional[np.ndarray] = None   # [N] mean token LM loss of each demonstration
-  pool_grad: Optional[np.ndarray] = None   # [N, G] per-example LM-loss gradients (flattened)
+  pool_emb: Optional[np.ndarray] = None  # [N, D] mean-pooled final hidden states
+  query_emb: Optional[np.ndarray] = None  # [M, D]
+  pool_loss: Optional[np.ndarray] = None  # [N] mean token LM loss of each demonstration
+  pool_grad: Optional[np.ndarray] = None  # [N, G] per-example LM-loss gradients (flattened)
   query_grad: Optional[np.ndarray] = None  # [M, G]
 
 
@@ -58,23 +60,34 @@ def demo_losses(lm, prompter, examples, options, seed):
 
 def gradients(lm, prompter, examples, options, seed):
   ins = _inputs(prompter, examples)
-  return lm.gradients([s for s, _ in ins], [w for _, w in ins],
-                      which=options.get('gradient_params', 'last'),
-                      dim=int(options.get('gradient_dim', 0)), seed=seed)
+  return lm.gradients(
+    [s for s, _ in ins],
+    [w for _, w in ins],
+    which=options.get('gradient_params', 'last'),
+    dim=int(options.get('gradient_dim', 0)),
+    seed=seed,
+  )
 
 
 # Field -> (which examples it is over, how). No query_loss: it would score the test label.
 COMPUTE = {
-    'pool_emb': ('pool', embeddings),
-    'query_emb': ('query', embeddings),
-    'pool_loss': ('pool', demo_losses),
-    'pool_grad': ('pool', gradients),
-    'query_grad': ('query', gradients),
+  'pool_emb': ('pool', embeddings),
+  'query_emb': ('query', embeddings),
+  'pool_loss': ('pool', demo_losses),
+  'pool_grad': ('pool', gradients),
+  'query_grad': ('query', gradients),
 }
 
 
-def compute(lm, prompter, pool: Sequence[dict], queries: Sequence[dict], fields: Sequence[str],
-            options=None, seed: int = 0) -> Features:
+def compute(
+  lm,
+  prompter,
+  pool: Sequence[dict],
+  queries: Sequence[dict],
+  fields: Sequence[str],
+  options=None,
+  seed: int = 0,
+) -> Features:
   """`Features` with `fields` filled (in `COMPUTE` order), the rest None."""
   unknown = set(fields) - set(COMPUTE)
   if unknown:

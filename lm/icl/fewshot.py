@@ -13,6 +13,7 @@ indices (in prompt order) and prediction for every k and run, plus the pool's te
 
   python eval.py --config=configs/fewshot.py --checkpoint=/tmp/lm_gpt
 """
+
 from __future__ import annotations
 
 import os
@@ -28,13 +29,20 @@ from lm.icl.prompts import Prompter
 from lm.icl.scoring import LM
 
 
-def compute_features(lm: LM, prompter: Prompter, pool: Sequence[dict], queries: Sequence[dict],
-                     strategies: Sequence[str], options=None,
-                     seed: int = 0) -> features_lib.Features:
+def compute_features(
+  lm: LM,
+  prompter: Prompter,
+  pool: Sequence[dict],
+  queries: Sequence[dict],
+  strategies: Sequence[str],
+  options=None,
+  seed: int = 0,
+) -> features_lib.Features:
   """What `strategies` declare they need (their NEEDS), nothing more; `options` (the fewshot
   config) holds gradient_params and gradient_dim."""
-  return features_lib.compute(lm, prompter, pool, queries, strategies_lib.needs(strategies),
-                              options, seed)
+  return features_lib.compute(
+    lm, prompter, pool, queries, strategies_lib.needs(strategies), options, seed
+  )
 
 
 def _sample(examples, n: int, seed: int):
@@ -78,7 +86,7 @@ def run_fewshot(lm: LM, prompter: Prompter, pool, test, fs, seed: int = 0) -> di
   # Every (strategy, k, run, test example) prompt; k=0 is strategy-independent: one run.
   cells, requests, cache = [], [], {}
   for k in ks:
-    for strategy in (['zero-shot'] if k == 0 else strategies):
+    for strategy in ['zero-shot'] if k == 0 else strategies:
       for r, (s, o) in enumerate(runs if k else runs[:1]):
         for qi, ex in enumerate(test):
           if k == 0:
@@ -90,11 +98,13 @@ def run_fewshot(lm: LM, prompter: Prompter, pool, test, fs, seed: int = 0) -> di
             chosen = cache[key]
           else:
             chosen = strategies_lib.choose(modules[strategy], k, feats, qi, s, fs)
-          order = [int(chosen[j]) for j in np.random.default_rng([s, o, qi, k]).permutation(
-              len(chosen))]
-          ids, kept = prompter.prompt([(pool[j]['text'], pool[j]['label']) for j in order],
-                                      ex['text'])
-          order = order[len(order) - kept:]
+          order = [
+            int(chosen[j]) for j in np.random.default_rng([s, o, qi, k]).permutation(len(chosen))
+          ]
+          ids, kept = prompter.prompt(
+            [(pool[j]['text'], pool[j]['label']) for j in order], ex['text']
+          )
+          order = order[len(order) - kept :]
           cells.append((strategy, k, r, qi, order, len(ids)))
           requests.append((ids, prompter.candidates))
   t0 = time.time()
@@ -104,17 +114,27 @@ def run_fewshot(lm: LM, prompter: Prompter, pool, test, fs, seed: int = 0) -> di
 
   gold = [prompter.label_index[e['label']] for e in test]
   correct, kept = {}, {}
-  examples = [{'index': qi, 'text': e['text'], 'label': e['label'], 'selections': {}}
-              for qi, e in enumerate(test)]
+  examples = [
+    {'index': qi, 'text': e['text'], 'label': e['label'], 'selections': {}}
+    for qi, e in enumerate(test)
+  ]
   for (strategy, k, r, qi, order, n_tok), sc in zip(cells, scores):
     pred = int(np.argmax(sc))
     correct.setdefault((strategy, k), {}).setdefault(r, []).append(pred == gold[qi])
     kept.setdefault((strategy, k), []).append(len(order))
     sel = examples[qi]['selections'].setdefault(strategy, {}).setdefault(str(k), [])
-    sel.append({'run': r, 'seed': runs[r][0], 'ordering': runs[r][1], 'pool_indices': order,
-                'prediction': prompter.labels[pred], 'correct': bool(pred == gold[qi]),
-                'prompt_tokens': n_tok,
-                'scores': [round(float(x), 4) for x in sc]})
+    sel.append(
+      {
+        'run': r,
+        'seed': runs[r][0],
+        'ordering': runs[r][1],
+        'pool_indices': order,
+        'prediction': prompter.labels[pred],
+        'correct': bool(pred == gold[qi]),
+        'prompt_tokens': n_tok,
+        'scores': [round(float(x), 4) for x in sc],
+      }
+    )
   accuracy = {}
   for strategy in strategies:
     accuracy[strategy] = {}
@@ -122,20 +142,32 @@ def run_fewshot(lm: LM, prompter: Prompter, pool, test, fs, seed: int = 0) -> di
       per_run = correct[('zero-shot', 0) if k == 0 else (strategy, k)]
       accs = [float(np.mean(v)) for _, v in sorted(per_run.items())]
       accuracy[strategy][str(k)] = {
-          'mean': float(np.mean(accs)), 'std': float(np.std(accs)), 'runs': accs,
-          'demos_in_prompt': float(np.mean(kept[('zero-shot', 0) if k == 0 else (strategy, k)]))}
+        'mean': float(np.mean(accs)),
+        'std': float(np.std(accs)),
+        'runs': accs,
+        'demos_in_prompt': float(np.mean(kept[('zero-shot', 0) if k == 0 else (strategy, k)])),
+      }
   counts = np.bincount(gold, minlength=len(prompter.labels))
   return {
-      'accuracy': accuracy,
-      'majority_baseline': float(counts.max() / max(len(gold), 1)),
-      'strategies': strategies, 'ks': ks, 'runs': len(runs), 'seeds': [int(s) for s in fs.seeds],
-      'orderings': int(fs.orderings), 'labels': list(prompter.labels),
-      'verbalizers': list(prompter.verbalizers), 'score': fs.score,
-      'difficulty': fs.difficulty, 'gradient_params': fs.gradient_params,
-      'gradient_dim': int(fs.gradient_dim), 'max_len': prompter.max_len,
-      'num_test': len(test), 'pool_size': len(pool), 'timing': timing,
-      'pool': [{'index': i, 'label': e['label'], 'text': e['text']} for i, e in enumerate(pool)],
-      'examples': examples,
+    'accuracy': accuracy,
+    'majority_baseline': float(counts.max() / max(len(gold), 1)),
+    'strategies': strategies,
+    'ks': ks,
+    'runs': len(runs),
+    'seeds': [int(s) for s in fs.seeds],
+    'orderings': int(fs.orderings),
+    'labels': list(prompter.labels),
+    'verbalizers': list(prompter.verbalizers),
+    'score': fs.score,
+    'difficulty': fs.difficulty,
+    'gradient_params': fs.gradient_params,
+    'gradient_dim': int(fs.gradient_dim),
+    'max_len': prompter.max_len,
+    'num_test': len(test),
+    'pool_size': len(pool),
+    'timing': timing,
+    'pool': [{'index': i, 'label': e['label'], 'text': e['text']} for i, e in enumerate(pool)],
+    'examples': examples,
   }
 
 
@@ -149,16 +181,19 @@ def evaluate(config, checkpoint: str, output: Optional[str] = None) -> dict:
   from lm import pretrained
   from lm import sharding
   from lm.tasks import data as task_data
+
   fs = config.fewshot
   _strategy_modules(fs.strategies)  # a misspelt name fails before the checkpoint loads
   if config.get('task', 'classification') != 'classification':
     raise ValueError(f"task={config.task!r}: few-shot evaluation covers 'classification'.")
-  devices = jax.devices()[:max(1, int(config.get('num_devices', 1)))]
+  devices = jax.devices()[: max(1, int(config.get('num_devices', 1)))]
   mesh = sharding.make_mesh((-1, 1, 1), devices=devices)
   pre = pretrained.load(checkpoint, mesh)
   if pre.kind != 'decoder':
-    raise ValueError(f'{checkpoint} holds an {pre.kind}: few-shot prompting needs a causal LM '
-                     '(train.py --config=configs/gpt_base.py, or an HF GPT-2 directory).')
+    raise ValueError(
+      f'{checkpoint} holds an {pre.kind}: few-shot prompting needs a causal LM '
+      '(train.py --config=configs/gpt_base.py, or an HF GPT-2 directory).'
+    )
   if pre.tokenizer is None:
     raise ValueError(f'{checkpoint} has no tokenizer (tokenizer.json or vocab.json).')
   tok = pre.tokenizer
@@ -178,18 +213,31 @@ def evaluate(config, checkpoint: str, output: Optional[str] = None) -> dict:
   if unknown:
     raise ValueError(f'labels {sorted(unknown)} are not in data.labels={tuple(labels)}.')
   verbal = dict(fs.verbalizers) if fs.verbalizers else {}
-  prompter = Prompter(tok, labels, [verbal.get(l, l) for l in labels], max_len,
-                      input_prefix=fs.input_prefix, output_prefix=fs.output_prefix,
-                      separator=fs.separator, demo_tokens=int(fs.demo_tokens),
-                      query_tokens=int(fs.query_tokens), bos=bool(fs.bos))
+  prompter = Prompter(
+    tok,
+    labels,
+    [verbal.get(l, l) for l in labels],
+    max_len,
+    input_prefix=fs.input_prefix,
+    output_prefix=fs.output_prefix,
+    separator=fs.separator,
+    demo_tokens=int(fs.demo_tokens),
+    query_tokens=int(fs.query_tokens),
+    bos=bool(fs.bos),
+  )
   pad_id = tok.pad_id if tok.pad_id is not None else (tok.eos_id or 0)
   with sharding.use(mesh):
     lm = LM(pre.model, pre.params, pad_id, max_len, int(fs.batch_size))
     result = run_fewshot(lm, prompter, pool, test, fs, config.seed)
-  result = {'checkpoint': os.path.abspath(checkpoint), 'step': pre.step,
-            'data_source': config.data.source, **result}
+  result = {
+    'checkpoint': os.path.abspath(checkpoint),
+    'step': pre.step,
+    'data_source': config.data.source,
+    **result,
+  }
   output = output or config.get('output') or os.path.join(checkpoint, 'fewshot_results.json')
   from lm import metrics  # pylint: disable=g-import-not-at-top
+
   result['output'] = os.path.abspath(output)
   metrics.write_json(output, result)
   return result
@@ -198,19 +246,30 @@ def evaluate(config, checkpoint: str, output: Optional[str] = None) -> dict:
 def format_table(result: dict) -> str:
   """Strategies x k: accuracy mean ± std over runs."""
   ks = result['ks']
-  cells = [[f"{result['accuracy'][s][str(k)]['mean']:.3f} ± "
-            f"{result['accuracy'][s][str(k)]['std']:.3f}" for k in ks]
-           for s in result['strategies']]
+  cells = [
+    [
+      f'{result["accuracy"][s][str(k)]["mean"]:.3f} ± {result["accuracy"][s][str(k)]["std"]:.3f}'
+      for k in ks
+    ]
+    for s in result['strategies']
+  ]
   heads = ['strategy'] + [f'k={k}' for k in ks]
   w = [max(len(heads[0]), *(len(s) for s in result['strategies']))]
   w += [max(len(heads[i + 1]), *(len(c[i]) for c in cells)) for i in range(len(ks))]
   line = '+' + '+'.join('-' * (x + 2) for x in w) + '+'
-  row = lambda vals: '| ' + ' | '.join(f'{v:<{w[0]}}' if i == 0 else f'{v:>{w[i]}}'
-                                       for i, v in enumerate(vals)) + ' |'
-  out = [f"few-shot accuracy, mean ± std over {result['runs']} run(s) (seeds x orderings; "
-         f"k=0 is one zero-shot run): {result['num_test']} test examples, pool "
-         f"{result['pool_size']}, score = {result['score']} label log-prob",
-         line, row(heads), line]
+  row = lambda vals: (
+    '| '
+    + ' | '.join(f'{v:<{w[0]}}' if i == 0 else f'{v:>{w[i]}}' for i, v in enumerate(vals))
+    + ' |'
+  )
+  out = [
+    f'few-shot accuracy, mean ± std over {result["runs"]} run(s) (seeds x orderings; '
+    f'k=0 is one zero-shot run): {result["num_test"]} test examples, pool '
+    f'{result["pool_size"]}, score = {result["score"]} label log-prob',
+    line,
+    row(heads),
+    line,
+  ]
   out += [row([s] + c) for s, c in zip(result['strategies'], cells)]
   short = []
   for k in ks:
@@ -219,10 +278,14 @@ def format_table(result: dict) -> str:
       short.append(f'k={k}: {got:.1f}')
   out.append(line)
   if short:
-    out.append(f"demonstrations that fit max_len={result['max_len']} (fewest, mean over prompts): "
-               + ', '.join(short))
-  out += [f"majority-class baseline {result['majority_baseline']:.3f}; "
-          f"{len(result['labels'])} labels: {', '.join(result['labels'])}"]
+    out.append(
+      f'demonstrations that fit max_len={result["max_len"]} (fewest, mean over prompts): '
+      + ', '.join(short)
+    )
+  out += [
+    f'majority-class baseline {result["majority_baseline"]:.3f}; '
+    f'{len(result["labels"])} labels: {", ".join(result["labels"])}'
+  ]
   return '\n'.join(out)
 
 
@@ -231,6 +294,7 @@ def main(argv):
   the flags are defined in __main__.py."""
   del argv
   from absl import flags  # pylint: disable=g-import-not-at-top
+
   result = evaluate(flags.FLAGS.config, flags.FLAGS.checkpoint, flags.FLAGS.output)
   print(format_table(result))
-  print(f"wrote {result['output']}")
+  print(f'wrote {result["output"]}')

@@ -4,6 +4,7 @@ Kept apart from the forward-only scoring because it alone differentiates: which 
 ('last' block or 'all'), jax.jit(jax.vmap(jax.grad(...))) over a batch, an optional count-sketch.
 The host class provides model, params, num_layers, scan_layers, `_logprobs` and `_batched`.
 """
+
 from __future__ import annotations
 
 import jax
@@ -17,6 +18,7 @@ class GradientsMixin:
   def split_params(self, which: str = 'last'):
     """(selected, rest) of the param tree: 'last' = ln_final and the last block, 'all' = all."""
     from flax import traverse_util  # pylint: disable=g-import-not-at-top
+
     if which not in ('last', 'all'):
       raise ValueError(f"gradient_params={which!r}: use 'last' or 'all'.")
     last = 'layers' if self.scan_layers else f'layers_{self.num_layers - 1}'
@@ -29,8 +31,10 @@ class GradientsMixin:
   def example_loss(self, selected, rest, ids, mask, weights):
     """Mean token NLL of one unbatched sequence [T] as a function of the selected params."""
     from flax import traverse_util  # pylint: disable=g-import-not-at-top
-    params = traverse_util.unflatten_dict({**traverse_util.flatten_dict(rest),
-                                           **traverse_util.flatten_dict(selected)})
+
+    params = traverse_util.unflatten_dict(
+      {**traverse_util.flatten_dict(rest), **traverse_util.flatten_dict(selected)}
+    )
     tok = self._logprobs(params, ids[None], mask[None])[0]
     w = weights[1:].astype(jnp.float32)
     return -(tok * w).sum() / jnp.maximum(w.sum(), 1.0)
@@ -43,6 +47,7 @@ class GradientsMixin:
     key = (which, dim, seed)
     if key not in cache:
       from jax.flatten_util import ravel_pytree  # pylint: disable=g-import-not-at-top
+
       per_example = jax.vmap(jax.grad(self.example_loss), in_axes=(None, None, 0, 0, 0))
       sketch = None
       if dim:
@@ -56,11 +61,13 @@ class GradientsMixin:
         g = per_example(selected, rest, ids, mask, weights)
         flat = jax.vmap(lambda t: ravel_pytree(t)[0].astype(jnp.float32))(g)
         return flat if sketch is None else jax.vmap(sketch)(flat)
+
       cache[key] = jax.jit(fn)
     return cache[key]
 
-  def gradients(self, seqs, weights=None, which: str = 'last', dim: int = 0,
-                seed: int = 0) -> np.ndarray:
+  def gradients(
+    self, seqs, weights=None, which: str = 'last', dim: int = 0, seed: int = 0
+  ) -> np.ndarray:
     """Per-example gradients of `mean_loss` w.r.t. the `which` params: [N, G] (G = dim if set)."""
     selected, rest = self.split_params(which)
     fn = self.grad_fn(which, dim, seed)

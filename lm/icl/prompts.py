@@ -1,7 +1,8 @@
 """Few-shot prompts as token ids: demonstrations, then the test input, fitted to `max_len`.
 
-  Text: <demo text, truncated>\nTopic: <label>\n\n ... Text: <test text>\nTopic:| <label?>
+Text: <demo text, truncated>\nTopic: <label>\n\n ... Text: <test text>\nTopic:| <label?>
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -15,6 +16,7 @@ class Prompter:
   Each piece is tokenized on its own and the ids concatenated, so a demonstration's tokens
   are the same in every prompt it appears in.
   """
+
   tokenizer: object
   labels: Sequence[str]
   verbalizers: Sequence[str]
@@ -22,15 +24,18 @@ class Prompter:
   input_prefix: str = 'Text: '
   output_prefix: str = '\nTopic:'
   separator: str = '\n\n'
-  demo_tokens: int = 48    # at most this many tokens of each demonstration's text
-  query_tokens: int = 32   # ... and of the test input's
+  demo_tokens: int = 48  # at most this many tokens of each demonstration's text
+  query_tokens: int = 32  # ... and of the test input's
   min_demo_tokens: int = 4  # below this, the earliest demonstrations are dropped instead
   bos: bool = False
 
   def __post_init__(self):
     enc = self.tokenizer.encode
-    self._pre, self._out, self._sep = enc(self.input_prefix), enc(self.output_prefix), enc(
-        self.separator)
+    self._pre, self._out, self._sep = (
+      enc(self.input_prefix),
+      enc(self.output_prefix),
+      enc(self.separator),
+    )
     self.candidates = [enc(' ' + v) for v in self.verbalizers]
     self._bos = [self.tokenizer.eos_id] if self.bos and self.tokenizer.eos_id is not None else []
     self._cache = {}
@@ -49,14 +54,19 @@ class Prompter:
   def input_ids(self, text: str):
     """(ids, weights) of the bare input `Text: <text>` (query budget), weights on the text:
     what the embeddings and the gradients see."""
-    t = self.text_ids(text)[:self.query_tokens]
+    t = self.text_ids(text)[: self.query_tokens]
     ids = self._bos + self._pre + t
     return ids, [0] * (len(ids) - len(t)) + [1] * len(t)
 
   def demo_ids(self, text: str, label: str, budget: Optional[int] = None) -> list[int]:
     budget = self.demo_tokens if budget is None else budget
-    return (self._pre + self.text_ids(text)[:budget] + self._out
-            + self.candidates[self.label_index[label]] + self._sep)
+    return (
+      self._pre
+      + self.text_ids(text)[:budget]
+      + self._out
+      + self.candidates[self.label_index[label]]
+      + self._sep
+    )
 
   def prompt(self, demos: Sequence[tuple[str, str]], query: str):
     """(prompt ids, number of demonstrations kept): demonstrations then the query.
@@ -66,8 +76,13 @@ class Prompter:
     more share), the query text what is left (at most `query_tokens`). When a share would fall
     below `min_demo_tokens`, the demonstrations furthest from the query are dropped.
     """
-    room = (self.max_len - len(self._bos) - len(self._pre) - len(self._out)
-            - max(len(c) for c in self.candidates))
+    room = (
+      self.max_len
+      - len(self._bos)
+      - len(self._pre)
+      - len(self._out)
+      - max(len(c) for c in self.candidates)
+    )
     if room < 1:
       raise ValueError(f'max_len={self.max_len} leaves no room for the query text.')
     demos, budget = list(demos), 0
@@ -80,7 +95,12 @@ class Prompter:
     ids = list(self._bos)
     for text, label in demos:
       ids += self.demo_ids(text, label, budget)
-    left = self.max_len - len(ids) - len(self._pre) - len(self._out) - max(
-        len(c) for c in self.candidates)
-    q = self._pre + self.text_ids(query)[:min(self.query_tokens, left)] + self._out
+    left = (
+      self.max_len
+      - len(ids)
+      - len(self._pre)
+      - len(self._out)
+      - max(len(c) for c in self.candidates)
+    )
+    q = self._pre + self.text_ids(query)[: min(self.query_tokens, left)] + self._out
     return ids + q, len(demos)

@@ -7,6 +7,7 @@ the sum (``score='sum'``) or the mean (``score='mean'``, the default: labels hav
 counts) of ``log p(label token | prompt, earlier label tokens)``; the prediction is the argmax.
 Per-example gradients live in gradients.py (a mixin of `LM`).
 """
+
 from __future__ import annotations
 
 from typing import Optional, Sequence
@@ -31,8 +32,8 @@ def pad(seqs: Sequence[Sequence[int]], length: int, pad_id: int, rows: Optional[
   for i, s in enumerate(seqs):
     if len(s) > length:
       raise ValueError(f'sequence of {len(s)} tokens does not fit length {length}.')
-    ids[i, :len(s)] = s
-    mask[i, :len(s)] = 1
+    ids[i, : len(s)] = s
+    mask[i, : len(s)] = 1
   return ids, mask
 
 
@@ -64,11 +65,11 @@ class LM(GradientsMixin):
     out, b = [], self.batch_size
     length = _bucket(max(len(s) for s in seqs), self.max_len)
     for i in range(0, len(seqs), b):
-      chunk = seqs[i:i + b]
+      chunk = seqs[i : i + b]
       args = pad(chunk, length, self.pad_id, rows=b)
       if weights is not None:
-        args = (*args, pad(weights[i:i + b], length, 0, rows=b)[0])
-      out.append(np.asarray(fn(*args))[:len(chunk)])
+        args = (*args, pad(weights[i : i + b], length, 0, rows=b)[0])
+      out.append(np.asarray(fn(*args))[: len(chunk)])
     return np.concatenate(out)
 
   # --- embeddings -------------------------------------------------------------------------------
@@ -143,12 +144,12 @@ class LM(GradientsMixin):
       ids, mask = pad(seqs, length, self.pad_id, rows=per_call)
       targets, tmask = pad(tgts, lc, 0, rows=per_call)
       start = np.ones(per_call, np.int32)
-      start[:len(starts)] = starts
+      start[: len(starts)] = starts
       total, count = self._score(self.params, ids, mask, start, targets, tmask)
       total, count = np.asarray(total), np.asarray(count)
       s = total if score == 'sum' else total / np.maximum(count, 1)
       r = 0
       for _, cands in group:
-        results.append(s[r:r + len(cands)])
+        results.append(s[r : r + len(cands)])
         r += len(cands)
     return results

@@ -23,12 +23,16 @@ and `truncate_pair` below frame the rows) somewhere on the Python path and set
 records that name, so eval.py finds the module again. A built-in one also gets a short name in
 ``BUILTIN``.
 """
+
 import importlib
 
 import numpy as np
 
-BUILTIN = {'classification': 'lm.tasks.classification', 'qa': 'lm.tasks.qa',
-           'tokens': 'lm.tasks.token_classification'}
+BUILTIN = {
+  'classification': 'lm.tasks.classification',
+  'qa': 'lm.tasks.qa',
+  'tokens': 'lm.tasks.token_classification',
+}
 TASKS = tuple(BUILTIN)
 INTERFACE = ('HEAD', 'label_names', 'featurize', 'loss_sums', 'score')
 
@@ -43,12 +47,16 @@ def get(name: str):
       raise  # an import missing inside an existing module is that module's error
     module = None
   if module is None:
-    raise ValueError(f'task={name!r}: not a built-in task ({", ".join(BUILTIN)}) nor an '
-                     'importable module; a dotted module path (my_project.my_task) works too.')
+    raise ValueError(
+      f'task={name!r}: not a built-in task ({", ".join(BUILTIN)}) nor an '
+      'importable module; a dotted module path (my_project.my_task) works too.'
+    )
   missing = [a for a in INTERFACE if not hasattr(module, a)]
   if missing:
-    raise ValueError(f'task={name!r}: module {module.__name__} lacks {", ".join(missing)} of the '
-                     'task interface (see lm/tasks/__init__.py).')
+    raise ValueError(
+      f'task={name!r}: module {module.__name__} lacks {", ".join(missing)} of the '
+      'task interface (see lm/tasks/__init__.py).'
+    )
   return module
 
 
@@ -85,7 +93,7 @@ class Specials:
 def pad_rows(rows, length: int, value=0, dtype=np.int32):
   out = np.full((len(rows), length) + np.shape(rows[0])[1:] if rows else (0, length), value, dtype)
   for i, r in enumerate(rows):
-    out[i, :len(r)] = r
+    out[i, : len(r)] = r
   return out
 
 

@@ -16,6 +16,7 @@ Data (lm.tasks.data.load_examples picks the source):
 * tfds: GLUE tasks by name (text fields from ``GLUE_FIELDS``), or any dataset with ``text`` and
   a ``label`` feature.
 """
+
 import csv
 import inspect
 
@@ -33,37 +34,108 @@ STRATIFY_BY = 'label'  # a low-resource subsample keeps every label (finetune.su
 
 # pydoc topic -> documentation part it comes from (Doc/reference/*.rst, Doc/library/stdtypes.rst).
 TOPIC_GROUPS = {
-    'statements': ('assert', 'assignment', 'augassign', 'break', 'continue', 'del', 'global',
-                   'import', 'nonlocal', 'pass', 'raise', 'return', 'yield',  # simple_stmts
-                   'async', 'class', 'compound', 'for', 'function', 'if', 'try', 'while',
-                   'with'),  # compound_stmts
-    'expressions': ('atom-identifiers', 'atom-literals', 'attribute-references', 'await', 'binary',
-                    'bitwise', 'booleans', 'calls', 'comparisons', 'conversions', 'dict',
-                    'exprlists', 'lambda', 'lists', 'operator-summary', 'power', 'shifting',
-                    'slicings', 'subscriptions', 'unary'),
-    'data model': ('attribute-access', 'callable-types', 'context-managers', 'customization',
-                   'numeric-types', 'objects', 'sequence-types', 'specialnames', 'types'),
-    'built-in types': ('bltin-code-objects', 'bltin-ellipsis-object', 'bltin-null-object',
-                       'bltin-type-objects', 'specialattrs', 'string-methods', 'truth',
-                       'typesfunctions', 'typesmapping', 'typesmethods', 'typesmodules', 'typesseq',
-                       'typesseq-mutable'),
-    'lexical analysis': ('id-classes', 'identifiers', 'floating', 'imaginary', 'integers',
-                         'numbers', 'strings'),
+  'statements': (
+    'assert',
+    'assignment',
+    'augassign',
+    'break',
+    'continue',
+    'del',
+    'global',
+    'import',
+    'nonlocal',
+    'pass',
+    'raise',
+    'return',
+    'yield',  # simple_stmts
+    'async',
+    'class',
+    'compound',
+    'for',
+    'function',
+    'if',
+    'try',
+    'while',
+    'with',
+  ),  # compound_stmts
+  'expressions': (
+    'atom-identifiers',
+    'atom-literals',
+    'attribute-references',
+    'await',
+    'binary',
+    'bitwise',
+    'booleans',
+    'calls',
+    'comparisons',
+    'conversions',
+    'dict',
+    'exprlists',
+    'lambda',
+    'lists',
+    'operator-summary',
+    'power',
+    'shifting',
+    'slicings',
+    'subscriptions',
+    'unary',
+  ),
+  'data model': (
+    'attribute-access',
+    'callable-types',
+    'context-managers',
+    'customization',
+    'numeric-types',
+    'objects',
+    'sequence-types',
+    'specialnames',
+    'types',
+  ),
+  'built-in types': (
+    'bltin-code-objects',
+    'bltin-ellipsis-object',
+    'bltin-null-object',
+    'bltin-type-objects',
+    'specialattrs',
+    'string-methods',
+    'truth',
+    'typesfunctions',
+    'typesmapping',
+    'typesmethods',
+    'typesmodules',
+    'typesseq',
+    'typesseq-mutable',
+  ),
+  'lexical analysis': (
+    'id-classes',
+    'identifiers',
+    'floating',
+    'imaginary',
+    'integers',
+    'numbers',
+    'strings',
+  ),
 }
 TOPIC_LABELS = tuple(TOPIC_GROUPS)
 
 GLUE_FIELDS = {  # tfds name -> (text field, second text field or None)
-    'glue/cola': ('sentence', None), 'glue/sst2': ('sentence', None),
-    'glue/mrpc': ('sentence1', 'sentence2'), 'glue/qqp': ('question1', 'question2'),
-    'glue/stsb': ('sentence1', 'sentence2'), 'glue/mnli': ('premise', 'hypothesis'),
-    'glue/qnli': ('question', 'sentence'), 'glue/rte': ('sentence1', 'sentence2'),
-    'glue/wnli': ('sentence1', 'sentence2'), 'glue/ax': ('premise', 'hypothesis'),
+  'glue/cola': ('sentence', None),
+  'glue/sst2': ('sentence', None),
+  'glue/mrpc': ('sentence1', 'sentence2'),
+  'glue/qqp': ('question1', 'question2'),
+  'glue/stsb': ('sentence1', 'sentence2'),
+  'glue/mnli': ('premise', 'hypothesis'),
+  'glue/qnli': ('question', 'sentence'),
+  'glue/rte': ('sentence1', 'sentence2'),
+  'glue/wnli': ('sentence1', 'sentence2'),
+  'glue/ax': ('premise', 'hypothesis'),
 }
 
 
 def offline_examples(split: str = 'train', eval_fraction: float = 0.2) -> list[dict]:
   """Paragraph -> documentation part (see the module docstring)."""
   from pydoc_data.topics import topics  # pylint: disable=g-import-not-at-top
+
   examples = []
   for label, keys in TOPIC_GROUPS.items():
     for key in keys:
@@ -97,8 +169,9 @@ def read_file(path: str) -> list[dict]:
     if not row or not any(row):
       continue
     if len(row) not in (2, 3):
-      raise ValueError(f'{path}:{i + 1}: expected label<TAB>text[<TAB>text_b], got {len(row)} '
-                       'columns.')
+      raise ValueError(
+        f'{path}:{i + 1}: expected label<TAB>text[<TAB>text_b], got {len(row)} columns.'
+      )
     out.append({'text': row[1], 'text_b': row[2] if len(row) == 3 else None, 'label': row[0]})
   return out
 
@@ -134,8 +207,11 @@ def featurize(examples, tok, labels, data_cfg):
   max_len = int(data_cfg.max_len)
   a_ids = tok.encode_batch([e['text'] for e in examples])
   b_texts = [e.get('text_b') for e in examples]
-  b_ids = tok.encode_batch([t for t in b_texts if t is not None]) if any(
-      t is not None for t in b_texts) else []
+  b_ids = (
+    tok.encode_batch([t for t in b_texts if t is not None])
+    if any(t is not None for t in b_texts)
+    else []
+  )
   b_iter = iter(b_ids)
   ids, types, label = [], [], []
   for e, a, bt in zip(examples, a_ids, b_texts):
@@ -145,15 +221,17 @@ def featurize(examples, tok, labels, data_cfg):
     ids.append(i)
     types.append(t)
     if e['label'] not in index:
-      raise ValueError(f'label {e["label"]!r} is not among the labels {labels}: set '
-                       'data.labels or check the data files.')
+      raise ValueError(
+        f'label {e["label"]!r} is not among the labels {labels}: set '
+        'data.labels or check the data files.'
+      )
     label.append(index[e['label']])
   features = {
-      'input_ids': tasks.pad_rows(ids, max_len, sp.pad),
-      'token_type_ids': tasks.pad_rows(types, max_len, 0),
-      'attention_mask': tasks.pad_rows([[1] * len(i) for i in ids], max_len, 0),
-      'label': np.asarray(label, np.int32),
-      'weight': np.ones(len(ids), np.float32),
+    'input_ids': tasks.pad_rows(ids, max_len, sp.pad),
+    'token_type_ids': tasks.pad_rows(types, max_len, 0),
+    'attention_mask': tasks.pad_rows([[1] * len(i) for i in ids], max_len, 0),
+    'label': np.asarray(label, np.int32),
+    'weight': np.ones(len(ids), np.float32),
   }
   return features, None
 
@@ -169,8 +247,11 @@ def loss_sums(logits, batch):
 def score(logits, features, aux, examples, labels, data_cfg):
   del aux, data_cfg
   pred = np.argmax(np.asarray(logits), -1)
-  m = metrics_lib.classification_metrics(features['label'], pred, len(labels),
-                                         label_ids=range(len(labels)))
-  predictions = [{'text': e['text'], 'label': e['label'], 'prediction': labels[int(p)]}
-                 for e, p in zip(examples, pred)]
+  m = metrics_lib.classification_metrics(
+    features['label'], pred, len(labels), label_ids=range(len(labels))
+  )
+  predictions = [
+    {'text': e['text'], 'label': e['label'], 'prediction': labels[int(p)]}
+    for e, p in zip(examples, pred)
+  ]
   return m, predictions

@@ -1,4 +1,5 @@
 """The fine-tuning model: a pretrained Encoder/Decoder body with one linear task head."""
+
 import flax.linen as nn
 import jax.numpy as jnp
 
@@ -12,6 +13,7 @@ class TaskModel(nn.Module):
   start/end logits. pooling (head 'pooled'): 'pooler' = BERT's tanh pooler on [CLS] (Encoder) or
   the last real token (Decoder); 'mean' = mean of the final hidden states over real tokens,
   which carries more than an NSP-trained pooler after a short pretraining run."""
+
   cfg: M.ModelConfig
   kind: str
   head: str
@@ -24,11 +26,13 @@ class TaskModel(nn.Module):
     if attention_mask is None:
       attention_mask = jnp.ones_like(input_ids)
     if self.kind == 'encoder':
-      hidden, pooled = M.Encoder(c, name='body').encode(input_ids, token_type_ids, attention_mask,
-                                                        deterministic)
+      hidden, pooled = M.Encoder(c, name='body').encode(
+        input_ids, token_type_ids, attention_mask, deterministic
+      )
     elif self.kind == 'decoder':
-      hidden = M.Decoder(c, name='body').hidden(input_ids, attention_mask=attention_mask,
-                                                deterministic=deterministic)
+      hidden = M.Decoder(c, name='body').hidden(
+        input_ids, attention_mask=attention_mask, deterministic=deterministic
+      )
       last = jnp.maximum(jnp.sum(attention_mask, -1) - 1, 0)
       pooled = jnp.take_along_axis(hidden, last[:, None, None], axis=1)[:, 0]
     else:
@@ -39,11 +43,16 @@ class TaskModel(nn.Module):
     elif self.pooling != 'pooler':
       raise ValueError(f"pooling={self.pooling!r}: use 'pooler' or 'mean'.")
     n = 2 if self.head == 'span' else self.num_outputs
-    dense = nn.Dense(n, dtype=c.dtype, param_dtype=c.param_dtype, name='head',
-                     kernel_init=nn.with_logical_partitioning(
-                         nn.initializers.normal(c.initializer_range), ('embed', 'classes')),
-                     bias_init=nn.with_logical_partitioning(nn.initializers.zeros_init(),
-                                                            ('classes',)))
+    dense = nn.Dense(
+      n,
+      dtype=c.dtype,
+      param_dtype=c.param_dtype,
+      name='head',
+      kernel_init=nn.with_logical_partitioning(
+        nn.initializers.normal(c.initializer_range), ('embed', 'classes')
+      ),
+      bias_init=nn.with_logical_partitioning(nn.initializers.zeros_init(), ('classes',)),
+    )
     drop = nn.Dropout(c.dropout_rate)
     if self.head == 'pooled':
       return dense(drop(pooled, deterministic=deterministic)).astype(jnp.float32)

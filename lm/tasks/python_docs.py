@@ -1,6 +1,7 @@
 """Text every Python install ships, read for the offline task defaults (data.source=python_docs):
 pydoc topic paragraphs, and stdlib callables rendered as ``help()`` shows them. Shared here
 because several tasks label the same text differently."""
+
 from __future__ import annotations
 
 import importlib
@@ -27,6 +28,7 @@ def paragraphs(text: str) -> list[str]:
 def documented_objects():
   """(module, name, object, help-style rendering, docstring) of stdlib public callables."""
   from lm.data import corpus  # pylint: disable=g-import-not-at-top
+
   out = []
   for mod_name in corpus.STDLIB_MODULES:
     try:

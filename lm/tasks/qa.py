@@ -27,6 +27,7 @@ picks the source):
   "answer_start"}]``. ``.json``: an official SQuAD v1.1 file (``data/paragraphs/qas``).
 * tfds: ``squad``.
 """
+
 import json
 
 import jax
@@ -50,10 +51,10 @@ def offline_examples(split: str = 'train', eval_fraction: float = 0.2) -> list[d
   examples = []
   for mod_name, objs in by_module.items():
     for g in range(0, len(objs), QA_GROUP):
-      group = objs[g:g + QA_GROUP]
+      group = objs[g : g + QA_GROUP]
       context, starts = '', []
       for name, rendered, _ in group:
-        starts.append(len(context) + len(name) + rendered[len(name):].index('\n    ') + 5)
+        starts.append(len(context) + len(name) + rendered[len(name) :].index('\n    ') + 5)
         context += rendered + '\n\n'
       context = context.rstrip('\n')
       for (name, rendered, doc), doc_start in zip(group, starts):
@@ -63,9 +64,15 @@ def offline_examples(split: str = 'train', eval_fraction: float = 0.2) -> list[d
         start = context.find(summary, doc_start)
         if start < 0 or start > doc_start + len(doc):  # reflowed lines: not verbatim, skip
           continue
-        examples.append({'id': f'{mod_name}.{name}', 'question': f'What does {name} do?',
-                         'context': context, 'answers': [{'text': summary, 'start': start}],
-                         'group': f'{mod_name}/{g // QA_GROUP}'})
+        examples.append(
+          {
+            'id': f'{mod_name}.{name}',
+            'question': f'What does {name} do?',
+            'context': context,
+            'answers': [{'text': summary, 'start': start}],
+            'group': f'{mod_name}/{g // QA_GROUP}',
+          }
+        )
   return data_lib.hash_split(examples, lambda e: e['group'], split, eval_fraction)
 
 
@@ -77,9 +84,16 @@ def read_file(path: str) -> list[dict]:
     for article in data:
       for para in article['paragraphs']:
         for qa in para['qas']:
-          out.append({'id': qa['id'], 'question': qa['question'], 'context': para['context'],
-                      'answers': [{'text': a['text'], 'start': int(a['answer_start'])}
-                                  for a in qa['answers']]})
+          out.append(
+            {
+              'id': qa['id'],
+              'question': qa['question'],
+              'context': para['context'],
+              'answers': [
+                {'text': a['text'], 'start': int(a['answer_start'])} for a in qa['answers']
+              ],
+            }
+          )
     return out
   for i, obj in enumerate(data_lib.read_jsonl(path)):
     ans = obj.get('answers', [])
@@ -87,8 +101,14 @@ def read_file(path: str) -> list[dict]:
       ans = [{'text': t, 'start': int(s)} for t, s in zip(ans['text'], ans['answer_start'])]
     else:
       ans = [{'text': a['text'], 'start': int(a.get('answer_start', a.get('start')))} for a in ans]
-    out.append({'id': str(obj.get('id', i)), 'question': obj['question'],
-                'context': obj['context'], 'answers': ans})
+    out.append(
+      {
+        'id': str(obj.get('id', i)),
+        'question': obj['question'],
+        'context': obj['context'],
+        'answers': ans,
+      }
+    )
   return out
 
 
@@ -99,10 +119,16 @@ def tfds_examples(name: str, rows, info):
   out = []
   for i, r in enumerate(rows):
     ans = r['answers']
-    out.append({'id': dec(r.get('id', i)), 'question': dec(r['question']),
-                'context': dec(r['context']),
-                'answers': [{'text': dec(t), 'start': int(s)}
-                            for t, s in zip(ans['text'], ans['answer_start'])]})
+    out.append(
+      {
+        'id': dec(r.get('id', i)),
+        'question': dec(r['question']),
+        'context': dec(r['context']),
+        'answers': [
+          {'text': dec(t), 'start': int(s)} for t, s in zip(ans['text'], ans['answer_start'])
+        ],
+      }
+    )
   return out, None
 
 
@@ -114,8 +140,9 @@ def label_names(examples, given=None):
 def windows(n_tokens: int, size: int, stride: int):
   """Start offsets of windows of `size` tokens, `stride` apart, covering [0, n_tokens)."""
   if size <= 0:
-    raise ValueError('data.max_query_len leaves no room for the context: lower it or raise '
-                     'data.max_len.')
+    raise ValueError(
+      'data.max_query_len leaves no room for the context: lower it or raise data.max_len.'
+    )
   starts, s = [], 0
   while True:
     starts.append(s)
@@ -132,7 +159,7 @@ def featurize(examples, tok, labels, data_cfg):
   c_encs = tok.hf.encode_batch([e['context'] for e in examples], add_special_tokens=False)
   rows = {k: [] for k in ('input_ids', 'token_type_ids', 'offsets', 'start', 'end', 'example')}
   for ex_i, (e, qe, ce) in enumerate(zip(examples, q_encs, c_encs)):
-    q = qe.ids[:int(data_cfg.max_query_len)]
+    q = qe.ids[: int(data_cfg.max_query_len)]
     size = max_len - len(q) - sp.overhead(True)
     offsets = np.asarray(ce.offsets, np.int32).reshape(-1, 2)
     # The answer's token span (first answer; training only needs one).
@@ -144,10 +171,10 @@ def featurize(examples, tok, labels, data_cfg):
       if len(inside):
         tok_s, tok_e = int(inside[0]), int(inside[-1])
     for w in windows(len(ce.ids), size, stride):
-      ctx = ce.ids[w:w + size]
+      ctx = ce.ids[w : w + size]
       ids, types, b0 = sp.frame(q, ctx)
       off = np.full((max_len, 2), -1, np.int32)
-      off[b0:b0 + len(ctx)] = offsets[w:w + len(ctx)]
+      off[b0 : b0 + len(ctx)] = offsets[w : w + len(ctx)]
       if tok_s >= w and tok_e < w + len(ctx):
         s, t = b0 + tok_s - w, b0 + tok_e - w
       else:
@@ -159,16 +186,19 @@ def featurize(examples, tok, labels, data_cfg):
       rows['end'].append(t)
       rows['example'].append(ex_i)
   features = {
-      'input_ids': tasks.pad_rows(rows['input_ids'], max_len, sp.pad),
-      'token_type_ids': tasks.pad_rows(rows['token_type_ids'], max_len, 0),
-      'attention_mask': tasks.pad_rows([[1] * len(i) for i in rows['input_ids']], max_len, 0),
-      'start': np.asarray(rows['start'], np.int32),
-      'end': np.asarray(rows['end'], np.int32),
-      'weight': np.ones(len(rows['start']), np.float32),
+    'input_ids': tasks.pad_rows(rows['input_ids'], max_len, sp.pad),
+    'token_type_ids': tasks.pad_rows(rows['token_type_ids'], max_len, 0),
+    'attention_mask': tasks.pad_rows([[1] * len(i) for i in rows['input_ids']], max_len, 0),
+    'start': np.asarray(rows['start'], np.int32),
+    'end': np.asarray(rows['end'], np.int32),
+    'weight': np.ones(len(rows['start']), np.float32),
   }
-  aux = {'offsets': np.stack(rows['offsets']) if rows['offsets'] else
-                    np.zeros((0, max_len, 2), np.int32),
-         'example': np.asarray(rows['example'], np.int32)}
+  aux = {
+    'offsets': np.stack(rows['offsets'])
+    if rows['offsets']
+    else np.zeros((0, max_len, 2), np.int32),
+    'example': np.asarray(rows['example'], np.int32),
+  }
   return features, aux
 
 
@@ -186,8 +216,15 @@ def loss_sums(logits, batch):
   return jnp.sum(nll * w), jnp.sum(w), jnp.sum(hits * w)
 
 
-def best_spans(start_logits, end_logits, offsets, example_index, num_examples: int,
-               max_answer_len: int, n_best: int = 20):
+def best_spans(
+  start_logits,
+  end_logits,
+  offsets,
+  example_index,
+  num_examples: int,
+  max_answer_len: int,
+  n_best: int = 20,
+):
   """Per example: (score, char_start, char_end) of the best span over all its windows, or None."""
   best = [None] * num_examples
   for f in range(len(example_index)):
@@ -213,13 +250,26 @@ def best_spans(start_logits, end_logits, offsets, example_index, num_examples: i
 def score(logits, features, aux, examples, labels, data_cfg):
   del features, labels
   logits = np.asarray(logits, np.float32)
-  best = best_spans(logits[..., 0], logits[..., 1], aux['offsets'], aux['example'],
-                    len(examples), int(data_cfg.max_answer_len), int(data_cfg.n_best))
+  best = best_spans(
+    logits[..., 0],
+    logits[..., 1],
+    aux['offsets'],
+    aux['example'],
+    len(examples),
+    int(data_cfg.max_answer_len),
+    int(data_cfg.n_best),
+  )
   preds, predictions = {}, []
   for i, e in enumerate(examples):
-    text = '' if best[i] is None else e['context'][best[i][1]:best[i][2]].strip()
+    text = '' if best[i] is None else e['context'][best[i][1] : best[i][2]].strip()
     preds[e['id']] = text
-    predictions.append({'id': e['id'], 'question': e['question'], 'prediction': text,
-                        'answers': [a['text'] for a in e['answers']]})
+    predictions.append(
+      {
+        'id': e['id'],
+        'question': e['question'],
+        'prediction': text,
+        'answers': [a['text'] for a in e['answers']],
+      }
+    )
   answers = {e['id']: [a['text'] for a in e['answers']] or [''] for e in examples}
   return metrics_lib.squad_metrics(preds, answers), predictions

@@ -14,6 +14,7 @@ source):
   ``word<TAB>tag`` per line (the last column is the tag), blank lines between sentences.
 * tfds: ``conll2003`` (tags from its ``ner`` feature) or any dataset with ``tokens`` and ``tags``.
 """
+
 import inspect
 import re
 
@@ -31,8 +32,9 @@ TOKEN_LABELS = ('O', 'NAME', 'PARAM')
 _WORD = re.compile(r'\w+|[^\w\s]')
 
 
-def offline_examples(split: str = 'train', eval_fraction: float = 0.2,
-                     max_words: int = 160) -> list[dict]:
+def offline_examples(
+  split: str = 'train', eval_fraction: float = 0.2, max_words: int = 160
+) -> list[dict]:
   """help()-style text, words tagged NAME / PARAM / O (see the module docstring)."""
   examples = []
   for _, name, obj, rendered, _ in python_docs.documented_objects():
@@ -42,8 +44,9 @@ def offline_examples(split: str = 'train', eval_fraction: float = 0.2,
       params = set()
     words = _WORD.findall(rendered)[:max_words]
     tags = ['NAME' if w == name else 'PARAM' if w in params else 'O' for w in words]
-    examples.append({'id': f'{getattr(obj, "__module__", "")}.{name}', 'tokens': words,
-                     'tags': tags})
+    examples.append(
+      {'id': f'{getattr(obj, "__module__", "")}.{name}', 'tokens': words, 'tags': tags}
+    )
   return data_lib.hash_split(examples, lambda e: e['id'], split, eval_fraction)
 
 
@@ -78,8 +81,10 @@ def tfds_examples(name: str, rows, info):
   dec = data_lib.decode
   tag_key = 'ner' if 'ner' in info.features else 'tags'
   names = list(info.features[tag_key].feature.names)
-  out = [{'tokens': [dec(t) for t in r['tokens']], 'tags': [names[int(t)] for t in r[tag_key]]}
-         for r in rows]
+  out = [
+    {'tokens': [dec(t) for t in r['tokens']], 'tags': [names[int(t)] for t in r[tag_key]]}
+    for r in rows
+  ]
   return out, names
 
 
@@ -119,12 +124,12 @@ def featurize(examples, tok, labels, data_cfg):
     weight_rows.append(weights)
     first_tok.append(firsts)
   features = {
-      'input_ids': tasks.pad_rows(ids, max_len, sp.pad),
-      'token_type_ids': np.zeros((len(ids), max_len), np.int32),
-      'attention_mask': tasks.pad_rows([[1] * len(i) for i in ids], max_len, 0),
-      'tags': tasks.pad_rows(tag_rows, max_len, 0),
-      'tag_weights': tasks.pad_rows(weight_rows, max_len, 0.0, np.float32),
-      'weight': np.ones(len(ids), np.float32),
+    'input_ids': tasks.pad_rows(ids, max_len, sp.pad),
+    'token_type_ids': np.zeros((len(ids), max_len), np.int32),
+    'attention_mask': tasks.pad_rows([[1] * len(i) for i in ids], max_len, 0),
+    'tags': tasks.pad_rows(tag_rows, max_len, 0),
+    'tag_weights': tasks.pad_rows(weight_rows, max_len, 0.0, np.float32),
+    'weight': np.ones(len(ids), np.float32),
   }
   return features, {'first_token': first_tok}
 
@@ -147,8 +152,9 @@ def score(logits, features, aux, examples, labels, data_cfg):
     p = [int(pred_tok[i, t]) if t >= 0 else fallback for t in firsts]
     y_true += [index[t] for t in e['tags']]
     y_pred += p
-    predictions.append({'tokens': e['tokens'], 'tags': e['tags'],
-                        'predicted': [labels[j] for j in p]})
+    predictions.append(
+      {'tokens': e['tokens'], 'tags': e['tags'], 'predicted': [labels[j] for j in p]}
+    )
   interesting = [i for i, l in enumerate(labels) if l != 'O']
   m = metrics_lib.classification_metrics(y_true, y_pred, len(labels), label_ids=interesting)
   return m, predictions

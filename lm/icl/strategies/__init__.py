@@ -13,6 +13,7 @@ is imported as a module path (``mypkg.bm25``, or ``bm25`` on sys.path), as big_v
 evaluators. So a new strategy is one module plus its name in ``config.fewshot.strategies``:
 `run_fewshot` computes the union of the chosen strategies' NEEDS and nothing more.
 """
+
 from __future__ import annotations
 
 import importlib
@@ -31,9 +32,11 @@ _NAME = re.compile(r'[A-Za-z_]\w*(\.[A-Za-z_]\w*)*')
 
 
 def _unknown(name) -> ValueError:
-  return ValueError(f'unknown strategy {name!r}: use one of {STRATEGIES} or the import path of a '
-                    'module defining select(k, features, query, seed, options) '
-                    '(see lm/icl/strategies/__init__.py).')
+  return ValueError(
+    f'unknown strategy {name!r}: use one of {STRATEGIES} or the import path of a '
+    'module defining select(k, features, query, seed, options) '
+    '(see lm/icl/strategies/__init__.py).'
+  )
 
 
 def _import(path: str) -> Optional[types.ModuleType]:
@@ -57,12 +60,15 @@ def get(name: Strategy) -> types.ModuleType:
     if module is None:
       raise _unknown(name)
   if not callable(getattr(module, 'select', None)):
-    raise ValueError(f'strategy {name!r}: module {module.__name__} defines no '
-                     'select(k, features, query, seed, options).')
+    raise ValueError(
+      f'strategy {name!r}: module {module.__name__} defines no '
+      'select(k, features, query, seed, options).'
+    )
   unknown = [n for n in needs([module]) if n not in features_lib.COMPUTE]
   if unknown:
-    raise ValueError(f'strategy {name!r} needs {unknown}: the features are '
-                     f'{tuple(features_lib.COMPUTE)}.')
+    raise ValueError(
+      f'strategy {name!r} needs {unknown}: the features are {tuple(features_lib.COMPUTE)}.'
+    )
   return module
 
 
@@ -79,22 +85,36 @@ def query_independent(strategy: Strategy) -> bool:
   return bool(getattr(get(strategy), 'QUERY_INDEPENDENT', False))
 
 
-def choose(strategy: Strategy, k: int, features: features_lib.Features, query: Optional[int],
-           seed: int, options=None) -> np.ndarray:
+def choose(
+  strategy: Strategy,
+  k: int,
+  features: features_lib.Features,
+  query: Optional[int],
+  seed: int,
+  options=None,
+) -> np.ndarray:
   """`select` with the fewshot config as one mapping (what run_fewshot passes)."""
   module = get(strategy)
   if k <= 0:
     return np.zeros(0, np.int64)
   for n in getattr(module, 'NEEDS', ()):
     if getattr(features, n) is None:
-      raise ValueError(f'strategy {strategy if isinstance(strategy, str) else module.__name__!r} '
-                       f'needs Features.{n}; compute_features() fills it when the strategy is '
-                       'requested.')
+      raise ValueError(
+        f'strategy {strategy if isinstance(strategy, str) else module.__name__!r} '
+        f'needs Features.{n}; compute_features() fills it when the strategy is '
+        'requested.'
+      )
   return np.asarray(module.select(k, features, query, seed, options or {}), np.int64)
 
 
-def select(strategy: Strategy, k: int, features: features_lib.Features,
-           query: Optional[int] = None, seed: int = 0, **options) -> np.ndarray:
+def select(
+  strategy: Strategy,
+  k: int,
+  features: features_lib.Features,
+  query: Optional[int] = None,
+  seed: int = 0,
+  **options,
+) -> np.ndarray:
   """Pool indices of k demonstrations for test example `query` (an index into the query rows
   of `features`), best first; `options` as the fewshot config's (e.g. difficulty='hard')."""
   return choose(strategy, k, features, query, seed, options)

@@ -1,6 +1,7 @@
 """The LM's mean token loss on each formatted demonstration (text and label):
 ``difficulty='easy'`` (default) picks the k lowest-loss ones, lowest first, ``'hard'`` the k
 highest, highest first."""
+
 import numpy as np
 
 NEEDS = ('pool_loss',)

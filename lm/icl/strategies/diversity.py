@@ -1,5 +1,6 @@
 """k-means (scikit-learn, k clusters, on L2-normalised embeddings) over the pool; per cluster the
 member nearest its centroid, biggest cluster first: demonstrations that cover the pool."""
+
 import numpy as np
 
 from lm.icl import features as features_lib
@@ -15,6 +16,7 @@ def select(k, features, query, seed, options):
 
 def diverse(pool_emb: np.ndarray, k: int, seed: int = 0) -> np.ndarray:
   from sklearn.cluster import KMeans  # pylint: disable=g-import-not-at-top
+
   x = features_lib.normalize(pool_emb)
   k = min(k, len(x))
   if k <= 0:
@@ -32,5 +34,5 @@ def diverse(pool_emb: np.ndarray, k: int, seed: int = 0) -> np.ndarray:
   picks = [picks[i] for i in order]
   if len(picks) < k:  # fill from the rest, nearest-to-any-centroid first
     rest = [i for i in np.argsort(km.transform(x).min(-1), kind='stable') if i not in picks]
-    picks += rest[:k - len(picks)]
+    picks += rest[: k - len(picks)]
   return np.asarray(picks, np.int64)

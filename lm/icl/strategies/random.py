@@ -1,5 +1,6 @@
 """k distinct pool items, drawn with ``np.random.default_rng([seed, query])``: a fresh draw per
 test example and seed (the baseline every other strategy should beat)."""
+
 import numpy as np
 
 NEEDS = ()

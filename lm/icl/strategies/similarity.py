@@ -1,5 +1,6 @@
 """kNN by cosine similarity of the model's embeddings (final hidden states mean-pooled over the
 input's real tokens) to the query's; most similar first."""
+
 from lm.icl import features as features_lib
 
 NEEDS = ('pool_emb', 'query_emb')
