@@ -18,14 +18,11 @@ from absl import flags
 import jax
 from ml_collections import config_flags
 
-from lm import checkpoint
 from lm import cli
-from lm import distributed
 from lm import loop
 from lm import optim
 from lm import preference
 from lm import pretrained
-from lm import report
 from lm import rlhf
 from lm import sharding
 from lm import trainer
@@ -107,18 +104,14 @@ def train(config, workdir: str) -> dict:
 
   train_step = rlhf.make_train_step(config, model, tx, state_sh, mesh)
   eval_step = rlhf.make_eval_step(config, model, state_sh.params, mesh)
-  writer = report.Writer(workdir, config.train.steps)
   fit = loop.fit(
     state,
     train_step,
     lambda step: sharding.shard_batch(
       preference.train_batch(train_data, step, config.train.batch_size, config.seed, pi, pc), mesh
     ),
-    steps=config.train.steps,
-    ckpt=checkpoint.for_run(workdir, config),
-    writer=writer,
-    log_every=config.log_every,
-    eval_every=config.eval_every,
+    config,
+    workdir,
     stop=stop,
     eval_at_start=True,
     evaluate=lambda params: rlhf.evaluate(
@@ -138,15 +131,8 @@ def train(config, workdir: str) -> dict:
     },
     rate=('pairs_per_sec', config.train.batch_size),
   )
-  writer.close()
   return fit.eval
 
 
-def main(argv):
-  del argv
-  distributed.initialize()  # before any other JAX call
-  train(FLAGS.config, FLAGS.workdir)
-
-
 if __name__ == '__main__':
-  cli.run(main)
+  cli.run_job(train)

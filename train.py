@@ -13,9 +13,7 @@ import jax
 from jax.experimental import multihost_utils
 from ml_collections import config_flags
 
-from lm import checkpoint
 from lm import cli
-from lm import distributed
 from lm import loop
 from lm import objectives
 from lm import optim
@@ -64,7 +62,6 @@ def train_and_evaluate(config, workdir: str):
     f'{dict(mesh.shape)}, {pc} process(es), vocab {tok.vocab_size}'
   )
 
-  ckpt = checkpoint.for_run(workdir, config)
   train_step = objectives.make_train_step(config, model, tx, state_sh, mesh)
   eval_step = objectives.make_eval_step(config, model, state_sh.params, mesh)
   stop = loop.StopFlag().install()
@@ -73,11 +70,9 @@ def train_and_evaluate(config, workdir: str):
     state,
     train_step,
     lambda step: sharding.shard_batch(train_data.get_batch(step, pi, pc), mesh),
-    steps=config.train.steps,
-    ckpt=ckpt,
+    config,
+    workdir,
     writer=writer,
-    log_every=config.log_every,
-    eval_every=config.eval_every,
     stop=stop,
     evaluate=lambda params: objectives.evaluate(
       eval_step,
@@ -122,11 +117,5 @@ def _keep_tokenizer(tok, workdir: str, data_dir: str):
     f.write(text)
 
 
-def main(argv):
-  del argv
-  distributed.initialize()  # before any other JAX call
-  train_and_evaluate(FLAGS.config, FLAGS.workdir)
-
-
 if __name__ == '__main__':
-  cli.run(main)
+  cli.run_job(train_and_evaluate)

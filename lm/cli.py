@@ -60,6 +60,19 @@ def writable_dir(path: str, flag: str = '--workdir') -> str:
   return path
 
 
+def run_job(job):
+  """The program of a training entry point: job(FLAGS.config, FLAGS.workdir) after the
+  multi-host start-up, which must come before any other JAX call."""
+  from lm import distributed  # pylint: disable=g-import-not-at-top
+
+  def main(argv):
+    del argv
+    distributed.initialize()
+    job(flags.FLAGS.config, flags.FLAGS.workdir)
+
+  run(main)
+
+
 def run(main):
   """app.run(main) with quiet library logs and one-line errors for user mistakes."""
 

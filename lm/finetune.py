@@ -29,7 +29,6 @@ from lm import loop
 from lm import model as M
 from lm import optim
 from lm import pretrained
-from lm import report
 from lm import sharding
 from lm import tasks
 from lm import trainer
@@ -118,15 +117,7 @@ def make_train_step(config, model, task_mod, tx, state_sh, mesh):
     w = jnp.maximum(w, 1.0)
     return nll / w, {'loss': nll / w, 'accuracy': correct / w}
 
-  return trainer.make_train_step(
-    loss_fn,
-    tx,
-    state_sh,
-    mesh,
-    seed=config.seed,
-    schedule=optim.schedule(config.train),
-    accum_steps=config.train.get('grad_accum_steps', 1),
-  )
+  return trainer.make_train_step(loss_fn, tx, state_sh, mesh, config)
 
 
 def train_batch(features: dict, step: int, batch_size: int, seed: int) -> dict:
@@ -222,33 +213,25 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
         indent=2,
       )
 
-  es = config.early_stopping
-  best = loop.Best(os.path.join(workdir, 'best'), es.metric, es.mode, es.patience)
   train_step = make_train_step(config, model, task_mod, tx, state_sh, mesh)
   predict_step = evaluation.make_predict_step(model, task_mod, state_sh.params, mesh)
   stop = loop.StopFlag().install()
-  writer = report.Writer(workdir, config.train.steps)
   fit = loop.fit(
     state,
     train_step,
     lambda step: sharding.shard_batch(
       train_batch(train_data.features, step, config.train.batch_size, config.seed), mesh
     ),
-    steps=int(config.train.steps),
-    ckpt=checkpoint.for_run(workdir, config),
-    writer=writer,
-    log_every=config.log_every,
-    eval_every=config.eval_every,
-    best=best,
+    config,
+    workdir,
     stop=stop,
     evaluate=lambda params: evaluation.evaluate(
       task_mod, predict_step, params, eval_data, labels, config, mesh, stop
     )[0],
     meta=lambda step: {'config': config.to_json(), 'task': config.task, 'labels': labels},
   )
-  writer.close()
   return {
-    'best': {es.metric: best.value, 'step': best.step},
+    'best': {fit.best.metric: fit.best.value, 'step': fit.best.step},
     'final': fit.eval,
     'stopped': fit.stopped,
     'labels': labels,

@@ -7,6 +7,7 @@ checkpoints, and on SIGTERM/SIGINT saves and returns. Nothing non-finite is ever
 """
 
 import dataclasses
+import os
 import signal
 import threading
 import time
@@ -16,6 +17,7 @@ import jax
 import numpy as np
 
 from lm import checkpoint
+from lm import report
 
 
 def itstime(step: int, every: int, total: int) -> bool:
@@ -108,32 +110,41 @@ class Fit:
   state: Any
   eval: dict  # the last eval metrics ({} if none ran)
   stopped: Optional[str]  # None when all steps ran; the signal's name or the early-stopping reason
+  best: Optional[Best]  # with config.early_stopping: the best metric's value and step
 
 
 def fit(
   state,
   train_step: Callable,
   get_batch: Callable,
+  config,
+  workdir: str,
   *,
-  steps: int,
-  ckpt,
-  writer,
-  log_every: int,
-  eval_every: int = 0,
+  writer=None,
   evaluate: Optional[Callable] = None,
-  best: Optional[Best] = None,
   meta: Optional[Callable] = None,
   rate: tuple[str, float] = ('steps_per_sec', 1.0),
   eval_at_start: bool = False,
   stop: Optional[StopFlag] = None,
 ) -> Fit:
-  """Resumes `state` from `ckpt` if it holds a checkpoint, then trains up to `steps`.
+  """Resumes `state` from WORKDIR/checkpoints if it holds one, then trains to train.steps.
 
+  `config` is any job's config (lm/defaults.py): train.steps, log_every, eval_every, the
+  checkpoint policy, and early_stopping where the job has one (best params in WORKDIR/best).
   get_batch(step) -> sharded batch; evaluate(params) -> metrics ({} when stopped midway);
-  meta(step) -> JSON saved beside each checkpoint (the step and `best`'s record are added);
+  meta(step) -> JSON saved beside each checkpoint (the step and the best record are added);
   rate: (name, units per step) for the logged throughput; eval_at_start: held-out figures
-  before the first update of a fresh run.
+  before the first update of a fresh run. Without a `writer` (lm.report), fit opens and closes
+  one on WORKDIR.
   """
+  steps, log_every, eval_every = int(config.train.steps), config.log_every, config.eval_every
+  ckpt = checkpoint.for_run(workdir, config)
+  own_writer = writer is None
+  writer = writer or report.Writer(workdir, steps)
+  best = None
+  if evaluate is not None and 'early_stopping' in config:
+    es = config.early_stopping
+    best = Best(os.path.join(workdir, 'best'), es.metric, es.mode, es.patience)
   stop = stop or StopFlag().install()
   meta = meta or (lambda step: {})
   last_ckpt, last_eval, stopped = None, {}, None
@@ -185,4 +196,6 @@ def fit(
         break
   if best is not None:
     best.close()
-  return Fit(state, last_eval, stopped)
+  if own_writer:
+    writer.close()
+  return Fit(state, last_eval, stopped, best)

@@ -12,7 +12,6 @@ import jax.numpy as jnp
 
 from lm import losses
 from lm import model as M
-from lm import optim
 from lm import trainer
 
 OBJECTIVES = ('mlm', 'clm')
@@ -110,16 +109,9 @@ def make_train_step(config, model, tx, state_shardings, mesh):
     sums = loss_sums(config.objective, model, params, batch, rng, False, config.train.loss_chunk)
     return total_loss(sums, norms), sums
 
+  norms_fn = functools.partial(normalizers, config.objective)
   return trainer.make_train_step(
-    loss_fn,
-    tx,
-    state_shardings,
-    mesh,
-    seed=config.seed,
-    schedule=optim.schedule(config.train),
-    accum_steps=config.train.grad_accum_steps,
-    norms_fn=functools.partial(normalizers, config.objective),
-    metrics_fn=metrics,
+    loss_fn, tx, state_shardings, mesh, config, norms_fn=norms_fn, metrics_fn=metrics
   )
 
 

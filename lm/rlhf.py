@@ -203,15 +203,7 @@ def make_train_step(config, model, tx, state_shardings, mesh) -> Callable:
     m = terms(params, batch, False, {'dropout': rng})
     return m['loss'], m
 
-  return trainer.make_train_step(
-    loss_fn,
-    tx,
-    state_shardings,
-    mesh,
-    seed=config.seed,
-    schedule=optim.schedule(config.train),
-    accum_steps=config.train.get('grad_accum_steps', 1),
-  )
+  return trainer.make_train_step(loss_fn, tx, state_shardings, mesh, config)
 
 
 def make_eval_step(config, model, params_shardings, mesh) -> Callable:

@@ -9,6 +9,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
+from lm import optim
 from lm import sharding
 
 
@@ -65,29 +66,29 @@ def make_train_step(
   tx,
   state_shardings,
   mesh,
+  config,
   *,
-  seed: int,
-  schedule: Optional[Callable] = None,
-  accum_steps: int = 1,
   norms_fn: Optional[Callable] = None,
   metrics_fn: Optional[Callable] = None,
 ) -> Callable:
   """(state, batch) -> (state, metrics), jitted with the state's and the batch's shardings.
 
-  `loss_fn(params, batch, rng) -> (loss, aux)`. The dropout rng is folded from `seed` and the
-  step only, so a resumed run repeats the uninterrupted one.
+  `loss_fn(params, batch, rng) -> (loss, aux)`; `config` is any job's config (lm/defaults.py):
+  its seed and train block (schedule, grad_accum_steps). The dropout rng is folded from the seed
+  and the step only, so a resumed run repeats the uninterrupted one.
 
-  With `accum_steps` > 1 the batch is split into micro-batches whose loss, aux and gradients
-  are averaged: exact for a mean over equally many rows. A loss normalised by a count that
-  varies between micro-batches (masked or real tokens) passes `norms_fn`: it runs once on the
-  whole batch, `loss_fn` gets its result as a fourth argument and loss, aux and gradients are
-  summed instead, so a split step equals one big step.
+  With train.grad_accum_steps > 1 the batch is split into micro-batches whose loss, aux and
+  gradients are averaged: exact for a mean over equally many rows. A loss normalised by a count
+  that varies between micro-batches (masked or real tokens) passes `norms_fn`: it runs once on
+  the whole batch, `loss_fn` gets its result as a fourth argument and loss, aux and gradients
+  are summed instead, so a split step equals one big step.
 
   The logged metrics are `metrics_fn(aux)` (`metrics_fn(aux, norms)` with `norms_fn`; default
   aux itself) plus grad_norm, param_norm and learning_rate.
   """
-  base_rng = jax.random.PRNGKey(seed + 1)
-  accum = int(accum_steps)
+  schedule = optim.schedule(config.train)
+  accum = int(config.train.get('grad_accum_steps', 1))
+  base_rng = jax.random.PRNGKey(config.seed + 1)
 
   def step_fn(state, batch):
     rng = jax.random.fold_in(base_rng, state.step)
@@ -114,8 +115,7 @@ def make_train_step(
     params = optax.apply_updates(state.params, updates)
     m = dict(aux if metrics_fn is None else metrics_fn(aux, *norms))
     m.update(grad_norm=optax.global_norm(grads), param_norm=optax.global_norm(params))
-    if schedule is not None:
-      m['learning_rate'] = schedule(state.step)
+    m['learning_rate'] = schedule(state.step)
     return TrainState(step=state.step + 1, params=params, opt_state=opt_state), m
 
   jitted = jax.jit(
