@@ -12,7 +12,6 @@ SIGTERM/SIGINT save a checkpoint at the next step boundary and exit cleanly.
 """
 
 import dataclasses
-import os
 
 from absl import flags
 import jax
@@ -85,22 +84,13 @@ def train(config, workdir: str) -> dict:
   stop = loop.StopFlag().install()
 
   if config.task == 'dpo':  # the frozen reference, run once over every pair, then dropped
-    ref = pre if not config.reference else pretrained.load(config.reference, mesh)
-    ref_params = jax.device_put(ref.params, state_sh.params)
-    ref_id = f'{os.path.abspath(config.reference or config.pretrained)}@{ref.step}'
-    logps_fn = rlhf.make_logps_fn(model, state_sh.params, mesh)
-    for name, data in (('train', train_data), ('held-out', eval_data)):
-      got, path, computed = rlhf.reference_logps(
-        logps_fn, ref_params, data, config.eval_batch_size, mesh, workdir, ref_id, stop
-      )
-      if got is None:
-        print(f'{stop.signal}: stopped computing reference log-probs, exiting.')
-        return
-      data.update(got)
-      print(
-        f'reference log-probs ({name}): {"computed, saved to" if computed else "read from"} {path}'
-      )
-    del ref, ref_params, pre
+    data = {'train': train_data, 'held-out': eval_data}
+    if not rlhf.attach_reference_logps(
+      config, model, state_sh.params, mesh, data, workdir, stop, loaded=pre
+    ):
+      print(f'{stop.signal}: stopped computing reference log-probs, exiting.')
+      return
+  del pre
 
   train_step = rlhf.make_train_step(config, model, tx, state_sh, mesh)
   eval_step = rlhf.make_eval_step(config, model, state_sh.params, mesh)

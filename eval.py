@@ -2,6 +2,8 @@ r"""Evaluates a checkpoint and writes a JSON result file plus a printed table.
 
   # a fine-tuned workdir (finetune.py): task metrics on its validation data (or --config's)
   python eval.py --checkpoint=/tmp/ft_cls [--config=configs/finetune_cls.py] [--which=latest]
+  # a dpo.py workdir (reward model or DPO policy): its held-out preference metrics
+  python eval.py --checkpoint=/tmp/lm_dpo
   # a pretraining workdir (train.py) or an HF directory: perplexity, MLM/NSP (or LM) accuracy
   python eval.py --checkpoint=/tmp/lm_base [--config=configs/base.py] [--eval_batches=20]
 
@@ -24,7 +26,9 @@ FLAGS = flags.FLAGS
 config_flags.DEFINE_config_file(
   'config', None, 'Optional config: the data to evaluate on.', lock_config=True
 )
-flags.DEFINE_string('checkpoint', None, 'finetune.py or train.py workdir, or an HF model dir.')
+flags.DEFINE_string(
+  'checkpoint', None, 'finetune.py, dpo.py or train.py workdir, or an HF model dir.'
+)
 flags.DEFINE_string('output', None, 'JSON result file (default CHECKPOINT/eval_results.json).')
 flags.DEFINE_enum('which', 'best', ['best', 'latest'], 'Fine-tuned: best or latest params.')
 flags.DEFINE_integer('eval_batches', None, 'Pretraining: batches to evaluate (default config).')
@@ -54,6 +58,8 @@ def main(argv):
     ) as f:
       for p in preds:
         f.write(json.dumps(p) + '\n')
+  elif evaluation.is_preference_workdir(path):
+    results = evaluation.evaluate_preference(path)
   else:
     results = evaluation.evaluate_pretraining(path, FLAGS.config, FLAGS.eval_batches)
   results = {'checkpoint': os.path.abspath(path), **results}

@@ -62,14 +62,14 @@ def source_block(held_out: bool, **overrides) -> dict:
     source='python_docs',  # 'python_docs' (offline default) | 'files' | 'tfds'
     files='',  # files: comma-separated paths or globs
     tfds_name='',  # tfds: a dataset prepared under data_dir (no download)
-    data_dir=config_dict.placeholder(str),
-    split='train',
-  )  # tfds
+    data_dir=config_dict.placeholder(str),  # tfds
+    split='train',  # tfds
+  )
   if held_out:
     fields.update(
       eval_files='',  # files: held-out data ('' = hash split by eval_fraction)
-      eval_split='',
-    )  # tfds: held-out split ('' = hash split by eval_fraction)
+      eval_split='',  # tfds: held-out split ('' = hash split by eval_fraction)
+    )
   return dict(fields, **overrides)
 
 

@@ -190,3 +190,41 @@ def evaluate_pretraining(path: str, config=None, num_batches: Optional[int] = No
   batches = (sharding.shard_batch(x, mesh) for x in batcher.eval_batches(n))
   out = objectives.evaluate(eval_step, params, batches)
   return {'objective': config.objective, 'step': pre.step, 'batches': n, **out}
+
+
+def is_preference_workdir(path: str) -> bool:
+  """A dpo.py workdir: its checkpoints' metadata names the task (reward or dpo)."""
+  ckpt_dir = os.path.join(path, 'checkpoints')
+  if not os.path.isdir(ckpt_dir) or is_finetune_workdir(path):
+    return False
+  ckpt = checkpoint.Checkpointer(ckpt_dir, read_only=True)
+  return ckpt.latest_step() is not None and 'task' in ckpt.read_meta()[0]
+
+
+def evaluate_preference(workdir: str, mesh=None) -> dict:
+  """The held-out preference metrics dpo.py logs (reward model: pairwise accuracy and margin;
+  DPO: implicit-reward accuracy and margins against the frozen reference) for the latest
+  checkpoint of a dpo.py workdir, on its own config's held-out pairs."""
+  from lm import preference  # pylint: disable=g-import-not-at-top
+  from lm import rlhf  # pylint: disable=g-import-not-at-top
+
+  mesh = mesh or sharding.make_mesh((-1, 1, 1))
+  task, model, params, tok, step = rlhf.load_finetuned(workdir, mesh)
+  config = pretrained.saved_config(workdir, step)
+  _, pairs = preference.load_pairs(config.data)
+  data = preference.encode_pairs(pairs, tok, config.data.seq_len, config.data.max_prompt_len)
+  params_sh = jax.tree.map(lambda x: x.sharding, params)
+  if task == 'dpo' and not rlhf.attach_reference_logps(
+    config, model, params_sh, mesh, {'held-out': data}, workdir
+  ):
+    return {}
+  eval_step = rlhf.make_eval_step(config, model, params_sh, mesh)
+  batches = (
+    sharding.shard_batch(b, mesh) for b in preference.eval_batches(data, config.eval_batch_size)
+  )
+  return {
+    'task': task,
+    'step': step,
+    'pairs': len(pairs),
+    **rlhf.evaluate(eval_step, params, batches),
+  }

@@ -68,7 +68,28 @@ def saved_config(workdir: str, step: Optional[int] = None) -> ml_collections.Con
 
 
 def _load_workdir(workdir: str, mesh, step: Optional[int]) -> Pretrained:
-  config = saved_config(workdir, step)
+  """A train.py workdir, or a dpo.py one holding a DPO policy (a decoder like any other);
+  the task models of finetune.py and dpo.py's reward models are refused on one line."""
+  if os.path.isfile(os.path.join(workdir, 'finetune.json')):
+    raise ValueError(
+      f'{workdir} is a fine-tuned task model (finetune.py): evaluate it with eval.py '
+      f'--checkpoint={workdir}; generation and init_checkpoint take a train.py or dpo.py (DPO) '
+      'workdir or an HF directory.'
+    )
+  ckpt = checkpoint.Checkpointer(os.path.join(workdir, 'checkpoints'), read_only=True)
+  meta, _ = ckpt.read_meta(step)
+  if 'task' in meta:  # dpo.py
+    if meta['task'] != 'dpo':
+      raise ValueError(
+        f'{workdir} is a reward model (dpo.py, task={meta["task"]!r}): it scores text and does '
+        f'not generate; evaluate it with eval.py --checkpoint={workdir}, or pass a train.py or '
+        'DPO workdir.'
+      )
+    from lm import rlhf  # pylint: disable=g-import-not-at-top
+
+    _, model, params, tok, got = rlhf.load_finetuned(workdir, mesh, step)
+    return Pretrained('decoder', model.cfg, params, tok, None, got)
+  config = ml_collections.ConfigDict(json.loads(meta['config']))
   tok = tokenizer_lib.Tokenizer.load(os.path.join(workdir, 'tokenizer.json'))
   model = objectives.make_model(config, tok.vocab_size)
   target = trainer.abstract_state(

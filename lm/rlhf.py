@@ -291,6 +291,32 @@ def reference_logps(
   return out, path, True
 
 
+def attach_reference_logps(
+  config, model, params_shardings, mesh, datasets: dict, workdir: str, stop=None, loaded=None
+) -> bool:
+  """Adds ref_chosen / ref_rejected to each of `datasets` ({name: arrays}) from the frozen
+  reference (config.reference, else config.pretrained: `loaded` when the caller holds it),
+  read from the workdir's cache when there. False when `stop` interrupted it."""
+  from lm import pretrained  # pylint: disable=g-import-not-at-top
+
+  source = config.reference or config.pretrained
+  ref = loaded if loaded is not None and not config.reference else pretrained.load(source, mesh)
+  ref_params = jax.device_put(ref.params, params_shardings)
+  ref_id = f'{os.path.abspath(source)}@{ref.step}'
+  logps_fn = make_logps_fn(model, params_shardings, mesh)
+  for name, data in datasets.items():
+    got, path, computed = reference_logps(
+      logps_fn, ref_params, data, config.eval_batch_size, mesh, workdir, ref_id, stop
+    )
+    if got is None:
+      return False
+    data.update(got)
+    print(
+      f'reference log-probs ({name}): {"computed, saved to" if computed else "read from"} {path}'
+    )
+  return True
+
+
 # ------------------------------------------------------------------ loading a fine-tuned run
 
 

@@ -21,6 +21,7 @@ import numpy as np
 import optax
 import pytest
 
+from lm import generate as gen
 from lm import model as M
 from lm import preference
 from lm import rlhf
@@ -396,13 +397,20 @@ def test_tfds_source(tmp_path):
 # ---------------------------------------------------------------- end to end
 
 
-def _run(*args, timeout=600):
+def _run(*args, timeout=600, code=0):
   env = dict(os.environ, JAX_PLATFORMS='cpu', XLA_FLAGS='--xla_force_host_platform_device_count=1')
   out = subprocess.run(
     [sys.executable, *args], cwd=ROOT, env=env, capture_output=True, text=True, timeout=timeout
   )
-  assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
-  return out.stdout
+  assert out.returncode == code, out.stdout[-3000:] + out.stderr[-3000:]
+  return out.stdout if code == 0 else out.stderr
+
+
+def _eval_py(workdir) -> dict:
+  """eval.py on a dpo.py workdir: the held-out metrics of its latest checkpoint."""
+  _run('eval.py', f'--checkpoint={workdir}')
+  with open(os.path.join(workdir, 'eval_results.json'), encoding='utf-8') as f:
+    return json.load(f)
 
 
 def _evals(workdir):
@@ -437,6 +445,13 @@ def test_reward_model_beats_chance_on_held_out_pairs(pretrained_gpt, tmp_path):
   assert abs(ev[0]['accuracy'] - 0.5) < 0.15  # an untrained head is at chance
   assert ev[80]['accuracy'] > 0.75
   assert ev[80]['loss'] < ev[0]['loss']
+  # eval.py reproduces the run's last held-out figures; generation refuses it on one line.
+  res = _eval_py(wd)
+  assert res['task'] == 'reward' and res['step'] == 80
+  for k in ('accuracy', 'loss', 'margin'):
+    assert res[k] == pytest.approx(ev[80][k], rel=1e-5, abs=1e-6), k
+  err = _run('generate.py', f'--checkpoint={wd}', '--prompt=x', code=2)
+  assert len(err.strip().splitlines()) == 1 and 'reward model' in err, err
 
 
 @pytest.mark.slow
@@ -477,3 +492,15 @@ def test_dpo_widens_held_out_margin_and_resumes(pretrained_gpt, tmp_path):
   # The tuned policy loads back as a plain Decoder with its tokenizer.
   task, model, params, tok, step = rlhf.load_finetuned(wd)
   assert (task, step, type(model)) == ('dpo', 40, M.Decoder) and tok.eos_id is not None
+  # ... and so does eval.py (the run's last held-out figures) and generate.py (greedy, the
+  # same tokens as lm.generate on those params).
+  res = _eval_py(wd)
+  assert res['task'] == 'dpo' and res['step'] == 40
+  for k in ('loss', 'reward_accuracy', 'logp_margin', 'ref_logp_margin'):
+    assert res[k] == pytest.approx(after[k], rel=1e-5, abs=1e-6), k
+  prompt = 'The assert statement'
+  out = _run('generate.py', f'--checkpoint={wd}', f'--prompt={prompt}', '--max_new_tokens=8')
+  want = gen.generate(
+    model, params, [tok.encode(prompt)], max_new_tokens=8, eos_id=tok.eos_id, pad_id=tok.pad_id or 0
+  )
+  assert out.split('--- 0\n', 1)[1].rstrip('\n') == prompt + tok.decode(want[0][0]), out
