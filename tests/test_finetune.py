@@ -45,6 +45,7 @@ def _cls_config(init_checkpoint, **train):
   return c
 
 
+@pytest.mark.slow
 def test_pretrained_beats_random_init(pretrained_bert, tmp_path):
   """Same seed/steps/config, body from pretrained_bert (base.py's full 600-step run) vs a fresh
   body, on the offline topic classification default.
@@ -66,6 +67,7 @@ def test_pretrained_beats_random_init(pretrained_bert, tmp_path):
   ), got
 
 
+@pytest.mark.slow
 def test_mesh_1_to_8_to_1(pretrained_bert, tmp_path):
   """Body saved on 1 device (pretrained_bert) -> fine-tuned on a (2,2,2) mesh of 8 simulated
   devices, which saves its checkpoint there -> evaluated on 1 device and on (2,2,2) again.
@@ -97,6 +99,7 @@ def test_mesh_1_to_8_to_1(pretrained_bert, tmp_path):
     assert r['loss'] == pytest.approx(eight['loss'], rel=1e-4)
 
 
+@pytest.mark.slow
 def test_body_mismatch_is_an_error(pretrained_bert, tmp_path):
   c = _cls_config(pretrained_bert)
   c.model_overrides.num_layers = 3  # the checkpoint has 2 layers
@@ -108,6 +111,7 @@ def test_body_mismatch_is_an_error(pretrained_bert, tmp_path):
     finetune.run(c, str(tmp_path / 'bad2'))
 
 
+@pytest.mark.slow
 def test_early_stopping_keeps_best(pretrained_bert, tmp_path):
   c = _cls_config(pretrained_bert, lr=0.0, batch_size=8)  # lr 0: the metric never improves
   c.train.steps = 50
@@ -127,6 +131,7 @@ def test_early_stopping_keeps_best(pretrained_bert, tmp_path):
   assert res['step'] == 2 and 0 <= res['accuracy'] <= 1
 
 
+@pytest.mark.slow
 def test_nan_loss_stops_without_checkpoint(pretrained_bert, tmp_path):
   c = _cls_config(pretrained_bert, lr=float('nan'), batch_size=8)
   c.train.steps = 3
@@ -140,6 +145,7 @@ def test_nan_loss_stops_without_checkpoint(pretrained_bert, tmp_path):
   )
 
 
+@pytest.mark.slow
 def test_sigterm_saves_and_exits(pretrained_bert, tmp_path):
   wd = str(tmp_path / 'term')
   proc = subprocess.Popen(

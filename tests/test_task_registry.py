@@ -116,6 +116,7 @@ def test_featurize_loss_score_on_a_new_task(parity, tok):
   assert metrics['accuracy'] == 1.0 and [p['prediction'] for p in preds] == [e['label'] for e in ex]
 
 
+@pytest.mark.slow
 def test_finetune_run_with_a_config_line(parity, tok, tmp_path):
   """finetune.run and evaluate_finetuned on `task='parity_task'`, from a tiny random BERT in
   HF layout (no pretraining run needed: the plumbing is under test, not the accuracy)."""
