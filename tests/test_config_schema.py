@@ -136,3 +136,17 @@ def test_files_source_reads_globs_and_splits_by_hash(tmp_path):
   cfg.files = str(tmp_path / 'nope*.tsv')
   with pytest.raises(FileNotFoundError, match='data.files'):
     task_data.load_examples('classification', cfg, 'train')
+
+
+def test_a_config_saved_before_test_splits_refuses_to_report_test():
+  """An old finetune.json has no data.test_fraction: its run trained on today's test examples,
+  so scoring 'test' would be a contaminated figure; validation is unchanged."""
+  old = defaults.finetuning('classification').data.to_dict()
+  del old['test_fraction']
+  old = ml_collections.ConfigDict(old)
+  with pytest.raises(ValueError, match='test_fraction'):
+    task_data.load_examples('classification', old, 'test')
+  new = defaults.finetuning('classification').data
+  assert task_data.load_examples('classification', old, 'validation') == (
+    task_data.load_examples('classification', new, 'validation')
+  )
