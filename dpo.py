@@ -6,8 +6,9 @@ r"""Fine-tunes a pretrained decoder from preference pairs: a reward model, or DP
 
 `config.task` picks the job: 'reward' trains a Bradley-Terry reward model (decoder + scalar
 head), 'dpo' trains the policy against a frozen reference whose log-probs are computed once
-and cached in the workdir. Held-out metrics are written at step 0 (before any update), every
-eval_every steps and at the end. Resumes from the latest checkpoint in --workdir;
+and cached in the workdir. Validation metrics are written at step 0 (before any update), every
+eval_every steps and at the end; the test pairs are scored once, on the final params (the `test/`
+rows of metrics.jsonl and the returned figures). Resumes from the latest checkpoint in --workdir;
 SIGTERM/SIGINT save a checkpoint at the next step boundary and exit cleanly.
 """
 
@@ -22,6 +23,7 @@ from lm import loop
 from lm import optim
 from lm import preference
 from lm import pretrained
+from lm import report
 from lm import rlhf
 from lm import sharding
 from lm import trainer
@@ -37,8 +39,9 @@ flags.mark_flags_as_required(['config', 'workdir'])
 
 
 def train(config, workdir: str) -> dict:
-  """The whole run; notebooks call it with `get_config()` directly. Returns the last held-out
-  metrics; the history is in WORKDIR/metrics.jsonl."""
+  """The whole run; notebooks call it with `get_config()` directly. Returns the last validation
+  metrics and, under 'test', the final params' test metrics; the history is in
+  WORKDIR/metrics.jsonl."""
   workdir = cli.writable_dir(workdir)
   if config.task not in ('reward', 'dpo'):
     raise ValueError(f"task={config.task!r}: use 'reward' (configs/reward.py) or 'dpo'.")
@@ -61,9 +64,11 @@ def train(config, workdir: str) -> dict:
     raise ValueError(f'data.seq_len={seq_len} exceeds the model max_len={pre.cfg.max_len}.')
   if pi == 0:
     tok.save(workdir)
-  train_pairs, eval_pairs = preference.load_pairs(config.data)
-  train_data = preference.encode_pairs(train_pairs, tok, seq_len, config.data.max_prompt_len)
-  eval_data = preference.encode_pairs(eval_pairs, tok, seq_len, config.data.max_prompt_len)
+  pairs = preference.load_splits(config.data)
+  train_data, eval_data, test_data = (
+    preference.encode_pairs(pairs[s], tok, seq_len, config.data.max_prompt_len)
+    for s in preference.SPLITS
+  )
 
   # Model and state: the reward model's decoder, or the whole policy, starts as `pre`.
   tx = optim.make(config.train)
@@ -79,12 +84,13 @@ def train(config, workdir: str) -> dict:
     )
   print(
     f'{config.task}: {trainer.param_count(state.params):,} params, mesh {dict(mesh.shape)}, '
-    f'{len(train_pairs)} training / {len(eval_pairs)} held-out pairs'
+    f'{len(pairs["train"])} training / {len(pairs["validation"])} validation / '
+    f'{len(pairs["test"])} test pairs'
   )
   stop = loop.StopFlag().install()
 
   if config.task == 'dpo':  # the frozen reference, run once over every pair, then dropped
-    data = {'train': train_data, 'held-out': eval_data}
+    data = {'train': train_data, 'validation': eval_data, 'test': test_data}
     if not rlhf.attach_reference_logps(
       config, model, state_sh.params, mesh, data, workdir, stop, loaded=pre
     ):
@@ -94,6 +100,12 @@ def train(config, workdir: str) -> dict:
 
   train_step = rlhf.make_train_step(config, model, tx, state_sh, mesh)
   eval_step = rlhf.make_eval_step(config, model, state_sh.params, mesh)
+
+  def evaluate(params, data):
+    batches = preference.eval_batches(data, config.eval_batch_size, pi, pc)
+    return rlhf.evaluate(eval_step, params, (sharding.shard_batch(b, mesh) for b in batches), stop)
+
+  writer = report.Writer(workdir, int(config.train.steps))
   fit = loop.fit(
     state,
     train_step,
@@ -102,17 +114,10 @@ def train(config, workdir: str) -> dict:
     ),
     config,
     workdir,
+    writer=writer,
     stop=stop,
     eval_at_start=True,
-    evaluate=lambda params: rlhf.evaluate(
-      eval_step,
-      params,
-      (
-        sharding.shard_batch(b, mesh)
-        for b in preference.eval_batches(eval_data, config.eval_batch_size, pi, pc)
-      ),
-      stop,
-    ),
+    evaluate=lambda params: evaluate(params, eval_data),
     meta=lambda step: {
       'task': config.task,
       'config': config.to_json(),
@@ -121,7 +126,11 @@ def train(config, workdir: str) -> dict:
     },
     rate=('pairs_per_sec', config.train.batch_size),
   )
-  return fit.eval
+  test = {} if fit.stopped else evaluate(fit.state.params, test_data)  # once, nothing chosen on it
+  if test:
+    writer.write(int(fit.state.step), test, 'test')
+  writer.close()
+  return {**fit.eval, 'test': test} if test else fit.eval
 
 
 if __name__ == '__main__':

@@ -1,6 +1,7 @@
 r"""Evaluates a checkpoint and writes a JSON result file plus a printed table.
 
-  # a fine-tuned workdir (finetune.py): task metrics on its validation data (or --config's)
+  # a fine-tuned workdir (finetune.py): task metrics on the test split of its data (or --config's);
+  # --split=validation scores the split best/ was chosen on
   python eval.py --checkpoint=/tmp/ft_cls [--config=configs/finetune_cls.py] [--which=latest]
   # a dpo.py workdir (reward model or DPO policy): its held-out preference metrics
   python eval.py --checkpoint=/tmp/lm_dpo
@@ -33,6 +34,13 @@ flags.DEFINE_string('output', None, 'JSON result file (default CHECKPOINT/eval_r
 flags.DEFINE_enum('which', 'best', ['best', 'latest'], 'Fine-tuned: best or latest params.')
 flags.DEFINE_integer('eval_batches', None, 'Pretraining: batches to evaluate (default config).')
 flags.DEFINE_integer('max_examples', 0, 'Fine-tuned: evaluate only the first N (0 = all).')
+flags.DEFINE_enum(
+  'split',
+  'test',
+  ['test', 'validation'],
+  'Fine-tuned and few-shot: the split scored. test: never used to select anything; validation: '
+  'what best/ and early stopping were chosen on.',
+)
 flags.mark_flags_as_required(['checkpoint'])
 
 
@@ -42,14 +50,14 @@ def main(argv):
   if FLAGS.config is not None and FLAGS.config.get('mode') == 'fewshot':  # configs/fewshot.py
     from lm import icl  # pylint: disable=g-import-not-at-top
 
-    result = icl.evaluate(FLAGS.config, path, FLAGS.output)  # writes the JSON result file
+    result = icl.evaluate(FLAGS.config, path, FLAGS.output, FLAGS.split)  # writes the JSON
     print(icl.format_table(result))
     print(f'wrote {result["output"]}')
     return
   output = FLAGS.output or os.path.join(path, 'eval_results.json')
   if evaluation.is_finetune_workdir(path):
     results, preds = evaluation.evaluate_finetuned(
-      path, FLAGS.config, FLAGS.which, max_examples=FLAGS.max_examples
+      path, FLAGS.config, FLAGS.which, max_examples=FLAGS.max_examples, split=FLAGS.split
     )
     with open(
       os.path.splitext(output)[0].replace('eval_results', 'eval_predictions') + '.jsonl',
@@ -64,7 +72,8 @@ def main(argv):
     results = evaluation.evaluate_pretraining(path, FLAGS.config, FLAGS.eval_batches)
   results = {'checkpoint': os.path.abspath(path), **results}
   metrics.write_json(output, results)
-  print(metrics.format_table(results, f'evaluation of {path}'))
+  split = f' on the {results["split"]} split' if 'split' in results else ''
+  print(metrics.format_table(results, f'evaluation of {path}{split}'))
   print(f'wrote {output}')
 
 

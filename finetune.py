@@ -5,7 +5,8 @@ r"""Fine-tunes a pretrained body on a task (classification, extractive QA, token
 
 --config.init_checkpoint is a train.py workdir or an HF BERT/GPT-2 directory. Resumes from the
 latest checkpoint in --workdir; the best params by the validation metric are kept in
---workdir/best. SIGTERM/SIGINT save a checkpoint at the next step boundary and exit cleanly.
+--workdir/best (`python eval.py --checkpoint=WORKDIR` then reports them on the test split).
+SIGTERM/SIGINT save a checkpoint at the next step boundary and exit cleanly.
 """
 
 from absl import flags

@@ -1,7 +1,7 @@
 r"""Few-shot (in-context) classification with a trained causal LM: demonstration selection
 strategies x number of demonstrations k (lm/icl/). Offline default task: which part of the
 Python docs a pydoc topic paragraph is from (lm/tasks/data.py), pool from its train split, test
-examples from its validation split.
+examples from its test split (none of it pretraining text: lm/data/python_docs.py).
 
   python train.py --config=configs/gpt_base.py --workdir=/tmp/lm_gpt
   python eval.py --config=configs/fewshot.py --checkpoint=/tmp/lm_gpt
@@ -11,7 +11,7 @@ examples from its validation split.
       --config.fewshot.ks=0,1,4 --config.fewshot.score=sum
 
 Local files: --config.data.source=files --config.data.files=pool.tsv
-  --config.data.eval_files=test.tsv (label<TAB>text, or JSONL; see lm/tasks/data.py).
+  --config.data.test_files=test.tsv (label<TAB>text, or JSONL; see lm/tasks/data.py).
 Writes CHECKPOINT/fewshot_results.json (or --output): accuracies plus, per test example, the
 pool indices each strategy chose for every k and run, its prediction and label scores.
 """
@@ -29,10 +29,10 @@ def get_config():
   c.num_devices = 1  # evaluation runs on the first N devices (1 is fastest on CPU)
   c.output = ''  # '' = CHECKPOINT/fewshot_results.json
 
-  # files / split: the demonstration pool; eval_files / eval_split: the test examples
+  # files / split: the demonstration pool; test_files / test_split (eval_files / eval_split with
+  # eval.py --split=validation): the examples scored, hashed off the pool's data when not named
   c.data = ml_collections.ConfigDict(defaults.source_block(held_out=True, eval_split='validation'))
   c.data.max_examples = 0
-  c.data.eval_fraction = 0.2  # python_docs, or files without eval_files: held-out share
   c.data.labels = ()  # label names; () = sorted labels found in the data
 
   f = c.fewshot = ml_collections.ConfigDict()

@@ -4,11 +4,12 @@ sentence, anywhere in a context of thousands of characters (doc-stride windows).
 
   python finetune.py --config=configs/finetune_qa.py --workdir=/tmp/ft_qa \
       --config.init_checkpoint=/tmp/lm_base
-  python eval.py --checkpoint=/tmp/ft_qa
+  python eval.py --checkpoint=/tmp/ft_qa   # the test split (best/ was chosen on validation)
 
 SQuAD: --config.data.source=tfds --config.data.tfds_name=squad --config.data.data_dir=DIR, or
 --config.data.source=files --config.data.files=train-v1.1.json --config.data.eval_files=...
-(official JSON or SQuAD-style JSONL).
+[--config.data.test_files=...] (official JSON or SQuAD-style JSONL; a test split not named is
+hashed off the training data by context).
 """
 
 from lm import defaults

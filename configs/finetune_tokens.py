@@ -3,10 +3,10 @@ tag each word NAME (the object's own name), PARAM (one of its parameters) or O.
 
   python finetune.py --config=configs/finetune_tokens.py --workdir=/tmp/ft_tok \
       --config.init_checkpoint=/tmp/lm_base
-  python eval.py --checkpoint=/tmp/ft_tok
+  python eval.py --checkpoint=/tmp/ft_tok   # the test split (best/ was chosen on validation)
 
 CoNLL-style local files: --config.data.source=files --config.data.files=train.conll
-  --config.data.eval_files=dev.conll; TFDS: --config.data.source=tfds
+  --config.data.eval_files=dev.conll --config.data.test_files=test.conll; TFDS: --config.data.source=tfds
   --config.data.tfds_name=conll2003 --config.data.data_dir=DIR.
 Metrics: word accuracy and macro P/R/F1 over the non-O tags.
 """

@@ -56,8 +56,9 @@ def periodic_block(
 
 
 def source_block(held_out: bool, **overrides) -> dict:
-  """The data-source fields of `c.data` (vocabulary: lm.data.sources); `held_out` adds
-  eval_files and eval_split, for jobs that read held-out data separately."""
+  """The data-source fields of `c.data` (vocabulary: lm.data.sources); `held_out` adds the
+  validation and test sources (eval_files / eval_split, test_files / test_split) and their
+  hash-split shares, for jobs that select on one held-out split and report the other."""
   fields = dict(
     source='python_docs',  # 'python_docs' (offline default) | 'files' | 'tfds'
     files='',  # files: comma-separated paths or globs
@@ -67,8 +68,12 @@ def source_block(held_out: bool, **overrides) -> dict:
   )
   if held_out:
     fields.update(
-      eval_files='',  # files: held-out data ('' = hash split by eval_fraction)
-      eval_split='',  # tfds: held-out split ('' = hash split by eval_fraction)
+      eval_files='',  # files: validation data ('' = hash split by eval_fraction)
+      eval_split='',  # tfds: validation split ('' = hash split by eval_fraction)
+      test_files='',  # files: test data ('' = hash split by test_fraction)
+      test_split='',  # tfds: test split ('' = hash split by test_fraction)
+      eval_fraction=0.2,  # python_docs, or no eval_files / eval_split: validation share
+      test_fraction=0.2,  # python_docs, or no test_files / test_split: test share
     )
   return dict(fields, **overrides)
 
@@ -128,7 +133,6 @@ def finetuning(task: str) -> ml_collections.ConfigDict:
   c.data.max_examples = 0  # tfds: 0 = all
   c.data.max_train_examples = 0  # >0: a seeded, label-stratified subset of the training set
   # (a low-resource run); evaluation always uses all examples
-  c.data.eval_fraction = 0.2  # python_docs, or files without eval_files: held-out share
   c.data.labels = ()  # label names in id order; () = from the data
   c.data.max_len = 128
   c.data.max_query_len = 32  # qa
@@ -156,7 +160,7 @@ def preference() -> ml_collections.ConfigDict:
   c.data.prompt_key = 'prompt'  # files (JSON lines) / tfds: the three text fields
   c.data.chosen_key = 'chosen'
   c.data.rejected_key = 'rejected'
-  c.data.eval_fraction = 0.15
+  c.data.update(eval_fraction=0.15, test_fraction=0.1)
   c.data.max_pairs = 0  # cap on training pairs (0 = all); held-out: always all
   c.data.rejected = 'shuffle'  # python_docs: 'shuffle' | 'other' | 'mix'
   c.data.max_prompt_words = 40

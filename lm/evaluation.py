@@ -1,9 +1,10 @@
 """Evaluating fine-tuned and pretraining checkpoints: batched prediction, task metrics.
 
-Fine-tuning evaluates its validation split through `evaluate` while it trains; eval.py and
-notebooks evaluate a finished workdir with `evaluate_finetuned` (a fine-tuned one: task metrics
-from its `best/` or latest params) or `evaluate_pretraining` (perplexity and accuracy on the
-held-out documents of the prepared data).
+Fine-tuning evaluates its validation split through `evaluate` while it trains (and keeps `best/`
+by it); eval.py and notebooks evaluate a finished workdir with `evaluate_finetuned` (a
+fine-tuned one: task metrics from its `best/` or latest params, on the test split by default,
+which nothing was selected on) or `evaluate_pretraining` (perplexity and accuracy on the held-out
+documents of the prepared data).
 """
 
 import dataclasses
@@ -98,10 +99,15 @@ def is_finetune_workdir(path: str) -> bool:
   return os.path.isfile(os.path.join(path, 'finetune.json'))
 
 
+def finetune_info(workdir: str) -> dict:
+  """What finetune.py recorded in WORKDIR/finetune.json (task, labels, model, config)."""
+  with open(os.path.join(workdir, 'finetune.json'), encoding='utf-8') as f:
+    return json.load(f)
+
+
 def load_finetuned(workdir: str, mesh, which: str = 'best', step: Optional[int] = None):
   """(info dict from finetune.json, model, params on `mesh`, tokenizer, restored step)."""
-  with open(os.path.join(workdir, 'finetune.json'), encoding='utf-8') as f:
-    info = json.load(f)
+  info = finetune_info(workdir)
   cfg = M.ModelConfig.from_dict(info['model'])
   model = task_model.TaskModel(
     cfg,
@@ -133,22 +139,31 @@ def load_finetuned(workdir: str, mesh, which: str = 'best', step: Optional[int] 
 
 
 def evaluate_finetuned(
-  workdir: str, config=None, which: str = 'best', mesh=None, max_examples: int = 0
+  workdir: str,
+  config=None,
+  which: str = 'best',
+  mesh=None,
+  max_examples: int = 0,
+  split: str = 'test',
 ):
-  """Task metrics of a fine-tuned workdir on `config`'s eval data (default: its own)."""
+  """Task metrics of a fine-tuned workdir on `split` ('test', or 'validation': what `best/`
+  was chosen on) of `config`'s data (default: its own); the result names the split."""
+  if split not in ('test', 'validation'):
+    raise ValueError(f"split={split!r}: evaluate 'test' or 'validation'.")
+  recorded = finetune_info(workdir)
+  config = config or ml_collections.ConfigDict(recorded['config'])
+  examples, _ = data_lib.load_examples(recorded['task'], config.data, split)  # before the model
   mesh = mesh or sharding.make_mesh((-1, 1, 1))
   info, model, params, tok, step = load_finetuned(workdir, mesh, which)
-  config = config or ml_collections.ConfigDict(info['config'])
   task_mod = tasks.get(info['task'])
-  examples, _ = data_lib.load_examples(info['task'], config.data, 'validation')
   if max_examples:
     examples = examples[:max_examples]
-  data = prepare(task_mod, examples, tok, info['labels'], config.data, 'evaluation')
+  data = prepare(task_mod, examples, tok, info['labels'], config.data, f'{split} split')
   params_sh = jax.tree.map(lambda x: x.sharding, params)
   predict_step = make_predict_step(model, task_mod, params_sh, mesh)
   check_batch(config.eval_batch_size, mesh, 'eval_batch_size')
   m, preds = evaluate(task_mod, predict_step, params, data, info['labels'], config, mesh)
-  return {'task': info['task'], 'step': step, **m}, preds
+  return {'task': info['task'], 'split': split, 'examples': len(examples), 'step': step, **m}, preds
 
 
 def evaluate_pretraining(path: str, config=None, num_batches: Optional[int] = None, mesh=None):

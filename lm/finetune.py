@@ -11,6 +11,7 @@ Training runs the shared loop (`lm.loop.fit`): step-indexed batches, periodic ch
 stopping (`loop.Best`), SIGTERM/SIGINT save and exit at the next step boundary, a non-finite
 loss stops the run and is never checkpointed. `workdir/finetune.json` records what eval.py
 needs to rebuild the model (task, labels, body kind and config); tokenizer.json sits beside it.
+The test split is never read here: eval.py reports it for the params chosen on validation.
 """
 
 import dataclasses
@@ -177,7 +178,7 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
     getattr(task_mod, 'STRATIFY_BY', None),
   )
   train_data = evaluation.prepare(task_mod, train_ex, tok, labels, config.data, 'training')
-  eval_data = evaluation.prepare(task_mod, eval_ex, tok, labels, config.data, 'evaluation')
+  eval_data = evaluation.prepare(task_mod, eval_ex, tok, labels, config.data, 'validation')
 
   model = task_model.TaskModel(
     cfg, pre.kind, task_mod.HEAD, len(labels) if labels else 2, config.pooling
@@ -191,7 +192,7 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
   del pre
   print(
     f'{config.task}: {trainer.param_count(state.params):,} params ({config.init} body from '
-    f'{config.init_checkpoint}), {len(train_ex)} train / {len(eval_ex)} eval examples, '
+    f'{config.init_checkpoint}), {len(train_ex)} train / {len(eval_ex)} validation examples, '
     f'{len(train_data.features["weight"])} train rows, labels {labels}, mesh {dict(mesh.shape)}'
   )
 

@@ -3,19 +3,24 @@
 Three sources, chosen by ``data_cfg.source`` (the vocabulary of :mod:`lm.data.sources`):
 
 * ``'python_docs'`` (the offline default): pairs built from the English text that ships
-  with Python (:func:`lm.data.corpus.python_docs_corpus`), see :func:`python_docs_pairs`.
+  with Python, from the sources the pretraining corpus leaves out
+  (:func:`lm.data.python_docs.downstream_documents`), see :func:`python_docs_pairs`.
 * ``'files'``: local JSON-lines files, one object per line::
 
       {"prompt": "The assert statement", "chosen": " is a way to ...", "rejected": " ..."}
 
   ``data_cfg.files`` (comma-separated paths/globs) are the training pairs; the field names
-  are ``data_cfg.prompt_key`` / ``chosen_key`` / ``rejected_key``. Held-out pairs come from
-  ``data_cfg.eval_files`` when set, else a deterministic hash split of the prompts
-  (``data_cfg.eval_fraction``). The responses are appended to the prompt verbatim, so
+  are ``data_cfg.prompt_key`` / ``chosen_key`` / ``rejected_key``. Validation pairs come from
+  ``data_cfg.eval_files`` and test pairs from ``data_cfg.test_files`` when set, else each is
+  split off the training files by a deterministic hash of the prompts (``data_cfg.eval_fraction``,
+  ``data_cfg.test_fraction``). The responses are appended to the prompt verbatim, so
   start them with the space (or newline) that separates them from the prompt.
 * ``'tfds'``: the TFDS dataset ``data_cfg.tfds_name`` with those three (configurable) text
-  features, read from an already prepared ``data_cfg.data_dir`` (``data_cfg.split``; held-out
-  pairs from ``data_cfg.eval_split``, or a hash split when it is empty).
+  features, read from an already prepared ``data_cfg.data_dir`` (``data_cfg.split``; validation
+  and test pairs from ``data_cfg.eval_split`` / ``test_split``, or a hash split when empty).
+
+Three splits, as everywhere: train (fitted), validation (logged while training) and test
+(reported once at the end, never used to choose anything).
 
 Every sequence is ``[bos] prompt response [eos]`` (bos = eos = ``<|endoftext|>`` for BPE,
 as in pretraining where each document follows an eos), right-padded to ``seq_len``.
@@ -53,8 +58,15 @@ def _seed(text: str, salt: str) -> int:
   return int(_unit(text, salt) * 2**63)
 
 
+def split_of(text: str, eval_fraction: float, test_fraction: float = 0.0) -> int:
+  """0 train, 1 validation, 2 test, by a hash of `text`: validation is the same set whatever
+  test_fraction is, test is carved out of training."""
+  u = _unit(text, 'held-out:')
+  return 1 if u < eval_fraction else 2 if u < eval_fraction + test_fraction else 0
+
+
 def is_held_out(text: str, fraction: float) -> bool:
-  return _unit(text, 'held-out:') < fraction
+  return split_of(text, fraction) == 1
 
 
 # ------------------------------------------------------------------ offline default
@@ -124,10 +136,14 @@ def python_docs_pairs(
   max_prompt_words: int = 40,
   max_response_words: int = 40,
   docs: Optional[list[str]] = None,
+  test_fraction: float = 0.1,
 ):
-  """Preference pairs from Python's bundled documentation: (train, held_out) lists of dicts.
+  """Preference pairs from Python's bundled documentation: (train, validation, test) lists of
+  dicts.
 
-  Each prose paragraph of the pydoc topics and stdlib docstrings gives one pair:
+  Each prose paragraph of the downstream sources (the pydoc topics and the reserved modules'
+  docstrings, :func:`lm.data.python_docs.downstream_documents`: no pretraining text) gives one
+  pair:
   prompt = its first sentence, chosen = the sentences that really follow it (whole
   sentences, up to ``max_response_words`` words), rejected =
 
@@ -138,27 +154,28 @@ def python_docs_pairs(
   * ``'mix'``: each pair picks one of the two by a hash of its prompt.
 
   Whole documents are held out (a sha256 hash of the document's text against
-  ``eval_fraction``), and a prompt or continuation that recurs (the pydoc topics repeat
-  some passages) is used only at its first occurrence, so no held-out prompt or
-  continuation appears in training. Every
+  ``eval_fraction`` for validation, the next ``test_fraction`` for test), and a prompt or
+  continuation that recurs (the pydoc topics repeat some passages) is used only at its first
+  occurrence, so no held-out prompt or continuation appears in training or the other held-out
+  split. Every
   choice is seeded by ``seed`` and the texts: the same call returns the same pairs on every
   machine with the same Python version.
   """
   if rejected not in REJECTED_KINDS:
     raise ValueError(f'rejected={rejected!r}: use one of {REJECTED_KINDS}.')
   if docs is None:
-    from lm.data import corpus  # pylint: disable=g-import-not-at-top
+    from lm.data import python_docs  # pylint: disable=g-import-not-at-top
 
-    docs = corpus.python_docs_corpus()
-  splits = ([], [])  # (train, held out): lists of (doc index, prompt, chosen)
+    docs = python_docs.downstream_documents()
+  splits = ([], [], [])  # (train, validation, test): lists of (doc index, prompt, chosen)
   seen = set()  # pydoc topics repeat passages: a prompt or continuation is used once, first
   for d, doc in enumerate(docs):
-    held = is_held_out(doc, eval_fraction)
+    which = split_of(doc, eval_fraction, test_fraction)
     for para in _prose_paragraphs(doc):
       got = _split_paragraph(para, max_prompt_words, max_response_words)
       if got and not seen & set(got):
         seen.update(got)
-        splits[held].append((d,) + got)
+        splits[which].append((d,) + got)
   out = []
   for s, items in enumerate(splits):
     pairs = []
@@ -176,7 +193,7 @@ def python_docs_pairs(
         continue
       pairs.append({'prompt': prompt, 'chosen': ' ' + chosen, 'rejected': ' ' + bad})
     out.append(pairs)
-  return out[0], out[1]
+  return tuple(out)
 
 
 # ------------------------------------------------------------------ files and TFDS
@@ -250,14 +267,11 @@ def read_tfds(name: str, split: str, data_dir, keys=FIELDS) -> list[dict]:
   ]
 
 
-def _hash_split(pairs, fraction):
-  train = [p for p in pairs if not is_held_out(p['prompt'], fraction)]
-  held = [p for p in pairs if is_held_out(p['prompt'], fraction)]
-  return train, held
+SPLITS = ('train', 'validation', 'test')
 
 
-def load_pairs(data_cfg):
-  """(train_pairs, held_out_pairs) as lists of {'prompt', 'chosen', 'rejected'} dicts."""
+def load_splits(data_cfg) -> dict:
+  """{'train', 'validation', 'test'} -> lists of {'prompt', 'chosen', 'rejected'} dicts."""
 
   def get(k, default):
     v = getattr(data_cfg, k, None)
@@ -265,41 +279,58 @@ def load_pairs(data_cfg):
 
   sources.check(data_cfg)
   source = get('source', 'python_docs')
-  frac, cap = float(get('eval_fraction', 0.1)), int(get('max_pairs', 0))
+  fracs = (float(get('eval_fraction', 0.1)), float(get('test_fraction', 0.1)))
+  cap = int(get('max_pairs', 0))
   keys = tuple(get(f'{f}_key', f) for f in FIELDS)
   if source == 'python_docs':
-    train, held = python_docs_pairs(
+    got = python_docs_pairs(
       int(get('seed', 0)),
-      frac,
+      fracs[0],
       get('rejected', 'shuffle'),
       int(get('max_prompt_words', 40)),
       int(get('max_response_words', 40)),
+      test_fraction=fracs[1],
     )
-  elif source == 'files':
-    if not get('files', ''):
-      raise ValueError("data.source='files' needs --config.data.files=PATH[,PATH...].")
-    pairs = read_jsonl(get('files', ''), keys)
-    if get('eval_files', ''):
-      train, held = pairs, read_jsonl(get('eval_files', ''), keys)
-    else:
-      train, held = _hash_split(pairs, frac)
   else:
-    name, data_dir = get('tfds_name', ''), get('data_dir', None)
-    if not name:
-      raise ValueError("data.source='tfds' needs --config.data.tfds_name=NAME.")
-    train = read_tfds(name, get('split', 'train'), data_dir, keys)
-    if get('eval_split', ''):
-      held = read_tfds(name, get('eval_split', ''), data_dir, keys)
+    if source == 'files':
+      if not get('files', ''):
+        raise ValueError("data.source='files' needs --config.data.files=PATH[,PATH...].")
+      named = (get('eval_files', ''), get('test_files', ''))
+      read = lambda what: read_jsonl(what, keys)
+      pairs = read(get('files', ''))
     else:
-      train, held = _hash_split(train, frac)
+      name, data_dir = get('tfds_name', ''), get('data_dir', None)
+      if not name:
+        raise ValueError("data.source='tfds' needs --config.data.tfds_name=NAME.")
+      named = (get('eval_split', ''), get('test_split', ''))
+      read = lambda what: read_tfds(name, what, data_dir, keys)
+      pairs = read(get('split', 'train'))
+    # Each held-out split from its own files / TFDS split when named, else hashed off training.
+    fracs = tuple(0.0 if n else f for n, f in zip(named, fracs))
+    got = [[], [], []]
+    for p in pairs:
+      got[split_of(p['prompt'], *fracs)].append(p)
+    for i, n in enumerate(named, 1):
+      if n:
+        got[i] = read(n)
+  out = dict(zip(SPLITS, got))
   if cap:  # training pairs only: the held-out figures always cover every held-out pair
-    train = train[:cap]
-  if not train or not held:
+    out['train'] = out['train'][:cap]
+  if not all(out.values()):
     raise ValueError(
-      f'preference data {source!r} gave {len(train)} training and {len(held)} '
-      'held-out pairs: both must be non-empty (check eval_fraction / eval split).'
+      f'preference data {source!r} gave '
+      + ', '.join(f'{len(v)} {k}' for k, v in out.items())
+      + ' pairs: each must be non-empty (check eval_fraction / test_fraction / eval and test '
+      'files or splits).'
     )
-  return train, held
+  return out
+
+
+def load_pairs(data_cfg):
+  """(train, validation) pairs: what a training run fits and logs (notebooks); the test pairs
+  are in :func:`load_splits`."""
+  out = load_splits(data_cfg)
+  return out['train'], out['validation']
 
 
 # ------------------------------------------------------------------ tokenization

@@ -54,8 +54,9 @@ def test_every_job_speaks_one_data_vocabulary():
     assert c.data.source == 'python_docs', name
     assert {'source', 'files', 'tfds_name', 'data_dir', 'split'} <= set(c.data), name
     sources.check(c.data)
-  assert {'eval_files', 'eval_split'} <= set(defaults.finetuning('classification').data)
-  assert {'eval_files', 'eval_split'} <= set(defaults.preference().data)
+  held_out = {'eval_files', 'eval_split', 'test_files', 'test_split', 'eval_fraction'}
+  assert held_out | {'test_fraction'} <= set(defaults.finetuning('classification').data)
+  assert held_out | {'test_fraction'} <= set(defaults.preference().data)
 
 
 def test_model_defaults_are_model_config():
@@ -119,13 +120,33 @@ def test_files_source_reads_globs_and_splits_by_hash(tmp_path):
     )
   cfg = defaults.finetuning('classification').data
   cfg.update(source='files', files=str(tmp_path / 'part*.tsv'), eval_fraction=0.3)
+  got = {s: task_data.load_examples('classification', cfg, s)[0] for s in task_data.SPLITS}
+  texts = {s: {e['text'] for e in got[s]} for s in got}
+  assert sum(map(len, texts.values())) == 100 and 10 < len(texts['validation']) < 50
+  assert 5 < len(texts['test']) < 40 and not texts['train'] & texts['validation']
+  assert not texts['test'] & (texts['train'] | texts['validation'])
+  cfg.eval_files = str(tmp_path / 'part1.tsv')  # validation named: test still hashed off train
+  held, _ = task_data.load_examples('classification', cfg, 'validation')
+  test, _ = task_data.load_examples('classification', cfg, 'test')
+  assert len(held) == 50 and 0 < len(test) < 50 and not {e['text'] for e in test} & texts['train']
+  cfg.test_files = str(tmp_path / 'part0.tsv')
   train, _ = task_data.load_examples('classification', cfg, 'train')
-  held, _ = task_data.load_examples('classification', cfg, 'validation')
-  assert len(train) + len(held) == 100 and 10 < len(held) < 50
-  assert not {e['text'] for e in train} & {e['text'] for e in held}
-  cfg.eval_files = str(tmp_path / 'part1.tsv')
-  held, _ = task_data.load_examples('classification', cfg, 'validation')
-  assert len(held) == 50
+  test, _ = task_data.load_examples('classification', cfg, 'test')
+  assert len(train) == 100 and len(test) == 50  # both named: train is all of data.files
   cfg.files = str(tmp_path / 'nope*.tsv')
   with pytest.raises(FileNotFoundError, match='data.files'):
     task_data.load_examples('classification', cfg, 'train')
+
+
+def test_a_config_saved_before_test_splits_refuses_to_report_test():
+  """An old finetune.json has no data.test_fraction: its run trained on today's test examples,
+  so scoring 'test' would be a contaminated figure; validation is unchanged."""
+  old = defaults.finetuning('classification').data.to_dict()
+  del old['test_fraction']
+  old = ml_collections.ConfigDict(old)
+  with pytest.raises(ValueError, match='test_fraction'):
+    task_data.load_examples('classification', old, 'test')
+  new = defaults.finetuning('classification').data
+  assert task_data.load_examples('classification', old, 'validation') == (
+    task_data.load_examples('classification', new, 'validation')
+  )

@@ -249,19 +249,19 @@ def bpe():
 
 
 def test_python_docs_pairs_deterministic_and_held_out():
-  train, held = preference.python_docs_pairs(seed=0, eval_fraction=0.15)
-  assert len(train) > 500 and len(held) > 80
-  assert (train, held) == preference.python_docs_pairs(seed=0, eval_fraction=0.15)
-  train_prompts = {p['prompt'] for p in train}
-  assert not train_prompts & {p['prompt'] for p in held}
-  assert not {p['chosen'] for p in train} & {p['chosen'] for p in held}
+  train, held, test = preference.python_docs_pairs(seed=0, eval_fraction=0.15, test_fraction=0.1)
+  assert len(train) > 500 and len(held) > 80 and len(test) > 80
+  assert (train, held, test) == preference.python_docs_pairs(seed=0, eval_fraction=0.15)
+  for a, b in ((train, held), (train, test), (held, test)):
+    assert not {p['prompt'] for p in a} & {p['prompt'] for p in b}
+    assert not {p['chosen'] for p in a} & {p['chosen'] for p in b}
   for p in train[:50] + held[:50]:
     assert p['chosen'] != p['rejected'] and p['chosen'].startswith(' ')
     assert sorted(p['chosen'].split()) == sorted(p['rejected'].split())  # shuffled words
-  other, _ = preference.python_docs_pairs(seed=0, eval_fraction=0.15, rejected='other')
+  other, _, _ = preference.python_docs_pairs(seed=0, eval_fraction=0.15, rejected='other')
   chosen_pool = {p['chosen'] for p in other}
   assert all(p['rejected'] in chosen_pool and p['rejected'] != p['chosen'] for p in other[:50])
-  mix, _ = preference.python_docs_pairs(seed=0, eval_fraction=0.15, rejected='mix')
+  mix, _, _ = preference.python_docs_pairs(seed=0, eval_fraction=0.15, rejected='mix')
   shuffled = sum(sorted(p['chosen'].split()) == sorted(p['rejected'].split()) for p in mix)
   assert 0.3 < shuffled / len(mix) < 0.7
 
@@ -320,14 +320,21 @@ def test_jsonl_source(tmp_path):
       files=str(path),
       eval_files='',
       eval_fraction=0.25,
+      test_fraction=0.25,
       prompt_key='q',
       chosen_key='good',
       rejected_key='bad',
       max_pairs=0,
     )
   )
+  got = preference.load_splits(cfg)
   train, held = preference.load_pairs(cfg)
-  assert len(train) + len(held) == 40 and 0 < len(held) < 20
+  assert (train, held) == (got['train'], got['validation'])
+  assert len(train) + len(held) + len(got['test']) == 40 and 0 < len(held) < 20
+  prompts = {k: {p['prompt'] for p in v} for k, v in got.items()}
+  assert 0 < len(prompts['test']) < 20 and not prompts['test'] & (
+    prompts['train'] | prompts['validation']
+  )
   assert (
     train[0] == {'prompt': 'prompt 0', 'chosen': ' yes 0', 'rejected': ' no 0'}
     or held[0]['prompt'] == 'prompt 0'
@@ -366,7 +373,11 @@ def test_tfds_source(tmp_path):
       )
 
     def _split_generators(self, dl_manager):
-      return {'train': self._generate_examples(30), 'test': self._generate_examples(6)}
+      return {
+        'train': self._generate_examples(30),
+        'validation': self._generate_examples(6),
+        'test': self._generate_examples(4),
+      }
 
     def _generate_examples(self, n):
       for i in range(n):
@@ -379,14 +390,16 @@ def test_tfds_source(tmp_path):
       tfds_name='tiny_prefs',
       data_dir=str(tmp_path),
       split='train',
-      eval_split='test',
+      eval_split='validation',
+      test_split='test',
       prompt_key='question',
       chosen_key='good',
       rejected_key='bad',
     )
   )
-  train, held = preference.load_pairs(cfg)
-  assert len(train) == 30 and len(held) == 6
+  got = preference.load_splits(cfg)
+  train, held = got['train'], got['validation']
+  assert len(train) == 30 and len(held) == 6 and len(got['test']) == 4
   assert sorted(p['prompt'] for p in held) == sorted(f'q{i}' for i in range(6))
   assert all(p['chosen'] == ' a' + p['prompt'][1:] for p in train)
   cfg.tfds_name = 'not_prepared_prefs'
@@ -469,10 +482,10 @@ def test_dpo_widens_held_out_margin_and_resumes(pretrained_gpt, tmp_path):
     *DATA,
   ]
   out = _run(*args, '--config.train.steps=20')
-  assert out.count('computed, saved to') == 2
+  assert out.count('computed, saved to') == 3  # train, validation, test
   out = _run(*args, '--config.train.steps=40')  # resumes; reference log-probs read back
-  assert 'resumed from step 20' in out and out.count('read from') == 2
-  assert len([f for f in os.listdir(wd) if re.match(r'reference_logps-\w+\.npz', f)]) == 2
+  assert 'resumed from step 20' in out and out.count('read from') == 3
+  assert len([f for f in os.listdir(wd) if re.match(r'reference_logps-\w+\.npz', f)]) == 3
   ev = _evals(wd)
   before, after = ev[0], ev[40]
   print(

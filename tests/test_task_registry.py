@@ -33,14 +33,14 @@ PARITY = textwrap.dedent('''
     LABELS = ('even', 'odd')
 
 
-    def offline_examples(split='train', eval_fraction=0.2):
+    def offline_examples(split='train', eval_fraction=0.2, test_fraction=0.2):
       rng = np.random.default_rng(0)
       examples = []
       for i in range(120):
         words = rng.choice(['x', 'y', 'z'], size=int(rng.integers(3, 12))).tolist()
         examples.append({'id': str(i), 'text': ' '.join(words),
                          'label': LABELS[words.count('x') % 2]})
-      return data.hash_split(examples, lambda e: e['id'], split, eval_fraction)
+      return data.hash_split(examples, lambda e: e['id'], split, eval_fraction, test_fraction)
 
 
     def label_names(examples, given=None):
@@ -146,10 +146,9 @@ def test_finetune_run_with_a_config_line(parity, tok, tmp_path):
   wd = str(tmp_path / 'ft')
   out = finetune.run(c, wd)
   assert 0.0 <= out['final']['accuracy'] <= 1.0
-  again, preds = evaluation.evaluate_finetuned(wd)
-  assert again['task'] == parity and len(preds) == len(
-    data_lib.load_examples(parity, c.data, 'validation')[0]
-  )
+  again, preds = evaluation.evaluate_finetuned(wd)  # the test split: nothing chose on it
+  assert again['task'] == parity and again['split'] == 'test'
+  assert len(preds) == len(data_lib.load_examples(parity, c.data, 'test')[0]) > 0
 
 
 @pytest.mark.parametrize('name', ['no_such_task', 'lm.tasks.no_such_task', ''])

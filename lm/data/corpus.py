@@ -2,8 +2,9 @@
 
 Three sources, chosen by ``data_cfg.source`` (the vocabulary of :mod:`lm.data.sources`):
 
-* ``'python_docs'``: English text that ships with every Python install (the pydoc
-  topics and stdlib docstrings), so training and tests work offline with no data.
+* ``'python_docs'``: English text that ships with every Python install (stdlib docstrings), so
+  training and tests work offline with no data; the sources the offline downstream sets read
+  (the pydoc topics, a hash-chosen share of the modules) are left out (lm/data/python_docs.py).
 * ``'files'``: the user's own local text files, ``data_cfg.files`` (see :func:`read_text_files`).
 * ``'tfds'``: the TFDS dataset ``data_cfg.tfds_name``, read from an already prepared ``data_dir``.
 
@@ -15,142 +16,22 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
-import importlib
-import inspect
 import itertools
 import os
 import sys
-import warnings
 from typing import Iterable, Iterator, Optional, Union
 
+from lm.data import python_docs
 from lm.data import sources
 
-# Pure-Python stdlib modules whose import has no side effects; sorted so the
-# corpus order (and hence every downstream batch) is reproducible.
-STDLIB_MODULES = tuple(
-  sorted(
-    (
-      'abc',
-      'argparse',
-      'ast',
-      'asyncio',
-      'base64',
-      'bisect',
-      'cProfile',
-      'calendar',
-      'codecs',
-      'collections',
-      'configparser',
-      'contextlib',
-      'copy',
-      'csv',
-      'dataclasses',
-      'datetime',
-      'decimal',
-      'difflib',
-      'doctest',
-      'email',
-      'enum',
-      'fractions',
-      'functools',
-      'gettext',
-      'glob',
-      'gzip',
-      'hashlib',
-      'heapq',
-      'hmac',
-      'html.parser',
-      'http.client',
-      'importlib',
-      'inspect',
-      'io',
-      'itertools',
-      'json',
-      'locale',
-      'logging',
-      'numbers',
-      'operator',
-      'os.path',
-      'pathlib',
-      'pdb',
-      'pickle',
-      'pkgutil',
-      'platform',
-      'pprint',
-      'pstats',
-      'queue',
-      'random',
-      're',
-      'runpy',
-      'sched',
-      'secrets',
-      'shutil',
-      'signal',
-      'socket',
-      'sqlite3',
-      'ssl',
-      'statistics',
-      'string',
-      'subprocess',
-      'sysconfig',
-      'tarfile',
-      'tempfile',
-      'textwrap',
-      'threading',
-      'time',
-      'timeit',
-      'trace',
-      'traceback',
-      'typing',
-      'unittest',
-      'urllib.parse',
-      'uuid',
-      'warnings',
-      'weakref',
-      'xml.etree.ElementTree',
-      'zipfile',
-      'zipimport',
-    )
-  )
-)
-MIN_DOCSTRING_CHARS = 200
 MAX_LINE_CHARS = 1_000_000
 
 
-def _module_docstrings(name: str) -> list[str]:
-  """Module docstring, then its own public classes/functions, in name order."""
-  try:
-    module = importlib.import_module(name)
-  except ImportError:  # e.g. a Python built without sqlite3/ssl: skip, don't fail.
-    return []
-  objects = [module]
-  for attr, obj in sorted(vars(module).items()):  # vars: no module __getattr__ side effects
-    if (
-      not attr.startswith('_')
-      and (inspect.isclass(obj) or inspect.isfunction(obj))
-      and getattr(obj, '__module__', None) == module.__name__
-    ):
-      objects.append(obj)
-  # obj.__doc__ (not inspect.getdoc) so inherited docstrings are not repeated; reading
-  # it on deprecated aliases (typing.io) warns, which is noise here.
-  with warnings.catch_warnings():
-    warnings.simplefilter('ignore', DeprecationWarning)
-    docs = [inspect.cleandoc(o.__doc__) for o in objects if isinstance(o.__doc__, str)]
-  return [d for d in docs if len(d) >= MIN_DOCSTRING_CHARS]
-
-
 def python_docs_corpus() -> list[str]:
-  """pydoc topics (sorted by topic) then stdlib docstrings; read at run time, never copied."""
-  from pydoc_data.topics import topics
-
-  docs = [inspect.cleandoc(topics[key]) for key in sorted(topics)]
-  seen = set(docs)
-  for name in STDLIB_MODULES:
-    for doc in _module_docstrings(name):
-      if doc not in seen:  # re-exported objects (os.path/posixpath...) appear once
-        seen.add(doc)
-        docs.append(doc)
-  return docs
+  """The pretraining side of Python's bundled docs: stdlib docstrings of the modules not
+  reserved for the downstream sets (:mod:`lm.data.python_docs` draws the line), in a fixed
+  order; read at run time, never copied."""
+  return python_docs.pretraining_documents()
 
 
 @dataclasses.dataclass

@@ -46,6 +46,7 @@ from etils import epath
 
 from lm.data import corpus as corpus_lib
 from lm.data.corpus import field
+from lm.data import python_docs
 from lm.data import shards as shards_lib
 from lm.data import sources
 from lm.data import tokenizer as tokenizer_lib
@@ -60,7 +61,9 @@ def spec(data_cfg) -> dict:
   sources.check(data_cfg)
   kind = field(data_cfg, 'source', 'python_docs')
   source = {'source': kind, 'max_documents': int(field(data_cfg, 'max_documents', 0))}
-  if kind == 'files':
+  if kind == 'python_docs':  # a new pretraining/downstream partition is another corpus
+    source['partition'] = python_docs.partition_id()
+  elif kind == 'files':
     source['files'] = field(data_cfg, 'files', '')
   elif kind == 'tfds':
     source.update(

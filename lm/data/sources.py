@@ -3,10 +3,11 @@ so a data flag learned for one job means the same in all of them:
 
 * ``data.source``: ``'python_docs'`` (offline default) | ``'files'`` | ``'tfds'``
 * ``data.files``: ``source='files'``: the training data, comma-separated paths or globs;
-  ``data.eval_files``: held-out files ('' = split off by a hash, ``data.eval_fraction``), in the
-  jobs that take them (fine-tuning, preference)
-* ``data.tfds_name``, ``data.data_dir``, ``data.split`` ('train'), ``data.eval_split``:
-  ``source='tfds'``, read from an already prepared ``data_dir``
+  ``data.eval_files`` (validation: selection) and ``data.test_files`` (test: what is reported),
+  each split off by a hash when '' (``data.eval_fraction``, ``data.test_fraction``), in the jobs
+  that take them (fine-tuning, few-shot, preference)
+* ``data.tfds_name``, ``data.data_dir``, ``data.split`` ('train'), ``data.eval_split``,
+  ``data.test_split``: ``source='tfds'``, read from an already prepared ``data_dir``
 
 :func:`check` names the new spelling of an old one (``data.dataset``, ``data.train_file``, ...)
 in one line, so an old config or notebook fails at once with the fix.

@@ -1,10 +1,10 @@
 r"""Few-shot classification with a causal LM: the strategy x k x run grid, its table and CLI.
 
 A trained decoder (a train.py workdir or an HF GPT-2 directory) is prompted with k labelled
-demonstrations from a pool followed by the test input (prompts.py), and each label is scored by
-the log-likelihood of its verbalizer tokens (scoring.py). The demonstrations come from the
-strategies in ``config.fewshot.strategies`` (strategies/), over the features they declare
-(features.py), computed once per run.
+demonstrations from a pool (the train split) followed by the test input (the test split by
+default; prompts.py), and each label is scored by the log-likelihood of its verbalizer tokens
+(scoring.py). The demonstrations come from the strategies in ``config.fewshot.strategies``
+(strategies/), over the features they declare (features.py), computed once per run.
 
 Evaluation (`evaluate`): accuracy per strategy and k over `runs` = seeds x orderings; every run
 shuffles the selected demonstrations with its own seed (k=0 has one run). Reported as mean and
@@ -171,8 +171,9 @@ def run_fewshot(lm: LM, prompter: Prompter, pool, test, fs, seed: int = 0) -> di
   }
 
 
-def evaluate(config, checkpoint: str, output: Optional[str] = None) -> dict:
-  """Few-shot accuracy of the causal LM at `checkpoint` per strategy and k (configs/fewshot.py).
+def evaluate(config, checkpoint: str, output: Optional[str] = None, split: str = 'test') -> dict:
+  """Few-shot accuracy of the causal LM at `checkpoint` per strategy and k (configs/fewshot.py)
+  on `split` ('test', or 'validation' when choosing settings), demonstrations from train.
 
   Writes the JSON result (default CHECKPOINT/fewshot_results.json, or `config.output`) and
   returns it; `format_table(result)` renders the strategy x k table.
@@ -202,10 +203,12 @@ def evaluate(config, checkpoint: str, output: Optional[str] = None) -> dict:
     max_len = min(max_len, int(pre.config.data.get('seq_len', max_len)))  # positions trained
   max_len = min(max_len, pre.cfg.max_len)
 
+  if split not in ('test', 'validation'):
+    raise ValueError(f"split={split!r}: few-shot scores 'test' or 'validation'.")
   pool_all, _ = task_data.load_examples('classification', config.data, 'train')
-  test_all, _ = task_data.load_examples('classification', config.data, 'validation')
+  test_all, _ = task_data.load_examples('classification', config.data, split)
   if not pool_all or not test_all:
-    raise ValueError('few-shot evaluation needs both a train (pool) and a validation split.')
+    raise ValueError(f'few-shot evaluation needs both a train (pool) and a {split} split.')
   pool = _sample(pool_all, int(fs.pool_size), config.seed)
   test = _sample(test_all, int(fs.num_test), config.seed + 1)
   labels = list(config.data.labels) or sorted({e['label'] for e in pool_all + test_all})
@@ -233,6 +236,7 @@ def evaluate(config, checkpoint: str, output: Optional[str] = None) -> dict:
     'checkpoint': os.path.abspath(checkpoint),
     'step': pre.step,
     'data_source': config.data.source,
+    'split': split,
     **result,
   }
   output = output or config.get('output') or os.path.join(checkpoint, 'fewshot_results.json')
@@ -264,7 +268,7 @@ def format_table(result: dict) -> str:
   )
   out = [
     f'few-shot accuracy, mean ± std over {result["runs"]} run(s) (seeds x orderings; '
-    f'k=0 is one zero-shot run): {result["num_test"]} test examples, pool '
+    f'k=0 is one zero-shot run): {result["num_test"]} {result.get("split", "test")} examples, pool '
     f'{result["pool_size"]}, score = {result["score"]} label log-prob',
     line,
     row(heads),
@@ -295,6 +299,7 @@ def main(argv):
   del argv
   from absl import flags  # pylint: disable=g-import-not-at-top
 
-  result = evaluate(flags.FLAGS.config, flags.FLAGS.checkpoint, flags.FLAGS.output)
+  f = flags.FLAGS
+  result = evaluate(f.config, f.checkpoint, f.output, f.split)
   print(format_table(result))
   print(f'wrote {result["output"]}')

@@ -10,8 +10,10 @@ logits, scores predictions, and reads its own data. It provides:
   loss_sums(logits, batch)  -> (nll_sum, weight_sum, correct_sum)  (jax, inside jit)
   score(logits, features, aux, examples, labels, data_cfg) -> (metrics dict, predictions list)
 and one reader for each data.source it supports (lm.tasks.data.load_examples calls it):
-  offline_examples(split, eval_fraction) -> examples   'python_docs': split is 'train',
-                            'validation' or 'all' (lm.tasks.data.hash_split splits stably)
+  offline_examples(split, eval_fraction, test_fraction) -> examples   'python_docs': split is
+                            'train', 'validation', 'test' or 'all' (lm.tasks.data.hash_split
+                            splits stably); built from the downstream side of
+                            lm/data/python_docs.py only, never from pretraining text
   read_file(path) -> examples                          'files'
   tfds_examples(name, rows, info) -> (examples, label names or None)       'tfds'
 Optional: STRATIFY_BY, the example key a low-resource subsample (data.max_train_examples)

@@ -9,7 +9,8 @@ Data (lm.tasks.data.load_examples picks the source):
   etc.), labelled with the part of the Python documentation each page is generated from
   (``TOPIC_GROUPS``: the Language Reference's statements / expressions / data model / lexical
   analysis chapters, or the Library Reference's built-in types page). Paragraphs shorter than 80
-  characters and pure code blocks are dropped; split by a hash of the text.
+  characters and pure code blocks are dropped; split by a hash of the text. Every topic page is
+  on the downstream side of lm/data/python_docs.py: none of it is pretraining text.
 * files ``.tsv``: ``label<TAB>text`` or ``label<TAB>text_a<TAB>text_b`` per line; an optional
   first line ``label<TAB>text...`` is a header and skipped. ``.jsonl``: one object per line with
   ``text`` (or ``sentence``), optional ``text_b``, and ``label`` (string or int).
@@ -132,7 +133,9 @@ GLUE_FIELDS = {  # tfds name -> (text field, second text field or None)
 }
 
 
-def offline_examples(split: str = 'train', eval_fraction: float = 0.2) -> list[dict]:
+def offline_examples(
+  split: str = 'train', eval_fraction: float = 0.2, test_fraction: float = 0.2
+) -> list[dict]:
   """Paragraph -> documentation part (see the module docstring)."""
   from pydoc_data.topics import topics  # pylint: disable=g-import-not-at-top
 
@@ -149,7 +152,7 @@ def offline_examples(split: str = 'train', eval_fraction: float = 0.2) -> list[d
     if e['text'] not in seen:
       seen.add(e['text'])
       unique.append(e)
-  return data_lib.hash_split(unique, lambda e: e['text'], split, eval_fraction)
+  return data_lib.hash_split(unique, lambda e: e['text'], split, eval_fraction, test_fraction)
 
 
 def read_file(path: str) -> list[dict]:

@@ -1,10 +1,11 @@
 """Text every Python install ships, read for the offline task defaults (data.source=python_docs):
-pydoc topic paragraphs, and stdlib callables rendered as ``help()`` shows them. Shared here
-because several tasks label the same text differently."""
+pydoc topic paragraphs, and stdlib callables rendered as ``help()`` shows them. Only the
+downstream side of lm/data/python_docs.py's partition is read here (every topic page, the
+reserved modules), so no offline example is pretraining text. Shared here because several tasks
+label the same text differently."""
 
 from __future__ import annotations
 
-import importlib
 import inspect
 import re
 import warnings
@@ -26,20 +27,13 @@ def paragraphs(text: str) -> list[str]:
 
 
 def documented_objects():
-  """(module, name, object, help-style rendering, docstring) of stdlib public callables."""
-  from lm.data import corpus  # pylint: disable=g-import-not-at-top
+  """(module, name, object, help-style rendering, docstring) of the public callables of the
+  stdlib modules reserved for downstream use (never pretraining text)."""
+  from lm.data import python_docs as sources  # pylint: disable=g-import-not-at-top
 
   out = []
-  for mod_name in corpus.STDLIB_MODULES:
-    try:
-      module = importlib.import_module(mod_name)
-    except ImportError:
-      continue
-    for name, obj in sorted(vars(module).items()):
-      if name.startswith('_') or not (inspect.isclass(obj) or inspect.isfunction(obj)):
-        continue
-      if getattr(obj, '__module__', None) != module.__name__:
-        continue
+  for mod_name, module in sources.modules(downstream=True):
+    for name, obj in sources.public_callables(module):
       with warnings.catch_warnings():
         warnings.simplefilter('ignore', DeprecationWarning)
         doc = obj.__doc__

@@ -16,9 +16,9 @@ Metrics: SQuAD v1.1 exact match and F1 (lm.metrics.squad_metrics).
 Examples: ``{'id': str, 'question': str, 'context': str, 'answers': [{'text': str, 'start': int}]}``
 (``start`` is the answer's character offset in ``context``). Data (lm.tasks.data.load_examples
 picks the source):
-* python_docs: for each stdlib module of ``lm.data.corpus.STDLIB_MODULES``, its public functions
-  and classes are rendered as ``help()`` shows them (``name(signature)`` then the docstring),
-  grouped by module in windows of ``QA_GROUP`` objects into one long context; the question
+* python_docs: for each stdlib module reserved for downstream sets (lm/data/python_docs.py: not
+  pretraining text), its public functions and classes are rendered as ``help()`` shows them
+  (``name(signature)`` then the docstring), grouped by module in windows of ``QA_GROUP`` objects into one long context; the question
   ``What does <name> do?`` is answered by the summary sentence of that object's docstring
   (PEP 257: the first sentence), located by its character offset in the context. Split by a
   hash of module and group number, so all questions on one context land in one split.
@@ -43,7 +43,9 @@ HEAD = 'span'
 QA_GROUP = 8
 
 
-def offline_examples(split: str = 'train', eval_fraction: float = 0.2) -> list[dict]:
+def offline_examples(
+  split: str = 'train', eval_fraction: float = 0.2, test_fraction: float = 0.2
+) -> list[dict]:
   """'What does <name> do?' over a long module context (see the module docstring)."""
   by_module = {}
   for mod_name, name, _, rendered, doc in python_docs.documented_objects():
@@ -73,7 +75,7 @@ def offline_examples(split: str = 'train', eval_fraction: float = 0.2) -> list[d
             'group': f'{mod_name}/{g // QA_GROUP}',
           }
         )
-  return data_lib.hash_split(examples, lambda e: e['group'], split, eval_fraction)
+  return data_lib.hash_split(examples, lambda e: e['group'], split, eval_fraction, test_fraction)
 
 
 def read_file(path: str) -> list[dict]:

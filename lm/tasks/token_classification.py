@@ -7,7 +7,8 @@ predicted 'O' (or the first label when there is no 'O').
 
 Examples: ``{'tokens': [str], 'tags': [str]}``. Data (lm.tasks.data.load_examples picks the
 source):
-* python_docs: stdlib functions and classes rendered as ``help()`` shows them, one object each,
+* python_docs: stdlib functions and classes of the modules reserved for downstream sets
+  (lm/data/python_docs.py: not pretraining text) rendered as ``help()`` shows them, one each,
   words tagged ``NAME`` (the object's own name), ``PARAM`` (one of its parameter names, from
   ``inspect.signature``) or ``O``; split by a hash of the object's name.
 * files ``.jsonl``: ``{"tokens": [...], "tags": [...]}``; ``.tsv`` / ``.conll``: CoNLL style,
@@ -33,7 +34,7 @@ _WORD = re.compile(r'\w+|[^\w\s]')
 
 
 def offline_examples(
-  split: str = 'train', eval_fraction: float = 0.2, max_words: int = 160
+  split: str = 'train', eval_fraction: float = 0.2, test_fraction: float = 0.2, max_words: int = 160
 ) -> list[dict]:
   """help()-style text, words tagged NAME / PARAM / O (see the module docstring)."""
   examples = []
@@ -47,7 +48,7 @@ def offline_examples(
     examples.append(
       {'id': f'{getattr(obj, "__module__", "")}.{name}', 'tokens': words, 'tags': tags}
     )
-  return data_lib.hash_split(examples, lambda e: e['id'], split, eval_fraction)
+  return data_lib.hash_split(examples, lambda e: e['id'], split, eval_fraction, test_fraction)
 
 
 def read_file(path: str) -> list[dict]:
