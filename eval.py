@@ -38,7 +38,7 @@ flags.DEFINE_enum(
   'split',
   'test',
   ['test', 'validation'],
-  'Fine-tuned and few-shot: the split scored. test: never used to select anything; validation: '
+  'Fine-tuned, dpo.py and few-shot: the split scored. test: never used to select anything; validation: '
   'what best/ and early stopping were chosen on.',
 )
 flags.mark_flags_as_required(['checkpoint'])
@@ -67,7 +67,7 @@ def main(argv):
       for p in preds:
         f.write(json.dumps(p) + '\n')
   elif evaluation.is_preference_workdir(path):
-    results = evaluation.evaluate_preference(path)
+    results = evaluation.evaluate_preference(path, split=FLAGS.split)
   else:
     results = evaluation.evaluate_pretraining(path, FLAGS.config, FLAGS.eval_batches)
   results = {'checkpoint': os.path.abspath(path), **results}

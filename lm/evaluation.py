@@ -216,21 +216,23 @@ def is_preference_workdir(path: str) -> bool:
   return ckpt.latest_step() is not None and 'task' in ckpt.read_meta()[0]
 
 
-def evaluate_preference(workdir: str, mesh=None) -> dict:
+def evaluate_preference(workdir: str, mesh=None, split: str = 'test') -> dict:
   """The held-out preference metrics dpo.py logs (reward model: pairwise accuracy and margin;
   DPO: implicit-reward accuracy and margins against the frozen reference) for the latest
-  checkpoint of a dpo.py workdir, on its own config's held-out pairs."""
+  checkpoint of a dpo.py workdir, on `split` ('test' or 'validation') of its config's pairs."""
+  if split not in ('test', 'validation'):
+    raise ValueError(f"split={split!r}: evaluate 'test' or 'validation'.")
   from lm import preference  # pylint: disable=g-import-not-at-top
   from lm import rlhf  # pylint: disable=g-import-not-at-top
 
   mesh = mesh or sharding.make_mesh((-1, 1, 1))
   task, model, params, tok, step = rlhf.load_finetuned(workdir, mesh)
   config = pretrained.saved_config(workdir, step)
-  _, pairs = preference.load_pairs(config.data)
+  pairs = preference.load_splits(config.data)[split]
   data = preference.encode_pairs(pairs, tok, config.data.seq_len, config.data.max_prompt_len)
   params_sh = jax.tree.map(lambda x: x.sharding, params)
   if task == 'dpo' and not rlhf.attach_reference_logps(
-    config, model, params_sh, mesh, {'held-out': data}, workdir
+    config, model, params_sh, mesh, {split: data}, workdir
   ):
     return {}
   eval_step = rlhf.make_eval_step(config, model, params_sh, mesh)
@@ -239,6 +241,7 @@ def evaluate_preference(workdir: str, mesh=None) -> dict:
   )
   return {
     'task': task,
+    'split': split,
     'step': step,
     'pairs': len(pairs),
     **rlhf.evaluate(eval_step, params, batches),

@@ -420,8 +420,8 @@ def _run(*args, timeout=600, code=0):
 
 
 def _eval_py(workdir) -> dict:
-  """eval.py on a dpo.py workdir: the held-out metrics of its latest checkpoint."""
-  _run('eval.py', f'--checkpoint={workdir}')
+  """eval.py on a dpo.py workdir: its latest checkpoint's metrics on the validation pairs."""
+  _run('eval.py', f'--checkpoint={workdir}', '--split=validation')
   with open(os.path.join(workdir, 'eval_results.json'), encoding='utf-8') as f:
     return json.load(f)
 
