@@ -12,6 +12,9 @@ sides draw from disjoint *sources*, decided here and nowhere else:
   name (``module.__name__``, so an alias such as ``os.path`` lands with ``posixpath``) falls
   below :data:`DOWNSTREAM_FRACTION`; its docstrings then feed QA, token tagging and preference
   pairs, and only the other modules' docstrings are pretraining text;
+* pretraining also reads the docstrings in the stdlib's own source files (parsed with ``ast``,
+  nothing imported; the test suites left out), each file under its dotted
+  module name and left out when that name is reserved as above;
 * Python copies some docstrings between modules (gzip / bz2 / lzma, queue / asyncio.queues):
   a pretraining docstring that shares a :data:`NGRAM`-word sequence with a downstream source
   is dropped from pretraining.
@@ -22,11 +25,14 @@ tests/test_contamination.py checks the built sets share no paragraph and no 13-w
 
 from __future__ import annotations
 
+import ast
 import functools
 import hashlib
 import importlib
 import inspect
+import os
 import re
+import sysconfig
 import warnings
 
 # Stdlib modules whose import has no side effects (no output, threads or terminal changes);
@@ -81,7 +87,10 @@ def ngrams(text: str, n: int = NGRAM) -> set:
 def partition_id() -> str:
   """A short hash of what decides the pretraining text, so prepared shards of another
   partition (an older, contaminated one) are never reused (lm/data/prepare.py spec)."""
-  what = f'{_SALT}{DOWNSTREAM_FRACTION} {MIN_DOCSTRING_CHARS} {NGRAM} {" ".join(STDLIB_MODULES)}'
+  what = (
+    f'{_SALT}{DOWNSTREAM_FRACTION} {MIN_DOCSTRING_CHARS} {NGRAM} {" ".join(STDLIB_MODULES)} '
+    f'sources: {" ".join(sorted(_SKIP_DIRS))}'
+  )
   return hashlib.sha256(what.encode()).hexdigest()[:12]
 
 
@@ -179,6 +188,34 @@ def downstream_documents() -> list[str]:
   return list(_downstream_documents())
 
 
+_SKIP_DIRS = frozenset('test tests idle_test site-packages dist-packages __pycache__'.split())
+
+
+def source_docstrings(min_chars: int = MIN_DOCSTRING_CHARS) -> list[str]:
+  """Docstrings of the stdlib's source files whose module is not reserved: module, classes
+  and functions in file order, files in path order. Parsed, never imported (no side effects)."""
+  root = sysconfig.get_paths()['stdlib']
+  docs = []
+  for path, dirs, files in os.walk(root):
+    dirs[:] = sorted(d for d in dirs if d not in _SKIP_DIRS and not d.startswith('config-'))
+    for name in sorted(f for f in files if f.endswith('.py')):
+      rel = os.path.relpath(os.path.join(path, name), root)[:-3].split(os.sep)
+      module = '.'.join(rel[:-1] if rel[-1] == '__init__' else rel)
+      if is_downstream_module(module):
+        continue
+      try:
+        with open(os.path.join(path, name), encoding='utf-8') as f:
+          tree = ast.parse(f.read())
+      except (SyntaxError, UnicodeDecodeError, ValueError):  # a file for another Python
+        continue
+      kinds = (ast.Module, ast.ClassDef, ast.FunctionDef, ast.AsyncFunctionDef)
+      for node in ast.walk(tree):
+        doc = ast.get_docstring(node) if isinstance(node, kinds) else None
+        if doc and len(doc) >= min_chars:
+          docs.append(doc)
+  return docs
+
+
 @functools.lru_cache(maxsize=None)
 def _pretraining_documents() -> tuple:
   reserved = set(_downstream_documents())
@@ -186,6 +223,7 @@ def _pretraining_documents() -> tuple:
     reserved.update(module_docstrings(module, min_chars=1))
   shared = set().union(*map(ngrams, reserved))
   docs = [d for _, m in modules(downstream=False) for d in module_docstrings(m)]
+  docs += source_docstrings()
   return tuple(d for d in _unique(docs) if d not in reserved and not ngrams(d) & shared)
 
 
