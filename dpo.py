@@ -26,6 +26,7 @@ from lm import pretrained
 from lm import rlhf
 from lm import sharding
 from lm import trainer
+from lm.data import sources
 
 FLAGS = flags.FLAGS
 config_flags.DEFINE_config_file(
@@ -63,6 +64,8 @@ def train(config, workdir: str) -> dict:
   if pi == 0:
     tok.save(workdir)
   train_pairs, eval_pairs = preference.load_pairs(config.data)
+  if not eval_pairs:
+    print(sources.NO_EVAL)
   train_data = preference.encode_pairs(train_pairs, tok, seq_len, config.data.max_prompt_len)
   eval_data = preference.encode_pairs(eval_pairs, tok, seq_len, config.data.max_prompt_len)
 
@@ -89,7 +92,8 @@ def train(config, workdir: str) -> dict:
     ref_params = jax.device_put(ref.params, state_sh.params)
     ref_id = f'{os.path.abspath(config.reference or config.pretrained)}@{ref.step}'
     logps_fn = rlhf.make_logps_fn(model, state_sh.params, mesh)
-    for name, data in (('train', train_data), ('held-out', eval_data)):
+    parts = [('train', train_data)] + ([('held-out', eval_data)] if eval_pairs else [])
+    for name, data in parts:
       got, path, computed = rlhf.reference_logps(
         logps_fn, ref_params, data, config.eval_batch_size, mesh, workdir, ref_id, stop
       )
@@ -104,6 +108,11 @@ def train(config, workdir: str) -> dict:
 
   train_step = rlhf.make_train_step(config, model, tx, state_sh, mesh)
   eval_step = rlhf.make_eval_step(config, model, state_sh.params, mesh)
+
+  def evaluate(params):
+    batches = preference.eval_batches(eval_data, config.eval_batch_size, pi, pc)
+    return rlhf.evaluate(eval_step, params, (sharding.shard_batch(b, mesh) for b in batches), stop)
+
   fit = loop.fit(
     state,
     train_step,
@@ -114,15 +123,7 @@ def train(config, workdir: str) -> dict:
     workdir,
     stop=stop,
     eval_at_start=True,
-    evaluate=lambda params: rlhf.evaluate(
-      eval_step,
-      params,
-      (
-        sharding.shard_batch(b, mesh)
-        for b in preference.eval_batches(eval_data, config.eval_batch_size, pi, pc)
-      ),
-      stop,
-    ),
+    evaluate=evaluate if eval_pairs else None,
     meta=lambda step: {
       'task': config.task,
       'config': config.to_json(),

@@ -24,6 +24,7 @@ from lm import pretrained
 from lm import sharding
 from lm import tasks
 from lm import trainer
+from lm.data import sources
 from lm.data import tokenizer as tokenizer_lib
 from lm.tasks import data as data_lib
 from lm.tasks import model as task_model
@@ -140,6 +141,11 @@ def evaluate_finetuned(
   info, model, params, tok, step = load_finetuned(workdir, mesh, which)
   config = config or ml_collections.ConfigDict(info['config'])
   task_mod = tasks.get(info['task'])
+  if not sources.has_held_out(config.data):
+    raise ValueError(
+      f'no held-out data to evaluate {workdir} on (data.eval_fraction=0 and no '
+      'data.eval_files / eval_split): pass a --config that names some.'
+    )
   examples, _ = data_lib.load_examples(info['task'], config.data, 'validation')
   if max_examples:
     examples = examples[:max_examples]
@@ -176,6 +182,12 @@ def evaluate_pretraining(path: str, config=None, num_batches: Optional[int] = No
       f'--config.data.tokenizer.path={path} (or evaluate the data it was trained on).'
     )
   eval_corpus = shards.open_eval(data_dir, manifest)
+  if eval_corpus is None:
+    raise ValueError(
+      f'{shards.no_eval_reason(data_dir, manifest)}: nothing held out to evaluate on. Pass '
+      "--config (the run's config file) with --config.data.eval_fraction=0.05 and "
+      f'--config.data.tokenizer.path={path} to prepare data with held-out documents.'
+    )
   batcher = pretrain.make_batcher(
     config, eval_corpus, tok, config.seed + 1
   )  # train.py's eval batches

@@ -257,7 +257,8 @@ def _hash_split(pairs, fraction):
 
 
 def load_pairs(data_cfg):
-  """(train_pairs, held_out_pairs) as lists of {'prompt', 'chosen', 'rejected'} dicts."""
+  """(train_pairs, held_out_pairs) as lists of {'prompt', 'chosen', 'rejected'} dicts; no
+  held-out pairs when data.eval_fraction=0 and no eval_files / eval_split name some."""
 
   def get(k, default):
     v = getattr(data_cfg, k, None)
@@ -294,7 +295,7 @@ def load_pairs(data_cfg):
       train, held = _hash_split(train, frac)
   if cap:  # training pairs only: the held-out figures always cover every held-out pair
     train = train[:cap]
-  if not train or not held:
+  if not train or (not held and sources.has_held_out(data_cfg)):
     raise ValueError(
       f'preference data {source!r} gave {len(train)} training and {len(held)} '
       'held-out pairs: both must be non-empty (check eval_fraction / eval split).'
