@@ -53,7 +53,7 @@ def primary_metric(name: str) -> str:
   """The metric early stopping watches by default: the first of the task's METRICS."""
   try:
     names = getattr(get(name), 'METRICS', None)
-  except ValueError:  # not importable here: finetune.run names the problem
+  except (ValueError, ImportError):  # not importable (yet): finetune.run names the problem
     names = None
   return names[0] if names else 'accuracy'
 
