@@ -262,6 +262,10 @@ def test_finetuning_and_reward_model_without_held_out_data(no_eval_run, tmp_path
   assert out['best'] is None and out['final'] == {}
   assert capsys.readouterr().out.count(NO_EVAL) == 1
   assert read_metrics(tmp_path / 'ft', 'eval') == {} and read_metrics(tmp_path / 'ft')
+  from lm import evaluation
+
+  with pytest.raises(ValueError, match='no held-out data to evaluate'):
+    evaluation.evaluate_finetuned(str(tmp_path / 'ft'))
 
   proc = run_script(
     'dpo.py',
