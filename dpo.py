@@ -27,6 +27,7 @@ from lm import report
 from lm import rlhf
 from lm import sharding
 from lm import trainer
+from lm.data import sources
 
 FLAGS = flags.FLAGS
 config_flags.DEFINE_config_file(
@@ -65,6 +66,8 @@ def train(config, workdir: str) -> dict:
   if pi == 0:
     tok.save(workdir)
   pairs = preference.load_splits(config.data)
+  if not pairs['validation']:
+    print(sources.NO_EVAL)
   train_data, eval_data, test_data = (
     preference.encode_pairs(pairs[s], tok, seq_len, config.data.max_prompt_len)
     for s in preference.SPLITS
@@ -91,6 +94,7 @@ def train(config, workdir: str) -> dict:
 
   if config.task == 'dpo':  # the frozen reference, run once over every pair, then dropped
     data = {'train': train_data, 'validation': eval_data, 'test': test_data}
+    data = {name: d for name, d in data.items() if name == 'train' or pairs[name]}
     if not rlhf.attach_reference_logps(
       config, model, state_sh.params, mesh, data, workdir, stop, loaded=pre
     ):
@@ -117,7 +121,7 @@ def train(config, workdir: str) -> dict:
     writer=writer,
     stop=stop,
     eval_at_start=True,
-    evaluate=lambda params: evaluate(params, eval_data),
+    evaluate=(lambda params: evaluate(params, eval_data)) if pairs['validation'] else None,
     meta=lambda step: {
       'task': config.task,
       'config': config.to_json(),
@@ -126,7 +130,7 @@ def train(config, workdir: str) -> dict:
     },
     rate=('pairs_per_sec', config.train.batch_size),
   )
-  test = {} if fit.stopped else evaluate(fit.state.params, test_data)  # once, nothing chosen on it
+  test = {} if fit.stopped or not pairs['test'] else evaluate(fit.state.params, test_data)
   if test:
     writer.write(int(fit.state.step), test, 'test')
   writer.close()

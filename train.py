@@ -46,9 +46,10 @@ def train_and_evaluate(config, workdir: str):
   if pi == 0:
     _keep_tokenizer(tok, workdir, data_dir)
   train_corpus = shards.open_split(data_dir, 'train', manifest)
-  eval_corpus = shards.open_eval(data_dir, manifest)
+  eval_corpus = shards.open_eval(data_dir, manifest)  # None: no held-out documents
+  if eval_corpus is None and pi == 0:
+    print(f'{shards.no_eval_reason(data_dir, manifest)}: no held-out evaluation.')
   train_data = pretrain.make_batcher(config, train_corpus, tok, config.seed)
-  eval_data = pretrain.make_batcher(config, eval_corpus, tok, config.seed + 1)
 
   # Model, optimizer and state, initialised straight into their shardings.
   mesh = sharding.make_mesh(config.mesh_shape)
@@ -66,6 +67,17 @@ def train_and_evaluate(config, workdir: str):
   eval_step = objectives.make_eval_step(config, model, state_sh.params, mesh)
   stop = loop.StopFlag().install()
   writer = report.Writer(workdir, config.train.steps)
+  evaluate = None
+  if eval_corpus is not None:
+    eval_data = pretrain.make_batcher(config, eval_corpus, tok, config.seed + 1)
+
+    def evaluate(params):
+      batches = (
+        sharding.shard_batch(eval_data.get_batch(i, pi, pc), mesh)
+        for i in range(config.eval_batches)
+      )
+      return objectives.evaluate(eval_step, params, batches, stop)
+
   fit = loop.fit(
     state,
     train_step,
@@ -74,15 +86,7 @@ def train_and_evaluate(config, workdir: str):
     workdir,
     writer=writer,
     stop=stop,
-    evaluate=lambda params: objectives.evaluate(
-      eval_step,
-      params,
-      (
-        sharding.shard_batch(eval_data.get_batch(i, pi, pc), mesh)
-        for i in range(config.eval_batches)
-      ),
-      stop,
-    ),
+    evaluate=evaluate,
     meta=lambda step: {'data_position': step, 'config': config.to_json()},
     rate=('tokens_per_sec', config.train.batch_size * config.data.seq_len),
   )

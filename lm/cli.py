@@ -1,9 +1,13 @@
 """What every command-line entry point shares: flag parsing and one-line errors.
 
 A user's mistake (bad config key, missing data, empty corpus, mismatched checkpoint, NaN
-loss) ends the run with one line naming the problem and the fix, not a traceback.
+loss) ends the run with one line naming the problem and the fix, not a traceback. Only errors
+our own code raised on purpose are shortened so: one raised inside a library (jax, flax, optax,
+orbax, numpy...), a ValueError from JAX tracing included, is a bug to report and keeps its
+traceback (`raised_by_us`).
 """
 
+import dis
 import os
 import re
 import sys
@@ -12,6 +16,7 @@ from absl import app
 from absl import flags
 from absl import logging
 
+from lm import checkpoint
 from lm.checkpoint import CheckpointError
 from lm.data import sources
 
@@ -23,6 +28,41 @@ USER_ERRORS = (
   CheckpointError,
   FloatingPointError,
 )
+
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+OURS = ('lm', 'configs')  # with the entry scripts at ROOT: where our deliberate raises live
+
+
+def _is_our_file(filename: str) -> bool:
+  path = os.path.abspath(filename)
+  parts = path.split(os.sep)
+  if 'site-packages' in parts or 'dist-packages' in parts or not path.startswith(ROOT + os.sep):
+    return False
+  rel = os.path.relpath(path, ROOT).split(os.sep)
+  return len(rel) == 1 or rel[0] in OURS
+
+
+def raised_by_us(e: BaseException) -> bool:
+  """Whether `e` was raised by a `raise` in lm/, configs/ or an entry script, judged by the
+  innermost frame of its traceback (a `raise ... from e` of ours is ours).
+
+  JAX's traceback filtering drops its own frames, leaving our line that called into JAX
+  innermost: then only a frame stopped at a raise instruction counts as ours."""
+  if type(e.__cause__).__name__ == 'UnfilteredStackTrace':  # JAX_TRACEBACK_FILTERING=remove_frames
+    return raised_by_us(e.__cause__)
+  tb = e.__traceback__
+  if tb is None:
+    return False
+  while tb.tb_next is not None:
+    tb = tb.tb_next
+  code = tb.tb_frame.f_code
+  if not _is_our_file(code.co_filename):
+    return False
+  if any('JAX has removed its internal frames' in n for n in getattr(e, '__notes__', ())):
+    op = code.co_code[tb.tb_lasti] if 0 <= tb.tb_lasti < len(code.co_code) else None
+    return op is not None and dis.opname[op] in ('RAISE_VARARGS', 'RERAISE')
+  return True
 
 
 def _fail(msg: str):
@@ -74,14 +114,18 @@ def run_job(job):
 
 
 def run(main):
-  """app.run(main) with quiet library logs and one-line errors for user mistakes."""
+  """app.run(main) with quiet library logs and one-line errors for the mistakes our code
+  reports (`raised_by_us`); any other exception keeps its traceback."""
 
   def guarded(argv):
     if not flags.FLAGS['verbosity'].present:
       logging.set_verbosity(logging.ERROR)  # orbax logs every file it writes, and read-only notes
+      checkpoint.hide_orbax_logs()  # and a failed save's traceback, which we report in one line
     try:
       main(argv)
     except USER_ERRORS as e:
+      if not raised_by_us(e):
+        raise  # a library's error: a bug, whose traceback is what to report
       _fail(str(e).splitlines()[0] if str(e) else type(e).__name__)
 
   msg = sources.argv_error(sys.argv[1:])  # ml_collections would reject an old key obscurely

@@ -11,6 +11,7 @@ import dataclasses
 import ml_collections
 from ml_collections import config_dict
 
+from lm import tasks
 from lm.model import ModelConfig
 
 
@@ -143,7 +144,10 @@ def finetuning(task: str) -> ml_collections.ConfigDict:
     batch_size=32, steps=1000, lr=5e-5, warmup_steps=100, body_lr_scale=1.0
   )  # the body's learning rate is lr * body_lr_scale; the head's is lr
   c.eval_batch_size = 64
-  c.early_stopping = ml_collections.ConfigDict(dict(metric='accuracy', mode='max', patience=0))
+  # metric: one the task reports (its METRICS, or 'loss' with mode 'min'); checked at start
+  c.early_stopping = ml_collections.ConfigDict(
+    dict(metric=tasks.primary_metric(task), mode='max', patience=0)
+  )
   c.update(periodic_block(log_every=50, eval_every=200, checkpoint_every=200, keep_checkpoints=2))
   return c
 

@@ -25,6 +25,7 @@ from lm import pretrained
 from lm import sharding
 from lm import tasks
 from lm import trainer
+from lm.data import sources
 from lm.data import tokenizer as tokenizer_lib
 from lm.tasks import data as data_lib
 from lm.tasks import model as task_model
@@ -152,6 +153,11 @@ def evaluate_finetuned(
     raise ValueError(f"split={split!r}: evaluate 'test' or 'validation'.")
   recorded = finetune_info(workdir)
   config = config or ml_collections.ConfigDict(recorded['config'])
+  if split == 'validation' and not sources.has_held_out(config.data):
+    raise ValueError(
+      f'no held-out data to evaluate {workdir} on (data.eval_fraction=0 and no '
+      'data.eval_files / eval_split): pass a --config that names some, or --split=test.'
+    )
   examples, _ = data_lib.load_examples(recorded['task'], config.data, split)  # before the model
   mesh = mesh or sharding.make_mesh((-1, 1, 1))
   info, model, params, tok, step = load_finetuned(workdir, mesh, which)
@@ -191,6 +197,12 @@ def evaluate_pretraining(path: str, config=None, num_batches: Optional[int] = No
       f'--config.data.tokenizer.path={path} (or evaluate the data it was trained on).'
     )
   eval_corpus = shards.open_eval(data_dir, manifest)
+  if eval_corpus is None:
+    raise ValueError(
+      f'{shards.no_eval_reason(data_dir, manifest)}: nothing held out to evaluate on. Pass '
+      "--config (the run's config file) with --config.data.eval_fraction=0.05 and "
+      f'--config.data.tokenizer.path={path} to prepare data with held-out documents.'
+    )
   batcher = pretrain.make_batcher(
     config, eval_corpus, tok, config.seed + 1
   )  # train.py's eval batches

@@ -33,6 +33,7 @@ from lm import pretrained
 from lm import sharding
 from lm import tasks
 from lm import trainer
+from lm.data import sources
 from lm.tasks import data as data_lib
 from lm.tasks import model as task_model
 
@@ -145,9 +146,30 @@ def body_config(pre: pretrained.Pretrained, config) -> M.ModelConfig:
   return cfg
 
 
+def check_evaluation(config, task_mod) -> bool:
+  """Whether the run evaluates, after checking its early-stopping settings against the task's
+  metrics: a typo fails here, before any data or model is loaded. With data.eval_fraction=0
+  and no held-out files or split there is no evaluation (said once), so no early stopping."""
+  es = config.get('early_stopping')
+  if es is not None:
+    loop.check_early_stopping(es.metric, es.mode, es.patience, tasks.reported_metrics(task_mod))
+  if sources.has_held_out(config.data):
+    return True
+  if es is not None and int(es.patience):
+    raise ValueError(
+      f'early_stopping.patience={es.patience} needs held-out evaluation, but '
+      'data.eval_fraction=0 and no data.eval_files / eval_split: set one of them, or '
+      'early_stopping.patience=0.'
+    )
+  print(sources.NO_EVAL)
+  return False
+
+
 def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
-  """Fine-tunes; returns {'best': {metric: value, step}, 'final': eval metrics, 'stopped': why}."""
+  """Fine-tunes; returns {'best': {metric: value, step} (None without evaluation), 'final':
+  eval metrics, 'stopped': why}."""
   task_mod = tasks.get(config.task)
+  held_out = check_evaluation(config, task_mod)
   if not config.init_checkpoint:
     raise ValueError(
       'init_checkpoint is empty: pass a train.py workdir or an HF model directory '
@@ -169,7 +191,7 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
   cfg = body_config(pre, config)
 
   train_ex, label_names = data_lib.load_examples(config.task, config.data, 'train')
-  eval_ex, _ = data_lib.load_examples(config.task, config.data, 'validation')
+  eval_ex = data_lib.load_examples(config.task, config.data, 'validation')[0] if held_out else []
   labels = task_mod.label_names(train_ex + eval_ex, list(config.data.labels) or label_names)
   train_ex = subsample_train(
     train_ex,
@@ -178,7 +200,8 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
     getattr(task_mod, 'STRATIFY_BY', None),
   )
   train_data = evaluation.prepare(task_mod, train_ex, tok, labels, config.data, 'training')
-  eval_data = evaluation.prepare(task_mod, eval_ex, tok, labels, config.data, 'validation')
+  if held_out:
+    eval_data = evaluation.prepare(task_mod, eval_ex, tok, labels, config.data, 'validation')
 
   model = task_model.TaskModel(
     cfg, pre.kind, task_mod.HEAD, len(labels) if labels else 2, config.pooling
@@ -215,8 +238,16 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
       )
 
   train_step = make_train_step(config, model, task_mod, tx, state_sh, mesh)
-  predict_step = evaluation.make_predict_step(model, task_mod, state_sh.params, mesh)
   stop = loop.StopFlag().install()
+  evaluate = None
+  if held_out:
+    predict_step = evaluation.make_predict_step(model, task_mod, state_sh.params, mesh)
+
+    def evaluate(params):
+      return evaluation.evaluate(
+        task_mod, predict_step, params, eval_data, labels, config, mesh, stop
+      )[0]
+
   fit = loop.fit(
     state,
     train_step,
@@ -226,13 +257,11 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
     config,
     workdir,
     stop=stop,
-    evaluate=lambda params: evaluation.evaluate(
-      task_mod, predict_step, params, eval_data, labels, config, mesh, stop
-    )[0],
+    evaluate=evaluate,
     meta=lambda step: {'config': config.to_json(), 'task': config.task, 'labels': labels},
   )
   return {
-    'best': {fit.best.metric: fit.best.value, 'step': fit.best.step},
+    'best': {fit.best.metric: fit.best.value, 'step': fit.best.step} if fit.best else None,
     'final': fit.eval,
     'stopped': fit.stopped,
     'labels': labels,

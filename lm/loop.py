@@ -66,15 +66,31 @@ def check_finite(metrics: dict, step: int, last_checkpoint):
     )
 
 
+def check_early_stopping(metric: str, mode: str, patience: int, reported=None):
+  """Raises before any work on settings that would fail or mislead later: a mode typo, an
+  empty metric, a metric missing from `reported` (the task's metrics, when it lists them),
+  a maximised loss, a negative patience."""
+  if mode not in ('max', 'min'):
+    raise ValueError(f"early_stopping.mode={mode!r}: use 'max' or 'min'.")
+  if not metric:
+    raise ValueError('early_stopping.metric is empty: name the eval metric that picks best/.')
+  if reported is not None and metric not in reported:
+    raise ValueError(
+      f'early_stopping.metric={metric!r} is not a metric this task reports: use one of '
+      f'{", ".join(reported)}.'
+    )
+  if metric == 'loss' and mode != 'min':
+    raise ValueError("early_stopping.metric='loss' needs early_stopping.mode='min'.")
+  if int(patience) < 0:
+    raise ValueError(f'early_stopping.patience={patience}: use 0 (never stop) or more.')
+
+
 class Best:
   """The best params by one eval metric, kept in their own directory (keep 1), and early
   stopping after `patience` evaluations without improvement (0 = never)."""
 
   def __init__(self, directory: str, metric: str, mode: str = 'max', patience: int = 0):
-    if mode not in ('max', 'min'):
-      raise ValueError(f"early_stopping.mode={mode!r}: use 'max' or 'min'.")
-    if not metric:
-      raise ValueError('early_stopping.metric is empty: name the eval metric that picks best/.')
+    check_early_stopping(metric, mode, patience)
     self.metric, self.mode, self.patience = metric, mode, int(patience)
     self.value, self.step, self.bad_evals = None, None, 0
     self._ckpt = checkpoint.Checkpointer(directory, every=1, keep=1, async_save=False)

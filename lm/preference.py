@@ -316,7 +316,8 @@ def load_splits(data_cfg) -> dict:
   out = dict(zip(SPLITS, got))
   if cap:  # training pairs only: the held-out figures always cover every held-out pair
     out['train'] = out['train'][:cap]
-  if not all(out.values()):
+  needed = ('train', 'test') + (('validation',) if sources.has_held_out(data_cfg) else ())
+  if not all(out[k] for k in needed):
     raise ValueError(
       f'preference data {source!r} gave '
       + ', '.join(f'{len(v)} {k}' for k, v in out.items())

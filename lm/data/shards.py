@@ -143,13 +143,19 @@ def open_split(directory, split: str, manifest: dict) -> ShardedCorpus:
   return ShardedCorpus(parts)
 
 
-def open_eval(directory, manifest: dict) -> ShardedCorpus:
-  """The held-out documents; the training ones (said once) when there are none."""
+def open_eval(directory, manifest: dict) -> Optional[ShardedCorpus]:
+  """The held-out documents, or None when there are none: training documents are never
+  scored as held-out ones (`no_eval_reason` says why)."""
   held_out = open_split(directory, 'eval', manifest)
-  if held_out.num_docs:
-    return held_out
-  print(
-    f'no held-out documents in {directory} (eval_split: {manifest["eval_split"]}): '
-    'eval metrics are on training data.'
+  return held_out if held_out.num_docs else None
+
+
+def no_eval_reason(directory, manifest: dict) -> str:
+  """Why a prepared directory has no held-out documents, in a few words."""
+  fraction = manifest.get('spec', {}).get('eval_fraction')
+  if not fraction:
+    return 'data.eval_fraction=0'
+  return (
+    f'no held-out documents in {directory} (data.eval_fraction={fraction} of its '
+    f'{manifest.get("docs_read", "?")} documents caught none: raise it)'
   )
-  return open_split(directory, 'train', manifest)

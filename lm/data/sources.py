@@ -6,6 +6,8 @@ so a data flag learned for one job means the same in all of them:
   ``data.eval_files`` (validation: selection) and ``data.test_files`` (test: what is reported),
   each split off by a hash when '' (``data.eval_fraction``, ``data.test_fraction``), in the jobs
   that take them (fine-tuning, few-shot, preference)
+* ``data.eval_fraction``: the share split off as held-out (validation) data; 0 (without
+  eval_files or eval_split) means no evaluation, said once (:func:`has_held_out`)
 * ``data.tfds_name``, ``data.data_dir``, ``data.split`` ('train'), ``data.eval_split``,
   ``data.test_split``: ``source='tfds'``, read from an already prepared ``data_dir``
 
@@ -75,6 +77,21 @@ def check(data_cfg) -> None:
   msg = source_error(getattr(data_cfg, 'source', None) or 'python_docs')
   if msg:
     raise ValueError(msg)
+
+
+NO_EVAL = 'data.eval_fraction=0: no held-out evaluation.'
+
+
+def has_held_out(data_cfg) -> bool:
+  """Whether a job's data config yields held-out data: named files (``eval_files``) or a split
+  (``eval_split``, tfds), else a hash split with ``eval_fraction`` > 0. Without any, the job
+  skips evaluation (saying NO_EVAL once) instead of scoring training data as held-out."""
+  source = getattr(data_cfg, 'source', None) or 'python_docs'
+  if source == 'files' and getattr(data_cfg, 'eval_files', ''):
+    return True
+  if source == 'tfds' and getattr(data_cfg, 'eval_split', ''):
+    return True
+  return float(getattr(data_cfg, 'eval_fraction', 0) or 0) > 0
 
 
 def expand(value: Union[str, Iterable[str]], key: str = 'files') -> list[str]:

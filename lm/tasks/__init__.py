@@ -16,8 +16,13 @@ and one reader for each data.source it supports (lm.tasks.data.load_examples cal
                             lm/data/python_docs.py only, never from pretraining text
   read_file(path) -> examples                          'files'
   tfds_examples(name, rows, info) -> (examples, label names or None)       'tfds'
-Optional: STRATIFY_BY, the example key a low-resource subsample (data.max_train_examples)
-keeps every value of.
+Optional:
+  STRATIFY_BY               the example key a low-resource subsample (data.max_train_examples)
+                            keeps every value of
+  METRICS                   the names of the metrics `score` reports, its primary one first:
+                            early_stopping.metric defaults to it and is checked against them
+                            (or 'loss') before training starts; without METRICS a wrong name
+                            is found at the first evaluation
 
 To add a task, write one such module (copy lm/tasks/classification.py: `Specials`, `pad_rows`
 and `truncate_pair` below frame the rows) somewhere on the Python path and set
@@ -27,6 +32,7 @@ records that name, so eval.py finds the module again. A built-in one also gets a
 """
 
 import importlib
+from typing import Optional
 
 import numpy as np
 
@@ -37,6 +43,21 @@ BUILTIN = {
 }
 TASKS = tuple(BUILTIN)
 INTERFACE = ('HEAD', 'label_names', 'featurize', 'loss_sums', 'score')
+
+
+def reported_metrics(task_mod) -> Optional[tuple]:
+  """The eval metrics a task reports ('loss' included), or None when it does not say."""
+  names = getattr(task_mod, 'METRICS', None)
+  return (*names, 'loss') if names else None
+
+
+def primary_metric(name: str) -> str:
+  """The metric early stopping watches by default: the first of the task's METRICS."""
+  try:
+    names = getattr(get(name), 'METRICS', None)
+  except (ValueError, ImportError):  # not importable (yet): finetune.run names the problem
+    names = None
+  return names[0] if names else 'accuracy'
 
 
 def get(name: str):

@@ -31,6 +31,7 @@ from lm.tasks import data as data_lib
 from lm.tasks import python_docs
 
 HEAD = 'pooled'
+METRICS = ('accuracy', 'f1', 'precision', 'recall')  # what score reports; the first is the default
 STRATIFY_BY = 'label'  # a low-resource subsample keeps every label (finetune.subsample_train)
 
 # pydoc topic -> documentation part it comes from (Doc/reference/*.rst, Doc/library/stdtypes.rst).

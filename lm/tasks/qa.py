@@ -40,6 +40,7 @@ from lm.tasks import data as data_lib
 from lm.tasks import python_docs
 
 HEAD = 'span'
+METRICS = ('f1', 'exact_match')  # what score reports (percent); the first is the default
 QA_GROUP = 8
 
 

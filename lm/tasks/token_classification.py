@@ -29,6 +29,7 @@ from lm.tasks import data as data_lib
 from lm.tasks import python_docs
 
 HEAD = 'tokens'
+METRICS = ('f1', 'precision', 'recall', 'accuracy')  # score's; the first is the default
 TOKEN_LABELS = ('O', 'NAME', 'PARAM')
 _WORD = re.compile(r'\w+|[^\w\s]')
 
