@@ -233,35 +233,8 @@ def test_prompt_fits_max_len_and_drops_furthest_demos():
 
 
 def test_run_fewshot_grid_and_inspectable_selections(lm):
-  tok = CharTokenizer()
-  rng = np.random.default_rng(0)
-  words = ['alpha', 'beta', 'gamma', 'delta']
-  make = lambda n: [
-    {'text': ' '.join(rng.choice(words, 4)), 'label': str(rng.integers(2))} for _ in range(n)
-  ]
-  pool, test = make(12), make(4)
-  p = icl.Prompter(
-    tok,
-    ['0', '1'],
-    ['no', 'yes'],
-    max_len=64,
-    input_prefix='T:',
-    output_prefix='|',
-    separator=';',
-    demo_tokens=12,
-    query_tokens=12,
-  )
-  fs = ml_collections.ConfigDict(
-    dict(
-      strategies=icl.STRATEGIES,
-      ks=(0, 1, 2),
-      seeds=(0, 1),
-      orderings=2,
-      score='mean',
-      difficulty='easy',
-      gradient_params='last',
-      gradient_dim=0,
-    )
+  p, pool, test, fs = _fewshot_setup(
+    icl.STRATEGIES, ks=(0, 1, 2), seed=0, sizes=(12, 4), orderings=2
   )
   r = icl.run_fewshot(lm, p, pool, test, fs)
   assert r['runs'] == 4
@@ -368,9 +341,10 @@ def user_modules(tmp_path, monkeypatch):
     sys.modules.pop(n, None)
 
 
-def _fewshot_setup(strategies, ks=(0, 2)):
+def _fewshot_setup(strategies, ks=(0, 2), seed=1, sizes=(8, 3), orderings=1):
+  """(prompter, pool, test, few-shot config) over random 4-word texts with labels 0/1."""
   tok = CharTokenizer()
-  rng = np.random.default_rng(1)
+  rng = np.random.default_rng(seed)
   words = ['alpha', 'beta', 'gamma', 'delta']
   make = lambda n: [
     {'text': ' '.join(rng.choice(words, 4)), 'label': str(rng.integers(2))} for _ in range(n)
@@ -391,14 +365,14 @@ def _fewshot_setup(strategies, ks=(0, 2)):
       strategies=tuple(strategies),
       ks=ks,
       seeds=(0, 1),
-      orderings=1,
+      orderings=orderings,
       score='mean',
       difficulty='easy',
       gradient_params='last',
       gradient_dim=0,
     )
   )
-  return p, make(8), make(3), fs
+  return p, make(sizes[0]), make(sizes[1]), fs
 
 
 def test_new_strategy_module_named_in_config_is_used(lm, user_modules):
