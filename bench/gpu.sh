@@ -1,7 +1,8 @@
 #!/bin/bash
 # The GPU measurements in README.md: fused-attention check, then GPT-2 small and medium
 # training throughput / MFU in bf16 with cuDNN flash attention, unrolled vs scanned layers.
-# Logs go under ${OUT:-.}. About 4 minutes on one H100.
+# One invocation (one interleaved group) per log file, under ${OUT:-.}, named as in
+# bench/logs/h100_2026-11-25/. About 6 minutes on one H100.
 #   bash bench/gpu.sh            (CHECK=0 skips the attention check)
 set -o pipefail
 out=${OUT:-.}
@@ -12,10 +13,18 @@ python3 -c "import jax, flax, optax; print('jax', jax.__version__, 'flax', flax.
 if [ "${CHECK:-1}" = 1 ]; then
   timeout 120 python3 bench/check_attention.py --impl=cudnn 2>&1 | quiet | tee $out/check_attention.txt
 fi
-common="--models=gpt --dtype=bfloat16 --attention_impl=cudnn --doc_mask=0 --compile_layers= --steps=10 --repeats=3 --peak_tflops=989"
+# Synthetic token batches at the shapes of configs/gpt2.py (bf16, params and AdamW in float32),
+# batch 16 x 1024, no remat (the config sets remat='dots'), plain causal masks.
+common="--models=gpt --dtype=bfloat16 --attention_impl=cudnn --compile_layers= --steps=10 --repeats=3 --peak_tflops=989"
+tp() {  # log name, then flags
+  local log=$1
+  shift
+  timeout 240 python3 bench/train_throughput.py $common "$@" 2>&1 | quiet | tee $out/$log.txt
+}
+tp gpt2_small_scan0 --config=gpt2_small --batch=16 --scan_layers=0 --loss_chunk=0 --doc_mask=0 --hf=none
+tp gpt2_small_scan1 --config=gpt2_small --batch=16 --scan_layers=1 --loss_chunk=0,4096 --doc_mask=0 --hf=none
 # HF PyTorch shares the GPU with JAX in the same process: JAX must not preallocate 75% of it.
-XLA_PYTHON_CLIENT_MEM_FRACTION=0.55 timeout 240 python3 bench/train_throughput.py \
-    --config=gpt2_small --batch=16 --scan_layers=0,1 --loss_chunk=0,4096 $common --hf=eager \
-    2>&1 | quiet | tee $out/gpt2_small.txt
-timeout 240 python3 bench/train_throughput.py --config=gpt2_medium --batch=16 --scan_layers=0,1 \
-    --loss_chunk=0 $common --hf=none 2>&1 | quiet | tee $out/gpt2_medium.txt
+XLA_PYTHON_CLIENT_MEM_FRACTION=0.55 tp gpt2_small_scan_variants_hf --config=gpt2_small \
+    --batch=16 --scan_layers=1 --loss_chunk=0,4096 --doc_mask=0,1 --hf=eager
+tp gpt2_medium_scan0 --config=gpt2_medium --batch=16 --scan_layers=0 --loss_chunk=0 --doc_mask=0 --hf=none
+tp gpt2_medium_scan1 --config=gpt2_medium --batch=16 --scan_layers=1 --loss_chunk=0,4096 --doc_mask=0 --hf=none

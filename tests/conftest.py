@@ -77,3 +77,33 @@ def pretrained_gpt(tmp_path_factory):
   return _pretrain(
     tmp_path_factory, 'gpt', 'configs/gpt_base.py', 300, '--config.train.batch_size=16'
   )
+
+
+def check_fewshot_accuracy(result):
+  """Recounts a few-shot result's accuracy table from its per-example decisions.
+
+  Each prediction must be the label with the highest recorded score, each cell's runs the
+  fraction of test examples whose prediction is the gold label (run by run), its mean/std
+  their mean/std, and the majority baseline the gold labels' largest share: the table is
+  checked against the raw decisions, not against itself."""
+  import numpy as np  # noqa: PLC0415
+
+  examples, labels = result['examples'], result['labels']
+  for s, cells in result['accuracy'].items():
+    for k, cell in cells.items():
+      per_ex = [
+        sorted(ex['selections']['zero-shot' if k == '0' else s][k], key=lambda r: r['run'])
+        for ex in examples
+      ]
+      for ex, runs in zip(examples, per_ex):
+        for r in runs:
+          assert r['prediction'] == labels[int(np.argmax(r['scores']))], (s, k, r)
+      want = [
+        float(np.mean([runs[j]['prediction'] == ex['label'] for runs, ex in zip(per_ex, examples)]))
+        for j in range(len(per_ex[0]))
+      ]
+      assert cell['runs'] == pytest.approx(want, abs=1e-9), (s, k, cell['runs'], want)
+      assert cell['mean'] == pytest.approx(np.mean(want), abs=1e-9), (s, k)
+      assert cell['std'] == pytest.approx(np.std(want), abs=1e-9), (s, k)
+  gold = [ex['label'] for ex in examples]
+  assert result['majority_baseline'] == pytest.approx(max(map(gold.count, set(gold))) / len(gold))

@@ -22,9 +22,19 @@ def test_train_throughput_prints_table(run):
     '--doc_mask=0,1',
   )
   out = proc.stdout + proc.stderr
-  rows = re.findall(r'^\| (ours \w+ \(.*?\))\s+\|.*?\|\s+([\d,]+) \|', proc.stdout, re.M)
+  rows = _table(proc.stdout)
   assert len(rows) == 5, out[-3000:]  # bert + gpt x {chunk 0, 64} x {doc 0, 1}
-  assert all(int(t.replace(',', '')) > 0 for _, t in rows)
+  size = dict(re.findall(r'(\w+)=(\d+)', re.search(r'^size: .*$', out, re.M).group(0)))
+  d, L, m, T, B = (int(size[k]) for k in ('d', 'L', 'mlp', 'seq', 'batch'))
+  V = 50257
+  # The table's columns against each other and against the FLOP formula written out here
+  # (GPT predicts every token): tokens/s = B*T / step, GFLOP/s = FLOPs / step.
+  gpt_flops = B * T * (6 * L * (4 * d * d + 2 * d * m) + 12 * L * T * d) + 6 * d * V * B * T
+  for name, step_ms, tok_s, tflop, gflop_s in rows:
+    assert tok_s == pytest.approx(B * T / (step_ms / 1e3), rel=0.06 / step_ms + 1e-3), name
+    assert gflop_s == pytest.approx(tflop * 1e3 / (step_ms / 1e3), rel=0.06 / step_ms + 1e-3)
+    if 'gpt' in name:
+      assert tflop == pytest.approx(gpt_flops / 1e12, abs=6e-5), (name, tflop, gpt_flops)
   losses = {
     name: float(v)
     for name, v in re.findall(
@@ -45,3 +55,14 @@ def test_train_throughput_prints_table(run):
 def test_check_attention_passes(run):
   proc = run('bench/check_attention.py', '--impl=xla')
   assert 'attention check PASSED' in proc.stdout, proc.stdout + proc.stderr[-2000:]
+
+
+def _table(stdout):
+  """(run, step ms, tokens/s, TFLOP/step, GFLOP/s) of each of our rows in the printed table."""
+  num = lambda x: float(x.replace(',', '').strip())  # noqa: E731
+  rows = []
+  for line in stdout.splitlines():
+    cells = [c.strip() for c in line.split('|')[1:-1]]
+    if cells and cells[0].startswith('ours '):
+      rows.append((cells[0], num(cells[2]), num(cells[4]), num(cells[5]), num(cells[6])))
+  return rows

@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 from jax.flatten_util import ravel_pytree
 
-from conftest import run_script
+from conftest import check_fewshot_accuracy, run_script
 from lm import icl
 from lm import model as M
 
@@ -243,7 +243,7 @@ def test_run_fewshot_grid_and_inspectable_selections(lm):
     assert len(r['accuracy'][s]['0']['runs']) == 1
     for k in ('1', '2'):
       cell = r['accuracy'][s][k]
-      assert len(cell['runs']) == 4 and 0 <= cell['mean'] <= 1 and cell['std'] >= 0
+      assert len(cell['runs']) == 4
       assert cell['demos_in_prompt'] == int(k)
   for ex in r['examples']:
     for s in icl.STRATEGIES:
@@ -252,6 +252,7 @@ def test_run_fewshot_grid_and_inspectable_selections(lm):
       for run in runs:
         assert len(run['pool_indices']) == 2 and all(0 <= i < 12 for i in run['pool_indices'])
         assert run['prediction'] in ('0', '1') and len(run['scores']) == 2
+  check_fewshot_accuracy(r)
   # query-independent strategies choose the same set for every test example
   sets = {frozenset(ex['selections']['difficulty']['2'][0]['pool_indices']) for ex in r['examples']}
   assert len(sets) == 1
@@ -289,6 +290,12 @@ def test_eval_py_fewshot_table(tmp_path, pretrained_gpt):
   with open(out, encoding='utf-8') as f:
     r = json.load(f)
   assert set(r['accuracy']) == set(icl.STRATEGIES) and r['num_test'] == 6 and r['runs'] == 2
+  check_fewshot_accuracy(r)
+  # the printed table shows the JSON's means
+  for s in icl.STRATEGIES:
+    row = next(l for l in lines if l.startswith(f'| {s} '))
+    for k in ('0', '1', '2'):
+      assert f'{r["accuracy"][s][k]["mean"]:.3f} ± {r["accuracy"][s][k]["std"]:.3f}' in row
   ex = r['examples'][0]
   for s in icl.STRATEGIES:
     for run in ex['selections'][s]['1']:
