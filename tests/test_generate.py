@@ -208,6 +208,7 @@ def test_scan_layers_same_tokens():
     assert G.generate(model, params, PROMPTS, max_new_tokens=N, **kw) == ref
 
 
+@pytest.mark.slow  # an 8-device mesh compile
 @pytest.mark.skipif(jax.device_count() < 8, reason='needs 8 (simulated) devices')
 def test_mesh_same_tokens():
   mesh = sharding.make_mesh((2, 2, 2))  # 4-way batch: the 2 prompts get padded with dummies

@@ -146,7 +146,7 @@ def _state(model, init_inputs, lr=3e-3, seed=0, all_devices=False):
   return cfg, tx, mesh, state, sh
 
 
-@pytest.mark.parametrize('loss', ['dpo', 'ipo'])
+@pytest.mark.parametrize('loss', ['dpo', pytest.param('ipo', marks=pytest.mark.slow)])
 def test_preference_steps_fit_a_batch(loss):
   """The jitted sharded DPO/IPO step lowers its loss and widens the margin on one batch; the
   reward-model step learns to rank it; eval averages over rows weighted by `weight`."""
@@ -178,6 +178,7 @@ def test_preference_steps_fit_a_batch(loss):
   assert again['loss'] == pytest.approx(after['loss'], rel=1e-5)
 
 
+@pytest.mark.slow  # 10 s of compiles; the fast tier keeps the DPO step
 def test_reward_model_scores_last_real_token_and_learns():
   model = rlhf.RewardModel(TINY)
   train_cfg, tx, mesh, state, sh = _state(model, rlhf.reward_init_inputs(16))
@@ -207,6 +208,7 @@ def test_reward_model_scores_last_real_token_and_learns():
   assert m['accuracy'] == 1.0 and m['loss'] < 0.5
 
 
+@pytest.mark.slow  # an 8-device mesh compile
 def test_reference_logps_cached_by_data_hash(tmp_path):
   model = M.Decoder(TINY)
   _, _, mesh, state, sh = _state(model, rlhf.policy_init_inputs(16), all_devices=True)

@@ -35,8 +35,23 @@ def _batch():
   return ids, mask
 
 
-@pytest.mark.parametrize('kind,scan', [('encoder', False), ('decoder', True)])
-@pytest.mark.parametrize('mesh_shape', [(8, 1, 1), (2, 4, 1), (2, 2, 2)])
+# The fast tier keeps one case of each test (the 3-axis mesh, the decoder); each further case is
+# a 10-25 s XLA CPU compile of a partitioned program, so it runs with the slow tier.
+SLOW = pytest.mark.slow
+
+
+@pytest.mark.parametrize(
+  'kind,scan,mesh_shape',
+  [
+    pytest.param('decoder', True, (2, 2, 2)),
+    *(
+      pytest.param(k, s, m, marks=SLOW)
+      for k, s in [('encoder', False), ('decoder', True)]
+      for m in [(8, 1, 1), (2, 4, 1), (2, 2, 2)]
+      if (k, m) != ('decoder', (2, 2, 2))
+    ),
+  ],
+)
 def test_sharded_forward_matches_single_device(kind, scan, mesh_shape):
   cfg = M.ModelConfig(**TINY, scan_layers=scan, pre_ln=kind == 'decoder')
   model = M.Encoder(cfg) if kind == 'encoder' else M.Decoder(cfg)
@@ -72,7 +87,7 @@ def test_sharded_forward_matches_single_device(kind, scan, mesh_shape):
   assert jax.tree.structure(shardings) == jax.tree.structure(variables)
 
 
-@pytest.mark.parametrize('kind', ['encoder', 'decoder'])
+@pytest.mark.parametrize('kind', [pytest.param('encoder', marks=SLOW), 'decoder'])
 def test_sharded_gradients_match_single_device(kind):
   """Gradients too: XLA's CPU partitioner once produced wrong ones on (2, 2, 2) only."""
   cfg = M.ModelConfig(**TINY, pre_ln=kind == 'decoder')
