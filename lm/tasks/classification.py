@@ -254,6 +254,8 @@ def score(logits, features, aux, examples, labels, data_cfg):
   m = metrics_lib.classification_metrics(
     features['label'], pred, len(labels), label_ids=range(len(labels))
   )
+  # What always answering the split's most frequent label would score: the bar to clear.
+  m['majority_accuracy'] = float(np.bincount(features['label']).max() / max(len(pred), 1))
   predictions = [
     {'text': e['text'], 'label': e['label'], 'prediction': labels[int(p)]}
     for e, p in zip(examples, pred)
