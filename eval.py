@@ -7,6 +7,9 @@ r"""Evaluates a checkpoint and writes a JSON result file plus a printed table.
   python eval.py --checkpoint=/tmp/lm_dpo
   # a pretraining workdir (train.py) or an HF directory: perplexity, MLM/NSP (or LM) accuracy
   python eval.py --checkpoint=/tmp/lm_base [--config=configs/base.py] [--eval_batches=20]
+  # a decoder (train.py / DPO workdir, HF GPT-2 dir) on a text file: HF's sliding-window
+  # perplexity, windows of --window tokens (default the model's max_len) --stride apart
+  python eval.py --checkpoint=/tmp/lm_gpt --text_file=book.txt --stride=512 [--window=1024]
 
 Classification: accuracy, macro precision/recall/F1; QA: SQuAD v1.1 exact match and F1;
 tokens: word accuracy and macro P/R/F1 over non-O tags. --output defaults to
@@ -41,6 +44,13 @@ flags.DEFINE_enum(
   'Fine-tuned, dpo.py and few-shot: the split scored. test: never used to select anything; validation: '
   'what best/ and early stopping were chosen on.',
 )
+flags.DEFINE_string('text_file', None, 'Decoder: sliding-window perplexity on this text file.')
+flags.DEFINE_integer(
+  'stride', None, '--text_file: tokens between window starts (default window/2).'
+)
+flags.DEFINE_integer(
+  'window', None, "--text_file: tokens per window (default the model's max_len)."
+)
 flags.mark_flags_as_required(['checkpoint'])
 
 
@@ -55,7 +65,11 @@ def main(argv):
     print(f'wrote {result["output"]}')
     return
   output = FLAGS.output or os.path.join(path, 'eval_results.json')
-  if evaluation.is_finetune_workdir(path):
+  if FLAGS.text_file:
+    results = evaluation.evaluate_text(path, FLAGS.text_file, FLAGS.stride, FLAGS.window)
+  elif FLAGS.stride or FLAGS.window:
+    raise ValueError('--stride and --window go with --text_file (sliding-window perplexity).')
+  elif evaluation.is_finetune_workdir(path):
     results, preds = evaluation.evaluate_finetuned(
       path, FLAGS.config, FLAGS.which, max_examples=FLAGS.max_examples, split=FLAGS.split
     )

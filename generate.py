@@ -1,7 +1,8 @@
 """Continue a text prompt with a trained decoder.
 
   python generate.py --checkpoint=DIR --prompt="Once upon a time" --max_new_tokens=40 \
-      --strategy=beam --num_beams=4 --num_return_sequences=2
+      --strategy=beam --num_beams=4 --num_return_sequences=2 \
+      [--max_length=64] [--repetition_penalty=1.2] [--no_repeat_ngram_size=3] [--min_new_tokens=10]
 
 DIR is a train.py workdir (causal LM), a dpo.py workdir (DPO policy) or a HuggingFace GPT-2
 directory (config.json + weights);
@@ -26,7 +27,12 @@ flags.DEFINE_string('prompt', '', 'Text to continue.')
 flags.DEFINE_string(
   'tokenizer', None, 'tokenizer.json or HF vocab files (default: the one in --checkpoint).'
 )
-flags.DEFINE_integer('max_new_tokens', 50, 'Tokens to generate per sequence.')
+flags.DEFINE_integer(
+  'max_new_tokens', None, 'Tokens to generate per sequence (50 when --max_length is not given).'
+)
+flags.DEFINE_integer(
+  'max_length', None, "Total length, prompt included (HF's max_length); not with --max_new_tokens."
+)
 flags.DEFINE_enum('strategy', 'greedy', ['greedy', 'sample', 'beam'], 'Decoding strategy.')
 flags.DEFINE_float('temperature', 1.0, 'Sampling temperature.')
 flags.DEFINE_integer('top_k', 0, 'Sample from the k most likely tokens (0: all).')
@@ -34,6 +40,11 @@ flags.DEFINE_float('top_p', 1.0, 'Nucleus sampling mass (1: off).')
 flags.DEFINE_integer('num_beams', 4, 'Beams for --strategy=beam.')
 flags.DEFINE_float('length_penalty', 1.0, 'Beam score = logprob / length ** length_penalty.')
 flags.DEFINE_integer('num_return_sequences', 1, 'Sequences to print.')
+flags.DEFINE_float(
+  'repetition_penalty', 1.0, 'Divide (multiply if negative) the logits of seen tokens (1: off).'
+)
+flags.DEFINE_integer('no_repeat_ngram_size', 0, 'No n-gram of this size twice (0: off).')
+flags.DEFINE_integer('min_new_tokens', 0, 'No end of text before this many new tokens.')
 flags.DEFINE_integer(
   'eos_id',
   None,
@@ -67,12 +78,18 @@ def main(argv):
   prompt = tok.encode(FLAGS.prompt)
   if not prompt:  # GPT-2 conditions on <|endoftext|> when there is no text
     prompt = [eos if eos is not None else 0]
-  room = pre.cfg.max_len - FLAGS.max_new_tokens
+  if FLAGS.max_new_tokens is not None and FLAGS.max_length is not None:
+    raise ValueError('pass one of --max_new_tokens and --max_length, not both.')
+  if FLAGS.max_length is None:  # keep the prompt's end when prompt + new tokens overflow
+    length = dict(max_new_tokens=50 if FLAGS.max_new_tokens is None else FLAGS.max_new_tokens)
+    prompt = prompt[-(pre.cfg.max_len - length['max_new_tokens']) :]
+  else:
+    length = dict(max_length=FLAGS.max_length)
   out = gen.generate(
     pre.model,
     pre.params,
-    [prompt[-room:]],
-    max_new_tokens=FLAGS.max_new_tokens,
+    [prompt],
+    **length,
     strategy=FLAGS.strategy,
     temperature=FLAGS.temperature,
     top_k=FLAGS.top_k,
@@ -82,6 +99,9 @@ def main(argv):
     num_return_sequences=FLAGS.num_return_sequences,
     eos_id=eos,
     pad_id=tok.pad_id or 0,
+    repetition_penalty=FLAGS.repetition_penalty,
+    no_repeat_ngram_size=FLAGS.no_repeat_ngram_size,
+    min_new_tokens=FLAGS.min_new_tokens,
     seed=FLAGS.seed,
   )
   for i, seq in enumerate(out[0]):

@@ -138,6 +138,9 @@ def finetuning(task: str) -> ml_collections.ConfigDict:
   c.data.max_len = 128
   c.data.max_query_len = 32  # qa
   c.data.doc_stride = 64  # qa: tokens between window starts
+  # classification: > 0 splits a text longer than max_len into windows this many tokens apart
+  # and predicts the mean of their logits (lm/tasks/classification.py); 0 truncates it
+  c.data.window_stride = 0
   c.data.max_answer_len = 64  # qa: tokens
   c.data.n_best = 20  # qa
   c.train = train_block(

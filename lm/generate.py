@@ -7,7 +7,18 @@ and the host only sees the final tokens.
 Semantics follow Hugging Face `generate` so outputs can be compared token for token:
   * Prompts of different lengths are LEFT-padded (the cache index is shared by all rows);
     positions count real tokens only.
-  * Sampling applies temperature, then top-k, then top-p (HF's processor order).
+  * `max_length` counts the prompt as HF does: in a left-padded batch the longest prompt
+    leaves max_length - longest new tokens to every row.
+  * Before any warper, HF's constraint processors in `_get_logits_processor`'s order
+    (transformers 5.x): repetition penalty, no-repeat n-gram, min new tokens. They see the row's
+    history (prompt + tokens so far) held in a fixed-size [rows, P + N] array inside the loop,
+    so they cost no host round trip; greedy and sampling apply them to the logits, beam search
+    to the log-probs (as HF does). Left padding is never history: the repetition penalty skips
+    it as HF does (`prompt_ignore_length`), and no n-gram spans it, where HF's
+    NoRepeatNGramLogitsProcessor counts pad tokens as text; the two agree whenever the pad id
+    does not occur in the text itself, and ours gives a prompt the same tokens whatever batch
+    it is padded in.
+  * Sampling then applies temperature, then top-k, then top-p (HF's warper order).
   * Beam search is HF's vectorised beam search (transformers >= 4.50): 2*num_beams
     candidates per step, finished score = sum_logprobs / generated_len ** length_penalty,
     `early_stopping` in {False (HF default), True, 'never'}.
@@ -43,6 +54,9 @@ class Settings:
   early_stopping: Union[bool, str] = False
   eos_id: int = -1  # -1: never stop early
   pad_id: int = 0
+  repetition_penalty: float = 1.0  # > 1 discourages tokens already in prompt or output
+  no_repeat_ngram_size: int = 0  # > 0: no n-gram of this size occurs twice
+  min_new_tokens: int = 0  # EOS is impossible before this many new tokens
 
 
 # ----------------------------------------------------------------------------- model plumbing
@@ -156,6 +170,64 @@ def process_logits(logits, s: Settings):
   return logits
 
 
+def _scatter_any(mask, tokens, v: int):
+  """[R, V] True at every vocabulary id that `tokens` [R, T] holds where `mask` is set."""
+  rows = jnp.arange(tokens.shape[0])[:, None]
+  idx = jnp.where(mask & (tokens >= 0) & (tokens < v), tokens, v)
+  return jnp.zeros((tokens.shape[0], v + 1), bool).at[rows, idx].set(True)[:, :v]
+
+
+def banned_ngrams(hist, real, length, n: int, v: int):
+  """[R, V] True for the tokens that would complete an n-gram already in a row's history.
+
+  hist [R, T]: the rows' tokens in their slots, real [R, T]: which slots hold text (not left
+  padding, not yet generated), `length`: slots filled so far (a traced scalar). The last n-1
+  tokens are compared with every earlier window of n-1 real tokens at once (fixed shapes, no
+  dictionary of n-grams); a matching window bans the token that followed it.
+  """
+  r, t = hist.shape
+  w = t - n + 1  # window starts
+  if w <= 0:
+    return jnp.zeros((r, v), bool)
+  start = jnp.arange(w)
+  match = real[:, :w] & (start + n - 1 < length)  # the whole window is real text
+  if n > 1:
+    prefix = jax.lax.dynamic_slice_in_dim(hist, jnp.maximum(length - (n - 1), 0), n - 1, axis=1)
+    for k in range(n - 1):
+      match &= hist[:, k : k + w] == prefix[:, k : k + 1]
+  return _scatter_any(match, hist[:, n - 1 : n - 1 + w], v)
+
+
+def constrain(logits, hist, real, new: int, s: Settings):
+  """HF's constraint processors, in `_get_logits_processor`'s order: repetition penalty
+  (RepetitionPenaltyLogitsProcessor), no-repeat n-gram (NoRepeatNGramLogitsProcessor), min new
+  tokens (MinNewTokensLengthLogitsProcessor). logits [R, V]; hist, real [R, P + N] as in
+  `banned_ngrams`; `new`: tokens generated so far (so P + new slots are filled)."""
+  v = logits.shape[-1]
+  length = hist.shape[1] - s.max_new_tokens + new
+  if s.repetition_penalty != 1.0:
+    seen = _scatter_any(real & (jnp.arange(hist.shape[1]) < length), hist, v)
+    p = s.repetition_penalty
+    logits = jnp.where(seen, jnp.where(logits < 0, logits * p, logits / p), logits)
+  if s.no_repeat_ngram_size > 0:
+    banned = banned_ngrams(hist, real, length, s.no_repeat_ngram_size, v)
+    logits = jnp.where(banned, -jnp.inf, logits)
+  if s.min_new_tokens > 0 and 0 <= s.eos_id < v:
+    logits = logits.at[:, s.eos_id].set(
+      jnp.where(new < s.min_new_tokens, -jnp.inf, logits[:, s.eos_id])
+    )
+  return logits
+
+
+def _history(ids, mask, s: Settings):
+  """(hist [B, P + N] with the prompt in place and pads for the tokens to come, real: which
+  slots are text once filled)."""
+  b = ids.shape[0]
+  hist = jnp.concatenate([ids, jnp.full((b, s.max_new_tokens), s.pad_id, ids.dtype)], 1)
+  real = jnp.concatenate([mask.astype(bool), jnp.ones((b, s.max_new_tokens), bool)], 1)
+  return hist, real
+
+
 def choose(logits, rng, s: Settings):
   if s.strategy == 'greedy':
     return jnp.argmax(logits, axis=-1).astype(jnp.int32)
@@ -171,23 +243,26 @@ def decode(model, params, ids, mask, rng, s: Settings):
 
   The loop exits as soon as every row has hit EOS.
   """
-  n = s.max_new_tokens
+  n, p = s.max_new_tokens, ids.shape[1]
   logits, cache, full_mask, pos = prefill(model, params, ids, mask, n)
-  tok = choose(logits, jax.random.fold_in(rng, 0), s)
-  out = jnp.full((ids.shape[0], n), s.pad_id, jnp.int32).at[:, 0].set(tok)
-  state = (jnp.int32(1), cache, tok, out, tok == s.eos_id)
+  hist, real = _history(ids, mask, s)
+  pick = lambda logits, hist, i: choose(
+    constrain(logits, hist, real, i, s), jax.random.fold_in(rng, i), s
+  )
+  tok = pick(logits, hist, 0)
+  state = (jnp.int32(1), cache, tok, hist.at[:, p].set(tok), tok == s.eos_id)
 
   def cond(state):
     i, _, _, _, done = state
     return (i < n) & ~jnp.all(done)
 
   def body(state):
-    i, cache, tok, out, done = state
+    i, cache, tok, hist, done = state
     logits, cache = step(model, params, cache, tok, pos + i - 1, full_mask)
-    tok = jnp.where(done, s.pad_id, choose(logits, jax.random.fold_in(rng, i), s))
-    return i + 1, cache, tok, out.at[:, i].set(tok), done | (tok == s.eos_id)
+    tok = jnp.where(done, s.pad_id, pick(logits, hist, i))
+    return i + 1, cache, tok, hist.at[:, p + i].set(tok), done | (tok == s.eos_id)
 
-  return jax.lax.while_loop(cond, body, state)[3]
+  return jax.lax.while_loop(cond, body, state)[3][:, p:]
 
 
 def _gather(x, idx):
@@ -208,6 +283,8 @@ def beam_search(model, params, ids, mask, s: Settings):
   # Every beam starts from the prompt: copy the prefilled rows rather than recompute them.
   cache = reorder_cache(model, cache, jnp.repeat(jnp.arange(b), k))
   logits, full_mask, pos = (jnp.repeat(x, k, axis=0) for x in (logits, full_mask, pos))
+  prompt, real = (jnp.repeat(x, k, axis=0) for x in _history(ids, mask, s))
+  prompt = prompt[:, : ids.shape[1]]
   keep = 2 * k  # enough candidates that num_beams of them are still running after EOS hits
   top_mask = jnp.arange(keep) < k
   lp = s.length_penalty
@@ -216,7 +293,8 @@ def beam_search(model, params, ids, mask, s: Settings):
   def advance(st, logits):
     """Picks step i's tokens from the logits after step i-1; `rows` are the parents' cache rows."""
     i = st['i']
-    logp = jax.nn.log_softmax(logits, axis=-1).reshape(b, k, -1)
+    hist = jnp.concatenate([prompt, flat(st['run_seqs'])], 1)
+    logp = constrain(jax.nn.log_softmax(logits, axis=-1), hist, real, i, s).reshape(b, k, -1)
     v = logp.shape[-1]
     logp = (logp + st['run_scores'][:, :, None]).reshape(b, k * v)
     top_lp, top_idx = jax.lax.top_k(logp, keep)
@@ -308,7 +386,8 @@ def generate(
   params,
   prompts: Union[Sequence[Sequence[int]], np.ndarray],
   *,
-  max_new_tokens: int,
+  max_new_tokens: Optional[int] = None,
+  max_length: Optional[int] = None,
   strategy: str = 'greedy',
   temperature: float = 1.0,
   top_k: int = 0,
@@ -319,13 +398,21 @@ def generate(
   num_return_sequences: int = 1,
   eos_id: Optional[int] = None,
   pad_id: int = 0,
+  repetition_penalty: float = 1.0,
+  no_repeat_ngram_size: int = 0,
+  min_new_tokens: int = 0,
   seed: int = 0,
   mesh=None,
 ) -> list:
   """Continuations of each prompt: result[prompt][sequence] is a list of new token ids.
 
   prompts: token-id lists (any lengths) or a [B, T] array of equal-length prompts.
-  Each continuation ends at (and includes) `eos_id`, or has `max_new_tokens` tokens.
+  Length: exactly one of `max_new_tokens` and `max_length` (HF's: prompt included, the longest
+  prompt of the batch counting, so every row gets max_length - longest new tokens).
+  Each continuation ends at (and includes) `eos_id`, or has that many tokens.
+  `repetition_penalty` (HF's CTRL penalty: a seen token's logit is divided by it when
+  positive, multiplied when negative), `no_repeat_ngram_size` and `min_new_tokens` (EOS banned
+  until then) act as HF's processors of the same names, for every strategy.
   'sample' draws `num_return_sequences` independent samples per prompt; 'beam' returns
   the best `num_return_sequences <= num_beams` beams, best first. A fixed `seed` gives
   the same samples. With `mesh`, params and the batch are sharded by `lm.sharding`'s
@@ -342,10 +429,27 @@ def generate(
     )
   if strategy == 'sample' and temperature <= 0:
     raise ValueError('temperature must be > 0 for sampling; use strategy=greedy instead.')
+  if not prompts:
+    raise ValueError('generate needs at least one prompt.')
+  longest = max(len(p) for p in prompts)
+  if (max_new_tokens is None) == (max_length is None):
+    raise ValueError(
+      'pass exactly one of max_new_tokens (tokens to add) and max_length (prompt included).'
+    )
+  if max_length is not None:
+    max_new_tokens = int(max_length) - longest
+    if max_new_tokens < 1:
+      raise ValueError(
+        f'max_length={max_length} leaves no room after the longest prompt ({longest} tokens): '
+        'raise max_length or pass max_new_tokens.'
+      )
   if max_new_tokens < 1:
     raise ValueError('max_new_tokens must be >= 1.')
+  if repetition_penalty <= 0:
+    raise ValueError(f'repetition_penalty={repetition_penalty} must be > 0 (1: off).')
+  if no_repeat_ngram_size < 0 or min_new_tokens < 0:
+    raise ValueError('no_repeat_ngram_size and min_new_tokens must be >= 0 (0: off).')
   cfg = model.cfg
-  longest = max(len(p) for p in prompts)
   if cfg.position == 'learned' and longest + max_new_tokens > cfg.max_len:
     raise ValueError(
       f'prompt ({longest}) + max_new_tokens ({max_new_tokens}) exceeds the '
@@ -362,6 +466,9 @@ def generate(
     early_stopping=early_stopping,
     eos_id=-1 if eos_id is None else int(eos_id),
     pad_id=int(pad_id),
+    repetition_penalty=float(repetition_penalty),
+    no_repeat_ngram_size=int(no_repeat_ngram_size),
+    min_new_tokens=int(min_new_tokens),
   )
 
   copies = num_return_sequences if strategy == 'sample' else 1

@@ -1,6 +1,7 @@
 """Fine-tuning: body loading checks, offline tasks, QA windows, early stopping, NaN, SIGTERM,
 mesh changes, and pretrained beating random init on the offline classification default."""
 
+import functools
 import json
 import os
 import signal
@@ -194,8 +195,9 @@ def test_sigterm_saves_and_exits(pretrained_bert, tmp_path):
   assert step is not None and step < 100000
 
 
+@functools.cache
 def _tokenizer(kind):
-  docs = [classification.offline_examples('all')[i]['text'] for i in range(200)]
+  docs = [e['text'] for e in classification.offline_examples('all')[:200]]
   return tokenizer_lib.train_tokenizer(docs, kind, 600 if kind == 'wordpiece' else 400)
 
 
@@ -231,6 +233,74 @@ def test_qa_windows_find_far_answer(kind):
   m, preds = qa.score(logits, features, aux, [ex], None, cfg)
   assert preds[0]['prediction'] == answer
   assert m['exact_match'] == 100.0 and m['f1'] == 100.0
+
+
+def test_classification_windows_average_their_logits():
+  """With data.window_stride, a text longer than max_len is cut into the windows written out
+  below by hand; eval's prediction for it is the mean of the logits the model gives each
+  window on its own (unpadded), and a text that fits gets exactly the rows, logits and
+  prediction it got without windows."""
+  import flax.linen as nn  # pylint: disable=g-import-not-at-top
+  import jax  # pylint: disable=g-import-not-at-top
+
+  from lm import model as M  # pylint: disable=g-import-not-at-top
+  from lm import sharding  # pylint: disable=g-import-not-at-top
+  from lm.tasks import model as task_model  # pylint: disable=g-import-not-at-top
+
+  tok = _tokenizer('bpe')  # GPT-2 framing: text <eos>, so a window holds max_len - 1 tokens
+  long_text = ' '.join(e['text'] for e in classification.offline_examples('all')[:3])
+  examples = [
+    {'text': long_text, 'text_b': None, 'label': 'statements'},
+    {'text': 'The pass statement does nothing.', 'text_b': None, 'label': 'expressions'},
+  ]
+  labels = list(classification.TOPIC_LABELS)
+  config = defaults.finetuning('classification')
+  config.data.update(max_len=32, window_stride=20)
+  config.eval_batch_size = 4
+  a = tok.encode(long_text)
+  assert len(a) > 100
+  starts = [0, 20, 40, 60, 80]
+  while starts[-1] + 31 < len(a):
+    starts.append(starts[-1] + 20)
+  windows = [a[s : s + 31] + [tok.eos_id] for s in starts]
+  short = tok.encode(examples[1]['text']) + [tok.eos_id]
+
+  data = evaluation.prepare(classification, examples, tok, labels, config.data, 'test')
+  rows = [
+    list(r[m == 1]) for r, m in zip(data.features['input_ids'], data.features['attention_mask'])
+  ]
+  assert rows == windows + [short]
+  assert list(data.aux['example']) == [0] * len(windows) + [1]
+  np.testing.assert_allclose(data.features['weight'], [1 / len(windows)] * len(windows) + [1])
+
+  cfg = M.ModelConfig(
+    vocab_size=tok.vocab_size, hidden_size=32, num_layers=2, num_heads=4, mlp_dim=64,
+    max_len=32, pre_ln=True, initializer_range=0.2,
+  )  # fmt: skip
+  model = task_model.TaskModel(cfg, 'decoder', 'pooled', len(labels))
+  params = nn.unbox(jax.jit(model.init)(jax.random.PRNGKey(0), *task_model.init_inputs(32)))
+  params = params['params']
+  mesh = sharding.make_mesh((1, 1, 1), jax.devices()[:1])
+  params_sh = jax.tree.map(lambda x: x.sharding, params)
+  step = evaluation.make_predict_step(model, classification, params_sh, mesh)
+  row_logits, _ = evaluation.predict(step, params, data.features, 4, mesh)
+  apply = jax.jit(lambda ids: model.apply({'params': params}, ids))
+  by_hand = [np.asarray(apply(np.asarray([w])))[0] for w in windows]
+  got = classification.example_logits(row_logits, data.aux['example'], 2)
+  np.testing.assert_allclose(got[0], np.mean(by_hand, 0), rtol=1e-5, atol=1e-6)
+  m, preds = evaluation.evaluate(classification, step, params, data, labels, config, mesh)
+  assert [p['prediction'] for p in preds] == [labels[i] for i in np.argmax(got, -1)]
+  assert m['accuracy'] == np.mean(np.argmax(got, -1) == [0, 1])
+
+  config.data.window_stride = 0  # as before: the short text's row and logits are unchanged
+  before = evaluation.prepare(classification, examples[1:], tok, labels, config.data, 'test')
+  for k, v in before.features.items():
+    np.testing.assert_array_equal(v, data.features[k][-1:])
+  before_logits, _ = evaluation.predict(step, params, before.features, 4, mesh)
+  np.testing.assert_array_equal(got[1], before_logits[0])
+  assert (
+    evaluation.evaluate(classification, step, params, before, labels, config, mesh)[1] == preds[1:]
+  )
 
 
 def test_offline_sets_are_real_and_deterministic():

@@ -55,13 +55,14 @@ def _ours(scan_layers=False):
   return M.Decoder(cfg), params
 
 
-def _hf_generate(**kwargs):
-  ids, mask = G.left_pad(PROMPTS, PAD)
+def _hf_generate(pad=PAD, **kwargs):
+  ids, mask = G.left_pad(PROMPTS, pad)
+  if 'max_length' not in kwargs:
+    kwargs['max_new_tokens'] = N
   out = _hf_model().generate(
     torch.tensor(ids, dtype=torch.long),
     attention_mask=torch.tensor(mask),
-    max_new_tokens=N,
-    pad_token_id=PAD,
+    pad_token_id=pad,
     do_sample=False,
     **kwargs,
   )
@@ -129,6 +130,89 @@ def test_beam_matches_hf(length_penalty, eos, early_stopping):
   s = G.Settings(max_new_tokens=N, strategy='beam', eos_id=-1 if eos is None else eos, **kw)
   _, scores = G.beam_search(model, params, ids, mask, s)
   np.testing.assert_allclose(np.asarray(scores)[:, :2].reshape(-1), ref_scores, rtol=1e-5)
+
+
+# Each constraint alone, then all together with the length given as HF's max_length. n-grams:
+# the random model seldom repeats a bigram greedily, so greedy gets size 1 (every seen token)
+# and, in the combination, a penalty below 1 that invites repeats for the n-gram ban to stop.
+TEXT_FREE_PAD = 95  # a pad id that none of the texts below contains (see the n-gram note)
+PROCESSOR_CASES = {
+  'repetition_penalty': dict(repetition_penalty=1.5),
+  'no_repeat_ngram': dict(no_repeat_ngram_size=1, beam=dict(no_repeat_ngram_size=2)),
+  'min_new_tokens': dict(min_new_tokens=6, eos=True),
+  'all_with_max_length': dict(
+    repetition_penalty=0.8,
+    no_repeat_ngram_size=2,
+    min_new_tokens=4,
+    eos=True,
+    max_length=len(PROMPTS[0]) + N,
+  ),
+}
+
+
+@pytest.mark.parametrize('strategy', ['greedy', 'beam'])
+@pytest.mark.parametrize('case', list(PROCESSOR_CASES))
+def test_constraints_match_hf(case, strategy):
+  """Repetition penalty, no-repeat n-grams, min new tokens and max_length give HF's tokens,
+  greedy and beam, on the padded batch; and each case really changes HF's own output."""
+  kw = dict(PROCESSOR_CASES[case])
+  kw.update(kw.pop('beam', {}) if strategy == 'beam' else {})
+  kw.pop('beam', None)
+  eos = _eos() if kw.pop('eos', False) else None
+  beam = dict(num_beams=3, num_return_sequences=2) if strategy == 'beam' else {}
+  length = {'max_length': kw.pop('max_length')} if 'max_length' in kw else {'max_new_tokens': N}
+  model, params = _ours()
+  pad = TEXT_FREE_PAD
+  ours = G.generate(
+    model, params, PROMPTS, strategy=strategy, eos_id=eos, pad_id=pad, **length, **beam, **kw
+  )
+  hf_length = {} if 'max_new_tokens' in length else length
+  ref, _ = _hf_generate(pad, eos_token_id=eos, **hf_length, **beam, **kw)
+  assert _flat(ours) == _trim(ref, eos)
+  assert _trim(_hf_plain(strategy, eos), eos) != _trim(ref, eos), f'{case} changed nothing'
+  # HF's n-gram processor counts left padding as text, ours does not: they agree as long as
+  # the pad id never occurs in the text, as here.
+  assert all(pad not in row for row in PROMPTS + _flat(ours))
+
+
+@functools.cache
+def _hf_plain(strategy, eos):
+  beam = dict(num_beams=3, num_return_sequences=2) if strategy == 'beam' else {}
+  return _hf_generate(eos_token_id=eos, **beam)[0]
+
+
+@pytest.mark.parametrize('n', [1, 2, 3])
+def test_constraint_processors_match_hf_on_random_histories(n):
+  """`constrain` on the logits equals HF's three processors in HF's order, over histories from
+  a 6-token alphabet (so n-grams repeat), with and without left padding before the prompt."""
+  rng = np.random.default_rng(n)
+  v, p, new, rows = 8, 5, 7, 16
+  hist = rng.integers(0, 6, size=(rows, p + new))
+  logits = rng.normal(size=(rows, v)).astype(np.float32) * 3
+  procs = transformers.LogitsProcessorList(
+    [
+      transformers.RepetitionPenaltyLogitsProcessor(1.7),
+      transformers.NoRepeatNGramLogitsProcessor(n),
+      transformers.MinNewTokensLengthLogitsProcessor(p, 9, eos_token_id=4),
+    ]
+  )
+  ref = procs(torch.tensor(hist), torch.tensor(logits)).numpy()
+  s = G.Settings(
+    max_new_tokens=new + 3,
+    repetition_penalty=1.7,
+    no_repeat_ngram_size=n,
+    min_new_tokens=9,
+    eos_id=4,
+  )
+  pad = 3  # left padding (id 7, never in the text) must change nothing
+  ids = np.concatenate([np.full((rows, pad), 7), hist[:, :p]], 1)
+  mask = np.concatenate([np.zeros((rows, pad)), np.ones((rows, p))], 1)
+  slots, real = G._history(jnp.asarray(ids), jnp.asarray(mask), s)  # pylint: disable=protected-access
+  slots = slots.at[:, pad + p : pad + p + new].set(hist[:, p:])
+  ours = np.asarray(G.constrain(jnp.asarray(logits), slots, real, new, s))
+  np.testing.assert_array_equal(np.isinf(ours), np.isinf(ref))
+  assert np.isinf(ref).sum(1).min() >= 1  # the n-gram ban and the EOS ban both bit
+  np.testing.assert_allclose(ours[~np.isinf(ours)], ref[~np.isinf(ref)], rtol=1e-6)
 
 
 def test_cached_logits_equal_uncached():
@@ -228,3 +312,9 @@ def test_bad_arguments():
     G.generate(model, params, PROMPTS, max_new_tokens=64)
   with pytest.raises(ValueError, match='greedy'):
     G.generate(model, params, PROMPTS, max_new_tokens=2, num_return_sequences=2)
+  with pytest.raises(ValueError, match='exactly one of max_new_tokens'):
+    G.generate(model, params, PROMPTS, max_new_tokens=2, max_length=9)
+  with pytest.raises(ValueError, match='exactly one of max_new_tokens'):
+    G.generate(model, params, PROMPTS)
+  with pytest.raises(ValueError, match='max_length=5 leaves no room'):
+    G.generate(model, params, PROMPTS, max_length=len(PROMPTS[0]))

@@ -120,6 +120,17 @@ def pad_rows(rows, length: int, value=0, dtype=np.int32):
   return out
 
 
+def window_starts(n_tokens: int, size: int, stride: int) -> list:
+  """Start offsets of windows of `size` tokens, `stride` (at most `size`) apart, covering
+  [0, n_tokens): one window when everything fits."""
+  starts, s = [], 0
+  while True:
+    starts.append(s)
+    if s + size >= n_tokens:
+      return starts
+    s += max(1, min(stride, size))
+
+
 def truncate_pair(a: list, b, budget: int):
   """Longest-first truncation of a (and b) to `budget` tokens in total."""
   a = list(a)

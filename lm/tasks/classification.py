@@ -1,7 +1,14 @@
 """Sequence classification, single sentences or pairs (GLUE-style), on the pooled output.
 
 Examples: ``{'text': str, 'text_b': str | None, 'label': str}``. Rows are framed by
-`lm.tasks.Specials` and truncated longest-first to data.max_len.
+`lm.tasks.Specials` and truncated longest-first to data.max_len; or, with
+``data.window_stride`` > 0, a single text longer than that becomes several windows of
+max_len tokens (framing included), ``window_stride`` tokens apart (as QA's doc stride), and
+the example's prediction is the mean of its windows' logits: since the head is linear, that is
+the head applied to the mean pooled state, and a text that fits keeps its one row, so its
+logits are exactly those without windows. Each window of an n-window text weighs 1/n in the
+loss (training and the eval loss), so every example weighs as much as before. Pairs are
+truncated as always.
 Metrics: accuracy and macro precision/recall/F1 over all labels (lm.metrics).
 
 Data (lm.tasks.data.load_examples picks the source):
@@ -209,6 +216,7 @@ def featurize(examples, tok, labels, data_cfg):
   sp = tasks.Specials(tok)
   index = {l: i for i, l in enumerate(labels)}
   max_len = int(data_cfg.max_len)
+  stride = int(data_cfg.get('window_stride', 0))
   a_ids = tok.encode_batch([e['text'] for e in examples])
   b_texts = [e.get('text_b') for e in examples]
   b_ids = (
@@ -217,27 +225,44 @@ def featurize(examples, tok, labels, data_cfg):
     else []
   )
   b_iter = iter(b_ids)
-  ids, types, label = [], [], []
-  for e, a, bt in zip(examples, a_ids, b_texts):
+  ids, types, label, weight, example = [], [], [], [], []
+  for ex_i, (e, a, bt) in enumerate(zip(examples, a_ids, b_texts)):
     b = next(b_iter) if bt is not None else None
-    a, b = tasks.truncate_pair(a, b, max_len - sp.overhead(b is not None))
-    i, t, _ = sp.frame(a, b)
-    ids.append(i)
-    types.append(t)
+    budget = max_len - sp.overhead(b is not None)
+    if b is None and stride > 0:
+      pieces = [(a[w : w + budget], None) for w in tasks.window_starts(len(a), budget, stride)]
+    else:
+      pieces = [tasks.truncate_pair(a, b, budget)]
     if e['label'] not in index:
       raise ValueError(
         f'label {e["label"]!r} is not among the labels {labels}: set '
         'data.labels or check the data files.'
       )
-    label.append(index[e['label']])
+    for piece_a, piece_b in pieces:
+      i, t, _ = sp.frame(piece_a, piece_b)
+      ids.append(i)
+      types.append(t)
+      label.append(index[e['label']])
+      weight.append(1.0 / len(pieces))
+      example.append(ex_i)
   features = {
     'input_ids': tasks.pad_rows(ids, max_len, sp.pad),
     'token_type_ids': tasks.pad_rows(types, max_len, 0),
     'attention_mask': tasks.pad_rows([[1] * len(i) for i in ids], max_len, 0),
     'label': np.asarray(label, np.int32),
-    'weight': np.ones(len(ids), np.float32),
+    'weight': np.asarray(weight, np.float32),
   }
-  return features, None
+  return features, {'example': np.asarray(example, np.int64)}
+
+
+def example_logits(logits, example, num_examples: int):
+  """[num_examples, C]: the mean of each example's window logits (`featurize`'s aux['example']
+  maps rows to examples); an example with one row keeps its logits exactly."""
+  logits = np.asarray(logits, np.float32)
+  sums = np.zeros((num_examples, logits.shape[-1]), np.float64)
+  np.add.at(sums, example, logits)
+  counts = np.bincount(example, minlength=num_examples)[:, None]
+  return (sums / np.maximum(counts, 1)).astype(np.float32)
 
 
 def loss_sums(logits, batch):
@@ -249,13 +274,13 @@ def loss_sums(logits, batch):
 
 
 def score(logits, features, aux, examples, labels, data_cfg):
-  del aux, data_cfg
-  pred = np.argmax(np.asarray(logits), -1)
-  m = metrics_lib.classification_metrics(
-    features['label'], pred, len(labels), label_ids=range(len(labels))
-  )
+  del data_cfg
+  pred = np.argmax(example_logits(logits, aux['example'], len(examples)), -1)
+  gold = np.zeros(len(examples), np.int64)
+  gold[aux['example']] = features['label']
+  m = metrics_lib.classification_metrics(gold, pred, len(labels), label_ids=range(len(labels)))
   # What always answering the split's most frequent label would score: the bar to clear.
-  m['majority_accuracy'] = float(np.bincount(features['label']).max() / max(len(pred), 1))
+  m['majority_accuracy'] = float(np.bincount(gold).max() / max(len(pred), 1))
   predictions = [
     {'text': e['text'], 'label': e['label'], 'prediction': labels[int(p)]}
     for e, p in zip(examples, pred)

@@ -146,12 +146,7 @@ def windows(n_tokens: int, size: int, stride: int):
     raise ValueError(
       'data.max_query_len leaves no room for the context: lower it or raise data.max_len.'
     )
-  starts, s = [], 0
-  while True:
-    starts.append(s)
-    if s + size >= n_tokens:
-      return starts
-    s += max(1, min(stride, size))
+  return tasks.window_starts(n_tokens, size, stride)
 
 
 def featurize(examples, tok, labels, data_cfg):
