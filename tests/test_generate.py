@@ -10,9 +10,14 @@ os.environ.setdefault('XLA_FLAGS', '--xla_force_host_platform_device_count=8')
 import numpy as np  # noqa: E402
 import pytest  # noqa: E402
 
-torch = pytest.importorskip('torch')
-transformers = pytest.importorskip('transformers')
+try:  # HF parity needs the hf extra; the tests of ours against ours run without it
+  import torch
+  import transformers
+except ImportError:
+  torch = transformers = None
+needs_hf = pytest.mark.skipif(torch is None, reason='HF parity needs torch + transformers')
 
+import flax.linen as nn  # noqa: E402
 import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
 
@@ -48,6 +53,21 @@ def _hf_model():
 
 @functools.cache
 def _ours(scan_layers=False):
+  """Our decoder on the HF model's weights; without torch, on our own init at the same std."""
+  if torch is None and scan_layers:  # the same weights, stacked through lm.hf's layout table
+    model, params = _ours()
+    cfg = dataclasses.replace(model.cfg, scan_layers=True)
+    return M.Decoder(cfg), hf.gpt2_from_hf(hf.gpt2_to_hf(params, model.cfg), cfg)
+  if torch is None:
+    cfg = M.ModelConfig(
+      vocab_size=96, hidden_size=32, num_layers=2, num_heads=4, mlp_dim=128, max_len=64,
+      type_vocab_size=0, pre_ln=True, activation='gelu_tanh', layer_norm_eps=1e-5,
+      dropout_rate=0.0, attention_dropout_rate=0.0, initializer_range=0.3,
+      scan_layers=scan_layers,
+    )  # fmt: skip
+    model = M.Decoder(cfg)
+    variables = model.init(jax.random.PRNGKey(0), jnp.zeros((1, 4), jnp.int32))
+    return model, nn.unbox(variables)['params']
   model = _hf_model()
   _, cfg = hf.config_from_hf(model.config)
   cfg = dataclasses.replace(cfg, scan_layers=scan_layers)
@@ -82,11 +102,16 @@ def _flat(out):
 
 @functools.cache
 def _eos():
-  """A token HF's beams emit mid-sequence, so EOS really ends some beams early."""
+  """A token the beams emit mid-sequence (HF's; ours without torch), so EOS really ends some
+  beams early."""
+  if torch is None:
+    out = G.generate(*_ours(), PROMPTS, max_new_tokens=N, strategy='beam', num_beams=3)
+    return int(out[0][0][2])
   seqs, _ = _hf_generate(num_beams=3, num_return_sequences=2)
   return int(seqs[0, 2])
 
 
+@needs_hf
 @pytest.mark.parametrize('eos', [None, 'mid'])
 def test_greedy_matches_hf(eos):
   eos = _eos() if eos else None
@@ -100,6 +125,7 @@ def test_greedy_matches_hf(eos):
     assert len(ours[0]) < N and ours[0][-1] == eos
 
 
+@needs_hf
 @pytest.mark.parametrize(
   'length_penalty,eos,early_stopping',
   [(0.7, None, False), (0.7, 'mid', False), (1.0, 'mid', False), (2.0, 'mid', True)],
@@ -150,6 +176,7 @@ PROCESSOR_CASES = {
 }
 
 
+@needs_hf
 @pytest.mark.parametrize('strategy', ['greedy', 'beam'])
 @pytest.mark.parametrize('case', list(PROCESSOR_CASES))
 def test_constraints_match_hf(case, strategy):
@@ -181,6 +208,7 @@ def _hf_plain(strategy, eos):
   return _hf_generate(eos_token_id=eos, **beam)[0]
 
 
+@needs_hf
 @pytest.mark.parametrize('n', [1, 2, 3])
 def test_constraint_processors_match_hf_on_random_histories(n):
   """`constrain` on the logits equals HF's three processors in HF's order, over histories from
@@ -234,6 +262,8 @@ def test_cached_logits_equal_uncached():
   full = model.apply({'params': params}, seq, positions=positions, attention_mask=seq_mask)
   p = ids.shape[1]
   np.testing.assert_allclose(cached, np.asarray(full)[:, p - 1 :], atol=1e-5, rtol=1e-5)
+  if torch is None:
+    return
   with torch.no_grad():
     ref = _hf_model()(
       torch.tensor(seq, dtype=torch.long),
@@ -265,6 +295,7 @@ def test_sampling_seeded_and_top_k_1_is_greedy():
   assert top1 == greedy
 
 
+@needs_hf
 @pytest.mark.parametrize('temperature,top_k,top_p', [(0.7, 5, 1.0), (1.3, 0, 0.6), (1.0, 10, 0.8)])
 def test_logits_processors_match_hf(temperature, top_k, top_p):
   """Same survivors and values as HF's warpers applied in HF's order."""
