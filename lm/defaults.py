@@ -83,6 +83,10 @@ def pretraining() -> ml_collections.ConfigDict:
   """Defaults every pretraining config shares."""
   c = ml_collections.ConfigDict()
   c.objective = 'mlm'  # 'mlm' (Encoder: MLM + NSP) | 'clm' (Decoder: causal LM)
+  # Continued pretraining: a workdir (train.py, dpo.py, sft.py) or an HF directory whose weights,
+  # architecture and tokenizer a fresh run starts from, with a fresh optimizer; a workdir that
+  # already holds a checkpoint resumes instead.
+  c.init_checkpoint = ''
   c.seed = 0
   c.mesh_shape = (-1, 1, 1)  # (data, fsdp, tensor); -1 takes the remaining devices
 

@@ -92,6 +92,8 @@ def _load_workdir(workdir: str, mesh, step: Optional[int]) -> Pretrained:
   config = ml_collections.ConfigDict(json.loads(meta['config']))
   tok = tokenizer_lib.Tokenizer.load(os.path.join(workdir, 'tokenizer.json'))
   model = objectives.make_model(config, tok.vocab_size)
+  if 'model' in meta:  # the exact model (a continued HF model keeps its unpadded vocab)
+    model = type(model)(M.ModelConfig.from_dict(meta['model']))
   target = trainer.abstract_state(
     model, optim.make(config.train), mesh, objectives.init_inputs(config)
   )
