@@ -208,7 +208,7 @@ def text_to_text(task: str) -> ml_collections.ConfigDict:
   c.data.seq_len = 128  # packed row length, at most the model's max_len
   c.data.max_prompt_len = 96  # context tokens kept (the document is cut at its end)
 
-  c.train = train_block(batch_size=16, steps=400, lr=3e-4, warmup_steps=40, schedule='cosine')
+  c.train = train_block(batch_size=16, steps=200, lr=3e-4, warmup_steps=20, schedule='cosine')
   c.train.loss_chunk = 0  # >0: fused linear + cross-entropy in chunks of this many tokens
   c.eval_batch_size = 32
   c.generate = ml_collections.ConfigDict(
