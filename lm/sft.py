@@ -215,19 +215,28 @@ def _qualname(module, obj) -> str:
   return f'{module.__name__}.{getattr(obj, "__qualname__", getattr(obj, "__name__", "?"))}'
 
 
+def _paragraphs(text: str) -> set:
+  return {' '.join(p.split()) for p in re.split(r'\n\s*\n', text) if len(p.split()) > 1}
+
+
 @functools.lru_cache(maxsize=None)
-def _pretraining_ngrams() -> frozenset:
+def _pretraining_index() -> tuple:
+  """(13-word sequences, paragraphs) of the pretraining documents."""
   from lm.data import python_docs  # pylint: disable=g-import-not-at-top
 
-  return frozenset().union(*map(python_docs.ngrams, python_docs.pretraining_documents()))
+  docs = python_docs.pretraining_documents()
+  return frozenset().union(*map(python_docs.ngrams, docs)), frozenset().union(
+    *map(_paragraphs, docs)
+  )
 
 
 def _held_out(*texts) -> bool:
-  """No 13-word sequence shared with the pretraining corpus."""
+  """No 13-word sequence and no paragraph shared with the pretraining corpus (Python copies
+  some docstrings between modules)."""
   from lm.data import python_docs  # pylint: disable=g-import-not-at-top
 
-  grams = _pretraining_ngrams()
-  return not any(python_docs.ngrams(t) & grams for t in texts)
+  grams, paras = _pretraining_index()
+  return not any(python_docs.ngrams(t) & grams or _paragraphs(t) & paras for t in texts)
 
 
 @functools.lru_cache(maxsize=None)
