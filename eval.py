@@ -5,6 +5,9 @@ r"""Evaluates a checkpoint and writes a JSON result file plus a printed table.
   python eval.py --checkpoint=/tmp/ft_cls [--config=configs/finetune_cls.py] [--which=latest]
   # a dpo.py workdir (reward model or DPO policy): its held-out preference metrics
   python eval.py --checkpoint=/tmp/lm_dpo
+  # an sft.py workdir (SFT, summarization): response loss (and the initial model's), ROUGE-1/2/L
+  # and BLEU of generations (its config's `generate`), the lead baseline for summarization
+  python eval.py --checkpoint=/tmp/lm_sum [--config=configs/summarize.py --config.generate...]
   # a pretraining workdir (train.py) or an HF directory: perplexity, MLM/NSP (or LM) accuracy
   python eval.py --checkpoint=/tmp/lm_base [--config=configs/base.py] [--eval_batches=20]
   # a decoder (train.py / DPO workdir, HF GPT-2 dir) on a text file: HF's sliding-window
@@ -25,16 +28,17 @@ from ml_collections import config_flags
 from lm import cli
 from lm import evaluation
 from lm import metrics
+from lm import sft
 
 FLAGS = flags.FLAGS
 config_flags.DEFINE_config_file(
   'config', None, 'Optional config: the data to evaluate on.', lock_config=True
 )
 flags.DEFINE_string(
-  'checkpoint', None, 'finetune.py, dpo.py or train.py workdir, or an HF model dir.'
+  'checkpoint', None, 'finetune.py, sft.py, dpo.py or train.py workdir, or an HF model dir.'
 )
 flags.DEFINE_string('output', None, 'JSON result file (default CHECKPOINT/eval_results.json).')
-flags.DEFINE_enum('which', 'best', ['best', 'latest'], 'Fine-tuned: best or latest params.')
+flags.DEFINE_enum('which', 'best', ['best', 'latest'], 'Fine-tuned, sft.py: best or latest params.')
 flags.DEFINE_integer('eval_batches', None, 'Pretraining: batches to evaluate (default config).')
 flags.DEFINE_integer('max_examples', 0, 'Fine-tuned: evaluate only the first N (0 = all).')
 flags.DEFINE_enum(
@@ -65,6 +69,7 @@ def main(argv):
     print(f'wrote {result["output"]}')
     return
   output = FLAGS.output or os.path.join(path, 'eval_results.json')
+  preds = None
   if FLAGS.text_file:
     results = evaluation.evaluate_text(path, FLAGS.text_file, FLAGS.stride, FLAGS.window)
   elif FLAGS.stride or FLAGS.window:
@@ -73,6 +78,15 @@ def main(argv):
     results, preds = evaluation.evaluate_finetuned(
       path, FLAGS.config, FLAGS.which, max_examples=FLAGS.max_examples, split=FLAGS.split
     )
+  elif sft.is_workdir(path):
+    results, preds = sft.evaluate_workdir(
+      path, FLAGS.config, FLAGS.split, FLAGS.max_examples, FLAGS.which
+    )
+  elif evaluation.is_preference_workdir(path):
+    results = evaluation.evaluate_preference(path, split=FLAGS.split)
+  else:
+    results = evaluation.evaluate_pretraining(path, FLAGS.config, FLAGS.eval_batches)
+  if preds is not None:
     with open(
       os.path.splitext(output)[0].replace('eval_results', 'eval_predictions') + '.jsonl',
       'w',
@@ -80,10 +94,6 @@ def main(argv):
     ) as f:
       for p in preds:
         f.write(json.dumps(p) + '\n')
-  elif evaluation.is_preference_workdir(path):
-    results = evaluation.evaluate_preference(path, split=FLAGS.split)
-  else:
-    results = evaluation.evaluate_pretraining(path, FLAGS.config, FLAGS.eval_batches)
   results = {'checkpoint': os.path.abspath(path), **results}
   metrics.write_json(output, results)
   split = f' on the {results["split"]} split' if 'split' in results else ''

@@ -2,10 +2,16 @@ r"""Pretrains a Transformer LM (BERT-style MLM+NSP or GPT-style causal LM).
 
   python train.py --config=configs/base.py --workdir=/tmp/lm_base [--config.train.steps=100]
 
-Resumes from the latest checkpoint in --workdir. SIGTERM/SIGINT save a checkpoint at the
-next step boundary and exit cleanly.
+  # continued pretraining: weights, architecture and tokenizer of a workdir or HF directory,
+  # a fresh optimizer, new data (tokenized with that tokenizer)
+  python train.py --config=configs/gpt_base.py --workdir=/tmp/lm_cont \
+      --config.init_checkpoint=/tmp/lm_gpt --config.data.source=files --config.data.files=new/*.txt
+
+Resumes from the latest checkpoint in --workdir (which wins over init_checkpoint once the run has
+saved one). SIGTERM/SIGINT save a checkpoint at the next step boundary and exit cleanly.
 """
 
+import dataclasses
 import os
 
 from absl import flags
@@ -13,10 +19,13 @@ import jax
 from jax.experimental import multihost_utils
 from ml_collections import config_flags
 
+from lm import checkpoint
 from lm import cli
 from lm import loop
+from lm import model as M
 from lm import objectives
 from lm import optim
+from lm import pretrained
 from lm import report
 from lm import sample
 from lm import sharding
@@ -24,6 +33,7 @@ from lm import trainer
 from lm.data import prepare
 from lm.data import pretrain
 from lm.data import shards
+from lm.data import tokenizer as tokenizer_lib
 
 FLAGS = flags.FLAGS
 config_flags.DEFINE_config_file('config', None, 'Training config file.', lock_config=True)
@@ -39,6 +49,8 @@ def train_and_evaluate(config, workdir: str):
   """
   workdir = cli.writable_dir(workdir)
   pi, pc = jax.process_index(), jax.process_count()
+  mesh = sharding.make_mesh(config.mesh_shape)
+  init, model_cfg = _continue_from(config, workdir, mesh)  # sets the tokenizer and model config
 
   # Data: prepared once into token shards beside their tokenizer (shared by every run and
   # host with the same data config), then read row by row: batches are a function of the step.
@@ -51,13 +63,22 @@ def train_and_evaluate(config, workdir: str):
     print(f'{shards.no_eval_reason(data_dir, manifest)}: no held-out evaluation.')
   train_data = pretrain.make_batcher(config, train_corpus, tok, config.seed)
 
-  # Model, optimizer and state, initialised straight into their shardings.
-  mesh = sharding.make_mesh(config.mesh_shape)
+  # Model, optimizer and state, initialised straight into their shardings (or from the
+  # init_checkpoint's params, with a fresh optimizer).
   model = objectives.make_model(config, tok.vocab_size)
+  if model_cfg is not None:
+    model = type(model)(model_cfg)
   tx = optim.make(config.train)
-  state, state_sh = trainer.create_state(
-    model, tx, mesh, config.seed, objectives.init_inputs(config)
-  )
+  if init is None:
+    state, state_sh = trainer.create_state(
+      model, tx, mesh, config.seed, objectives.init_inputs(config)
+    )
+  else:
+    state, state_sh = trainer.create_state_from(
+      model, tx, mesh, config.seed, objectives.init_inputs(config), init.params
+    )
+    print(f'continued pretraining from {config.init_checkpoint} (step {init.step})')
+  del init
   print(
     f'{config.objective}: {trainer.param_count(state.params):,} params, mesh '
     f'{dict(mesh.shape)}, {pc} process(es), vocab {tok.vocab_size}'
@@ -87,7 +108,12 @@ def train_and_evaluate(config, workdir: str):
     writer=writer,
     stop=stop,
     evaluate=evaluate,
-    meta=lambda step: {'data_position': step, 'config': config.to_json()},
+    eval_at_start=bool(config.init_checkpoint),  # the loaded model on the new data: step 0
+    meta=lambda step: {
+      'data_position': step,
+      'config': config.to_json(),
+      'model': dataclasses.asdict(model.cfg),
+    },
     rate=('tokens_per_sec', config.train.batch_size * config.data.seq_len),
   )
   state, result = fit.state, {'eval': fit.eval, 'sample': None}
@@ -103,6 +129,57 @@ def train_and_evaluate(config, workdir: str):
       writer.text(int(state.step), 'sample', result['sample'])
   writer.close()
   return {'step': int(state.step), **result}
+
+
+RUNTIME_FIELDS = ('dropout_rate', 'attention_dropout_rate', 'dtype', 'remat', 'attention_impl')
+
+
+def _continue_from(config, workdir: str, mesh):
+  """(Pretrained to start from or None, its model config or None) for config.init_checkpoint.
+
+  The architecture and the tokenizer are the checkpoint's: config.model takes its fields (all
+  but RUNTIME_FIELDS, which stay this config's) and data.tokenizer.path its tokenizer, so the new
+  data is prepared with it. When the workdir already holds a checkpoint, resume wins: the params
+  come from there, the model config and tokenizer from the run itself, and the init checkpoint
+  is not read at all (it may be gone)."""
+  source = config.init_checkpoint
+  if not source:
+    return None, None
+  ckpt_dir = os.path.join(workdir, 'checkpoints')
+  if os.path.isdir(ckpt_dir) and checkpoint.Checkpointer(ckpt_dir, read_only=True).latest_step():
+    meta, _ = checkpoint.Checkpointer(ckpt_dir, read_only=True).read_meta()
+    init, cfg, tok_path = None, M.ModelConfig.from_dict(meta['model']), workdir
+  else:
+    init = pretrained.load(source, mesh)
+    cfg, tok_path = init.cfg, source
+    want = 'encoder' if config.objective == 'mlm' else 'decoder'
+    if init.kind != want:
+      raise ValueError(
+        f'init_checkpoint={source} holds an {init.kind}; objective={config.objective!r} trains '
+        f'an {want}: pass a checkpoint of the same kind or change config.objective.'
+      )
+    if init.tokenizer is None:
+      raise FileNotFoundError(f'no tokenizer files in init_checkpoint={source}: add them.')
+  if pretrained.is_workdir(tok_path):
+    tok_path = os.path.join(tok_path, 'tokenizer.json')
+  given = config.data.tokenizer.path
+  if given and tokenizer_lib.from_hf_files(given).hf.to_str() != (
+    tokenizer_lib.from_hf_files(tok_path).hf.to_str()
+  ):
+    raise ValueError(
+      f'data.tokenizer.path={given} is not the tokenizer of init_checkpoint={source}: leave '
+      "it empty (the checkpoint's tokenizer is used)."
+    )
+  config.data.tokenizer.path = tok_path
+  arch = {k: v for k, v in dataclasses.asdict(cfg).items() if k in config.model}
+  config.model.update({k: v for k, v in arch.items() if k not in RUNTIME_FIELDS})
+  cfg = dataclasses.replace(cfg, **{k: config.model[k] for k in RUNTIME_FIELDS})
+  if cfg.position == 'learned' and config.data.seq_len > cfg.max_len:
+    raise ValueError(
+      f'data.seq_len={config.data.seq_len} exceeds the max_len={cfg.max_len} of '
+      f'init_checkpoint={source}: lower --config.data.seq_len.'
+    )
+  return init, cfg
 
 
 def _keep_tokenizer(tok, workdir: str, data_dir: str):

@@ -4,6 +4,7 @@ whichever job reads it; each file in configs/ states its own choices on top.
 * :func:`pretraining`: train.py (configs/base.py, gpt_base.py, bert.py, gpt2.py)
 * :func:`finetuning`: finetune.py (configs/finetune_*.py)
 * :func:`preference`: dpo.py, reward models and DPO (configs/reward.py, dpo.py)
+* :func:`text_to_text`: sft.py, SFT and summarization (configs/sft.py, summarize.py)
 """
 
 import dataclasses
@@ -83,6 +84,10 @@ def pretraining() -> ml_collections.ConfigDict:
   """Defaults every pretraining config shares."""
   c = ml_collections.ConfigDict()
   c.objective = 'mlm'  # 'mlm' (Encoder: MLM + NSP) | 'clm' (Decoder: causal LM)
+  # Continued pretraining: a workdir (train.py, dpo.py, sft.py) or an HF directory whose weights,
+  # architecture and tokenizer a fresh run starts from, with a fresh optimizer; a workdir that
+  # already holds a checkpoint resumes instead.
+  c.init_checkpoint = ''
   c.seed = 0
   c.mesh_shape = (-1, 1, 1)  # (data, fsdp, tensor); -1 takes the remaining devices
 
@@ -182,4 +187,45 @@ def preference() -> ml_collections.ConfigDict:
   c.loss = 'dpo'  # dpo only: 'dpo' -log sigmoid(beta h) | 'ipo' (h - 1/(2 beta))^2
   c.beta = 0.1
   c.reference = ''  # dpo only: frozen reference model ('' = the pretrained model)
+  return c
+
+
+def text_to_text(task: str) -> ml_collections.ConfigDict:
+  """Defaults configs/sft.py and configs/summarize.py share (lm/sft.py; fields documented
+  inline)."""
+  c = ml_collections.ConfigDict()
+  c.task = task  # 'sft' | 'summarize': the offline default data and the lead baseline
+  c.init_checkpoint = ''  # a decoder: train.py / dpo.py / sft.py workdir or HF GPT-2 directory
+  c.seed = 0
+  c.mesh_shape = (-1, 1, 1)
+  c.model_overrides = ml_collections.ConfigDict(dict(dropout_rate=0.1, attention_dropout_rate=0.1))
+
+  c.data = ml_collections.ConfigDict(source_block(held_out=True, eval_split='validation'))
+  c.data.update(eval_fraction=0.15, test_fraction=0.15, test_split='test')
+  c.data.prompt_key = ''  # files / tfds: the input and target fields ('' = the source's own)
+  c.data.target_key = ''
+  c.data.template = 'chat'  # 'chat' (User:/Assistant: turns) | 'plain' (prompt_format)
+  c.data.prompt_format = '{prompt}\nTL;DR:'  # plain: the context around the input
+  c.data.system = ''  # chat: a system message for examples that have none
+  c.data.max_train_examples = 0  # 0 = all
+  c.data.seq_len = 128  # packed row length, at most the model's max_len
+  c.data.max_prompt_len = 96  # context tokens kept (the document is cut at its end)
+
+  c.train = train_block(batch_size=16, steps=200, lr=3e-4, warmup_steps=20, schedule='cosine')
+  c.train.loss_chunk = 0  # >0: fused linear + cross-entropy in chunks of this many tokens
+  c.eval_batch_size = 32
+  c.generate = ml_collections.ConfigDict(
+    dict(
+      strategy='beam',  # 'greedy' | 'sample' | 'beam' (lm.generate)
+      num_beams=4,
+      length_penalty=1.0,
+      temperature=1.0,
+      top_k=0,
+      top_p=1.0,
+      max_new_tokens=32,
+      seed=0,
+    )
+  )
+  c.early_stopping = ml_collections.ConfigDict(dict(metric='loss', mode='min', patience=0))
+  c.update(periodic_block(log_every=25, eval_every=100, checkpoint_every=100, keep_checkpoints=2))
   return c

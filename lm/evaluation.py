@@ -362,7 +362,7 @@ def is_preference_workdir(path: str) -> bool:
   if not os.path.isdir(ckpt_dir) or is_finetune_workdir(path):
     return False
   ckpt = checkpoint.Checkpointer(ckpt_dir, read_only=True)
-  return ckpt.latest_step() is not None and 'task' in ckpt.read_meta()[0]
+  return ckpt.latest_step() is not None and ckpt.read_meta()[0].get('task') in ('reward', 'dpo')
 
 
 def evaluate_preference(workdir: str, mesh=None, split: str = 'test') -> dict:

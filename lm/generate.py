@@ -62,9 +62,10 @@ class Settings:
 # ----------------------------------------------------------------------------- model plumbing
 
 
-def left_pad(prompts: Sequence[Sequence[int]], pad_id: int):
-  """[B, P] ids and mask, prompts right-aligned so every row's next token lands in one slot."""
-  p = max(len(x) for x in prompts)
+def left_pad(prompts: Sequence[Sequence[int]], pad_id: int, min_len: int = 0):
+  """[B, P] ids and mask, prompts right-aligned so every row's next token lands in one slot;
+  P is the longest prompt, at least `min_len` (one compiled shape for many batches)."""
+  p = max(max(len(x) for x in prompts), min_len)
   if p == 0:
     raise ValueError('generate needs non-empty prompts (there is no BOS to start from).')
   ids = np.full((len(prompts), p), pad_id, np.int32)
@@ -403,6 +404,7 @@ def generate(
   min_new_tokens: int = 0,
   seed: int = 0,
   mesh=None,
+  prompt_len: int = 0,
 ) -> list:
   """Continuations of each prompt: result[prompt][sequence] is a list of new token ids.
 
@@ -417,6 +419,8 @@ def generate(
   the best `num_return_sequences <= num_beams` beams, best first. A fixed `seed` gives
   the same samples. With `mesh`, params and the batch are sharded by `lm.sharding`'s
   rules (the batch is padded with dummy rows to a multiple of the data-parallel size).
+  `prompt_len` left-pads every batch to at least that length, so batches of different prompt
+  lengths share one compiled program.
   """
   prompts = [list(map(int, p)) for p in prompts]
   if strategy not in ('greedy', 'sample', 'beam'):
@@ -450,6 +454,7 @@ def generate(
   if no_repeat_ngram_size < 0 or min_new_tokens < 0:
     raise ValueError('no_repeat_ngram_size and min_new_tokens must be >= 0 (0: off).')
   cfg = model.cfg
+  longest = max(longest, prompt_len)  # the padded prompt width the cache must hold
   if cfg.position == 'learned' and longest + max_new_tokens > cfg.max_len:
     raise ValueError(
       f'prompt ({longest}) + max_new_tokens ({max_new_tokens}) exceeds the '
@@ -477,7 +482,7 @@ def generate(
   if mesh is not None:  # dummy rows so the batch splits evenly over data x fsdp
     shards = mesh.shape['data'] * mesh.shape['fsdp']
     rows += [[pad_id]] * (-real % shards)
-  ids, mask = left_pad(rows, pad_id)
+  ids, mask = left_pad(rows, pad_id, prompt_len)
 
   def run(params, ids, mask):
     if strategy == 'beam':

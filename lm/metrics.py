@@ -5,7 +5,9 @@ conventions (macro = unweighted mean over the labels; a class never predicted ha
 0, one never present has recall 0, as sklearn with `zero_division=0`). QA: exact match and
 token F1 exactly as the official SQuAD v1.1 `evaluate-v1.1.py` (lowercase, strip punctuation,
 drop the articles a/an/the, collapse whitespace; max over the ground truths; percentages).
-Language models: perplexity = exp(mean token negative log-likelihood).
+Language models: perplexity = exp(mean token negative log-likelihood). Generated text: ROUGE-1/2/L
+F-measure (rouge-score, Porter stemmer) and corpus BLEU (sacrebleu, its default 13a tokenizer),
+both on a 0-100 scale, through the libraries themselves.
 """
 
 import collections
@@ -17,6 +19,37 @@ import string
 from typing import Iterable, Optional, Sequence
 
 import numpy as np
+
+
+# ------------------------------------------------------------------------------------------------
+# Generated text.
+
+ROUGE_TYPES = ('rouge1', 'rouge2', 'rougeL')
+
+
+def rouge(predictions: Sequence[str], references: Sequence[str]) -> dict:
+  """Mean ROUGE-1/2/L F-measure x 100 over prediction/reference pairs (rouge-score with the
+  Porter stemmer, as summarization papers report it)."""
+  from rouge_score import rouge_scorer  # pylint: disable=g-import-not-at-top
+
+  scorer = rouge_scorer.RougeScorer(list(ROUGE_TYPES), use_stemmer=True)
+  scores = [scorer.score(r, p) for p, r in zip(predictions, references, strict=True)]
+  return {k: 100 * mean(s[k].fmeasure for s in scores) for k in ROUGE_TYPES}
+
+
+def bleu(predictions: Sequence[str], references) -> float:
+  """Corpus BLEU (sacrebleu); `references[i]` is one string or a list of strings for
+  predictions[i] (every prediction the same number)."""
+  import sacrebleu  # pylint: disable=g-import-not-at-top
+
+  refs = [[r] if isinstance(r, str) else list(r) for r in references]
+  if len(refs) != len(predictions) or len({len(r) for r in refs}) > 1:
+    raise ValueError('bleu: one reference (or the same number of them) per prediction.')
+  return float(sacrebleu.corpus_bleu(list(predictions), [list(s) for s in zip(*refs)]).score)
+
+
+def text_metrics(predictions: Sequence[str], references: Sequence[str]) -> dict:
+  return {**rouge(predictions, references), 'bleu': bleu(predictions, references)}
 
 
 # ------------------------------------------------------------------------------------------------

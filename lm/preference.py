@@ -383,7 +383,7 @@ def fingerprint(arrays: dict, *extra: str) -> str:
 
 
 def num_rows(arrays: dict) -> int:
-  return len(arrays['chosen_ids'])
+  return len(next(iter(arrays.values())))
 
 
 def train_batch(

@@ -68,16 +68,21 @@ def saved_config(workdir: str, step: Optional[int] = None) -> ml_collections.Con
 
 
 def _load_workdir(workdir: str, mesh, step: Optional[int]) -> Pretrained:
-  """A train.py workdir, or a dpo.py one holding a DPO policy (a decoder like any other);
+  """A train.py workdir, a dpo.py one holding a DPO policy or an sft.py one (decoders like any
+  other);
   the task models of finetune.py and dpo.py's reward models are refused on one line."""
   if os.path.isfile(os.path.join(workdir, 'finetune.json')):
     raise ValueError(
       f'{workdir} is a fine-tuned task model (finetune.py): evaluate it with eval.py '
-      f'--checkpoint={workdir}; generation and init_checkpoint take a train.py or dpo.py (DPO) '
+      f'--checkpoint={workdir}; generation and init_checkpoint take a train.py, sft.py or dpo.py (DPO) '
       'workdir or an HF directory.'
     )
   ckpt = checkpoint.Checkpointer(os.path.join(workdir, 'checkpoints'), read_only=True)
   meta, _ = ckpt.read_meta(step)
+  if meta.get('task') in ('sft', 'summarize'):  # sft.py: the fine-tuned decoder (best/)
+    from lm import sft  # pylint: disable=g-import-not-at-top
+
+    return sft.load(workdir, mesh)
   if 'task' in meta:  # dpo.py
     if meta['task'] != 'dpo':
       raise ValueError(
@@ -92,6 +97,8 @@ def _load_workdir(workdir: str, mesh, step: Optional[int]) -> Pretrained:
   config = ml_collections.ConfigDict(json.loads(meta['config']))
   tok = tokenizer_lib.Tokenizer.load(os.path.join(workdir, 'tokenizer.json'))
   model = objectives.make_model(config, tok.vocab_size)
+  if 'model' in meta:  # the exact model (a continued HF model keeps its unpadded vocab)
+    model = type(model)(M.ModelConfig.from_dict(meta['model']))
   target = trainer.abstract_state(
     model, optim.make(config.train), mesh, objectives.init_inputs(config)
   )

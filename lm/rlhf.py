@@ -115,27 +115,7 @@ def policy_init_inputs(seq_len: int):
   return (jnp.zeros((1, seq_len), jnp.int32),)
 
 
-def create_state(model, tx, mesh, seed, init_inputs, pretrained_params, subtree=None):
-  """A sharded TrainState whose (sub)tree `subtree` of params is the pretrained model's.
-
-  The optimizer state starts at zero whatever the params, so it stays valid."""
-  state, state_sh = trainer.create_state(model, tx, mesh, seed, init_inputs)
-  params = dict(state.params)
-  target = params[subtree] if subtree else params
-  target_sh = state_sh.params[subtree] if subtree else state_sh.params
-  from lm import checkpoint  # pylint: disable=g-import-not-at-top
-
-  checkpoint.compare_trees(
-    checkpoint.paths_and_shapes(pretrained_params),
-    checkpoint.paths_and_shapes(target),
-    'pretrained model',
-  )
-  placed = jax.device_put(pretrained_params, target_sh)
-  if subtree:
-    params[subtree] = placed
-  else:
-    params = placed
-  return state.replace(params=params), state_sh
+create_state = trainer.create_state_from  # a sharded TrainState starting from pretrained params
 
 
 # ------------------------------------------------------------------ steps

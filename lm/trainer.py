@@ -9,6 +9,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
+from lm import checkpoint
 from lm import optim
 from lm import sharding
 
@@ -35,6 +36,27 @@ def create_state(model, tx, mesh, seed: int, init_inputs):
   return sharding.init_sharded(
     state_initializer(model, tx, init_inputs), mesh, jax.random.PRNGKey(seed)
   )
+
+
+def create_state_from(model, tx, mesh, seed, init_inputs, pretrained_params, subtree=None):
+  """A sharded TrainState whose params (or their `subtree`) are `pretrained_params`, after
+  checking every name and shape (a changed model is an error listing them, never a partial
+  load). The optimizer state is fresh (step 0, zero moments) whatever the params."""
+  state, state_sh = create_state(model, tx, mesh, seed, init_inputs)
+  params = dict(state.params)
+  target = params[subtree] if subtree else params
+  target_sh = state_sh.params[subtree] if subtree else state_sh.params
+  checkpoint.compare_trees(
+    checkpoint.paths_and_shapes(pretrained_params),
+    checkpoint.paths_and_shapes(target),
+    'pretrained model',
+  )
+  placed = jax.device_put(pretrained_params, target_sh)
+  if subtree:
+    params[subtree] = placed
+  else:
+    params = placed
+  return state.replace(params=params), state_sh
 
 
 def abstract_state(model, tx, mesh, init_inputs):

@@ -122,3 +122,27 @@ def test_perplexity_table_and_json(tmp_path):
   assert 'nested/f1' in table and '50.0000' in table and table.startswith('title')
   path = metrics.write_json(str(tmp_path / 'r.json'), res)
   assert json.load(open(path))['nested']['f1'] == pytest.approx(0.25)
+
+
+def test_rouge_matches_hand_counts_of_the_rouge_score_docstring_example():
+  """rouge_scorer.RougeScorer's docstring example (target first, prediction second). Stemmed
+  words: target 'the quick brown fox jump over the lazi dog' (9), prediction 'the quick brown dog
+  jump on the log' (8). ROUGE-1: 6 shared (the x2, quick, brown, dog, jump) -> F = 2*6/(9+8).
+  ROUGE-L: longest common subsequence 'the quick brown jump the' (5) -> F = 2*5/17.
+  ROUGE-2: shared bigrams 'the quick', 'quick brown' -> P 2/7, R 2/8, F = 2*2/(7+8)."""
+  got = metrics.rouge(
+    ['The quick brown dog jumps on the log.'], ['The quick brown fox jumps over the lazy dog']
+  )
+  assert got == pytest.approx({'rouge1': 1200 / 17, 'rouge2': 400 / 15, 'rougeL': 1000 / 17})
+
+
+def test_bleu_is_sacrebleus_documented_example():
+  """sacrebleu's README: BLEU = 48.53 for these three hypotheses and two reference sets."""
+  refs = [
+    ['The dog bit the man.', 'It was not unexpected.', 'The man bit him first.'],
+    ['The dog had bit the man.', 'No one was surprised.', 'The man had bitten the dog.'],
+  ]
+  hyps = ['The dog bit the man.', "It wasn't surprising.", 'The man had just bitten him.']
+  assert round(metrics.bleu(hyps, list(zip(*refs))), 2) == 48.53
+  with pytest.raises(ValueError, match='one reference'):
+    metrics.bleu(hyps, refs[0][:2])

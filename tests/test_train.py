@@ -1,5 +1,6 @@
 """train.py end to end: the loss falls, resume is exact, a sharded run matches one device."""
 
+import dataclasses
 import json
 import math
 import os
@@ -184,3 +185,92 @@ def test_new_workdir_reuses_prepared_data(tmp_path, pretrained_gpt):
     '--config.eval_every=2',
   ).stdout
   assert 'prepare:' not in out and '[train 2/2]' in out
+
+
+def _new_text(directory, n_files=2):
+  """New data for continued pretraining: prose the pretraining corpus never had."""
+  rng = random.Random(0)
+  words = 'river bridge lantern harbour orchard meadow violin engine glacier compass'.split()
+  os.makedirs(directory, exist_ok=True)
+  for i in range(n_files):
+    paras = (' '.join(rng.choice(words) for _ in range(50)) + '.' for _ in range(30))
+    with open(os.path.join(directory, f'{i}.txt'), 'w', encoding='utf-8') as f:
+      f.write('\n\n'.join(paras))
+  return os.path.join(directory, '*.txt')
+
+
+@pytest.mark.slow
+def test_continued_pretraining_starts_from_the_checkpoint(pretrained_gpt, tmp_path):
+  """init_checkpoint: the first step's params are the checkpoint's (lr 0 keeps them exact), its
+  loss is the loaded model's own loss on that batch of the new data (computed here with numpy),
+  the optimizer restarts (Adam's count is 1 after one step, not 301), the new data is tokenized
+  with the checkpoint's tokenizer, and a second run in the workdir resumes it instead."""
+  import jax
+  import ml_collections
+  from lm import checkpoint
+  from lm import optim
+  from lm import pretrained
+  from lm import sharding
+  from lm import trainer
+  from lm.data import prepare
+  from lm.data import pretrain
+  from lm.data import shards
+
+  files, workdir = _new_text(tmp_path / 'new'), tmp_path / 'cont'
+  args = [
+    'train.py',
+    '--config=configs/gpt_base.py',
+    f'--workdir={workdir}',
+    f'--config.init_checkpoint={pretrained_gpt}',
+    '--config.data.source=files',
+    f'--config.data.files={files}',
+    '--config.train.batch_size=4',
+    '--config.train.lr=0',
+    '--config.log_every=1',
+    '--config.eval_every=0',
+    '--config.sample_tokens=2',
+  ]
+  out = run_script(*args, '--config.train.steps=1').stdout
+  assert f'continued pretraining from {pretrained_gpt} (step 300)' in out
+  assert (workdir / 'tokenizer.json').read_text() == (pretrained_gpt / 'tokenizer.json').read_text()
+
+  base = pretrained.load(str(pretrained_gpt))
+  meta, _ = checkpoint.Checkpointer(str(workdir / 'checkpoints'), read_only=True).read_meta(1)
+  assert meta['model'] == dataclasses.asdict(base.cfg)
+  config = ml_collections.ConfigDict(json.loads(meta['config']))
+  mesh = sharding.make_mesh((-1, 1, 1))
+  inputs = (np.zeros((1, config.data.seq_len), np.int32),)
+  target = trainer.abstract_state(base.model, optim.make(config.train), mesh, inputs)
+  ckpt = checkpoint.Checkpointer(str(workdir / 'checkpoints'), read_only=True)
+  state, _, _ = ckpt.restore(target, 1)
+  for a, b in zip(jax.tree.leaves(state.params), jax.tree.leaves(base.params)):
+    np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+  counts = [
+    int(x)
+    for p, x in jax.tree_util.tree_flatten_with_path(state.opt_state)[0]
+    if 'count' in jax.tree_util.keystr(p)
+  ]
+  assert int(state.step) == 1 and counts and set(counts) == {1}
+
+  # The logged step-1 loss is the loaded model's mean next-token NLL on batch 0 of the new data.
+  data_dir, manifest, tok = prepare.ensure(config.data)
+  batch = pretrain.make_batcher(
+    config, shards.open_split(data_dir, 'train', manifest), tok, config.seed
+  ).get_batch(0)
+  logits = np.asarray(
+    base.model.apply(
+      {'params': base.params},
+      batch['input_ids'],
+      positions=batch['positions'],
+      segment_ids=batch['segment_ids'],
+    ),
+    np.float64,
+  )
+  logp = logits - logits.max(-1, keepdims=True)
+  logp -= np.log(np.exp(logp).sum(-1, keepdims=True))
+  nll = -np.take_along_axis(logp, batch['targets'][..., None], -1)[..., 0]
+  want = (nll * batch['weights']).sum() / batch['weights'].sum()
+  assert abs(read_metrics(workdir)[1]['train/loss'] - want) < 1e-4 * want
+
+  out = run_script(*args, '--config.train.steps=2').stdout  # resume wins over init_checkpoint
+  assert 'resumed from step 1' in out and 'continued pretraining' not in out

@@ -191,9 +191,10 @@ def downstream_documents() -> list[str]:
 _SKIP_DIRS = frozenset('test tests idle_test site-packages dist-packages __pycache__'.split())
 
 
-def source_docstrings(min_chars: int = MIN_DOCSTRING_CHARS) -> list[str]:
-  """Docstrings of the stdlib's source files whose module is not reserved: module, classes
-  and functions in file order, files in path order. Parsed, never imported (no side effects)."""
+def source_docstrings(min_chars: int = MIN_DOCSTRING_CHARS, downstream: bool = False) -> list[str]:
+  """Docstrings of the stdlib's source files whose module is not reserved (or, with
+  `downstream`, is): module, classes and functions in file order, files in path order. Parsed,
+  never imported (no side effects)."""
   root = sysconfig.get_paths()['stdlib']
   docs = []
   for path, dirs, files in os.walk(root):
@@ -201,7 +202,7 @@ def source_docstrings(min_chars: int = MIN_DOCSTRING_CHARS) -> list[str]:
     for name in sorted(f for f in files if f.endswith('.py')):
       rel = os.path.relpath(os.path.join(path, name), root)[:-3].split(os.sep)
       module = '.'.join(rel[:-1] if rel[-1] == '__init__' else rel)
-      if is_downstream_module(module):
+      if is_downstream_module(module) != downstream:
         continue
       try:
         with open(os.path.join(path, name), encoding='utf-8') as f:

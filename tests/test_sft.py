@@ -1,0 +1,235 @@
+"""lm/sft.py: the chat template and loss mask, packing with document masks against unpacked
+rows, the data sources (JSONL, TFDS by name with mock data, the offline defaults), and sft.py /
+eval.py / generate.py end to end from the pretrained_gpt fixture."""
+
+import json
+import os
+
+import jax
+import numpy as np
+import pytest
+
+from conftest import run_script
+from lm import defaults
+from lm import model as M
+from lm import sft
+from lm import sharding
+from lm.data import tokenizer as tokenizer_lib
+
+
+@pytest.fixture(scope='module')
+def tok():
+  from lm.data import corpus
+
+  return tokenizer_lib.train_tokenizer(corpus.python_docs_corpus()[:60], 'bpe', 600)
+
+
+def _data(task='sft', **kw):
+  c = defaults.text_to_text(task)
+  c.data.update(**kw)
+  return c.data
+
+
+CHAT = {
+  'messages': [
+    {'role': 'system', 'content': 'Be brief.'},
+    {'role': 'user', 'content': 'Name a list method.'},
+    {'role': 'assistant', 'content': 'append'},
+    {'role': 'user', 'content': 'Another?'},
+    {'role': 'assistant', 'content': 'extend'},
+  ]
+}
+
+
+def test_chat_template_and_loss_mask(tok):
+  """The documented template, and the loss on every assistant turn (and its eos) only."""
+  pieces = sft.render(CHAT, _data(template='chat'))
+  assert [t for t, _ in pieces] == [
+    'Be brief.\n\n',
+    'User: Name a list method.\nAssistant:',
+    ' append',
+    '\nUser: Another?\nAssistant:',
+    ' extend',
+  ]
+  ids, mask = sft.encode(pieces, tok, 64, 48)
+  eos = tok.eos_id
+  assert ids[0] == eos and mask[0] == 0  # bos (= eos for byte-level BPE)
+  assert tok.decode([i for i, m in zip(ids, mask) if m], skip_special_tokens=False) == (
+    ' append<|endoftext|> extend<|endoftext|>'
+  )
+  assert (
+    tok.decode(ids)
+    == 'Be brief.\n\nUser: Name a list method.\nAssistant: append\nUser: Another?\nAssistant: extend'
+  )
+  prompt, _ = sft.encode(pieces, tok, 64, 48, generation=True)
+  assert prompt == ids[: len(prompt)] and tok.decode(prompt).endswith('Another?\nAssistant:')
+  pair = sft.render({'prompt': 'Hi', 'target': 'Hello.'}, _data(template='chat'))
+  assert pair == [('User: Hi\nAssistant:', sft.CONTEXT), (' Hello.', sft.TARGET)]
+
+
+def test_truncation_cuts_the_document_end_then_old_context(tok):
+  doc = ' '.join(f'word{i}' for i in range(200))
+  data = _data('summarize', template='plain', prompt_format='{prompt}\nTL;DR:')
+  ids, mask = sft.encode(sft.render({'prompt': doc, 'target': 'short.'}, data), tok, 64, 40)
+  ctx = [i for i, m in zip(ids, mask) if not m]
+  assert (
+    len(ctx) == 40
+    and tok.decode(ctx).startswith('word0 word1')
+    and tok.decode(ctx).endswith('\nTL;DR:')
+  )
+  assert tok.decode([i for i, m in zip(ids, mask) if m]) == ' short.'
+  long_chat = {
+    'messages': [{'role': 'user', 'content': doc}, {'role': 'assistant', 'content': 'ok ' * 80}]
+  }
+  ids, mask = sft.encode(sft.render(long_chat, _data()), tok, 64, 40)
+  assert len(ids) == 65 and mask.index(1) == 40 and tok.decode(ids[:40]).endswith('\nAssistant:')
+
+
+def test_packed_loss_equals_the_per_example_loss(tok):
+  """Packed rows (segment ids, positions from 0) score each example exactly as it scores alone:
+  here against a numpy log-softmax over one unpacked, unmasked example at a time."""
+  cfg = M.ModelConfig(
+    vocab_size=640, hidden_size=32, num_layers=2, num_heads=2, mlp_dim=64, max_len=64,
+    type_vocab_size=0, pre_ln=True, dropout_rate=0.0, attention_dropout_rate=0.0,
+  )  # fmt: skip
+  model = M.Decoder(cfg)
+  params = model.init(jax.random.PRNGKey(0), np.zeros((1, 8), np.int32))['params']
+  params = jax.tree.map(
+    lambda x: x.unbox() if hasattr(x, 'unbox') else x, params, is_leaf=lambda x: hasattr(x, 'unbox')
+  )
+  data = _data(template='chat', seq_len=64, max_prompt_len=32)
+  examples = [
+    {'prompt': f'Question {i} about lists?', 'target': 'Answer ' * (i + 1)} for i in range(9)
+  ]
+  rows = sft.featurize(examples, tok, data)
+  assert len(rows['input_ids']) < len(examples)  # several examples share a row
+  enc = [sft.encode(sft.render(e, data), tok, 64, 32) for e in examples]
+  padded = np.zeros((len(enc), 64), np.int32)  # causal: what follows an example cannot matter
+  for r, (ids, _) in enumerate(enc):
+    padded[r, : len(ids) - 1] = ids[:-1]
+  logits = np.asarray(jax.jit(model.apply)({'params': params}, padded), np.float64)
+  logp = logits - logits.max(-1, keepdims=True)
+  logp -= np.log(np.exp(logp).sum(-1, keepdims=True))
+  nll, count = 0.0, 0.0
+  for r, (ids, mask) in enumerate(enc):
+    w = np.asarray(mask[1:], np.float64)
+    nll += -(logp[r, np.arange(len(ids) - 1), ids[1:]] * w).sum()
+    count += w.sum()
+  mesh = sharding.make_mesh((-1, 1, 1))
+  sh = jax.tree.map(
+    lambda _: jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec()), params
+  )
+  step = sft.make_eval_step(model, sh, mesh)
+  got = sft.response_loss(step, jax.device_put(params, sh), rows, 8, mesh)
+  assert got['loss'] == pytest.approx(nll / count, rel=1e-5)
+
+
+def test_jsonl_prompt_response_and_chat(tmp_path):
+  path = tmp_path / 'train.jsonl'
+  lines = [{'prompt': f'p{i}', 'response': f'r{i}'} for i in range(40)] + [CHAT]
+  path.write_text('\n'.join(json.dumps(x) for x in lines))
+  got = sft.load_splits('sft', _data(source='files', files=str(path)))
+  everything = [e for split in got.values() for e in split]
+  assert len(everything) == 41 and {'messages': CHAT['messages']} in everything
+  assert {'prompt': 'p0', 'target': 'r0'} in everything
+  bad = tmp_path / 'bad.jsonl'
+  bad.write_text(json.dumps({'messages': CHAT['messages'][:2]}))
+  with pytest.raises(ValueError, match='last message must be an assistant turn'):
+    sft.load_splits('sft', _data(source='files', files=str(bad)))
+  bad.write_text(json.dumps({'question': 'q', 'answer': 'a'}))
+  with pytest.raises(ValueError, match='target_key'):
+    sft.load_splits('sft', _data(source='files', files=str(bad)))
+
+
+@pytest.mark.parametrize(
+  'name,keys', [('cnn_dailymail', ('article', 'highlights')), ('xsum', ('document', 'summary'))]
+)
+def test_tfds_summarization_by_name(tmp_path, name, keys):
+  """The feature keys of each known dataset, its own validation and test splits."""
+  import tensorflow_datasets as tfds
+
+  data = _data('summarize', source='tfds', tfds_name=name, data_dir=str(tmp_path))
+  assert sft._keys(data, 'summarize') == keys  # pylint: disable=protected-access
+  with tfds.testing.mock_data(num_examples=6, data_dir=str(tmp_path)):
+    got = sft.load_splits('summarize', data)
+    raw = list(tfds.as_numpy(tfds.load(name, split='test', data_dir=str(tmp_path))))
+  assert {k: len(v) for k, v in got.items()} == {'train': 6, 'validation': 6, 'test': 6}
+  assert got['test'][0] == {'prompt': raw[0][keys[0]].decode(), 'target': raw[0][keys[1]].decode()}
+
+
+def _evals(workdir):
+  rows = [json.loads(l) for l in open(os.path.join(workdir, 'metrics.jsonl'), encoding='utf-8')]
+  return {r['step']: r for r in rows if 'eval/loss' in r}
+
+
+@pytest.mark.slow
+def test_sft_lowers_held_out_response_loss_and_loads_everywhere(pretrained_gpt, tmp_path):
+  """Chat SFT from the fixture: validation response loss falls below the pretrained model's
+  (step 0), eval.py reports test loss below the initial model's and ROUGE/BLEU of greedy
+  generations, generate.py samples from the workdir and train.py continues from it."""
+  wd = tmp_path / 'sft'
+  run_script(
+    'sft.py',
+    '--config=configs/sft.py',
+    f'--workdir={wd}',
+    f'--config.init_checkpoint={pretrained_gpt}',
+    '--config.train.steps=40',
+    '--config.train.warmup_steps=4',
+    '--config.eval_every=40',
+    '--config.log_every=20',
+  )
+  ev = _evals(wd)
+  assert ev[40]['eval/loss'] < ev[0]['eval/loss'] - 0.5, ev
+  run_script('eval.py', f'--checkpoint={wd}', '--max_examples=16')
+  res = json.loads((wd / 'eval_results.json').read_text())
+  assert res['split'] == 'test' and res['examples'] == 16
+  assert res['loss'] < res['init_loss'] - 0.5
+  preds = [json.loads(l) for l in (wd / 'eval_predictions.jsonl').read_text().splitlines()]
+  assert res['rouge1'] == pytest.approx(
+    sft.metrics_lib.rouge([p['prediction'] for p in preds], [p['reference'] for p in preds])[
+      'rouge1'
+    ]
+  )
+  out = run_script(
+    'generate.py',
+    f'--checkpoint={wd}',
+    '--prompt=User: What does the function os.getcwd do?\nAssistant:',
+    '--max_new_tokens=8',
+  ).stdout
+  assert out.startswith('--- 0\nUser:')
+
+
+@pytest.mark.slow
+def test_summarization_from_jsonl_reports_the_lead_baseline(pretrained_gpt, tmp_path):
+  """Local JSONL documents -> summaries with the plain template: the held-out summary loss falls,
+  and eval.py's lead baseline is rouge-score on each document's first sentence."""
+  docs = [
+    (
+      f'The item number {i} is ready. It ships with {i} parts and a manual. Nothing else is inside.',
+      f'Item {i} is ready.',
+    )
+    for i in range(60)
+  ]
+  path = tmp_path / 'sum.jsonl'
+  path.write_text('\n'.join(json.dumps({'document': d, 'summary': s}) for d, s in docs))
+  wd = tmp_path / 'sum'
+  run_script(
+    'sft.py',
+    '--config=configs/summarize.py',
+    f'--workdir={wd}',
+    f'--config.init_checkpoint={pretrained_gpt}',
+    '--config.data.source=files',
+    f'--config.data.files={path}',
+    '--config.train.steps=30',
+    '--config.train.warmup_steps=3',
+    '--config.eval_every=30',
+    '--config.generate.strategy=greedy',
+  )
+  run_script('eval.py', f'--checkpoint={wd}')
+  res = json.loads((wd / 'eval_results.json').read_text())
+  test = sft.load_splits('summarize', _data('summarize', source='files', files=str(path)))['test']
+  lead = sft.metrics_lib.rouge(
+    [d['prompt'].split(' It ships')[0] for d in test], [d['target'] for d in test]
+  )
+  assert res['examples'] == len(test) and res['lead']['rougeL'] == pytest.approx(lead['rougeL'])
+  assert res['loss'] < res['init_loss']  # the summaries' loss falls on held-out documents
