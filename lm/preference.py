@@ -383,7 +383,8 @@ def fingerprint(arrays: dict, *extra: str) -> str:
 
 
 def num_rows(arrays: dict) -> int:
-  return len(arrays['chosen_ids'])
+  """Rows of a dict of equal-length arrays (pairs, or lm.ppo's prompts)."""
+  return len(next(iter(arrays.values())))
 
 
 def train_batch(

@@ -68,7 +68,7 @@ def saved_config(workdir: str, step: Optional[int] = None) -> ml_collections.Con
 
 
 def _load_workdir(workdir: str, mesh, step: Optional[int]) -> Pretrained:
-  """A train.py workdir, or a dpo.py one holding a DPO policy (a decoder like any other);
+  """A train.py workdir, or a dpo.py / ppo.py one holding a DPO / PPO policy (a decoder);
   the task models of finetune.py and dpo.py's reward models are refused on one line."""
   if os.path.isfile(os.path.join(workdir, 'finetune.json')):
     raise ValueError(
@@ -78,8 +78,8 @@ def _load_workdir(workdir: str, mesh, step: Optional[int]) -> Pretrained:
     )
   ckpt = checkpoint.Checkpointer(os.path.join(workdir, 'checkpoints'), read_only=True)
   meta, _ = ckpt.read_meta(step)
-  if 'task' in meta:  # dpo.py
-    if meta['task'] != 'dpo':
+  if 'task' in meta:  # dpo.py or ppo.py
+    if meta['task'] not in ('dpo', 'ppo'):
       raise ValueError(
         f'{workdir} is a reward model (dpo.py, task={meta["task"]!r}): it scores text and does '
         f'not generate; evaluate it with eval.py --checkpoint={workdir}, or pass a train.py or '
