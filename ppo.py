@@ -21,9 +21,7 @@ import jax
 from ml_collections import config_flags
 
 from lm import cli
-from lm import generate as gen
 from lm import loop
-from lm import model as M
 from lm import optim
 from lm import ppo
 from lm import preference
@@ -37,24 +35,6 @@ FLAGS = flags.FLAGS
 config_flags.DEFINE_config_file('config', None, 'configs/ppo.py.', lock_config=True)
 flags.DEFINE_string('workdir', None, 'Checkpoints, metrics.jsonl, TensorBoard.')
 flags.mark_flags_as_required(['config', 'workdir'])
-
-
-def _load_reward_model(path: str, tok, mesh):
-  if not path:
-    raise ValueError(
-      'pass --config.reward_model=DIR (a dpo.py --config=configs/reward.py workdir).'
-    )
-  if not pretrained.is_workdir(path):
-    raise FileNotFoundError(f'{path} is not a workdir: pass a dpo.py reward-model --workdir.')
-  task, model, params, rm_tok, _ = rlhf.load_finetuned(path, mesh)
-  if task != 'reward':
-    raise ValueError(
-      f'{path} is a dpo.py {task!r} workdir: pass a reward model (configs/reward.py).'
-    )
-  probe = 'The assert statement, def f(x): return x'
-  if rm_tok.vocab_size != tok.vocab_size or rm_tok.encode(probe) != tok.encode(probe):
-    raise ValueError(f'the reward model {path} uses another tokenizer than the policy.')
-  return model, params
 
 
 def train(config, workdir: str) -> dict:
@@ -78,13 +58,11 @@ def train(config, workdir: str) -> dict:
     )
   if tok.eos_id is None:
     raise ValueError(f'the tokenizer of {config.pretrained} has no end-of-text token.')
-  rm_model, rm_params = _load_reward_model(config.reward_model, tok, mesh)
+  rm_model, rm_params = ppo.load_reward_model(config.reward_model, tok, mesh)
   if pi == 0:
     tok.save(workdir)
   splits = preference.load_splits(config.data)
-  prompts = {
-    s: ppo.prompt_arrays([p['prompt'] for p in splits[s]], tok, p_len) for s in preference.SPLITS
-  }
+  prompts = {s: ppo.prompt_arrays(splits[s], tok, p_len) for s in preference.SPLITS}
 
   tx = optim.make(config.train)
   model = ppo.ActorCritic(pre.cfg)
@@ -106,10 +84,7 @@ def train(config, workdir: str) -> dict:
     + ' prompts'
   )
 
-  settings = gen.Settings(
-    max_new_tokens=n_new, strategy='sample', eos_id=tok.eos_id, pad_id=tok.pad_id or 0
-  )
-  sampler = ppo.make_sampler(model, M.Decoder(model.cfg), rm_model, settings, mesh)
+  sampler = ppo.make_sampler(model, rm_model, ppo.settings(config, tok), mesh)
   loss_fn, norms_fn = ppo.make_loss_fn(config, model)
   update = trainer.make_train_step(loss_fn, tx, state_sh, mesh, config, norms_fn=norms_fn)
   to_batch = sharding.with_mesh(

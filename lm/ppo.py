@@ -192,12 +192,43 @@ def check_config(config):
     )
 
 
-def prompt_arrays(prompts: list[str], tok, max_prompt_len: int) -> dict:
-  """Left-padded ``prompt_ids`` / ``prompt_mask`` [N, max_prompt_len]: [bos] + prompt, its
-  last max_prompt_len tokens (as lm.preference encodes the reward model's prompts)."""
+def load_reward_model(path: str, tok, mesh):
+  """(RewardModel, params) of a dpo.py reward-model workdir that shares the policy's tokenizer."""
+  from lm import pretrained  # pylint: disable=g-import-not-at-top
+  from lm import rlhf  # pylint: disable=g-import-not-at-top
+
+  if not path or not pretrained.is_workdir(path):
+    raise ValueError(
+      f'reward_model={path!r}: pass --config.reward_model=DIR, a dpo.py '
+      '--config=configs/reward.py workdir.'
+    )
+  task, model, params, rm_tok, _ = rlhf.load_finetuned(path, mesh)
+  if task != 'reward':
+    raise ValueError(f'{path} is a {task!r} workdir, not a reward model (configs/reward.py).')
+  probe = 'The assert statement, def f(x): return x'
+  if rm_tok.vocab_size != tok.vocab_size or rm_tok.encode(probe) != tok.encode(probe):
+    raise ValueError(f'the reward model {path} uses another tokenizer than the policy.')
+  return model, params
+
+
+def settings(config, tok) -> gen.Settings:
+  """Rollout sampling: plain ancestral sampling (temperature 1, no top-k / top-p), so the
+  sampled tokens' log-probs are the policy's own."""
+  return gen.Settings(
+    max_new_tokens=int(config.max_new_tokens),
+    strategy='sample',
+    eos_id=tok.eos_id,
+    pad_id=tok.pad_id or 0,
+  )
+
+
+def prompt_arrays(pairs: list[dict], tok, max_prompt_len: int) -> dict:
+  """Left-padded ``prompt_ids`` / ``prompt_mask`` [N, max_prompt_len] of the pairs' prompts:
+  [bos] + prompt, its last max_prompt_len tokens (as lm.preference encodes the reward model's)."""
   bos = tok.bos_id if tok.bos_id is not None else tok.cls_id
+  texts = [p['prompt'] for p in pairs]
   rows = [
-    (([bos] if bos is not None else []) + p)[-max_prompt_len:] for p in tok.encode_batch(prompts)
+    (([bos] if bos is not None else []) + p)[-max_prompt_len:] for p in tok.encode_batch(texts)
   ]
   pad = tok.pad_id if tok.pad_id is not None else 0
   ids = np.full((len(rows), max_prompt_len), pad, np.int32)
@@ -217,12 +248,12 @@ def right_align(ids, mask):
   return take(ids), take(mask)
 
 
-def make_sampler(model: ActorCritic, ref_model, reward_model, settings: gen.Settings, mesh):
+def make_sampler(model: ActorCritic, reward_model, settings: gen.Settings, mesh):
   """Jitted (params, ref_params, rm_params, prompt_ids, prompt_mask, rng) -> per-row dict:
   ``ids`` [B, P + N] (prompt + response), ``mask``, ``response`` [B, N], ``resp_mask``,
   ``logp``, ``ref_logp``, ``values`` [B, N], ``score`` [B] (the reward model's) and ``kl``
   [B] (sum of logp - ref over the response)."""
-  n, policy = settings.max_new_tokens, M.Decoder(model.cfg)
+  n, policy = settings.max_new_tokens, M.Decoder(model.cfg)  # the reference is one too
 
   def fn(params, ref_params, rm_params, prompt_ids, prompt_mask, rng):
     response = gen.decode(policy, params['decoder'], prompt_ids, prompt_mask, rng, settings)
@@ -231,7 +262,7 @@ def make_sampler(model: ActorCritic, ref_model, reward_model, settings: gen.Sett
     mask = jnp.concatenate([prompt_mask, resp_mask.astype(prompt_mask.dtype)], axis=1)
     positions = jnp.maximum(jnp.cumsum(mask, axis=1) - 1, 0)  # as generation counted them
     logits, values = model.apply({'params': params}, ids, positions, mask, n)
-    ref_logits = ref_model.apply(
+    ref_logits = policy.apply(
       {'params': ref_params}, ids, positions, mask, n, method=_response_logits
     )
     logp, ref_logp = token_logps(logits, response), token_logps(ref_logits, response)

@@ -73,7 +73,8 @@ def _load_workdir(workdir: str, mesh, step: Optional[int]) -> Pretrained:
   if os.path.isfile(os.path.join(workdir, 'finetune.json')):
     raise ValueError(
       f'{workdir} is a fine-tuned task model (finetune.py): evaluate it with eval.py '
-      f'--checkpoint={workdir}; generation and init_checkpoint take a train.py or dpo.py (DPO) '
+      f'--checkpoint={workdir}; generation and init_checkpoint take a train.py, dpo.py (DPO) or '
+      'ppo.py '
       'workdir or an HF directory.'
     )
   ckpt = checkpoint.Checkpointer(os.path.join(workdir, 'checkpoints'), read_only=True)
@@ -83,7 +84,7 @@ def _load_workdir(workdir: str, mesh, step: Optional[int]) -> Pretrained:
       raise ValueError(
         f'{workdir} is a reward model (dpo.py, task={meta["task"]!r}): it scores text and does '
         f'not generate; evaluate it with eval.py --checkpoint={workdir}, or pass a train.py or '
-        'DPO workdir.'
+        'DPO / PPO workdir.'
       )
     from lm import rlhf  # pylint: disable=g-import-not-at-top
 

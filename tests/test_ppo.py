@@ -2,7 +2,9 @@
 worked examples, log-probs against lm.rlhf's right-padded reference, the several-updates step
 against a plain loop of updates, and ppo.py end to end on the suite's small pretrained GPT."""
 
+import json
 import math
+import os
 
 import flax.linen as nn
 import jax
@@ -142,6 +144,30 @@ def test_masked_whiten_matches_numpy():
   assert np.all(got[m == 0] == 0)
 
 
+def test_config_prompts_are_the_reward_models_splits_and_bad_settings_fail():
+  """configs/ppo.py reads the preference data's prompts with the reward model's defaults, so
+  its held-out prompts are held out from the reward model too (tests/test_contamination.py
+  checks those against pretraining); a wrong algorithm or group size fails at once."""
+  from configs import ppo as ppo_config  # noqa: PLC0415
+  from lm import defaults  # noqa: PLC0415
+
+  c, pref = ppo_config.get_config(), defaults.preference().data
+  assert {k: c.data[k] for k in pref if k != 'seq_len'} == {
+    k: pref[k] for k in pref if k != 'seq_len'
+  }
+  ppo.check_config(c)
+  for bad, match in (
+    (dict(algorithm='a2c'), 'algorithm='),
+    (dict(algorithm='grpo'), 'group_size >= 2'),
+    (dict(group_size=2), 'group_size=1'),
+    (dict(algorithm='rloo', group_size=3), 'multiple of'),
+  ):
+    b = ppo_config.get_config()
+    b.update(bad)
+    with pytest.raises(ValueError, match=match):
+      ppo.check_config(b)
+
+
 # ---------------------------------------------------------------- model pieces
 
 
@@ -169,7 +195,7 @@ def rollout():
   )
   ids, mask = gen.left_pad(PROMPTS, 0)
   s = gen.Settings(max_new_tokens=6, strategy='sample', eos_id=EOS, pad_id=0)
-  sampler = ppo.make_sampler(ac, M.Decoder(TINY), rm, s, mesh)
+  sampler = ppo.make_sampler(ac, rm, s, mesh)
   r = sampler(params, params['decoder'], rm_params, ids, mask, jax.random.PRNGKey(3))
   return ac, rm, params, rm_params, jax.device_get(r)
 
@@ -321,3 +347,96 @@ def test_several_updates_per_step_equal_a_loop_of_updates():
   # The schedule in steps: after 2 steps (12 updates) the lr is the step-2 value of the schedule.
   assert float(m['learning_rate']) == pytest.approx(float(optim.schedule(cfg.train)(1)), rel=1e-6)
   assert optim.updates_per_step(cfg.train) == 6
+
+
+# ---------------------------------------------------------------- end to end
+
+
+def _rows(workdir, prefix):
+  rows = [json.loads(l) for l in open(os.path.join(workdir, 'metrics.jsonl'), encoding='utf-8')]
+  n = len(prefix) + 1
+  return {
+    r['step']: {k[n:]: v for k, v in r.items() if k.startswith(prefix + '/')}
+    for r in rows
+    if any(k.startswith(prefix + '/') for k in r)
+  }
+
+
+SMALL = [
+  '--config.data.max_prompt_len=24',
+  '--config.max_new_tokens=16',
+  '--config.eval_batch_size=64',
+  '--config.log_every=2',
+]
+
+
+@pytest.fixture(scope='module')
+def reward_model(pretrained_gpt, tmp_path_factory, run):
+  """A reward model on the suite's small GPT (configs/reward.py, 40 steps, as tests/test_rlhf.py
+  trains it but shorter)."""
+  wd = tmp_path_factory.mktemp('rm')
+  run(
+    'dpo.py',
+    '--config=configs/reward.py',
+    f'--workdir={wd}',
+    f'--config.pretrained={pretrained_gpt}',
+    '--config.train.steps=40',
+    '--config.eval_every=40',
+    '--config.data.seq_len=64',
+    '--config.data.max_prompt_len=24',
+  )
+  return wd
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize('algorithm', ['ppo', 'rloo'])
+def test_ppo_end_to_end(pretrained_gpt, reward_model, tmp_path, run, algorithm):
+  """ppo.py from the shared small GPT against a reward model: 2 steps, then resumed to 4.
+
+  Step 0's held-out KL is exactly 0 (the policy is the reference); a resumed run continues at
+  step 2; the test row holds the policy's figures, the starting policy's and best-of-4's (its
+  KL figure is log 4 - 3/4); eval.py reproduces the test figures; generate.py samples the
+  policy like lm.generate on load_finetuned's decoder."""
+  wd = str(tmp_path / algorithm)
+  args = [
+    'ppo.py',
+    '--config=configs/ppo.py',
+    f'--workdir={wd}',
+    f'--config.pretrained={pretrained_gpt}',
+    f'--config.reward_model={reward_model}',
+    f'--config.algorithm={algorithm}',
+    '--config.train.batch_size=16',
+    '--config.train.minibatches=2',
+    '--config.train.epochs_per_batch=2',
+    '--config.train.lr=1e-4',
+    '--config.eval_every=2',
+    '--config.best_of_n=4',
+    *SMALL,
+  ] + (['--config.group_size=4'] if algorithm == 'rloo' else [])
+  run(*args, '--config.train.steps=2')
+  out = run(*args, '--config.train.steps=4').stdout
+  assert 'resumed from step 2' in out, out
+  ev, train, test = _rows(wd, 'eval'), _rows(wd, 'train'), _rows(wd, 'test')[4]
+  assert sorted(ev) == [0, 2, 4] and ev[0]['kl'] == 0.0, ev
+  assert ev[4]['kl'] != 0.0 and train[4]['clipfrac'] >= 0.0
+  if algorithm == 'ppo':
+    assert 'value_loss' in train[4]
+  print(algorithm, 'held-out score by step:', {s: round(e['score'], 4) for s, e in ev.items()})
+  assert test['best_of_n'] == 4
+  assert test['best_of_n_kl_bound'] == pytest.approx(math.log(4) - 0.75, rel=1e-6)
+  assert test['best_of_1_score'] <= test['best_of_2_score'] <= test['best_of_4_score']
+  # eval.py: the same test figures from the saved policy.
+  run('eval.py', f'--checkpoint={wd}')
+  with open(os.path.join(wd, 'eval_results.json'), encoding='utf-8') as f:
+    res = json.load(f)
+  assert res['task'] == 'ppo' and res['step'] == 4 and res['split'] == 'test'
+  for k in ('score', 'kl', 'start_score', 'response_len'):
+    assert res[k] == pytest.approx(test[k], rel=1e-4, abs=1e-5), k
+  task, model, params, tok, step = rlhf.load_finetuned(wd)
+  assert (task, step, type(model)) == ('ppo', 4, M.Decoder)
+  prompt = 'The assert statement'
+  out = run('generate.py', f'--checkpoint={wd}', f'--prompt={prompt}', '--max_new_tokens=8')
+  want = gen.generate(
+    model, params, [tok.encode(prompt)], max_new_tokens=8, eos_id=tok.eos_id, pad_id=tok.pad_id or 0
+  )
+  assert out.stdout.split('--- 0\n', 1)[1].rstrip('\n') == prompt + tok.decode(want[0][0])
