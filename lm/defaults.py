@@ -217,7 +217,7 @@ def rl() -> ml_collections.ConfigDict:
   c.train = train_block(
     batch_size=32,
     steps=100,
-    lr=1e-5,
+    lr=3e-5,
     warmup_steps=0,
     schedule='constant',
     weight_decay=0.0,

@@ -200,6 +200,7 @@ def rollout():
   return ac, rm, params, rm_params, jax.device_get(r)
 
 
+@pytest.mark.slow  # compiles the whole rollout (decode + three forward passes): ~30 s
 def test_sampler_logps_and_scores_match_right_padded_references(rollout):
   """The rollout's log-probs (left-padded prompts, positions counted as generation does) equal
   lm.rlhf.sequence_logps on the same text right-padded, and the score is the reward model's on
@@ -238,9 +239,10 @@ def _config(algorithm='ppo', **kw):
     )
   )
   c.update(kw)
-  return c
+  return c  # the fields ppo.rollout_batch and ppo.make_loss_fn read
 
 
+@pytest.mark.slow  # shares the compiled rollout above
 @pytest.mark.parametrize('algorithm', ['ppo', 'grpo', 'rloo'])
 def test_advantages_and_first_update_loss_by_hand(rollout, algorithm):
   """Advantages of a real rollout (policy == reference, so no KL): ppo = the GAE loop on the
@@ -388,40 +390,42 @@ def reward_model(pretrained_gpt, tmp_path_factory, run):
   return wd
 
 
-@pytest.mark.slow
-@pytest.mark.parametrize('algorithm', ['ppo', 'rloo'])
-def test_ppo_end_to_end(pretrained_gpt, reward_model, tmp_path, run, algorithm):
-  """ppo.py from the shared small GPT against a reward model: 2 steps, then resumed to 4.
-
-  Step 0's held-out KL is exactly 0 (the policy is the reference); a resumed run continues at
-  step 2; the test row holds the policy's figures, the starting policy's and best-of-4's (its
-  KL figure is log 4 - 3/4); eval.py reproduces the test figures; generate.py samples the
-  policy like lm.generate on load_finetuned's decoder."""
-  wd = str(tmp_path / algorithm)
-  args = [
+def _ppo_args(workdir, pretrained_gpt, reward_model, algorithm, *extra):
+  return [
     'ppo.py',
     '--config=configs/ppo.py',
-    f'--workdir={wd}',
+    f'--workdir={workdir}',
     f'--config.pretrained={pretrained_gpt}',
     f'--config.reward_model={reward_model}',
     f'--config.algorithm={algorithm}',
+    '--config.group_size=' + ('1' if algorithm == 'ppo' else '4'),
     '--config.train.batch_size=16',
     '--config.train.minibatches=2',
     '--config.train.epochs_per_batch=2',
     '--config.train.lr=1e-4',
     '--config.eval_every=2',
-    '--config.best_of_n=4',
     *SMALL,
-  ] + (['--config.group_size=4'] if algorithm == 'rloo' else [])
+    *extra,
+  ]
+
+
+@pytest.mark.slow
+def test_ppo_end_to_end(pretrained_gpt, reward_model, tmp_path, run):
+  """ppo.py from the shared small GPT against a reward model: 2 steps, then resumed to 3.
+
+  Step 0's held-out KL is exactly 0 (the policy is the reference); a resumed run continues at
+  step 2; the test row holds the policy's figures, the starting policy's and best-of-4's (its
+  KL figure is log 4 - 3/4); eval.py reproduces the test figures; generate.py samples the
+  policy like lm.generate on load_finetuned's decoder."""
+  wd = str(tmp_path / 'ppo')
+  args = _ppo_args(wd, pretrained_gpt, reward_model, 'ppo', '--config.best_of_n=4')
   run(*args, '--config.train.steps=2')
-  out = run(*args, '--config.train.steps=4').stdout
+  out = run(*args, '--config.train.steps=3').stdout
   assert 'resumed from step 2' in out, out
-  ev, train, test = _rows(wd, 'eval'), _rows(wd, 'train'), _rows(wd, 'test')[4]
-  assert sorted(ev) == [0, 2, 4] and ev[0]['kl'] == 0.0, ev
-  assert ev[4]['kl'] != 0.0 and train[4]['clipfrac'] >= 0.0
-  if algorithm == 'ppo':
-    assert 'value_loss' in train[4]
-  print(algorithm, 'held-out score by step:', {s: round(e['score'], 4) for s, e in ev.items()})
+  ev, train, test = _rows(wd, 'eval'), _rows(wd, 'train'), _rows(wd, 'test')[3]
+  assert sorted(ev) == [0, 2, 3] and ev[0]['kl'] == 0.0, ev
+  assert ev[3]['kl'] != 0.0 and train[1]['kl'] == 0.0 and 'value_loss' in train[3]
+  print('held-out score by step:', {s: round(e['score'], 4) for s, e in ev.items()})
   assert test['best_of_n'] == 4
   assert test['best_of_n_kl_bound'] == pytest.approx(math.log(4) - 0.75, rel=1e-6)
   assert test['best_of_1_score'] <= test['best_of_2_score'] <= test['best_of_4_score']
@@ -429,14 +433,29 @@ def test_ppo_end_to_end(pretrained_gpt, reward_model, tmp_path, run, algorithm):
   run('eval.py', f'--checkpoint={wd}')
   with open(os.path.join(wd, 'eval_results.json'), encoding='utf-8') as f:
     res = json.load(f)
-  assert res['task'] == 'ppo' and res['step'] == 4 and res['split'] == 'test'
+  assert res['task'] == 'ppo' and res['step'] == 3 and res['split'] == 'test'
   for k in ('score', 'kl', 'start_score', 'response_len'):
     assert res[k] == pytest.approx(test[k], rel=1e-4, abs=1e-5), k
   task, model, params, tok, step = rlhf.load_finetuned(wd)
-  assert (task, step, type(model)) == ('ppo', 4, M.Decoder)
+  assert (task, step, type(model)) == ('ppo', 3, M.Decoder)
   prompt = 'The assert statement'
   out = run('generate.py', f'--checkpoint={wd}', f'--prompt={prompt}', '--max_new_tokens=8')
   want = gen.generate(
     model, params, [tok.encode(prompt)], max_new_tokens=8, eos_id=tok.eos_id, pad_id=tok.pad_id or 0
   )
   assert out.stdout.split('--- 0\n', 1)[1].rstrip('\n') == prompt + tok.decode(want[0][0])
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize('algorithm', ['grpo', 'rloo'])
+def test_critic_free_end_to_end(pretrained_gpt, reward_model, tmp_path, run, algorithm):
+  """grpo / rloo through ppo.py, 2 steps of 4 prompts x 4 responses: no value loss, grpo logs its
+  k3 KL term; held-out KL 0 at step 0 and not after."""
+  wd = str(tmp_path / algorithm)
+  run(
+    *_ppo_args(wd, pretrained_gpt, reward_model, algorithm, '--config.best_of_n=0'),
+    '--config.train.steps=2',
+  )
+  ev, train, test = _rows(wd, 'eval'), _rows(wd, 'train'), _rows(wd, 'test')[2]
+  assert ev[0]['kl'] == 0.0 and ev[2]['kl'] != 0.0 and 'best_of_n' not in test
+  assert 'value_loss' not in train[2] and ('kl_k3' in train[2]) == (algorithm == 'grpo')
