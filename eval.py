@@ -3,7 +3,8 @@ r"""Evaluates a checkpoint and writes a JSON result file plus a printed table.
   # a fine-tuned workdir (finetune.py): task metrics on the test split of its data (or --config's);
   # --split=validation scores the split best/ was chosen on
   python eval.py --checkpoint=/tmp/ft_cls [--config=configs/finetune_cls.py] [--which=latest]
-  # a dpo.py workdir (reward model or DPO policy): its held-out preference metrics
+  # a dpo.py workdir (reward model or DPO policy): its held-out preference metrics; a ppo.py
+  # workdir: held-out reward-model score and KL of its policy beside the starting policy's
   python eval.py --checkpoint=/tmp/lm_dpo
   # an sft.py workdir (SFT, summarization): response loss (and the initial model's), ROUGE-1/2/L
   # and BLEU of generations (its config's `generate`), the lead baseline for summarization

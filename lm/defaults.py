@@ -5,6 +5,7 @@ whichever job reads it; each file in configs/ states its own choices on top.
 * :func:`finetuning`: finetune.py (configs/finetune_*.py)
 * :func:`preference`: dpo.py, reward models and DPO (configs/reward.py, dpo.py)
 * :func:`text_to_text`: sft.py, SFT and summarization (configs/sft.py, summarize.py)
+* :func:`rl`: ppo.py, PPO / GRPO / RLOO against a reward model (configs/ppo.py)
 """
 
 import dataclasses
@@ -228,4 +229,52 @@ def text_to_text(task: str) -> ml_collections.ConfigDict:
   )
   c.early_stopping = ml_collections.ConfigDict(dict(metric='loss', mode='min', patience=0))
   c.update(periodic_block(log_every=25, eval_every=100, checkpoint_every=100, keep_checkpoints=2))
+
+
+def rl() -> ml_collections.ConfigDict:
+  """Defaults configs/ppo.py reads: a policy trained against a dpo.py reward model on the prompts
+  of the preference data (lm/ppo.py says what each algorithm does with them)."""
+  c = ml_collections.ConfigDict()
+  c.algorithm = 'ppo'  # 'ppo' (value head + GAE) | 'grpo' | 'rloo' (critic-free, group_size > 1)
+  c.pretrained = config_dict.placeholder(str)  # the starting policy: any decoder workdir / HF dir
+  c.reference = ''  # frozen KL reference ('' = the starting policy)
+  c.reward_model = config_dict.placeholder(str)  # dpo.py --config=configs/reward.py workdir
+  c.seed = 0
+  c.mesh_shape = (-1, 1, 1)
+
+  # Prompts: the `prompt` field of the preference data, its three splits (lm/preference.py).
+  pref = preference().data
+  c.data = ml_collections.ConfigDict(source_block(held_out=True))
+  c.data.update({k: pref[k] for k in pref if k not in c.data and k != 'seq_len'})
+  c.data.update(eval_fraction=pref.eval_fraction, test_fraction=pref.test_fraction)
+  c.max_new_tokens = 48  # response length cap; max_prompt_len + this <= the model's max_len
+  c.group_size = 1  # responses per prompt in a step (grpo / rloo: >= 2)
+
+  c.kl_coef = 0.05  # ppo / rloo: KL penalty in the reward; grpo: k3 KL term in the loss
+  c.kl_budget = 10.0  # nats (held-out mean per-sequence KL): training stops above it
+  c.gamma = 1.0  # ppo: GAE discount and lambda
+  c.lam = 0.95
+  c.clip = 0.2  # policy ratio clip
+  c.value_clip = 0.2  # ppo: value clip around the rollout's values
+  c.vf_coef = 0.1  # ppo: value-loss weight (the value head shares the decoder's body)
+  c.ent_coef = 0.0  # entropy bonus
+  c.whiten_advantages = True  # normalise advantages over each rollout's response tokens
+
+  # batch_size: responses per step (prompts per step = batch_size / group_size); each step's
+  # rollout is reused for epochs_per_batch passes of `minibatches` updates.
+  c.train = train_block(
+    batch_size=32,
+    steps=100,
+    lr=3e-5,
+    warmup_steps=0,
+    schedule='constant',
+    weight_decay=0.0,
+    minibatches=4,
+    epochs_per_batch=4,
+  )
+  c.update(periodic_block(log_every=10, eval_every=20, checkpoint_every=20, keep_checkpoints=2))
+  c.eval_batch_size = 64
+  c.eval_seed = 1234  # held-out samples use fixed draws, so evaluations compare like with like
+  c.best_of_n = -1  # best-of-n from the starting policy on the test prompts at the end:
+  # -1 = n matching PPO's samples per training prompt, 0 = skip, k = best-of-k
   return c

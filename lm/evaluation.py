@@ -368,7 +368,8 @@ def is_preference_workdir(path: str) -> bool:
 def evaluate_preference(workdir: str, mesh=None, split: str = 'test') -> dict:
   """The held-out preference metrics dpo.py logs (reward model: pairwise accuracy and margin;
   DPO: implicit-reward accuracy and margins against the frozen reference) for the latest
-  checkpoint of a dpo.py workdir, on `split` ('test' or 'validation') of its config's pairs."""
+  checkpoint of a dpo.py workdir, on `split` ('test' or 'validation') of its config's pairs;
+  for a ppo.py workdir, the figures it logs on that split's prompts (`_evaluate_ppo`)."""
   if split not in ('test', 'validation'):
     raise ValueError(f"split={split!r}: evaluate 'test' or 'validation'.")
   from lm import preference  # pylint: disable=g-import-not-at-top
@@ -378,6 +379,10 @@ def evaluate_preference(workdir: str, mesh=None, split: str = 'test') -> dict:
   task, model, params, tok, step = rlhf.load_finetuned(workdir, mesh)
   config = pretrained.saved_config(workdir, step)
   pairs = preference.load_splits(config.data)[split]
+  if task == 'ppo':
+    return {'task': task, 'split': split, 'step': step, 'prompts': len(pairs)} | _evaluate_ppo(
+      config, model, params, tok, pairs, mesh
+    )
   data = preference.encode_pairs(pairs, tok, config.data.seq_len, config.data.max_prompt_len)
   params_sh = jax.tree.map(lambda x: x.sharding, params)
   if task == 'dpo' and not rlhf.attach_reference_logps(
@@ -395,3 +400,33 @@ def evaluate_preference(workdir: str, mesh=None, split: str = 'test') -> dict:
     'pairs': len(pairs),
     **rlhf.evaluate(eval_step, params, batches),
   }
+
+
+def _evaluate_ppo(config, model, params, tok, pairs, mesh) -> dict:
+  """A ppo.py policy on held-out prompts as ppo.py scores them (one sample per prompt, the run's
+  eval_seed, its reward model and reference): mean score, KL, reward, response length, and the
+  starting policy's mean score on the same draws' seeds (`start_score`)."""
+  import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
+  from lm import ppo  # pylint: disable=g-import-not-at-top
+
+  start = pretrained.load(config.pretrained, mesh).params
+  ref = pretrained.load(config.reference, mesh).params if config.reference else start
+  rm_model, rm_params = ppo.load_reward_model(config.reward_model, tok, mesh)
+  prompts = ppo.prompt_arrays(pairs, tok, config.data.max_prompt_len)
+  ac = ppo.ActorCritic(model.cfg)
+  sampler = ppo.make_sampler(ac, rm_model, ppo.settings(config, tok), mesh)
+  head = {'kernel': jnp.zeros((model.cfg.hidden_size, 1)), 'bias': jnp.zeros((1,))}  # unused
+
+  def run(decoder_params):
+    return ppo.evaluate(
+      sampler,
+      {'decoder': decoder_params, 'value_head': head},
+      (ref, rm_params),
+      prompts,
+      config.eval_batch_size,
+      mesh,
+      config.eval_seed,
+      config.kl_coef,
+    )
+
+  return {**run(params), 'start_score': run(start)['score']}

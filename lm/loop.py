@@ -39,6 +39,11 @@ class StopFlag:
       signal.signal(sig, self._handler)
     return self
 
+  def request(self, reason: str):
+    """Stops the loop at the next step boundary, saving first, for `reason` (a job's own stop
+    rule, e.g. PPO's KL budget); `Fit.stopped` is the reason."""
+    self.requested, self.signal = True, reason
+
   def _handler(self, signum, frame):
     del frame
     if self.requested and signum == signal.SIGINT:
@@ -125,7 +130,8 @@ class Best:
 class Fit:
   state: Any
   eval: dict  # the last eval metrics ({} if none ran)
-  stopped: Optional[str]  # None when all steps ran; the signal's name or the early-stopping reason
+  stopped: Optional[str]  # None when all steps ran; the signal's name, StopFlag.request's reason
+  # or the early-stopping reason
   best: Optional[Best]  # with config.early_stopping: the best metric's value and step
 
 

@@ -31,9 +31,19 @@ def decay_mask(params):
   )
 
 
+def updates_per_step(cfg) -> int:
+  """Optimizer updates per training step: cfg.epochs_per_batch passes over the step's batch in
+  cfg.minibatches parts (PPO reuses each rollout so); 1 for the jobs that set neither."""
+  return int(cfg.get('minibatches', 1)) * int(cfg.get('epochs_per_batch', 1))
+
+
 def make(cfg) -> optax.GradientTransformation:
+  lr = schedule(cfg)
+  per_step = updates_per_step(cfg)
+  if per_step > 1:  # several updates per step (PPO): the schedule still counts steps
+    lr = lambda count, base=lr: base(count // per_step)
   tx = optax.adamw(
-    schedule(cfg), b1=cfg.b1, b2=cfg.b2, eps=cfg.eps, weight_decay=cfg.weight_decay, mask=decay_mask
+    lr, b1=cfg.b1, b2=cfg.b2, eps=cfg.eps, weight_decay=cfg.weight_decay, mask=decay_mask
   )
   if cfg.clip_norm:
     tx = optax.chain(optax.clip_by_global_norm(cfg.clip_norm), tx)

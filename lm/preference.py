@@ -383,6 +383,7 @@ def fingerprint(arrays: dict, *extra: str) -> str:
 
 
 def num_rows(arrays: dict) -> int:
+  """Rows of a dict of equal-length arrays (pairs, or lm.ppo's prompts)."""
   return len(next(iter(arrays.values())))
 
 

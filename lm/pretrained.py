@@ -68,14 +68,13 @@ def saved_config(workdir: str, step: Optional[int] = None) -> ml_collections.Con
 
 
 def _load_workdir(workdir: str, mesh, step: Optional[int]) -> Pretrained:
-  """A train.py workdir, a dpo.py one holding a DPO policy or an sft.py one (decoders like any
-  other);
-  the task models of finetune.py and dpo.py's reward models are refused on one line."""
+  """A train.py workdir, or an sft.py / dpo.py / ppo.py one holding an SFT / DPO / PPO policy
+  (a decoder); finetune.py's task models and dpo.py's reward models are refused on one line."""
   if os.path.isfile(os.path.join(workdir, 'finetune.json')):
     raise ValueError(
       f'{workdir} is a fine-tuned task model (finetune.py): evaluate it with eval.py '
-      f'--checkpoint={workdir}; generation and init_checkpoint take a train.py, sft.py or dpo.py (DPO) '
-      'workdir or an HF directory.'
+      f'--checkpoint={workdir}; generation and init_checkpoint take a train.py, sft.py, dpo.py '
+      '(DPO) or ppo.py workdir or an HF directory.'
     )
   ckpt = checkpoint.Checkpointer(os.path.join(workdir, 'checkpoints'), read_only=True)
   meta, _ = ckpt.read_meta(step)
@@ -83,12 +82,12 @@ def _load_workdir(workdir: str, mesh, step: Optional[int]) -> Pretrained:
     from lm import sft  # pylint: disable=g-import-not-at-top
 
     return sft.load(workdir, mesh)
-  if 'task' in meta:  # dpo.py
-    if meta['task'] != 'dpo':
+  if 'task' in meta:  # dpo.py or ppo.py
+    if meta['task'] not in ('dpo', 'ppo'):
       raise ValueError(
         f'{workdir} is a reward model (dpo.py, task={meta["task"]!r}): it scores text and does '
         f'not generate; evaluate it with eval.py --checkpoint={workdir}, or pass a train.py or '
-        'DPO workdir.'
+        'DPO / PPO workdir.'
       )
     from lm import rlhf  # pylint: disable=g-import-not-at-top
 

@@ -301,8 +301,9 @@ def attach_reference_logps(
 
 
 def load_finetuned(workdir: str, mesh=None, step=None):
-  """(task, model, params, tokenizer, step) of a dpo.py workdir: the DPO policy (a
-  `lm.model.Decoder`, usable with `lm.generate`) or the reward model (`RewardModel`)."""
+  """(task, model, params, tokenizer, step) of a dpo.py or ppo.py workdir: the DPO or PPO
+  policy (a `lm.model.Decoder`, usable with `lm.generate`; a PPO run's value head is dropped)
+  or the reward model (`RewardModel`)."""
   import json  # pylint: disable=g-import-not-at-top
   from lm import checkpoint  # pylint: disable=g-import-not-at-top
   from lm.data import tokenizer as tokenizer_lib  # pylint: disable=g-import-not-at-top
@@ -314,9 +315,17 @@ def load_finetuned(workdir: str, mesh=None, step=None):
   cfg = M.ModelConfig.from_dict(meta['model'])
   if meta['task'] == 'reward':
     model, inputs = RewardModel(cfg), reward_init_inputs(config.data.seq_len)
+  elif meta['task'] == 'ppo':  # ppo.py: the policy is the actor-critic's decoder
+    from lm import ppo  # pylint: disable=g-import-not-at-top
+
+    model = ppo.ActorCritic(cfg)
+    inputs = ppo.init_inputs(config.data.max_prompt_len + config.max_new_tokens)
   else:
     model, inputs = M.Decoder(cfg), policy_init_inputs(config.data.seq_len)
   target = trainer.abstract_state(model, optim.make(config.train), mesh, inputs)
   state, _, got = ckpt.restore(target, step)
   tok = tokenizer_lib.Tokenizer.load(os.path.join(workdir, 'tokenizer.json'))
-  return meta['task'], model, state.params, tok, got
+  params = state.params
+  if meta['task'] == 'ppo':
+    model, params = M.Decoder(cfg), params['decoder']
+  return meta['task'], model, params, tok, got

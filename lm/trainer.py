@@ -68,15 +68,15 @@ def abstract_state(model, tx, mesh, init_inputs):
   )
 
 
-def _micro_batches(batch, n: int):
+def _micro_batches(batch, n: int, field: str = 'train.grad_accum_steps'):
   """[B, ...] -> [n, B/n, ...] taking rows i, i+n, ... for micro-batch i, so each device's
   contiguous block of rows feeds every micro-batch and nothing moves between devices."""
 
   def split(x):
     if x.shape[0] % n:
       raise ValueError(
-        f'batch of {x.shape[0]} rows does not split into {n} micro-batches; '
-        'make train.batch_size divisible by train.grad_accum_steps.'
+        f'batch of {x.shape[0]} rows does not split into {n} parts; '
+        f'make train.batch_size divisible by {field}.'
       )
     return jnp.moveaxis(x.reshape((x.shape[0] // n, n) + x.shape[1:]), 1, 0)
 
@@ -105,39 +105,72 @@ def make_train_step(
   the whole batch, `loss_fn` gets its result as a fourth argument and loss, aux and gradients
   are summed instead, so a split step equals one big step.
 
+  With train.minibatches or train.epochs_per_batch > 1 (PPO: one step's batch is a rollout
+  that several updates reuse), each of epochs_per_batch passes shuffles the batch and makes one
+  update per minibatch (norms_fn then runs per minibatch); state.step still counts steps, and
+  `optim.make` stretches the schedule so it counts steps too.
+
   The logged metrics are `metrics_fn(aux)` (`metrics_fn(aux, norms)` with `norms_fn`; default
-  aux itself) plus grad_norm, param_norm and learning_rate.
+  aux itself) plus grad_norm, param_norm and learning_rate (with several updates per step, the
+  means over them).
   """
   schedule = optim.schedule(config.train)
   accum = int(config.train.get('grad_accum_steps', 1))
+  minibatches = int(config.train.get('minibatches', 1))
+  epochs = optim.updates_per_step(config.train) // minibatches
   base_rng = jax.random.PRNGKey(config.seed + 1)
 
-  def step_fn(state, batch):
-    rng = jax.random.fold_in(base_rng, state.step)
+  def update(params, opt_state, batch, rng):
+    """One optimizer update on `batch` (accumulated over micro-batches)."""
     norms = () if norms_fn is None else (norms_fn(batch),)
     grad_fn = jax.value_and_grad(lambda p, b, r: loss_fn(p, b, r, *norms), has_aux=True)
     if accum == 1:
-      (_, aux), grads = grad_fn(state.params, batch, rng)
+      (_, aux), grads = grad_fn(params, batch, rng)
     else:
       mbs = _micro_batches(batch, accum)
 
       def body(carry, xs):
         mb, i = xs
-        (_, a), g = grad_fn(state.params, mb, jax.random.fold_in(rng, i))
+        (_, a), g = grad_fn(params, mb, jax.random.fold_in(rng, i))
         return jax.tree.map(jnp.add, carry, (g, a)), None
 
       (_, aux_shape), grads_shape = jax.eval_shape(
-        grad_fn, state.params, jax.tree.map(lambda x: x[0], mbs), rng
+        grad_fn, params, jax.tree.map(lambda x: x[0], mbs), rng
       )
       zero = jax.tree.map(lambda x: jnp.zeros(x.shape, x.dtype), (grads_shape, aux_shape))
       (grads, aux), _ = jax.lax.scan(body, zero, (mbs, jnp.arange(accum)))
       if norms_fn is None:
         grads, aux = jax.tree.map(lambda x: x / accum, (grads, aux))
-    updates, opt_state = tx.update(grads, state.opt_state, state.params)
-    params = optax.apply_updates(state.params, updates)
+    updates, opt_state = tx.update(grads, opt_state, params)
     m = dict(aux if metrics_fn is None else metrics_fn(aux, *norms))
-    m.update(grad_norm=optax.global_norm(grads), param_norm=optax.global_norm(params))
-    m['learning_rate'] = schedule(state.step)
+    m['grad_norm'] = optax.global_norm(grads)
+    return optax.apply_updates(params, updates), opt_state, m
+
+  def step_fn(state, batch):
+    rng = jax.random.fold_in(base_rng, state.step)
+    if minibatches * epochs == 1:
+      params, opt_state, m = update(state.params, state.opt_state, batch, rng)
+    else:  # epochs of shuffled minibatches, one update each; metrics averaged over updates
+
+      def one(carry, xs):
+        mb, r = xs
+        params, opt_state, m = update(*carry, mb, r)
+        return (params, opt_state), m
+
+      def epoch(carry, e):
+        r = jax.random.fold_in(rng, e)
+        rows = jax.tree.leaves(batch)[0].shape[0]
+        perm = jax.random.permutation(r, rows)
+        mbs = _micro_batches(
+          jax.tree.map(lambda x: x[perm], batch), minibatches, 'train.minibatches'
+        )
+        return jax.lax.scan(one, carry, (mbs, jax.random.split(r, minibatches)))
+
+      (params, opt_state), ms = jax.lax.scan(
+        epoch, (state.params, state.opt_state), jnp.arange(epochs)
+      )
+      m = jax.tree.map(jnp.mean, ms)
+    m.update(param_norm=optax.global_norm(params), learning_rate=schedule(state.step))
     return TrainState(step=state.step + 1, params=params, opt_state=opt_state), m
 
   jitted = jax.jit(
