@@ -242,3 +242,53 @@ def test_hub_config_spelling_and_refusals():
     hf.config_from_hf({**_hf_model('qwen2').config.to_dict(), 'use_sliding_window': True})
   with pytest.raises(ValueError, match='bias'):
     hf.config_to_hf('llama', dataclasses.replace(_ours('qwen2')[0].cfg))
+
+
+SAMPLES = [
+  'Hello world, the assert statement',
+  '  two  spaces\n\tand a tab, 12345 digits',
+  'unicode é ü 日本 🙂 falls back to bytes',
+]
+
+
+def test_sentencepiece_model_and_tokenizer_json_load(tmp_path):
+  """A sentencepiece BPE model trained here like Llama's (byte fallback, split digits, identity
+  normalisation): ours encodes and decodes as sentencepiece does, and the tokenizer.json +
+  tokenizer_config.json that transformers writes from it load with HF's ids and specials."""
+  import argparse
+  import inspect
+
+  spm = pytest.importorskip('sentencepiece')
+  from lm.data import tokenizer
+
+  spm.SentencePieceTrainer.train(
+    sentence_iterator=iter(inspect.getsource(argparse).splitlines()),
+    model_prefix=str(tmp_path / 'tokenizer'),
+    vocab_size=600,
+    model_type='bpe',
+    byte_fallback=True,
+    split_digits=True,
+    normalization_rule_name='identity',
+    remove_extra_whitespaces=False,
+    minloglevel=2,
+  )
+  sp = spm.SentencePieceProcessor(model_file=str(tmp_path / 'tokenizer.model'))
+  ours = tokenizer.from_hf_files(str(tmp_path))
+  assert (ours.vocab_size, ours.bos_id, ours.eos_id, ours.unk_id) == (
+    sp.vocab_size(),
+    sp.bos_id(),
+    sp.eos_id(),
+    sp.unk_id(),
+  )
+  for text in SAMPLES:
+    ids = sp.encode(text)
+    assert ours.encode(text) == ids, text
+    assert ours.decode(ids) == sp.decode(ids) == text
+
+  hf_tok = transformers.LlamaTokenizer(vocab_file=str(tmp_path / 'tokenizer.model'))
+  hf_tok.save_pretrained(tmp_path / 'hf')
+  assert not (tmp_path / 'hf' / 'tokenizer.model').exists()  # the tokenizer.json path
+  loaded = tokenizer.from_hf_files(str(tmp_path / 'hf'))
+  assert (loaded.bos_id, loaded.eos_id) == (hf_tok.bos_token_id, hf_tok.eos_token_id)
+  for text in SAMPLES:
+    assert loaded.encode(text) == hf_tok.encode(text, add_special_tokens=False), text
