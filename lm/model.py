@@ -162,7 +162,8 @@ def rope(x: Array, positions: Array, freq) -> Array:
 
 
 class Attention(nn.Module):
-  """Multi-head self-attention; `decode=True` reads and extends a KV cache.
+  """Multi-head (grouped-query when num_kv_heads < num_heads) self-attention; `decode=True`
+  reads and extends a KV cache of the kv heads only.
 
   `causal` is applied here rather than folded into `mask`, so fused kernels (cuDNN flash
   attention) get `is_causal` and skip the masked half instead of reading a [T, T] mask.

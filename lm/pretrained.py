@@ -55,7 +55,8 @@ def load(path: str, mesh=None, step: Optional[int] = None) -> Pretrained:
   kind = 'encoder' if hf.SPECS[kind].module is M.Encoder else 'decoder'
   tok = None
   if any(
-    os.path.exists(os.path.join(path, f)) for f in ('tokenizer.json', 'vocab.txt', 'vocab.json')
+    os.path.exists(os.path.join(path, f))
+    for f in ('tokenizer.json', 'tokenizer.model', 'vocab.txt', 'vocab.json')
   ):
     tok = tokenizer_lib.from_hf_files(path)
   return Pretrained(kind, cfg, params, tok)
