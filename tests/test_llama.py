@@ -7,6 +7,7 @@ one kv head (multi-query) and tied embeddings."""
 
 import dataclasses
 import functools
+import json
 
 import numpy as np
 import pytest
