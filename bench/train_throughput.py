@@ -558,7 +558,7 @@ def main(argv=None):
   out(
     f'size: d={d} L={L} heads={H} mlp={m} seq={T} batch={B} vocab bert={VOCAB["bert"]} '
     f'gpt={VOCAB["gpt"]} llama={VOCAB["llama"]} (kv_heads={kv_heads(a, H)}, '
-    f'mlp={llama_mlp(m)}); dtype={a.dtype}; dropout={a.dropout}; AdamW; '
+    f'mlp_llama={llama_mlp(m)}); dtype={a.dtype}; dropout={a.dropout}; AdamW; '
     f'{a.repeats} interleaved blocks x {a.steps} steps, median'
   )
   out()

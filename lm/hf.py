@@ -19,6 +19,7 @@ from typing import Any, Callable
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+import ml_dtypes
 import numpy as np
 from flax import traverse_util
 
@@ -518,11 +519,39 @@ def canonical(state_dict) -> StateDict:
   return out
 
 
+_SAFETENSORS_DTYPES = {
+  'F64': np.float64,
+  'F32': np.float32,
+  'F16': np.float16,
+  'BF16': ml_dtypes.bfloat16,
+  'I64': np.int64,
+  'I32': np.int32,
+  'I16': np.int16,
+  'I8': np.int8,
+  'U8': np.uint8,
+  'BOOL': np.bool_,
+}
+
+
+def _load_safetensors(path: pathlib.Path) -> dict:
+  """The file's tensors as read-only memory maps (nothing is read until used). Parsed here rather
+  than by safetensors.numpy, which cannot name bfloat16, the dtype of most Llama-family files."""
+  with open(path, 'rb') as f:
+    n = int.from_bytes(f.read(8), 'little')
+    header = json.loads(f.read(n))
+  data = np.memmap(path, np.uint8, 'r', offset=8 + n)
+  return {
+    k: data[t['data_offsets'][0] : t['data_offsets'][1]]
+    .view(_SAFETENSORS_DTYPES[t['dtype']])
+    .reshape(t['shape'])
+    for k, t in header.items()
+    if k != '__metadata__'
+  }
+
+
 def _load_file(path: pathlib.Path) -> dict:
   if path.suffix == '.safetensors':
-    import safetensors.numpy  # pylint: disable=import-outside-toplevel
-
-    return safetensors.numpy.load_file(str(path))
+    return _load_safetensors(path)
   import torch  # pylint: disable=import-outside-toplevel
 
   return torch.load(str(path), map_location='cpu', weights_only=True)

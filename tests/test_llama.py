@@ -208,6 +208,11 @@ def test_export_loads_in_transformers(kind, tmp_path):
   got_kind, got_cfg, got = hf.import_pretrained(tmp_path)  # the sharded files read back
   assert (got_kind, got_cfg) == (kind, dataclasses.replace(cfg, scan_layers=False))
   _assert_trees_equal(got, hf.from_hf(kind, hf.to_hf(kind, params, cfg), got_cfg))
+  # Hub checkpoints are mostly bfloat16 safetensors: they load, widened to float32.
+  model.to(torch.bfloat16).save_pretrained(tmp_path / 'bf16')
+  _, _, got = hf.import_pretrained(tmp_path / 'bf16')
+  sd = {k: v.float() for k, v in model.state_dict().items()}
+  _assert_trees_equal(got, hf.from_hf(kind, sd, got_cfg))
 
 
 def test_hub_config_spelling_and_refusals():
@@ -339,24 +344,31 @@ def test_llama_config_trains_and_generates(pretrained_llama):
 
 
 @SLOW
-def test_llama_workdir_serves_dpo_and_fewshot(pretrained_llama, tmp_path):
+def test_llama_workdir_serves_finetuning_reward_dpo_and_fewshot(pretrained_llama, tmp_path):
+  """Each job loads the Llama body (the untied lm_head is dropped where only hidden states are
+  used) and runs; DPO's first held-out loss is ln 2 exactly (policy = reference)."""
   from conftest import check_fewshot_accuracy, run_script
+  from test_finetune import _cls_config
 
-  wd = tmp_path / 'dpo'
-  run_script(
-    'dpo.py',
-    '--config=configs/dpo.py',
-    f'--workdir={wd}',
-    f'--config.pretrained={pretrained_llama}',
-    '--config.data.max_pairs=64',
-    '--config.train.steps=4',
-    '--config.eval_every=4',
-    '--config.log_every=4',
-    '--config.data.seq_len=64',
-    '--config.data.max_prompt_len=24',
-  )
-  first = next(r for r in _metrics(wd) if r.get('step') == 0 and 'eval/loss' in r)
-  assert first['eval/loss'] == pytest.approx(np.log(2), rel=1e-4)  # policy == reference
+  from lm import finetune
+
+  c = _cls_config(pretrained_llama, steps=4, warmup_steps=1)
+  c.eval_every = 4
+  assert 0.0 <= finetune.run(c, str(tmp_path / 'cls'))['final']['accuracy'] <= 1.0
+  pref = ['--config.data.seq_len=64', '--config.data.max_prompt_len=24', '--config.log_every=4']
+  for name in ('reward', 'dpo'):
+    run_script(
+      'dpo.py',
+      f'--config=configs/{name}.py',
+      f'--workdir={tmp_path / name}',
+      f'--config.pretrained={pretrained_llama}',
+      '--config.data.max_pairs=64',
+      '--config.train.steps=4',
+      '--config.eval_every=4',
+      *pref,
+    )
+  first = next(r for r in _metrics(tmp_path / 'dpo') if r['step'] == 0 and 'eval/loss' in r)
+  assert first['eval/loss'] == pytest.approx(np.log(2), rel=1e-4)
   out = tmp_path / 'fewshot.json'
   run_script(
     'eval.py',
