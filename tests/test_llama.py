@@ -328,7 +328,7 @@ def test_llama_config_trains_and_generates(pretrained_llama):
   rows = [r for r in _metrics(pretrained_llama) if 'train/loss' in r]
   first, last = rows[0]['train/loss'], rows[-1]['train/loss']
   print('configs/llama.py train loss', first, '->', last)
-  # measured 8.6 at step 10 -> 6.6 at step 60 (the uniform guess is ln 8192 = 9.0)
+  # measured 8.4 at step 10 -> 6.8 at step 60 (the uniform guess is ln 8192 = 9.0)
   assert last < first - 1.0 and last < np.log(8192) - 2.0
   pre = pretrained.load(str(pretrained_llama))
   assert (pre.cfg.num_kv_heads, pre.cfg.mlp, pre.cfg.tie_embeddings) == (2, 'swiglu', False)
@@ -340,7 +340,8 @@ def test_llama_config_trains_and_generates(pretrained_llama):
   want = G.generate(
     pre.model, pre.params, [tok.encode(prompt)], max_new_tokens=8, eos_id=tok.eos_id
   )
-  assert out.split('--- 0\n', 1)[1].rstrip('\n') == prompt + tok.decode(want[0][0]), out
+  text = prompt + tok.decode(want[0][0])
+  assert out.split('--- 0\n', 1)[1].rstrip('\n') == text.rstrip('\n'), (out, text)
 
 
 @SLOW
