@@ -195,15 +195,15 @@ class Attention(nn.Module):
       freq = rope_frequencies(c)
       q, k = rope(q, positions, freq), rope(k, positions, freq)
     causal = self.causal
-    q_idx = jnp.arange(q.shape[1])  # query and key slots, for causality and the window
+    q_idx = jnp.arange(q.shape[1])  # query and key slots, for the sliding window
     k_idx = q_idx
     if decode:  # the cache applies causality per slot
       k, v, mask, q_idx = self._update_cache(k, v, mask)
       k_idx = jnp.arange(k.shape[1])
       causal = False
-    window = None
     if c.sliding_window:  # key j is visible to query i when i - j < sliding_window
       window = (q_idx[:, None] - k_idx[None, :] < c.sliding_window)[None, None]
+      mask = window if mask is None else mask & window
 
     impl = c.attention_impl
     if impl == 'auto':
@@ -211,8 +211,6 @@ class Attention(nn.Module):
         'cudnn' if jax.default_backend() == 'gpu' and c.dtype in ('bfloat16', 'float16') else 'xla'
       )
     if impl != 'einsum' and (deterministic or c.attention_dropout_rate == 0.0):
-      if window is not None:
-        mask = window if mask is None else mask & window
       out = jax.nn.dot_product_attention(  # takes kv < h heads as grouped-query attention
         q, k, v, mask=mask, is_causal=causal, implementation=None if impl == 'xla' else impl
       )
@@ -220,8 +218,6 @@ class Attention(nn.Module):
       if causal:
         tri = jnp.tril(jnp.ones((q.shape[1], k.shape[1]), bool))[None, None]
         mask = tri if mask is None else mask & tri
-      if window is not None:
-        mask = window if mask is None else mask & window
       # Query head i uses key/value head i // (h / kv), as HF's repeat_kv; no copy of k, v.
       qg = q.reshape(q.shape[:2] + (kv, h // kv, dh))
       scores = jnp.einsum('bqkgd,bskd->bkgqs', qg, k).astype(jnp.float32) / jnp.sqrt(dh)
