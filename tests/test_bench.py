@@ -38,8 +38,11 @@ def test_train_throughput_prints_table(run):
   llama_matmul = L * (2 * d * d + 2 * d * kv * (d // h) + 3 * d * m_llama)
   llama_flops = B * T * (6 * llama_matmul + 12 * L * T * d) + 6 * d * 32000 * B * T
   for name, step_ms, tok_s, tflop, gflop_s in rows:
-    assert tok_s == pytest.approx(B * T / (step_ms / 1e3), rel=0.06 / step_ms + 1e-3), name
-    assert gflop_s == pytest.approx(tflop * 1e3 / (step_ms / 1e3), rel=0.06 / step_ms + 1e-3)
+    # within the printed precision: step 0.1 ms, tokens/s 1, TFLOP/step 1e-4, GFLOP/s 0.1
+    rel = 0.06 / step_ms + 1e-3
+    assert tok_s == pytest.approx(B * T / (step_ms / 1e3), rel=rel, abs=0.5), name
+    want = tflop * 1e3 / (step_ms / 1e3)
+    assert gflop_s == pytest.approx(want, rel=rel + 5e-5 / tflop, abs=0.05), name
     if 'gpt' in name:
       assert tflop == pytest.approx(gpt_flops / 1e12, abs=6e-5), (name, tflop, gpt_flops)
     if 'llama' in name:
