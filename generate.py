@@ -66,6 +66,8 @@ def load_for_generation(path: str):
   if not pretrained.is_workdir(path) and os.path.exists(hf_config):
     with open(hf_config, encoding='utf-8') as f:
       eos = json.load(f).get('eos_token_id', eos)
+  if isinstance(eos, list):  # Llama 3.1 instruct lists several; the first ends a continuation
+    eos = eos[0]
   return pre, tok, eos
 
 
@@ -75,6 +77,8 @@ def main(argv):
   if FLAGS.eos_id is not None:
     eos = FLAGS.eos_id
   prompt = tok.encode(FLAGS.prompt)
+  if tok.bos_id is not None and tok.bos_id != tok.eos_id:  # Llama-style: text starts with BOS
+    prompt = [tok.bos_id] + prompt
   if not prompt:  # GPT-2 conditions on <|endoftext|> when there is no text
     prompt = [eos if eos is not None else 0]
   if FLAGS.max_new_tokens is not None and FLAGS.max_length is not None:

@@ -17,6 +17,7 @@ INSTALL_REQUIRES = [
   'tensorboardX>=2.6',
   'tqdm>=4.66',
   'safetensors>=0.4',
+  'sentencepiece>=0.2,<0.3',  # Llama / Mistral tokenizer.model files
   'sacrebleu>=2.4,<3',
   'rouge-score==0.1.2',
   'scikit-learn>=1.5',

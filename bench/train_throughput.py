@@ -1,7 +1,8 @@
-r"""Training throughput and model-FLOPs utilisation (MFU) of lm's BERT and GPT vs HF PyTorch.
+r"""Training throughput and model-FLOPs utilisation (MFU) of lm's BERT, GPT and Llama vs HF PyTorch.
 
   python bench/train_throughput.py            # full run, < ~6 min on a 2-core CPU
   python bench/train_throughput.py --quick    # < 1 min: fewer steps, no torch.compile
+  python bench/train_throughput.py --models=llama   # Llama block vs HF LlamaForCausalLM
   bash bench/gpu.sh                           # on a GPU: GPT-2 small/medium, bf16, cuDNN
 
 What it measures, all in one process so the numbers compare as ratios:
@@ -10,8 +11,10 @@ What it measures, all in one process so the numbers compare as ratios:
      runs: AdamW with BERT's decay mask, global-norm clipping, metrics), state from
      `lm.trainer.create_state`, synthetic batches with the fields and shapes that
      `lm.data.pretrain.MLMBatcher` / `CLMBatcher` produce;
-  3. the same for HF transformers PyTorch BertForPreTraining (MLM + NSP) and GPT2LMHeadModel,
-     same sizes, same batch, torch.optim.AdamW, eager (and torch.compile);
+  3. the same for HF transformers PyTorch BertForPreTraining (MLM + NSP), GPT2LMHeadModel and
+     LlamaForCausalLM, same sizes, same batch, torch.optim.AdamW, eager (and torch.compile);
+     Llama: RMSNorm, SwiGLU of width mlp_llama = 2/3 * mlp rounded up to 64 (the dense MLP's
+     parameter count), RoPE, --kv_heads grouped-query heads, untied head, no biases;
   4. compile time of our train step at 2 vs 24 layers, with and without `scan_layers`.
 Runs of the different systems are interleaved (A B C D A B C D ...) and the median of the
 repeats is reported, because the machine is shared and noisy.
@@ -29,6 +32,7 @@ FLOP convention (model FLOPs, identical for ours and HF, so MFU ratios = through
        HF computes logits at all 128 positions: that extra work is *not* counted as useful.
      NSP/pooler (2 * 6 d^2 per row) are counted; embeddings, softmax, LayerNorm, GELU and the
      optimizer are not.
+  Llama: N_matmul = L * (2 d^2 + 2 d * kv_heads * head_dim + 3 d mlp_llama).
   MFU = model FLOPs per second / the measured XLA float32 (or bf16, by --dtype) matmul ceiling.
 """
 
@@ -47,7 +51,7 @@ SIZES = {  # name: (d, layers, heads, mlp, seq, batch)
   'gpt2_small': (768, 12, 12, 3072, 1024, 8),
   'gpt2_medium': (1024, 24, 16, 4096, 1024, 8),
 }
-VOCAB = {'bert': 30522, 'gpt': 50257}
+VOCAB = {'bert': 30522, 'gpt': 50257, 'llama': 32000}
 
 
 def parse_args(argv=None):
@@ -62,7 +66,8 @@ def parse_args(argv=None):
   )
   for k in ('d', 'layers', 'heads', 'mlp', 'seq', 'batch'):
     p.add_argument(f'--{k}', type=int, default=None, help=f'override the preset {k}')
-  p.add_argument('--models', default='bert,gpt', help='comma list of bert,gpt')
+  p.add_argument('--models', default='bert,gpt', help='comma list of bert,gpt,llama')
+  p.add_argument('--kv_heads', type=int, default=None, help='llama K/V heads (default heads / 2)')
   p.add_argument('--dtype', default='float32', choices=['float32', 'bfloat16'])
   p.add_argument(
     '--attention_impl',
@@ -130,12 +135,19 @@ def parse_args(argv=None):
 # ----------------------------------------------------------------------------- FLOPs
 
 
-def model_flops_per_step(kind, d, L, m, T, B, V, n_pred):
+def llama_mlp(m):
+  """The SwiGLU width with the parameters of a dense MLP of width m: 2/3 m, up to a multiple of 64."""
+  return -(-2 * m // 3 // 64) * 64
+
+
+def model_flops_per_step(kind, d, L, m, T, B, V, n_pred, kv_dim=None):
   """Useful training FLOPs for one step (see the module docstring)."""
   n_matmul = L * (4 * d * d + 2 * d * m)
+  if kind == 'llama':
+    n_matmul = L * (2 * d * d + 2 * d * kv_dim + 3 * d * llama_mlp(m))
   tokens = B * T
   body = tokens * (6 * n_matmul + 12 * L * T * d)
-  if kind == 'gpt':
+  if kind != 'bert':
     head = 6 * d * V * tokens
   else:
     head = n_pred * (6 * d * V + 6 * d * d) + B * 2 * 6 * d * d  # MLM at masked + pooler/NSP
@@ -144,7 +156,8 @@ def model_flops_per_step(kind, d, L, m, T, B, V, n_pred):
 
 FORMULA = (
   'model FLOPs/step = B*T*(6*L*(4d^2+2dm) + 12*L*T*d) + 6*d*V*P (+ BERT: 6*d^2*P '
-  '+ 12*d^2*B); P = predicted tokens: GPT all B*T, BERT the masked ones'
+  '+ 12*d^2*B); P = predicted tokens: GPT all B*T, BERT the masked ones; Llama: '
+  '4d^2+2dm -> 2d^2 + 2d*kv_dim + 3d*mlp_llama'
 )
 
 
@@ -300,13 +313,36 @@ def our_config(kind, size, a):
   )
   if kind == 'gpt':
     model.update(type_vocab_size=0, pre_ln=True, activation='gelu_tanh', layer_norm_eps=1e-5)
+  if kind == 'llama':  # configs/llama.py's block
+    model.update(
+      type_vocab_size=0,
+      pre_ln=True,
+      position='rope',
+      norm='rmsnorm',
+      mlp='swiglu',
+      activation='silu',
+      bias='none',
+      tie_embeddings=False,
+      num_kv_heads=kv_heads(a, H),
+      mlp_dim=llama_mlp(m),
+      layer_norm_eps=1e-5,
+    )
   model['attention_impl'] = a.attention_impl
   c.model.update(model)
   c.data.update(seq_len=T, nsp=True)
   c.train.update(batch_size=B, steps=1000, warmup_steps=10, lr=1e-4)
-  if kind == 'gpt':
+  if kind != 'bert':
     c.train.loss_chunk = int(a.loss_chunk)
   return c
+
+
+def kv_heads(a, heads):
+  return a.kv_heads or max(1, heads // 2)
+
+
+def _flops(kind, size, a, V, n_pred):
+  d, L, H, m, T, B = size
+  return model_flops_per_step(kind, d, L, m, T, B, V, n_pred, kv_heads(a, H) * (d // H))
 
 
 def our_runner(kind, size, a, jax, log):
@@ -323,7 +359,7 @@ def our_runner(kind, size, a, jax, log):
   )
   step = objectives.make_train_step(config, model, tx, state_sh, mesh)
   nb = synthetic_batch(kind, B, T, V)
-  if kind == 'gpt' and not int(a.doc_mask):
+  if kind != 'bert' and not int(a.doc_mask):
     del nb['segment_ids']  # the model then masks causally only
   batch = sharding.shard_batch(nb, mesh)
   n_pred = int(nb['masked_weights'].sum()) if kind == 'bert' else B * T
@@ -338,10 +374,10 @@ def our_runner(kind, size, a, jax, log):
     holder['state'], holder['metrics'] = s, metrics
     return time.perf_counter() - t0
 
-  extra = f' chunk={config.train.loss_chunk} doc={int(a.doc_mask)}' if kind == 'gpt' else ''
+  extra = f' chunk={config.train.loss_chunk} doc={int(a.doc_mask)}' if kind != 'bert' else ''
   scan = ' scan' if config.model.scan_layers else ''
   name = f'ours {kind} ({config.model.attention_impl}{scan}{extra})'
-  r = Runner(name, run, B * T, model_flops_per_step(kind, d, L, m, T, B, V, n_pred))
+  r = Runner(name, run, B * T, _flops(kind, size, a, V, n_pred))
   r.params = trainer.param_count(state.params)
   r.holder = holder
   return r
@@ -406,6 +442,19 @@ def hf_runner(kind, size, a, mode, log):
       attention_probs_dropout_prob=a.dropout,
     )
     model = transformers.BertForPreTraining(cfg)
+  elif kind == 'llama':
+    cfg = transformers.LlamaConfig(
+      vocab_size=V,
+      hidden_size=d,
+      intermediate_size=llama_mlp(m),
+      num_hidden_layers=L,
+      num_attention_heads=H,
+      num_key_value_heads=kv_heads(a, H),
+      max_position_embeddings=max(T, 128),
+      rms_norm_eps=1e-5,
+      attention_dropout=a.dropout,
+    )
+    model = transformers.LlamaForCausalLM(cfg)
   else:
     cfg = transformers.GPT2Config(
       vocab_size=V,
@@ -459,7 +508,7 @@ def hf_runner(kind, size, a, mode, log):
     return time.perf_counter() - t0
 
   name = f'HF torch {kind} {mode}'
-  r = Runner(name, run, B * T, model_flops_per_step(kind, d, L, m, T, B, V, n_pred))
+  r = Runner(name, run, B * T, _flops(kind, size, a, V, n_pred))
   r.params = sum(p.numel() for p in model.parameters())
   return r
 
@@ -508,7 +557,8 @@ def main(argv=None):
   out('command: python ' + ' '.join(sys.argv))
   out(
     f'size: d={d} L={L} heads={H} mlp={m} seq={T} batch={B} vocab bert={VOCAB["bert"]} '
-    f'gpt={VOCAB["gpt"]}; dtype={a.dtype}; dropout={a.dropout}; AdamW; '
+    f'gpt={VOCAB["gpt"]} llama={VOCAB["llama"]} (kv_heads={kv_heads(a, H)}, '
+    f'mlp_llama={llama_mlp(m)}); dtype={a.dtype}; dropout={a.dropout}; AdamW; '
     f'{a.repeats} interleaved blocks x {a.steps} steps, median'
   )
   out()
@@ -537,7 +587,7 @@ def main(argv=None):
   for kind in kinds:
     log(f'[{kind}] building ...')
     runners = []
-    gpt_axes = lambda x: x.split(',') if kind == 'gpt' else x.split(',')[:1]
+    gpt_axes = lambda x: x.split(',') if kind != 'bert' else x.split(',')[:1]
     for scan, impl, chunk, doc in itertools.product(
       a.scan_layers.split(','),
       a.attention_impl.split(','),

@@ -37,7 +37,12 @@ from lm.data import sources
 from lm.tasks import data as data_lib
 from lm.tasks import model as task_model
 
-PRETRAINING_HEADS = ('mlm_dense', 'mlm_ln', 'nsp')  # pretraining-only params a body may drop
+PRETRAINING_HEADS = (
+  'mlm_dense',
+  'mlm_ln',
+  'nsp',
+  'lm_head',
+)  # pretraining-only params a body may drop
 
 
 def subsample_train(examples: list, n: int, seed: int, stratify_by=None) -> list:

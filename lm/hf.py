@@ -1,4 +1,5 @@
-"""HuggingFace interop: BERT (`BertForPreTraining`) and GPT-2 (`GPT2LMHeadModel`) checkpoints.
+"""HuggingFace interop: BERT (`BertForPreTraining`), GPT-2 (`GPT2LMHeadModel`) and the Llama
+family (`LlamaForCausalLM`, `MistralForCausalLM`, `Qwen2ForCausalLM`) checkpoints.
 
 Each model is one table of (our param paths, HF tensor name, codec) rules; the per-layer part is
 written once and expanded per layer, stacking on a leading axis when `cfg.scan_layers`. Both
@@ -18,6 +19,7 @@ from typing import Any, Callable
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+import ml_dtypes
 import numpy as np
 from flax import traverse_util
 
@@ -48,14 +50,16 @@ class Rule:
   ours: tuple  # our param paths ('a/b/kernel'), relative to a layer for per-layer rules
   hf: str  # HF name, relative to `Spec.layer_prefix` for per-layer rules
   codec: Codec = SAME
+  when: Callable[[M.ModelConfig], bool] = lambda cfg: True  # the tensor exists in this config
 
 
-def _dense(ours, hf, codec=LINEAR):
-  """A Dense layer (or fused Dense layers: `ours` a tuple) <-> HF `.weight` / `.bias`."""
+def _dense(ours, hf, codec=LINEAR, bias=lambda cfg: True):
+  """A Dense layer (or fused Dense layers: `ours` a tuple) <-> HF `.weight` / `.bias`; `bias`
+  says for which configs the bias exists."""
   mods = (ours,) if isinstance(ours, str) else ours
   return [
     Rule(tuple(f'{m}/kernel' for m in mods), f'{hf}.weight', codec),
-    Rule(tuple(f'{m}/bias' for m in mods), f'{hf}.bias', QKV if codec is QKV else SAME),
+    Rule(tuple(f'{m}/bias' for m in mods), f'{hf}.bias', QKV if codec is QKV else SAME, bias),
   ]
 
 
@@ -84,6 +88,16 @@ class Spec:
   hf_defaults: dict  # HF class defaults: saved configs omit some keys
   hf_allowed: dict  # HF config key -> values we can reproduce (first = assumed when absent)
   hf_extra: dict  # written on export
+  # Config keys beyond the 1:1 table: HF dict -> (ModelConfig fields, problems), and back.
+  read_extra: Callable[[dict], tuple] = lambda d: ({}, [])
+  write_extra: Callable[[M.ModelConfig], dict] = lambda cfg: {}
+  imported: dict = dataclasses.field(default_factory=dict)  # set on import, ignored on export
+
+
+# What BERT and GPT-2 cannot express: the Llama-family options at their classic values.
+_CLASSIC = dict(
+  norm='layernorm', mlp='dense', bias='all', tie_embeddings=True, num_kv_heads=0, sliding_window=0
+)
 
 
 BERT = Spec(
@@ -116,7 +130,7 @@ BERT = Spec(
     'cls.predictions.decoder.weight': 'bert.embeddings.word_embeddings.weight',
     'cls.predictions.decoder.bias': 'cls.predictions.bias',
   },
-  fixed=dict(pre_ln=False, position='learned'),
+  fixed=dict(pre_ln=False, position='learned', **_CLASSIC),
   config=dict(
     vocab_size='vocab_size',
     hidden_size='hidden_size',
@@ -173,7 +187,7 @@ GPT2 = Spec(
     *_dense('mlp/wo', 'mlp.c_proj', SAME),
   ],
   tied={'lm_head.weight': 'transformer.wte.weight'},
-  fixed=dict(pre_ln=True, position='learned', type_vocab_size=0),
+  fixed=dict(pre_ln=True, position='learned', type_vocab_size=0, **_CLASSIC),
   config=dict(
     vocab_size='vocab_size',
     hidden_size='n_embd',
@@ -207,9 +221,175 @@ GPT2 = Spec(
     tie_word_embeddings=(True,),
   ),
   hf_extra=dict(tie_word_embeddings=True),
+  write_extra=lambda cfg: (
+    # HF's default bos/eos (50256) would point outside a smaller vocab
+    dict(bos_token_id=None, eos_token_id=None) if cfg.vocab_size <= 50256 else {}
+  ),
 )
 
-SPECS = {'bert': BERT, 'gpt2': GPT2}
+
+def _read_llama(kind: str, d: dict) -> tuple[dict, list]:
+  """GQA, RoPE (the v5 `rope_parameters` or the hub's `rope_theta` + `rope_scaling`), biases and
+  the sliding window, which each family spells its own way."""
+  fields, bad = {}, []
+  heads = d['num_attention_heads']
+  kv = d.get('num_key_value_heads') or heads
+  fields['num_kv_heads'] = 0 if kv == heads else kv
+  if d.get('head_dim') not in (None, d['hidden_size'] // heads):
+    bad.append(f'head_dim={d["head_dim"]} (supported: hidden_size / num_attention_heads)')
+  rope = d.get('rope_parameters') or {**(d.get('rope_scaling') or {})}
+  fields['rope_theta'] = float(rope.get('rope_theta', d.get('rope_theta', 10000.0)))
+  rope_type = rope.get('rope_type', rope.get('type', 'default'))
+  if rope_type == 'linear':
+    fields.update(rope_scaling='linear', rope_factor=float(rope['factor']))
+  elif rope_type == 'llama3':
+    fields.update(
+      rope_scaling='llama3',
+      rope_factor=float(rope['factor']),
+      rope_low_freq_factor=float(rope['low_freq_factor']),
+      rope_high_freq_factor=float(rope['high_freq_factor']),
+      rope_original_max_len=int(rope['original_max_position_embeddings']),
+    )
+  elif rope_type != 'default':
+    bad.append(f'rope_type={rope_type!r} (supported: default, linear, llama3)')
+  if rope.get('partial_rotary_factor', 1.0) != 1.0:
+    bad.append(f'partial_rotary_factor={rope["partial_rotary_factor"]} (supported: 1.0)')
+  if kind == 'llama':
+    if d.get('attention_bias', False) != d.get('mlp_bias', False):
+      bad.append('attention_bias != mlp_bias (supported: both or neither)')
+    fields['bias'] = 'all' if d.get('attention_bias') else 'none'
+  if kind == 'mistral':
+    fields['sliding_window'] = d.get('sliding_window') or 0
+  if kind == 'qwen2' and (
+    d.get('use_sliding_window') or set(d.get('layer_types') or ()) - {'full_attention'}
+  ):
+    bad.append('use_sliding_window=True (supported: False)')
+  return fields, bad
+
+
+def _write_llama(kind: str, cfg: M.ModelConfig) -> dict:
+  """The hub's spelling (`rope_theta` + `rope_scaling`), which transformers 4 and 5 both read."""
+  scaling = None
+  if cfg.rope_scaling == 'linear':
+    scaling = dict(rope_type='linear', factor=cfg.rope_factor)
+  elif cfg.rope_scaling == 'llama3':
+    scaling = dict(
+      rope_type='llama3',
+      factor=cfg.rope_factor,
+      low_freq_factor=cfg.rope_low_freq_factor,
+      high_freq_factor=cfg.rope_high_freq_factor,
+      original_max_position_embeddings=cfg.rope_original_max_len,
+    )
+  d = dict(
+    num_key_value_heads=cfg.kv_heads,
+    head_dim=cfg.head_dim,
+    rope_theta=cfg.rope_theta,
+    rope_scaling=scaling,
+  )
+  if kind == 'llama':
+    d.update(attention_bias=cfg.bias == 'all', mlp_bias=cfg.bias == 'all')
+  if kind == 'mistral':
+    d['sliding_window'] = cfg.sliding_window or None
+  if kind == 'qwen2':
+    d.update(use_sliding_window=False, sliding_window=None)
+  return d
+
+
+def _llama_family(kind: str, architecture: str, defaults: dict, **fixed) -> Spec:
+  """Llama, Mistral and Qwen2 checkpoints share names; they differ in biases, the window and the
+  config keys `_read_llama` handles."""
+  some_bias = lambda cfg: cfg.bias != 'none'
+  all_bias = lambda cfg: cfg.bias == 'all'
+  return Spec(
+    module=M.Decoder,
+    architecture=architecture,
+    prefix='model.',
+    top=[
+      _emb('embed/token', 'model.embed_tokens'),
+      Rule(('ln_final/scale',), 'model.norm.weight'),
+      Rule(('lm_head/kernel',), 'lm_head.weight', LINEAR, lambda cfg: not cfg.tie_embeddings),
+    ],
+    layer_prefix='model.layers.{i}.',
+    layer=[
+      Rule(('ln_attention/scale',), 'input_layernorm.weight'),
+      *_dense('attention/query', 'self_attn.q_proj', bias=some_bias),
+      *_dense('attention/key', 'self_attn.k_proj', bias=some_bias),
+      *_dense('attention/value', 'self_attn.v_proj', bias=some_bias),
+      *_dense('attention/out', 'self_attn.o_proj', bias=all_bias),
+      Rule(('ln_mlp/scale',), 'post_attention_layernorm.weight'),
+      *_dense('mlp/wi_gate', 'mlp.gate_proj', bias=all_bias),
+      *_dense('mlp/wi', 'mlp.up_proj', bias=all_bias),
+      *_dense('mlp/wo', 'mlp.down_proj', bias=all_bias),
+    ],
+    tied={'lm_head.weight': 'model.embed_tokens.weight'},  # when tie_embeddings
+    fixed=dict(
+      pre_ln=True,
+      position='rope',
+      type_vocab_size=0,
+      norm='rmsnorm',
+      mlp='swiglu',
+      activation='silu',
+      **fixed,
+    ),
+    config=dict(
+      vocab_size='vocab_size',
+      hidden_size='hidden_size',
+      num_layers='num_hidden_layers',
+      num_heads='num_attention_heads',
+      mlp_dim='intermediate_size',
+      max_len='max_position_embeddings',
+      layer_norm_eps='rms_norm_eps',
+      attention_dropout_rate='attention_dropout',
+      initializer_range='initializer_range',
+      tie_embeddings='tie_word_embeddings',
+    ),
+    activation_key='hidden_act',
+    hf_defaults=dict(  # the transformers 5 class defaults: saved configs may omit them
+      hidden_act='silu',
+      initializer_range=0.02,
+      rms_norm_eps=1e-6,
+      tie_word_embeddings=False,
+      attention_dropout=0.0,
+      **defaults,
+    ),
+    hf_allowed=dict(hidden_act=('silu',), pretraining_tp=(1, None)),
+    hf_extra={},
+    read_extra=lambda d: _read_llama(kind, d),
+    write_extra=lambda cfg: _write_llama(kind, cfg),
+    imported=dict(dropout_rate=0.0),  # HF's Llama family has attention dropout only
+  )
+
+
+def _sizes(vocab, hidden, mlp, layers, heads, kv_heads, max_len) -> dict:
+  return dict(
+    vocab_size=vocab,
+    hidden_size=hidden,
+    intermediate_size=mlp,
+    num_hidden_layers=layers,
+    num_attention_heads=heads,
+    num_key_value_heads=kv_heads,
+    max_position_embeddings=max_len,
+  )
+
+
+LLAMA = _llama_family(
+  'llama', 'LlamaForCausalLM', _sizes(32000, 4096, 11008, 32, 32, None, 2048), sliding_window=0
+)
+MISTRAL = _llama_family(
+  'mistral',
+  'MistralForCausalLM',
+  dict(_sizes(32000, 4096, 14336, 32, 32, 8, 4096 * 32), sliding_window=4096),
+  bias='none',
+)
+QWEN2 = _llama_family(
+  'qwen2',
+  'Qwen2ForCausalLM',
+  _sizes(151936, 4096, 22016, 32, 32, 32, 32768),
+  bias='qkv',
+  sliding_window=0,
+)
+
+SPECS = {'bert': BERT, 'gpt2': GPT2, 'llama': LLAMA, 'mistral': MISTRAL, 'qwen2': QWEN2}
 
 # HF activation -> ours (exact equivalents only), and back.
 _ACTIVATIONS = {
@@ -218,7 +398,8 @@ _ACTIVATIONS = {
   'gelu_pytorch_tanh': 'gelu_tanh',
   'relu': 'relu',
 }
-_HF_ACTIVATION = {'gelu': 'gelu', 'gelu_tanh': 'gelu_new', 'relu': 'relu'}
+_ACTIVATIONS['silu'] = 'silu'
+_HF_ACTIVATION = {'gelu': 'gelu', 'gelu_tanh': 'gelu_new', 'relu': 'relu', 'silu': 'silu'}
 
 
 def module(kind: str, cfg: M.ModelConfig) -> nn.Module:
@@ -250,12 +431,15 @@ def config_from_hf(hf_config) -> tuple[str, M.ModelConfig]:
   act = d[spec.activation_key]
   if act not in _ACTIVATIONS:
     bad.append(f'{spec.activation_key}={act!r} (supported: {sorted(_ACTIVATIONS)})')
+  extra, extra_bad = spec.read_extra(d)
+  bad += extra_bad
   if bad:
     raise ValueError(f'Unsupported {kind} config: {"; ".join(bad)}.')
   fields = {ours: d[theirs] for ours, theirs in spec.config.items()}
   if fields['mlp_dim'] is None:  # GPT-2 n_inner
     fields['mlp_dim'] = 4 * fields['hidden_size']
-  return kind, M.ModelConfig(**fields, **spec.fixed, activation=_ACTIVATIONS[act])
+  fields = {**fields, 'activation': _ACTIVATIONS[act], **spec.fixed, **spec.imported, **extra}
+  return kind, M.ModelConfig(**fields)
 
 
 def config_to_hf(kind: str, cfg: M.ModelConfig, **hf_overrides: Any) -> dict:
@@ -269,12 +453,11 @@ def config_to_hf(kind: str, cfg: M.ModelConfig, **hf_overrides: Any) -> dict:
     **{theirs: getattr(cfg, ours) for ours, theirs in spec.config.items()},
     spec.activation_key: _HF_ACTIVATION[cfg.activation],
     **spec.hf_extra,
+    **spec.write_extra(cfg),
     'dtype': str(cfg.param_dtype),
   }
   if kind == 'gpt2':
     d['embd_pdrop'] = cfg.dropout_rate  # one dropout rate here
-    if cfg.vocab_size <= 50256:  # HF's default bos/eos (50256) would point outside the vocab
-      d['bos_token_id'] = d['eos_token_id'] = None
   return {**d, **hf_overrides}
 
 
@@ -286,6 +469,8 @@ def _check_cfg(kind: str, cfg: M.ModelConfig):
   ]
   if kind == 'bert' and not cfg.type_vocab_size:
     bad.append('type_vocab_size=0 (BERT needs token type embeddings)')
+  if kind == 'llama' and cfg.bias not in ('none', 'all'):
+    bad.append(f"bias={cfg.bias!r} (needs 'none' or 'all')")
   if cfg.activation not in _HF_ACTIVATION:
     bad.append(f'activation={cfg.activation!r}')
   if bad:
@@ -295,11 +480,13 @@ def _check_cfg(kind: str, cfg: M.ModelConfig):
 # ------------------------------------------------------------------------------------------------
 # State dicts.
 
-_BUFFERS = re.compile(r'(^|\.)(position_ids|token_type_ids|attn\.bias|attn\.masked_bias)$')
+_BUFFERS = re.compile(
+  r'(^|\.)(position_ids|token_type_ids|attn\.bias|attn\.masked_bias|rotary_emb\.inv_freq)$'
+)
 
 
 def _strip(name: str) -> str:
-  for p in (BERT.prefix, GPT2.prefix):
+  for p in (BERT.prefix, GPT2.prefix, LLAMA.prefix):
     if name.startswith(p):
       return name[len(p) :]
   return name
@@ -332,11 +519,39 @@ def canonical(state_dict) -> StateDict:
   return out
 
 
+_SAFETENSORS_DTYPES = {
+  'F64': np.float64,
+  'F32': np.float32,
+  'F16': np.float16,
+  'BF16': ml_dtypes.bfloat16,
+  'I64': np.int64,
+  'I32': np.int32,
+  'I16': np.int16,
+  'I8': np.int8,
+  'U8': np.uint8,
+  'BOOL': np.bool_,
+}
+
+
+def _load_safetensors(path: pathlib.Path) -> dict:
+  """The file's tensors as read-only memory maps (nothing is read until used). Parsed here rather
+  than by safetensors.numpy, which cannot name bfloat16, the dtype of most Llama-family files."""
+  with open(path, 'rb') as f:
+    n = int.from_bytes(f.read(8), 'little')
+    header = json.loads(f.read(n))
+  data = np.memmap(path, np.uint8, 'r', offset=8 + n)
+  return {
+    k: data[t['data_offsets'][0] : t['data_offsets'][1]]
+    .view(_SAFETENSORS_DTYPES[t['dtype']])
+    .reshape(t['shape'])
+    for k, t in header.items()
+    if k != '__metadata__'
+  }
+
+
 def _load_file(path: pathlib.Path) -> dict:
   if path.suffix == '.safetensors':
-    import safetensors.numpy  # pylint: disable=import-outside-toplevel
-
-    return safetensors.numpy.load_file(str(path))
+    return _load_safetensors(path)
   import torch  # pylint: disable=import-outside-toplevel
 
   return torch.load(str(path), map_location='cpu', weights_only=True)
@@ -385,7 +600,8 @@ def _slots(spec: Spec, cfg: M.ModelConfig):
   """Rules with layers expanded: (leaves, full HF name, codec), a leaf being (path, layer index
   into a scanned stack or None)."""
   for r in spec.top:
-    yield tuple((p, None) for p in r.ours), r.hf, r.codec
+    if r.when(cfg):
+      yield tuple((p, None) for p in r.ours), r.hf, r.codec
   for i in range(cfg.num_layers):
     leaf = (
       (lambda p: (f'stack/layers/{p}', i))
@@ -393,7 +609,12 @@ def _slots(spec: Spec, cfg: M.ModelConfig):
       else (lambda p: (f'stack/layers_{i}/{p}', None))
     )
     for r in spec.layer:
-      yield tuple(map(leaf, r.ours)), spec.layer_prefix.format(i=i) + r.hf, r.codec
+      if r.when(cfg):
+        yield tuple(map(leaf, r.ours)), spec.layer_prefix.format(i=i) + r.hf, r.codec
+
+
+def _tied(spec: Spec, cfg: M.ModelConfig) -> dict:
+  return spec.tied if cfg.tie_embeddings else {}
 
 
 def _leaf_shape(expected, leaf):
@@ -442,7 +663,7 @@ def from_hf(kind: str, state_dict, cfg: M.ModelConfig) -> dict:
       continue
     leaves.update(zip(ours, codec.split(sd[key])))
   untied = []
-  for alias, main in spec.tied.items():
+  for alias, main in _tied(spec, cfg).items():
     a, m = _strip(alias), _strip(main)
     if a in sd:
       used.add(a)
@@ -492,7 +713,7 @@ def to_hf(kind: str, params, cfg: M.ModelConfig) -> StateDict:
     out[hf] = np.ascontiguousarray(
       codec.join([flat[p] if i is None else flat[p][i] for p, i in ours])
     )
-  out.update({alias: out[main] for alias, main in spec.tied.items()})
+  out.update({alias: out[main] for alias, main in _tied(spec, cfg).items()})
   return out
 
 
@@ -526,15 +747,37 @@ def import_pretrained(directory, **overrides: Any) -> tuple[str, M.ModelConfig, 
 
 
 def export_pretrained(
-  kind: str, cfg: M.ModelConfig, params, directory, **hf_overrides: Any
+  kind: str, cfg: M.ModelConfig, params, directory, max_shard_bytes: int = 0, **hf_overrides: Any
 ) -> None:
   """config.json + model.safetensors that `transformers.AutoModel*.from_pretrained` loads; tied
-  aliases are left out as `save_pretrained` does. `hf_overrides` go into config.json."""
+  aliases are left out as `save_pretrained` does. With `max_shard_bytes`, weights go into
+  `model-0000i-of-0000n.safetensors` files of at most that size (a tensor larger than it gets a
+  file of its own) and `model.safetensors.index.json`, as HF writes large models. `hf_overrides`
+  go into config.json."""
   import safetensors.numpy  # pylint: disable=import-outside-toplevel
 
   directory = pathlib.Path(directory)
   directory.mkdir(parents=True, exist_ok=True)
-  sd = {k: v for k, v in to_hf(kind, params, cfg).items() if k not in _spec(kind).tied}
+  tied = _tied(_spec(kind), cfg)
+  sd = {k: v for k, v in to_hf(kind, params, cfg).items() if k not in tied}
   config = config_to_hf(kind, cfg, **hf_overrides)
   (directory / 'config.json').write_text(json.dumps(config, indent=2) + '\n')
-  safetensors.numpy.save_file(sd, str(directory / 'model.safetensors'), metadata={'format': 'pt'})
+  save = lambda part, name: safetensors.numpy.save_file(
+    part, str(directory / name), metadata={'format': 'pt'}
+  )
+  if not max_shard_bytes:
+    save(sd, 'model.safetensors')
+    return
+  shards = [{}]
+  for k, v in sd.items():
+    if shards[-1] and sum(x.nbytes for x in shards[-1].values()) + v.nbytes > max_shard_bytes:
+      shards.append({})
+    shards[-1][k] = v
+  names = [f'model-{i + 1:05d}-of-{len(shards):05d}.safetensors' for i in range(len(shards))]
+  for part, name in zip(shards, names):
+    save(part, name)
+  index = dict(
+    metadata=dict(total_size=sum(v.nbytes for v in sd.values())),
+    weight_map={k: name for part, name in zip(shards, names) for k in part},
+  )
+  (directory / 'model.safetensors.index.json').write_text(json.dumps(index, indent=2) + '\n')

@@ -1,7 +1,10 @@
 """BERT-style encoder and GPT-style decoder as pure functional Flax Linen modules.
 
 One `Block` serves both: `pre_ln` picks GPT-2 (pre-LN, final LayerNorm) or BERT
-(post-LN, LayerNorm after the embeddings) placement, `causal` picks the mask.
+(post-LN, LayerNorm after the embeddings) placement, `causal` picks the mask. The same
+`Decoder` is Llama / Mistral / Qwen2 with `norm='rmsnorm'`, `mlp='swiglu'`, `position='rope'`,
+`num_kv_heads` < `num_heads` (grouped-query attention), `tie_embeddings=False`, `bias='none'`
+(or `'qkv'`, Qwen2) and, for Mistral, a `sliding_window`.
 Every parameter carries logical axis names and every large activation a logical
 constraint; `lm.sharding.RULES` maps those names onto the device mesh.
 """
@@ -13,6 +16,7 @@ from typing import Optional
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 Array = jax.Array
 
@@ -28,8 +32,22 @@ class ModelConfig:
   type_vocab_size: int = 2  # segment (token type) embeddings; 0 disables them
   position: str = 'learned'  # 'learned' | 'rope'
   rope_theta: float = 10000.0
+  # RoPE frequency scaling for longer contexts: 'none' | 'linear' (positions / rope_factor) |
+  # 'llama3' (low frequencies / rope_factor, high ones kept, a smooth ramp between, by
+  # wavelength against rope_original_max_len / the low and high freq factors)
+  rope_scaling: str = 'none'
+  rope_factor: float = 1.0
+  rope_low_freq_factor: float = 1.0
+  rope_high_freq_factor: float = 4.0
+  rope_original_max_len: int = 8192
+  num_kv_heads: int = 0  # grouped-query attention (1: multi-query); 0 = num_heads
+  sliding_window: int = 0  # each query sees only the last `sliding_window` keys (Mistral); 0 = all
   pre_ln: bool = False  # False: BERT post-LN; True: GPT-2 pre-LN
-  activation: str = 'gelu'  # 'gelu' (erf, BERT) | 'gelu_tanh' (GPT-2 "gelu_new")
+  norm: str = 'layernorm'  # 'layernorm' | 'rmsnorm' (Llama: no mean, no bias)
+  mlp: str = 'dense'  # 'dense' (act(x W_i) W_o) | 'swiglu' (Llama: (silu(x W_gate) * x W_i) W_o)
+  bias: str = 'all'  # 'all' | 'none' (Llama, Mistral) | 'qkv' (Qwen2: query/key/value only)
+  tie_embeddings: bool = True  # Decoder: logits from the token embedding; False: an lm_head
+  activation: str = 'gelu'  # 'gelu' (erf, BERT) | 'gelu_tanh' (GPT-2 "gelu_new") | 'silu'
   layer_norm_eps: float = 1e-12
   dropout_rate: float = 0.1
   attention_dropout_rate: float = 0.1
@@ -57,6 +75,10 @@ class ModelConfig:
   def head_dim(self) -> int:
     return self.hidden_size // self.num_heads
 
+  @property
+  def kv_heads(self) -> int:
+    return self.num_kv_heads or self.num_heads
+
 
 def _init(cfg: ModelConfig, *names):
   return nn.with_logical_partitioning(nn.initializers.normal(cfg.initializer_range), names)
@@ -74,37 +96,74 @@ def _constrain(x, *names):
   return nn.with_logical_constraint(x, names)
 
 
+_ACT_HEADS = ('batch', 'act_length', 'act_heads', 'act_kv')
+_ACT_KV_HEADS = ('batch', 'act_length', 'act_kv_heads', 'act_kv')
+
+
 def _activation(name):
   return {
     'gelu': functools.partial(jax.nn.gelu, approximate=False),
     'gelu_tanh': functools.partial(jax.nn.gelu, approximate=True),
     'relu': jax.nn.relu,
+    'silu': jax.nn.silu,
   }[name]
 
 
-def LayerNorm(c: ModelConfig, name: Optional[str] = None) -> nn.LayerNorm:  # pylint: disable=invalid-name
+def LayerNorm(c: ModelConfig, name: Optional[str] = None) -> nn.Module:  # pylint: disable=invalid-name
+  """`c.norm`: LayerNorm, or RMSNorm (float32 statistics, as HF Llama computes them)."""
+  if c.norm == 'rmsnorm':
+    return nn.RMSNorm(
+      epsilon=c.layer_norm_eps,
+      dtype=c.dtype,
+      param_dtype=c.param_dtype,
+      scale_init=_ones('embed'),
+      name=name,
+    )
   return nn.LayerNorm(
     epsilon=c.layer_norm_eps,
     dtype=c.dtype,
     param_dtype=c.param_dtype,
+    use_bias=c.bias != 'none',
     scale_init=_ones('embed'),
     bias_init=_zeros('embed'),
     name=name,
   )
 
 
-def rope(x: Array, positions: Array, theta: float) -> Array:
+def rope_frequencies(c: ModelConfig) -> np.ndarray:
+  """Inverse wavelengths [head_dim / 2] with `c.rope_scaling` applied (HF's rope_type formulas),
+  computed once in float64 at trace time."""
+  d = c.head_dim // 2
+  freq = c.rope_theta ** (-np.arange(d) / d)
+  if c.rope_scaling == 'linear':
+    freq = freq / c.rope_factor
+  elif c.rope_scaling == 'llama3':
+    wavelen = 2 * np.pi / freq
+    lo, hi = (
+      c.rope_original_max_len / c.rope_low_freq_factor,
+      c.rope_original_max_len / c.rope_high_freq_factor,
+    )
+    smooth = (c.rope_original_max_len / wavelen - c.rope_low_freq_factor) / (
+      c.rope_high_freq_factor - c.rope_low_freq_factor
+    )
+    ramp = (1 - smooth) * freq / c.rope_factor + smooth * freq
+    freq = np.where(wavelen > lo, freq / c.rope_factor, np.where(wavelen < hi, freq, ramp))
+  elif c.rope_scaling != 'none':
+    raise ValueError(f"rope_scaling={c.rope_scaling!r}: use 'none', 'linear' or 'llama3'.")
+  return freq.astype(np.float32)
+
+
+def rope(x: Array, positions: Array, freq) -> Array:
   """Rotary embedding on [B, T, H, D] with the half-split (GPT-NeoX / Llama) layout."""
-  d = x.shape[-1] // 2
-  freq = theta ** (-jnp.arange(d, dtype=jnp.float32) / d)
-  angle = positions[..., None].astype(jnp.float32) * freq  # [B, T, d]
+  angle = positions[..., None].astype(jnp.float32) * freq  # [B, T, D / 2]
   sin, cos = jnp.sin(angle)[:, :, None], jnp.cos(angle)[:, :, None]
   x1, x2 = jnp.split(x.astype(jnp.float32), 2, axis=-1)
   return jnp.concatenate([x1 * cos - x2 * sin, x2 * cos + x1 * sin], -1).astype(x.dtype)
 
 
 class Attention(nn.Module):
-  """Multi-head self-attention; `decode=True` reads and extends a KV cache.
+  """Multi-head (grouped-query when num_kv_heads < num_heads) self-attention; `decode=True`
+  reads and extends a KV cache of the kv heads only.
 
   `causal` is applied here rather than folded into `mask`, so fused kernels (cuDNN flash
   attention) get `is_causal` and skip the masked half instead of reading a [T, T] mask.
@@ -116,26 +175,35 @@ class Attention(nn.Module):
   @nn.compact
   def __call__(self, x, mask, positions, deterministic: bool, decode: bool = False):
     c = self.cfg
+    h, kv, dh = c.num_heads, c.kv_heads, c.head_dim
     # Flat [D, H*Dh] kernels (HF's layout); sharding the flat axis on 'tensor' splits whole heads.
-    dense = functools.partial(
-      nn.Dense,
-      c.num_heads * c.head_dim,
+    dense = lambda heads, axis, name: nn.Dense(
+      heads * dh,
+      use_bias=c.bias != 'none',
       dtype=c.dtype,
       param_dtype=c.param_dtype,
-      kernel_init=_init(c, 'embed', 'heads'),
-      bias_init=_zeros('heads'),
-    )
-    split = lambda y: y.reshape(y.shape[:2] + (c.num_heads, c.head_dim))
-    q, k, v = (
-      _constrain(split(dense(name=n)(x)), 'batch', 'act_length', 'act_heads', 'act_kv')
-      for n in ('query', 'key', 'value')
+      kernel_init=_init(c, 'embed', axis),
+      bias_init=_zeros(axis),
+      name=name,
+    )(x)
+    q = _constrain(dense(h, 'heads', 'query').reshape(x.shape[:2] + (h, dh)), *_ACT_HEADS)
+    k, v = (
+      _constrain(dense(kv, 'kv_heads', n).reshape(x.shape[:2] + (kv, dh)), *_ACT_KV_HEADS)
+      for n in ('key', 'value')
     )
     if c.position == 'rope':
-      q, k = rope(q, positions, c.rope_theta), rope(k, positions, c.rope_theta)
+      freq = rope_frequencies(c)
+      q, k = rope(q, positions, freq), rope(k, positions, freq)
     causal = self.causal
+    q_idx = jnp.arange(q.shape[1])  # query and key slots, for the sliding window
+    k_idx = q_idx
     if decode:  # the cache applies causality per slot
-      k, v, mask = self._update_cache(k, v, mask)
+      k, v, mask, q_idx = self._update_cache(k, v, mask)
+      k_idx = jnp.arange(k.shape[1])
       causal = False
+    if c.sliding_window:  # key j is visible to query i when i - j < sliding_window
+      window = (q_idx[:, None] - k_idx[None, :] < c.sliding_window)[None, None]
+      mask = window if mask is None else mask & window
 
     impl = c.attention_impl
     if impl == 'auto':
@@ -143,22 +211,27 @@ class Attention(nn.Module):
         'cudnn' if jax.default_backend() == 'gpu' and c.dtype in ('bfloat16', 'float16') else 'xla'
       )
     if impl != 'einsum' and (deterministic or c.attention_dropout_rate == 0.0):
-      out = jax.nn.dot_product_attention(
+      out = jax.nn.dot_product_attention(  # takes kv < h heads as grouped-query attention
         q, k, v, mask=mask, is_causal=causal, implementation=None if impl == 'xla' else impl
       )
     else:
       if causal:
         tri = jnp.tril(jnp.ones((q.shape[1], k.shape[1]), bool))[None, None]
         mask = tri if mask is None else mask & tri
-      scores = jnp.einsum('bqhd,bkhd->bhqk', q, k).astype(jnp.float32) / jnp.sqrt(c.head_dim)
+      # Query head i uses key/value head i // (h / kv), as HF's repeat_kv; no copy of k, v.
+      qg = q.reshape(q.shape[:2] + (kv, h // kv, dh))
+      scores = jnp.einsum('bqkgd,bskd->bkgqs', qg, k).astype(jnp.float32) / jnp.sqrt(dh)
+      scores = scores.reshape((q.shape[0], h) + scores.shape[-2:])
       if mask is not None:
         scores = jnp.where(mask, scores, jnp.finfo(jnp.float32).min)
       probs = jax.nn.softmax(scores, axis=-1).astype(c.dtype)
       probs = nn.Dropout(c.attention_dropout_rate)(probs, deterministic=deterministic)
-      out = jnp.einsum('bhqk,bkhd->bqhd', probs, v)
-    out = _constrain(out, 'batch', 'act_length', 'act_heads', 'act_kv')
+      probs = probs.reshape((q.shape[0], kv, h // kv) + probs.shape[-2:])
+      out = jnp.einsum('bkgqs,bskd->bqkgd', probs, v).reshape(q.shape)
+    out = _constrain(out, *_ACT_HEADS)
     return nn.Dense(
       c.hidden_size,
+      use_bias=c.bias == 'all',
       dtype=c.dtype,
       param_dtype=c.param_dtype,
       kernel_init=_init(c, 'heads', 'embed'),
@@ -170,21 +243,23 @@ class Attention(nn.Module):
     """Writes k, v at the cache index and masks each query to the slots up to its own.
 
     `mask` (padding over all cache slots, or None) comes from the caller. The cache has a
-    fixed length, so every decode step costs the same whatever its position.
+    fixed length, so every decode step costs the same whatever its position. Also returns
+    the queries' slots (for the sliding window).
     """
-    shape = k.shape  # the first (init) call sizes the cache: [B, max_length, H, D]
+    shape = k.shape  # the first (init) call sizes the cache: [B, max_length, kv heads, D]
     ck = self.variable('cache', 'cached_key', jnp.zeros, shape, k.dtype)
     cv = self.variable('cache', 'cached_value', jnp.zeros, shape, v.dtype)
     idx = self.variable('cache', 'cache_index', lambda: jnp.array(0, jnp.int32))
+    q_slots = jnp.arange(k.shape[1])
     if self.is_initializing():
-      return k, v, mask
+      return k, v, mask, q_slots
     i = idx.value
     ck.value = jax.lax.dynamic_update_slice(ck.value, k.astype(ck.value.dtype), (0, i, 0, 0))
     cv.value = jax.lax.dynamic_update_slice(cv.value, v.astype(cv.value.dtype), (0, i, 0, 0))
     idx.value = i + k.shape[1]
     slots = jnp.arange(ck.value.shape[1])
-    causal = (slots[None, :] <= i + jnp.arange(k.shape[1])[:, None])[None, None]
-    return ck.value, cv.value, causal if mask is None else mask & causal
+    causal = (slots[None, :] <= i + q_slots[:, None])[None, None]
+    return ck.value, cv.value, causal if mask is None else mask & causal, i + q_slots
 
 
 class Mlp(nn.Module):
@@ -193,23 +268,22 @@ class Mlp(nn.Module):
   @nn.compact
   def __call__(self, x, deterministic: bool):
     c = self.cfg
-    h = nn.Dense(
-      c.mlp_dim,
+    dense = lambda size, axes, name: nn.Dense(
+      size,
+      use_bias=c.bias == 'all',
       dtype=c.dtype,
       param_dtype=c.param_dtype,
-      kernel_init=_init(c, 'embed', 'mlp'),
-      bias_init=_zeros('mlp'),
-      name='wi',
-    )(x)
-    h = _constrain(_activation(c.activation)(h), 'batch', 'act_length', 'act_mlp')
-    h = nn.Dense(
-      c.hidden_size,
-      dtype=c.dtype,
-      param_dtype=c.param_dtype,
-      kernel_init=_init(c, 'mlp', 'embed'),
-      bias_init=_zeros('embed'),
-      name='wo',
-    )(h)
+      kernel_init=_init(c, *axes),
+      bias_init=_zeros(axes[1]),
+      name=name,
+    )
+    h = dense(c.mlp_dim, ('embed', 'mlp'), 'wi')(x)
+    if c.mlp == 'swiglu':
+      h = jax.nn.silu(dense(c.mlp_dim, ('embed', 'mlp'), 'wi_gate')(x)) * h
+    else:
+      h = _activation(c.activation)(h)
+    h = _constrain(h, 'batch', 'act_length', 'act_mlp')
+    h = dense(c.hidden_size, ('mlp', 'embed'), 'wo')(h)
     return nn.Dropout(c.dropout_rate)(h, deterministic=deterministic)
 
 
@@ -306,6 +380,13 @@ class Embed(nn.Module):
     return self.token.attend(x.astype(self.cfg.dtype)).astype(jnp.float32)
 
 
+def output_embedding(params) -> Array:
+  """A Decoder's output projection as [V, D] (the token embedding when tied)."""
+  if 'lm_head' in params:
+    return params['lm_head']['kernel'].T
+  return params['embed']['token']['embedding']
+
+
 def make_mask(attention_mask=None, segment_ids=None):
   """Boolean [B, 1, Tq, Tk] mask from padding (1 = real token) and packed segments.
 
@@ -398,7 +479,7 @@ class Encoder(nn.Module):
 
 
 class Decoder(nn.Module):
-  """GPT-2: causal pre-LN stack with a final LayerNorm and a tied LM head."""
+  """GPT-2 / Llama: causal pre-LN stack with a final norm and a tied (or untied) LM head."""
 
   cfg: ModelConfig
 
@@ -407,6 +488,14 @@ class Decoder(nn.Module):
     self.embed = Embed(c)
     self.stack = Stack(c, causal=True)
     self.ln_final = LayerNorm(c)
+    if not c.tie_embeddings:
+      self.lm_head = nn.Dense(
+        c.vocab_size,
+        use_bias=False,
+        dtype=c.dtype,
+        param_dtype=c.param_dtype,
+        kernel_init=_init(c, 'embed', 'vocab'),
+      )
 
   def hidden(
     self,
@@ -435,7 +524,9 @@ class Decoder(nn.Module):
     return _constrain(self.ln_final(x), 'batch', 'act_length', 'act_embed')
 
   def logits(self, hidden):
-    return self.embed.attend(hidden)
+    if self.cfg.tie_embeddings:
+      return self.embed.attend(hidden)
+    return self.lm_head(hidden.astype(self.cfg.dtype)).astype(jnp.float32)
 
   def __call__(
     self,

@@ -77,7 +77,7 @@ def loss_sums(objective, model, params, batch, rng, deterministic: bool, loss_ch
     hidden = model.apply(
       {'params': params}, batch['input_ids'], method='hidden', rngs=rngs, **kwargs
     )
-    emb = params['embed']['token']['embedding']
+    emb = M.output_embedding(params)
     return {
       'lm': losses.chunked_cross_entropy_sums(
         hidden, emb, batch['targets'], batch['weights'], loss_chunk

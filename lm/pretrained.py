@@ -2,7 +2,7 @@
 
 Two sources look the same to callers: a workdir of our `train.py` (config from the
 checkpoint's metadata, tokenizer.json beside it, params from orbax onto any mesh), or a
-HuggingFace BERT/GPT-2 directory (config.json + weights, converted by `lm.hf`).
+HuggingFace BERT / GPT-2 / Llama / Mistral / Qwen2 directory (config.json + weights, converted by `lm.hf`).
 """
 
 import dataclasses
@@ -52,10 +52,11 @@ def load(path: str, mesh=None, step: Optional[int] = None) -> Pretrained:
   from lm import hf  # pylint: disable=g-import-not-at-top
 
   kind, cfg, params = hf.import_pretrained(path)
-  kind = {'bert': 'encoder', 'gpt2': 'decoder'}.get(kind, kind)
+  kind = 'encoder' if hf.SPECS[kind].module is M.Encoder else 'decoder'
   tok = None
   if any(
-    os.path.exists(os.path.join(path, f)) for f in ('tokenizer.json', 'vocab.txt', 'vocab.json')
+    os.path.exists(os.path.join(path, f))
+    for f in ('tokenizer.json', 'tokenizer.model', 'vocab.txt', 'vocab.json')
   ):
     tok = tokenizer_lib.from_hf_files(path)
   return Pretrained(kind, cfg, params, tok)

@@ -22,6 +22,7 @@ RULES = (
   ('embed', 'fsdp'),
   ('mlp', 'tensor'),
   ('heads', 'tensor'),
+  ('kv_heads', 'tensor'),  # grouped-query K/V: whole kv heads per device when they divide
   ('position', None),
   ('type_vocab', None),
   ('classes', None),
@@ -31,6 +32,7 @@ RULES = (
   ('act_length', None),
   ('act_embed', None),
   ('act_heads', 'tensor'),
+  ('act_kv_heads', 'tensor'),
   ('act_kv', None),
   ('act_mlp', 'tensor'),
 )

@@ -45,6 +45,8 @@ def create_state_from(model, tx, mesh, seed, init_inputs, pretrained_params, sub
   state, state_sh = create_state(model, tx, mesh, seed, init_inputs)
   params = dict(state.params)
   target = params[subtree] if subtree else params
+  if 'lm_head' in pretrained_params and 'lm_head' not in target:  # a reward model scores hidden
+    pretrained_params = {k: v for k, v in pretrained_params.items() if k != 'lm_head'}
   target_sh = state_sh.params[subtree] if subtree else state_sh.params
   checkpoint.compare_trees(
     checkpoint.paths_and_shapes(pretrained_params),

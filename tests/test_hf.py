@@ -277,13 +277,13 @@ def test_mismatches_raise_naming_the_key(kind, scan):
 @pytest.mark.parametrize(
   'config',
   [
-    lambda: transformers.BertConfig(hidden_act='silu'),
+    lambda: transformers.BertConfig(hidden_act='mish'),
     lambda: {'model_type': 'bert', 'position_embedding_type': 'relative_key'},
     lambda: transformers.BertConfig(is_decoder=True),
     lambda: transformers.BertConfig(tie_word_embeddings=False),
     lambda: transformers.GPT2Config(scale_attn_by_inverse_layer_idx=True),
     lambda: transformers.GPT2Config(activation_function='swish'),
-    lambda: {'model_type': 'llama'},
+    lambda: {'model_type': 'mixtral'},
   ],
 )
 def test_unsupported_configs_are_refused(config):

@@ -27,6 +27,24 @@ TINY = dict(
 )
 
 
+LLAMA = dict(  # grouped-query attention, RoPE, RMSNorm, SwiGLU, untied head
+  pre_ln=True,
+  type_vocab_size=0,
+  position='rope',
+  norm='rmsnorm',
+  mlp='swiglu',
+  num_kv_heads=2,
+  bias='none',
+  tie_embeddings=False,
+)
+
+
+def _model(kind, **kw):
+  extra = {'encoder': {}, 'decoder': dict(pre_ln=True), 'llama': LLAMA}[kind]
+  cfg = M.ModelConfig(**TINY, **extra, **kw)
+  return M.Encoder(cfg) if kind == 'encoder' else M.Decoder(cfg)
+
+
 def _batch():
   rng = np.random.default_rng(0)
   ids = rng.integers(0, 128, (8, 16)).astype(np.int32)
@@ -46,15 +64,14 @@ SLOW = pytest.mark.slow
     pytest.param('decoder', True, (2, 2, 2)),
     *(
       pytest.param(k, s, m, marks=SLOW)
-      for k, s in [('encoder', False), ('decoder', True)]
+      for k, s in [('encoder', False), ('decoder', True), ('llama', True)]
       for m in [(8, 1, 1), (2, 4, 1), (2, 2, 2)]
       if (k, m) != ('decoder', (2, 2, 2))
     ),
   ],
 )
 def test_sharded_forward_matches_single_device(kind, scan, mesh_shape):
-  cfg = M.ModelConfig(**TINY, scan_layers=scan, pre_ln=kind == 'decoder')
-  model = M.Encoder(cfg) if kind == 'encoder' else M.Decoder(cfg)
+  model = _model(kind, scan_layers=scan)
   ids, mask = _batch()
   apply = lambda v, i, m: jax.tree.leaves(model.apply(v, i, attention_mask=m))
 
@@ -81,17 +98,28 @@ def test_sharded_forward_matches_single_device(kind, scan, mesh_shape):
     assert q.addressable_shards[0].data.shape[0] == 2  # the layers axis is never split
   emb = params['embed']['token']['embedding']
   assert emb.addressable_shards[0].data.shape == (128 // tensor, 32 // fsdp)
+  k = layer['attention']['key']['kernel']  # (embed, kv_heads * head_dim): 2 heads of 8
+  assert k.addressable_shards[0].data.shape[-2:] == (32 // fsdp, 8 * model.cfg.kv_heads // tensor)
+  if kind == 'llama':
+    head = params['lm_head']['kernel']
+    assert head.addressable_shards[0].data.shape == (32 // fsdp, 128 // tensor)
   wi = layer['mlp']['wi']['kernel']
   assert wi.addressable_shards[0].data.shape[-2:] == (32 // fsdp, 64 // tensor)
   # Variables keep their sharding specs.
   assert jax.tree.structure(shardings) == jax.tree.structure(variables)
 
 
-@pytest.mark.parametrize('kind', [pytest.param('encoder', marks=SLOW), 'decoder'])
-def test_sharded_gradients_match_single_device(kind):
+@pytest.mark.parametrize(
+  'kind,mesh_shape',
+  [
+    pytest.param('encoder', (2, 2, 2), marks=SLOW),
+    ('decoder', (2, 2, 2)),
+    *(pytest.param('llama', m, marks=SLOW) for m in [(8, 1, 1), (2, 4, 1), (2, 2, 2)]),
+  ],
+)
+def test_sharded_gradients_match_single_device(kind, mesh_shape):
   """Gradients too: XLA's CPU partitioner once produced wrong ones on (2, 2, 2) only."""
-  cfg = M.ModelConfig(**TINY, pre_ln=kind == 'decoder')
-  model = M.Encoder(cfg) if kind == 'encoder' else M.Decoder(cfg)
+  model = _model(kind)
   ids, mask = _batch()
   pos = np.random.default_rng(1).integers(0, 16, (8, 3)).astype(np.int32)
 
@@ -107,7 +135,7 @@ def test_sharded_gradients_match_single_device(kind):
 
   init = lambda: model.init(jax.random.PRNGKey(0), jnp.asarray(ids))
   ref = jax.grad(loss)(nn.unbox(init())['params'], ids, mask, pos)
-  mesh = sharding.make_mesh((2, 2, 2))
+  mesh = sharding.make_mesh(mesh_shape)
   variables, _ = sharding.init_sharded(init, mesh)
   with sharding.use(mesh):
     got = jax.jit(jax.grad(loss))(

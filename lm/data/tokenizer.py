@@ -2,7 +2,10 @@
 
 The batchers insert special tokens themselves, so :meth:`Tokenizer.encode` never
 adds any; the tokenizer.json still carries the usual post-processor so the saved
-file behaves like a stock BERT/GPT-2 tokenizer in other tools.
+file behaves like a stock BERT/GPT-2 tokenizer in other tools. HF model directories
+load too: any BPE ``tokenizer.json`` (GPT-2, Llama, Mistral, Qwen2; special tokens
+named by ``tokenizer_config.json`` when it is there) and sentencepiece BPE
+``tokenizer.model`` files (Llama, Mistral), converted as ``transformers`` converts them.
 """
 
 from __future__ import annotations
@@ -15,6 +18,7 @@ from typing import Iterable, Iterator
 
 import numpy as np
 
+from tokenizers import AddedToken
 from tokenizers import Tokenizer as HFTokenizer
 from tokenizers import decoders, models, normalizers, pre_tokenizers, processors, trainers
 
@@ -24,15 +28,23 @@ BPE_SPECIALS = (EOS, BPE_PAD)
 KINDS = ('wordpiece', 'bpe')
 
 
+# Where no tokenizer_config.json names them: GPT-2 / Qwen2, sentencepiece (Llama 2, Mistral),
+# Llama 3.
+_BPE_BOS = (EOS, '<s>', '<|begin_of_text|>')
+_BPE_EOS = (EOS, '</s>', '<|end_of_text|>')
+
+
 class Tokenizer:
   """Kind-aware view of a ``tokenizers.Tokenizer``; unused special ids are None.
 
-  WordPiece (BERT): pad/unk/cls/sep/mask ids. Byte-level BPE (GPT-2):
-  ``<|endoftext|>`` is both bos and eos; pad is ``<pad>`` if the vocab has it,
-  else eos (the usual GPT-2 convention, so stock GPT-2 files need no new token).
+  WordPiece (BERT): pad/unk/cls/sep/mask ids. BPE: bos and eos as ``special`` (the
+  ``*_token`` entries of an HF tokenizer_config.json) names them, else the first of
+  ``_BPE_BOS`` / ``_BPE_EOS`` in the vocab (``<|endoftext|>`` for ours and GPT-2);
+  pad is ``<pad>`` if the vocab has it, else eos (the usual GPT-2 convention, so
+  stock GPT-2 files need no new token).
   """
 
-  def __init__(self, hf: HFTokenizer):
+  def __init__(self, hf: HFTokenizer, special: dict | None = None):
     self.hf = hf
     if isinstance(hf.model, models.WordPiece):
       self.kind = 'wordpiece'
@@ -44,13 +56,20 @@ class Tokenizer:
         'use a WordPiece or BPE tokenizer.json.'
       )
     tid = hf.token_to_id
+    special = special or {}
+    first = lambda key, *tokens: next(  # noqa: E731
+      (tid(t) for t in (special.get(key), *tokens) if t and tid(t) is not None), None
+    )
     wp = self.kind == 'wordpiece'
-    self.pad_id = tid('[PAD]') if wp else (tid(BPE_PAD) if tid(BPE_PAD) is not None else tid(EOS))
-    self.unk_id = tid('[UNK]') if wp else None
     self.cls_id = tid('[CLS]') if wp else None
     self.sep_id = tid('[SEP]') if wp else None
     self.mask_id = tid('[MASK]') if wp else None
-    self.bos_id = self.eos_id = None if wp else tid(EOS)
+    self.bos_id = None if wp else first('bos_token', *_BPE_BOS)
+    self.eos_id = None if wp else first('eos_token', *_BPE_EOS)
+    self.unk_id = tid('[UNK]') if wp else first('unk_token', '<unk>')
+    self.pad_id = tid('[PAD]') if wp else first('pad_token', BPE_PAD)
+    if self.pad_id is None:
+      self.pad_id = self.eos_id
 
   @property
   def vocab_size(self) -> int:
@@ -275,31 +294,105 @@ def _bpe_from_vocab_json(vocab: str, merges: str) -> HFTokenizer:
   return hf
 
 
-def from_hf_files(path: str) -> Tokenizer:
-  """Load ``tokenizer.json``, a BERT ``vocab.txt`` or GPT-2 ``vocab.json`` + ``merges.txt``.
+def _special_tokens(directory: str) -> dict:
+  """bos/eos/pad/unk token strings from an HF tokenizer_config.json beside the tokenizer."""
+  path = os.path.join(directory, 'tokenizer_config.json')
+  if not os.path.isfile(path):
+    return {}
+  with open(path, encoding='utf-8') as f:
+    config = json.load(f)
+  out = {}
+  for key in ('bos_token', 'eos_token', 'pad_token', 'unk_token'):
+    v = config.get(key)
+    out[key] = v.get('content') if isinstance(v, dict) else v
+  return out
 
-  ``path`` is one of those files or a directory holding them (tokenizer.json wins).
+
+def _from_sentencepiece(path: str) -> HFTokenizer:
+  """A sentencepiece BPE ``tokenizer.model`` (Llama, Mistral) as the ``tokenizers`` pipeline
+  transformers' LlamaConverter builds from it: the same vocab, merges ranked by the merged
+  piece's id, byte fallback, and the dummy-prefix "▁" as a normalizer (ids equal
+  sentencepiece's own, tests/test_llama.py)."""
+  try:
+    from sentencepiece import sentencepiece_model_pb2  # pylint: disable=import-outside-toplevel
+  except ImportError as e:
+    raise ImportError(f'{path} needs the sentencepiece package: pip install sentencepiece') from e
+  proto = sentencepiece_model_pb2.ModelProto()
+  with open(path, 'rb') as f:
+    proto.ParseFromString(f.read())
+  if proto.trainer_spec.model_type != proto.trainer_spec.BPE:
+    raise ValueError(
+      f'{path} is a sentencepiece {proto.trainer_spec.ModelType.Name(proto.trainer_spec.model_type)}'
+      ' model: only BPE ones (Llama, Mistral) load; give its tokenizer.json instead.'
+    )
+  vocab = {p.piece: i for i, p in enumerate(proto.pieces)}
+  merges = sorted(
+    (i, j, piece[:j], piece[j:])
+    for piece, i in vocab.items()
+    for j in range(1, len(piece))
+    if piece[:j] in vocab and piece[j:] in vocab
+  )
+  unk = proto.pieces[proto.trainer_spec.unk_id].piece
+  hf = HFTokenizer(
+    models.BPE(
+      vocab, [(a, b) for _, _, a, b in merges], unk_token=unk, fuse_unk=True, byte_fallback=True
+    )
+  )
+  kinds = proto.SentencePiece
+  hf.add_special_tokens(
+    [
+      AddedToken(p.piece, normalized=False, special=True)
+      for p in proto.pieces
+      if p.type in (kinds.UNKNOWN, kinds.CONTROL)
+    ]
+  )
+  hf.add_tokens(
+    [AddedToken(p.piece, normalized=False) for p in proto.pieces if p.type == kinds.USER_DEFINED]
+  )
+  prefix = proto.normalizer_spec.add_dummy_prefix
+  hf.normalizer = normalizers.Sequence(
+    [normalizers.Prepend('▁')] * prefix + [normalizers.Replace(' ', '▁')]
+  )
+  hf.decoder = decoders.Sequence(
+    [decoders.Replace('▁', ' '), decoders.ByteFallback(), decoders.Fuse()]
+    + [decoders.Strip(' ', 1, 0)] * prefix
+  )
+  return hf
+
+
+def from_hf_files(path: str) -> Tokenizer:
+  """Load ``tokenizer.json``, a sentencepiece ``tokenizer.model``, a BERT ``vocab.txt`` or
+  GPT-2 ``vocab.json`` + ``merges.txt``.
+
+  ``path`` is one of those files or a directory holding them (tokenizer.json wins, then
+  tokenizer.model); an HF ``tokenizer_config.json`` beside them names the special tokens.
   """
   if not os.path.exists(path):
     raise FileNotFoundError(
       f'Tokenizer path {path!r} does not exist: fix '
       '--config.tokenizer.path (a dir or tokenizer.json/vocab.txt).'
     )
-  directory = path
-  if os.path.isfile(path):
-    directory, name = os.path.split(path)
-    if name.endswith('.json') and name != 'vocab.json':
-      return Tokenizer(HFTokenizer.from_file(path))
-    if name.endswith('.txt') and name != 'merges.txt':
-      return Tokenizer(_wordpiece_from_vocab_txt(path))
-  elif os.path.isfile(os.path.join(path, 'tokenizer.json')):
-    return Tokenizer(HFTokenizer.from_file(os.path.join(path, 'tokenizer.json')))
-  elif os.path.isfile(os.path.join(path, 'vocab.txt')):
-    return Tokenizer(_wordpiece_from_vocab_txt(os.path.join(path, 'vocab.txt')))
+  directory, name = (path, None) if os.path.isdir(path) else os.path.split(path)
+  special = _special_tokens(directory)
+  if name is None:
+    name = next(
+      (
+        n
+        for n in ('tokenizer.json', 'tokenizer.model', 'vocab.txt')
+        if os.path.isfile(os.path.join(path, n))
+      ),
+      None,
+    )
+  if name is not None and name.endswith('.json') and name != 'vocab.json':
+    return Tokenizer(HFTokenizer.from_file(os.path.join(directory, name)), special)
+  if name is not None and name.endswith('.model'):
+    return Tokenizer(_from_sentencepiece(os.path.join(directory, name)), special)
+  if name is not None and name.endswith('.txt') and name != 'merges.txt':
+    return Tokenizer(_wordpiece_from_vocab_txt(os.path.join(directory, name)))
   vocab, merges = os.path.join(directory, 'vocab.json'), os.path.join(directory, 'merges.txt')
   if os.path.isfile(vocab) and os.path.isfile(merges):
-    return Tokenizer(_bpe_from_vocab_json(vocab, merges))
+    return Tokenizer(_bpe_from_vocab_json(vocab, merges), special)
   raise FileNotFoundError(
-    f'No tokenizer files at {path!r}: expected tokenizer.json, vocab.txt '
-    '(WordPiece) or vocab.json + merges.txt (GPT-2 BPE).'
+    f'No tokenizer files at {path!r}: expected tokenizer.json, tokenizer.model (sentencepiece '
+    'BPE), vocab.txt (WordPiece) or vocab.json + merges.txt (GPT-2 BPE).'
   )
