@@ -229,6 +229,7 @@ def text_to_text(task: str) -> ml_collections.ConfigDict:
   )
   c.early_stopping = ml_collections.ConfigDict(dict(metric='loss', mode='min', patience=0))
   c.update(periodic_block(log_every=25, eval_every=100, checkpoint_every=100, keep_checkpoints=2))
+  return c
 
 
 def rl() -> ml_collections.ConfigDict:
