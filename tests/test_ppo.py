@@ -14,6 +14,8 @@ import numpy as np
 import optax
 import pytest
 
+from conftest import run_script
+
 from lm import generate as gen
 from lm import model as M
 from lm import optim
@@ -373,11 +375,11 @@ SMALL = [
 
 
 @pytest.fixture(scope='module')
-def reward_model(pretrained_gpt, tmp_path_factory, run):
+def reward_model(pretrained_gpt, tmp_path_factory):
   """A reward model on the suite's small GPT (configs/reward.py, 40 steps, as tests/test_rlhf.py
   trains it but shorter)."""
   wd = tmp_path_factory.mktemp('rm')
-  run(
+  run_script(
     'dpo.py',
     '--config=configs/reward.py',
     f'--workdir={wd}',
