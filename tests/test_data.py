@@ -108,6 +108,7 @@ def tfds_cfg(name, data_dir, **kw):
   )
 
 
+@pytest.mark.slow  # imports TensorFlow (tfds): ~10 s the fast tier does not pay
 def test_load_corpus_tfds_mocked(tmp_path):
   import tensorflow_datasets as tfds
 

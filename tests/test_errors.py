@@ -308,6 +308,7 @@ runpy.run_path('train.py', run_name='__main__')
 """
 
 
+@pytest.mark.slow  # the fast tier keeps one case of this area (3-minute budget)
 def test_failed_async_save_exits_at_once_with_one_line(tmp_path):
   """Measured: orbax's pending save threads held the exit 300 s after the error; now ~1 s."""
   corpus = write_corpus(tmp_path / 'corpus.txt')

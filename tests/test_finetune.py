@@ -235,6 +235,7 @@ def test_qa_windows_find_far_answer(kind):
   assert m['exact_match'] == 100.0 and m['f1'] == 100.0
 
 
+@pytest.mark.slow  # the fast tier keeps one case of this area (3-minute budget)
 def test_classification_windows_average_their_logits():
   """With data.window_stride, a text longer than max_len is cut into the windows written out
   below by hand; eval's prediction for it is the mean of the logits the model gives each

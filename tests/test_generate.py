@@ -128,7 +128,13 @@ def test_greedy_matches_hf(eos):
 @needs_hf
 @pytest.mark.parametrize(
   'length_penalty,eos,early_stopping',
-  [(0.7, None, False), (0.7, 'mid', False), (1.0, 'mid', False), (2.0, 'mid', True)],
+  [
+    (0.7, 'mid', False),
+    *(
+      pytest.param(*c, marks=pytest.mark.slow)
+      for c in [(0.7, None, False), (1.0, 'mid', False), (2.0, 'mid', True)]
+    ),
+  ],
 )
 def test_beam_matches_hf(length_penalty, eos, early_stopping):
   eos = _eos() if eos else None
@@ -178,7 +184,13 @@ PROCESSOR_CASES = {
 
 @needs_hf
 @pytest.mark.parametrize('strategy', ['greedy', 'beam'])
-@pytest.mark.parametrize('case', list(PROCESSOR_CASES))
+@pytest.mark.parametrize(
+  'case',
+  [
+    c if c == 'all_with_max_length' else pytest.param(c, marks=pytest.mark.slow)
+    for c in PROCESSOR_CASES
+  ],
+)
 def test_constraints_match_hf(case, strategy):
   """Repetition penalty, no-repeat n-grams, min new tokens and max_length give HF's tokens,
   greedy and beam, on the padded batch; and each case really changes HF's own output."""

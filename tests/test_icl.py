@@ -181,6 +181,7 @@ def test_mean_loss_equals_direct(lm):
     np.testing.assert_allclose(g, want, rtol=1e-5)
 
 
+@pytest.mark.slow  # the fast tier keeps one case of this area (3-minute budget)
 def test_vmap_gradients_equal_per_example_loop(lm):
   seqs = _seqs(5, 4, lo=8, hi=10)  # 5 rows, batch 4: two calls, second padded with dummy rows
   weights = [[0, 0] + [1] * (len(s) - 2) for s in seqs]

@@ -354,6 +354,7 @@ def test_jsonl_source(tmp_path):
     preference.load_pairs(cfg)
 
 
+@pytest.mark.slow  # imports TensorFlow (tfds): ~10 s the fast tier does not pay
 def test_tfds_source(tmp_path):
   """A TFDS dataset by name, with configurable field names, read from data_dir."""
   import tensorflow_datasets as tfds

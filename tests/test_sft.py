@@ -141,6 +141,7 @@ def test_jsonl_prompt_response_and_chat(tmp_path):
     sft.load_splits('sft', _data(source='files', files=str(bad)))
 
 
+@pytest.mark.slow  # imports TensorFlow (tfds): ~10 s the fast tier does not pay
 @pytest.mark.parametrize(
   'name,keys', [('cnn_dailymail', ('article', 'highlights')), ('xsum', ('document', 'summary'))]
 )

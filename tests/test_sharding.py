@@ -61,7 +61,7 @@ SLOW = pytest.mark.slow
 @pytest.mark.parametrize(
   'kind,scan,mesh_shape',
   [
-    pytest.param('decoder', True, (2, 2, 2)),
+    pytest.param('decoder', True, (2, 2, 2), marks=SLOW),
     *(
       pytest.param(k, s, m, marks=SLOW)
       for k, s in [('encoder', False), ('decoder', True), ('llama', True)]

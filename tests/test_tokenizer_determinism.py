@@ -34,6 +34,7 @@ def wordpiece(docs):
   return tok_lib.train_tokenizer(docs, 'wordpiece', VOCAB)
 
 
+@pytest.mark.slow  # the fast tier keeps one case of this area (3-minute budget)
 def test_training_is_identical_across_processes(tmp_path):
   # Fresh interpreters (different hash seeds too): Rust hash-map order differs per process.
   for run, seed in (('a', '1'), ('b', '2')):
