@@ -38,11 +38,13 @@ def test_train_throughput_prints_table(run):
   llama_matmul = L * (2 * d * d + 2 * d * kv * (d // h) + 3 * d * m_llama)
   llama_flops = B * T * (6 * llama_matmul + 12 * L * T * d) + 6 * d * 32000 * B * T
   for name, step_ms, tok_s, tflop, gflop_s in rows:
-    # within the printed precision: step 0.1 ms, tokens/s 1, TFLOP/step 1e-4, GFLOP/s 0.1
-    rel = 0.06 / step_ms + 1e-3
-    assert tok_s == pytest.approx(B * T / (step_ms / 1e3), rel=rel, abs=0.5), name
+    # within the printed precision (step 0.1 ms, tokens/s 1, TFLOP/step 1e-4, GFLOP/s 0.1): the
+    # rounding of the printed result plus that of the printed inputs it is recomputed from
+    rel = 0.051 / step_ms + 1e-4
+    want = B * T / (step_ms / 1e3)
+    assert abs(tok_s - want) <= 0.51 + want * rel, (name, tok_s, want)
     want = tflop * 1e3 / (step_ms / 1e3)
-    assert gflop_s == pytest.approx(want, rel=rel + 5e-5 / tflop, abs=0.05), name
+    assert abs(gflop_s - want) <= 0.051 + want * (rel + 5.1e-5 / tflop), (name, gflop_s, want)
     if 'gpt' in name:
       assert tflop == pytest.approx(gpt_flops / 1e12, abs=6e-5), (name, tflop, gpt_flops)
     if 'llama' in name:
