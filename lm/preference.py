@@ -244,27 +244,10 @@ def write_jsonl(pairs: list[dict], path: str):
 
 
 def read_tfds(name: str, split: str, data_dir, keys=FIELDS) -> list[dict]:
-  import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
-
-  try:
-    ds = tfds.load(name, split=split, data_dir=data_dir, download=False)
-  except (AssertionError, tfds.core.registered.DatasetNotFoundError) as e:
-    raise FileNotFoundError(
-      f'TFDS dataset {name!r} (split {split!r}) is not prepared under data_dir={data_dir!r} '
-      f'({str(e).splitlines()[0]}): run `tfds build {name} --data_dir=DIR` and pass '
-      '--config.data.data_dir=DIR.'
-    ) from None
-  missing = [k for k in keys if k not in ds.element_spec]
-  if missing:
-    raise ValueError(
-      f'TFDS dataset {name!r} has no feature(s) {missing} (has '
-      f'{sorted(ds.element_spec)}): set --config.data.prompt_key/chosen_key/'
-      'rejected_key.'
-    )
-  return [
-    {f: ex[k].decode('utf-8', errors='replace') for f, k in zip(FIELDS, keys)}
-    for ex in tfds.as_numpy(ds)
-  ]
+  return sources.tfds_texts(
+    name, split, data_dir, dict(zip(FIELDS, keys)),
+    '--config.data.prompt_key/chosen_key/rejected_key',
+  )  # fmt: skip
 
 
 SPLITS = ('train', 'validation', 'test')

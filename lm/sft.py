@@ -175,26 +175,10 @@ def read_jsonl(files: str, keys: tuple) -> list[dict]:
 
 
 def read_tfds(name: str, split: str, data_dir, keys: tuple, limit: int = 0) -> list[dict]:
-  import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
-
-  try:
-    ds = tfds.load(name, split=split, data_dir=data_dir, download=False)
-  except (AssertionError, tfds.core.registered.DatasetNotFoundError) as e:
-    raise FileNotFoundError(
-      f'TFDS dataset {name!r} (split {split!r}) is not prepared under data_dir={data_dir!r} '
-      f'({str(e).splitlines()[0]}): run `tfds build {name} --data_dir=DIR` and pass '
-      '--config.data.data_dir=DIR.'
-    ) from None
-  missing = [k for k in keys if k not in ds.element_spec]
-  if missing:
-    raise ValueError(
-      f'TFDS dataset {name!r} has no feature(s) {missing} (has {sorted(ds.element_spec)}): '
-      'set --config.data.prompt_key / target_key.'
-    )
-  if limit:
-    ds = ds.take(limit)
-  text = lambda x: x.decode('utf-8', errors='replace')
-  return [{'prompt': text(ex[keys[0]]), 'target': text(ex[keys[1]])} for ex in tfds.as_numpy(ds)]
+  fields = {'prompt': keys[0], 'target': keys[1]}
+  return sources.tfds_texts(
+    name, split, data_dir, fields, '--config.data.prompt_key / target_key', limit
+  )
 
 
 def _summary_split(doc: str):

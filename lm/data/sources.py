@@ -132,3 +132,31 @@ def argv_error(argv) -> Optional[str]:
     if msg:
       return f'{arg}: {msg}'
   return None
+
+
+def tfds_texts(
+  name: str, split: str, data_dir, fields: dict, key_flags: str, limit: int = 0
+) -> list[dict]:
+  """Rows of a prepared TFDS dataset as {our field: text}; `fields` maps our names to its
+  feature keys. Nothing is downloaded: an unprepared dataset or a missing feature is one error
+  naming the fix (`key_flags`: the config fields that choose the keys)."""
+  import tensorflow_datasets as tfds  # noqa: PLC0415  (TensorFlow: only when asked for)
+
+  try:
+    ds = tfds.load(name, split=split, data_dir=data_dir, download=False)
+  except (AssertionError, tfds.core.registered.DatasetNotFoundError) as e:
+    raise FileNotFoundError(
+      f'TFDS dataset {name!r} (split {split!r}) is not prepared under data_dir={data_dir!r} '
+      f'({str(e).splitlines()[0]}): run `tfds build {name} --data_dir=DIR` and pass '
+      '--config.data.data_dir=DIR.'
+    ) from None
+  missing = [k for k in fields.values() if k not in ds.element_spec]
+  if missing:
+    raise ValueError(
+      f'TFDS dataset {name!r} has no feature(s) {missing} (has {sorted(ds.element_spec)}): '
+      f'set {key_flags}.'
+    )
+  if limit:
+    ds = ds.take(limit)
+  text = lambda x: x.decode('utf-8', errors='replace')  # noqa: E731
+  return [{f: text(ex[k]) for f, k in fields.items()} for ex in tfds.as_numpy(ds)]
