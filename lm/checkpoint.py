@@ -271,3 +271,13 @@ def for_run(workdir: str, config) -> Checkpointer:
     keep=config.keep_checkpoints,
     async_save=config.async_checkpoints,
   )
+
+
+def saved_task(workdir: str) -> Optional[str]:
+  """The job a workdir's latest checkpoint says it ran (`task` in its metadata: reward, dpo,
+  ppo, sft, summarize), or None (no checkpoint, or a train.py run, which names none)."""
+  ckpt_dir = os.path.join(workdir, 'checkpoints')
+  if not os.path.isdir(ckpt_dir):
+    return None
+  ckpt = Checkpointer(ckpt_dir, read_only=True)
+  return ckpt.read_meta()[0].get('task') if ckpt.latest_step() is not None else None

@@ -358,15 +358,7 @@ def evaluate_text(
 
 def is_preference_workdir(path: str) -> bool:
   """A dpo.py or ppo.py workdir: its checkpoints' metadata names the task (reward, dpo, ppo)."""
-  ckpt_dir = os.path.join(path, 'checkpoints')
-  if not os.path.isdir(ckpt_dir) or is_finetune_workdir(path):
-    return False
-  ckpt = checkpoint.Checkpointer(ckpt_dir, read_only=True)
-  return ckpt.latest_step() is not None and ckpt.read_meta()[0].get('task') in (
-    'reward',
-    'dpo',
-    'ppo',
-  )
+  return not is_finetune_workdir(path) and checkpoint.saved_task(path) in ('reward', 'dpo', 'ppo')
 
 
 def evaluate_preference(workdir: str, mesh=None, split: str = 'test') -> dict:

@@ -559,11 +559,7 @@ def run(config, workdir: str) -> dict:
 
 def is_workdir(path: str) -> bool:
   """An sft.py workdir: its checkpoints' metadata names a text-to-text task."""
-  ckpt_dir = os.path.join(path, 'checkpoints')
-  if not os.path.isdir(ckpt_dir):
-    return False
-  ckpt = checkpoint.Checkpointer(ckpt_dir, read_only=True)
-  return ckpt.latest_step() is not None and ckpt.read_meta()[0].get('task') in TASKS
+  return checkpoint.saved_task(path) in TASKS
 
 
 def load(workdir: str, mesh=None, which: str = 'best') -> pretrained.Pretrained:
