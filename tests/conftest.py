@@ -1,6 +1,10 @@
 """Suite-wide set-up: 8 simulated CPU devices (before JAX starts), a private prepared-data
-cache, and a train.py runner."""
+cache, and a train.py runner.
 
+Runs serially or under pytest-xdist (`-n 2 --dist loadfile`, the README's command): the workers
+of one run share the prepared-data cache and the pretraining fixtures, each built once."""
+
+import fcntl
 import os
 import subprocess
 import sys
@@ -10,8 +14,14 @@ os.environ['XLA_FLAGS'] = (
   os.environ.get('XLA_FLAGS', '') + ' --xla_force_host_platform_device_count=8'
 ).strip()
 os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '2')
-# Prepared corpora go to this session's own cache (shared by its runs, never by the user's).
-os.environ['LM_DATA_CACHE'] = tempfile.mkdtemp(prefix='lm_data_cache_')
+# Prepared corpora go to this session's own cache (shared by its runs and xdist workers, never by
+# the user's). Preparation locks its directory, so workers can race for it.
+_RUN = os.environ.get('PYTEST_XDIST_TESTRUNUID')
+if _RUN:
+  os.environ['LM_DATA_CACHE'] = os.path.join(tempfile.gettempdir(), f'lm_data_cache_{_RUN}')
+  os.makedirs(os.environ['LM_DATA_CACHE'], exist_ok=True)
+else:
+  os.environ['LM_DATA_CACHE'] = tempfile.mkdtemp(prefix='lm_data_cache_')
 
 import pytest  # noqa: E402
 
@@ -49,26 +59,37 @@ def run():
 
 
 def _pretrain(tmp_path_factory, name, config, steps, *overrides):
-  workdir = tmp_path_factory.mktemp(name)
-  proc = run_script(
-    'train.py',
-    f'--config={config}',
-    f'--workdir={workdir}',
-    f'--config.train.steps={steps}',
-    f'--config.train.warmup_steps={steps // 10}',
-    '--config.log_every=10',
-    f'--config.eval_every={steps}',
-    f'--config.checkpoint_every={steps}',
-    *overrides,
-  )
-  (workdir / 'stdout.log').write_text(proc.stdout)
+  """Runs train.py once per test session: under xdist the first worker to get here trains while
+  holding a lock, and the others wait and reuse its workdir."""
+  root = tmp_path_factory.getbasetemp()
+  if os.environ.get('PYTEST_XDIST_WORKER'):
+    root = root.parent  # the base directory all workers of this run share
+  workdir, done = root / f'shared_{name}', root / f'shared_{name}.done'
+  with open(root / f'shared_{name}.lock', 'w') as lock:
+    fcntl.flock(lock, fcntl.LOCK_EX)
+    if done.exists():
+      return workdir
+    proc = run_script(
+      'train.py',
+      f'--config={config}',
+      f'--workdir={workdir}',
+      f'--config.train.steps={steps}',
+      f'--config.train.warmup_steps={steps // 10}',
+      '--config.log_every=10',
+      f'--config.eval_every={steps}',
+      f'--config.checkpoint_every={steps}',
+      *overrides,
+    )
+    (workdir / 'stdout.log').write_text(proc.stdout)
+    done.touch()
   return workdir
 
 
 @pytest.fixture(scope='session')
 def pretrained_bert(tmp_path_factory):
-  """configs/base.py as the README's main job runs it: 600 steps of BERT MLM + NSP."""
-  return _pretrain(tmp_path_factory, 'bert', 'configs/base.py', 600)
+  """configs/base.py (BERT MLM + NSP on Python's docs), shortened from 600 to 300 steps: the
+  fine-tuning tests need a trained body, not the best one."""
+  return _pretrain(tmp_path_factory, 'bert', 'configs/base.py', 300)
 
 
 @pytest.fixture(scope='session')

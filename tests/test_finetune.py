@@ -48,31 +48,24 @@ def _cls_config(init_checkpoint, **train):
 
 @pytest.mark.slow
 def test_finetuning_beats_the_majority_class(pretrained_bert, tmp_path):
-  """A pretrained body and a fresh one, same seed/steps/config, on the offline topic
-  classification default: both must beat the validation set's majority class by 0.15.
+  """Fine-tuning the pretrained body on the offline topic classification default must beat the
+  validation set's majority class by 0.15.
 
-  Whether pretraining pays off is measured, not asserted: on the corpus that leaves the
-  downstream sources out it does not reliably (mean pooling, max_len 64, lr 3e-4, batch 32;
-  accuracy / macro-F1, pretrained vs random): 150 steps seed 0 0.571 / 0.368 vs 0.557 / 0.352,
-  seed 1 0.586 / 0.378 vs 0.571 / 0.360; 300 steps seeds 0, 1, 2: 0.607 / 0.532 vs
-  0.557 / 0.418, 0.579 / 0.487 vs 0.621 / 0.519, 0.586 / 0.480 vs 0.614 / 0.427. Before the
-  split (the body had read these paragraphs) it was 0.664 / 0.503 vs 0.536 / 0.323."""
-  got = {}
-  for init in ('pretrained', 'random'):
-    c = _cls_config(pretrained_bert, steps=150, warmup_steps=15, lr=3e-4)
-    c.eval_every = 150
-    c.init = init
-    got[init] = finetune.run(c, str(tmp_path / init))['final']
+  Whether pretraining pays off is measured, not asserted (it is `bench/finetune_margin.py`'s
+  job): on the corpus that leaves the downstream sources out it does not reliably (mean pooling,
+  max_len 64, lr 3e-4, batch 32; accuracy / macro-F1, pretrained vs random): 150 steps seed 0
+  0.571 / 0.368 vs 0.557 / 0.352, seed 1 0.586 / 0.378 vs 0.571 / 0.360; 300 steps seeds 0, 1,
+  2: 0.607 / 0.532 vs 0.557 / 0.418, 0.579 / 0.487 vs 0.621 / 0.519, 0.586 / 0.480 vs 0.614 /
+  0.427. Before the split (the body had read these paragraphs) it was 0.664 / 0.503 vs 0.536 /
+  0.323."""
+  c = _cls_config(pretrained_bert, steps=150, warmup_steps=15, lr=3e-4)
+  c.eval_every = 150
+  got = finetune.run(c, str(tmp_path / 'pretrained'))['final']
   labels = [e['label'] for e in data_lib.load_examples('classification', c.data, 'validation')[0]]
   majority = max(labels.count(x) for x in set(labels)) / len(labels)
-  print(
-    'majority class',
-    majority,
-    'accuracy, macro-F1:',
-    {k: (v['accuracy'], v['f1']) for k, v in got.items()},
-  )
-  for init, m in got.items():
-    assert m['accuracy'] > majority + 0.15, (init, majority, got)
+  print('majority class', majority, 'accuracy, macro-F1:', got['accuracy'], got['f1'])
+  assert got['majority_accuracy'] == pytest.approx(majority)
+  assert got['accuracy'] > majority + 0.15, (majority, got)
 
 
 @pytest.mark.slow

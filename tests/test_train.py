@@ -44,15 +44,15 @@ def load_params(workdir):
 @pytest.mark.parametrize(
   'fixture,key,margin',
   [
-    ('pretrained_bert', 'mlm_loss', 3.0),
+    ('pretrained_bert', 'mlm_loss', 2.5),
     ('pretrained_gpt', 'lm_loss', 3.0),
   ],
 )
 def test_default_configs_loss_falls(request, fixture, key, margin):
-  """At init the loss is ln(vocab); the default configs' runs on Python's docs (600 steps for
-  base.py, 300 for gpt_base.py: the shared pretraining fixtures) must take `margin` nats off it.
-  Measured on the corpus that leaves the downstream sources out (lm/data/python_docs.py):
-  BERT MLM 8.94 -> 5.89 held out, GPT LM 8.74 -> 5.77."""
+  """At init the loss is ln(vocab); the default configs' runs on Python's docs (300 steps each:
+  the shared pretraining fixtures) must take `margin` nats off it. Measured on the corpus that
+  leaves the downstream sources out (lm/data/python_docs.py): BERT MLM 8.94 -> 6.15 held out
+  (5.89 after base.py's full 600 steps), GPT LM 8.74 -> 5.77."""
   workdir = request.getfixturevalue(fixture)
   train, evals = read_metrics(workdir), read_metrics(workdir, 'eval')
   steps = max(evals)
