@@ -56,6 +56,14 @@ def text_metrics(predictions: Sequence[str], references: Sequence[str]) -> dict:
 # Classification.
 
 
+_SENTENCE = re.compile(r'(?<=[.!?])\s+')
+
+
+def lead_sentence(text: str) -> str:
+  """The lead baseline of summarization and extractive QA: the text's first sentence."""
+  return _SENTENCE.split(' '.join(text.split()), maxsplit=1)[0]
+
+
 def confusion_matrix(labels, predictions, num_labels: int) -> np.ndarray:
   """[true, predicted] counts."""
   labels, predictions = np.asarray(labels, np.int64), np.asarray(predictions, np.int64)

@@ -132,14 +132,6 @@ def reference(example: dict) -> str:
   return example['target'].strip()
 
 
-_SENTENCE = re.compile(r'(?<=[.!?])\s+')
-
-
-def lead(text: str) -> str:
-  """The lead baseline: the first sentence of the document."""
-  return _SENTENCE.split(' '.join(text.split()), maxsplit=1)[0]
-
-
 # ------------------------------------------------------------------ sources
 
 
@@ -612,7 +604,9 @@ def evaluate_workdir(
   refs = [reference(e) for e in examples]
   results.update(metrics_lib.text_metrics(preds, refs))
   if config.task == 'summarize':
-    results['lead'] = metrics_lib.text_metrics([lead(source_text(e)) for e in examples], refs)
+    results['lead'] = metrics_lib.text_metrics(
+      [metrics_lib.lead_sentence(source_text(e)) for e in examples], refs
+    )
   records = [
     {'input': source_text(e), 'reference': r, 'prediction': p}
     for e, r, p in zip(examples, refs, preds)

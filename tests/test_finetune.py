@@ -226,6 +226,13 @@ def test_qa_windows_find_far_answer(kind):
   m, preds = qa.score(logits, features, aux, [ex], None, cfg)
   assert preds[0]['prediction'] == answer
   assert m['exact_match'] == 100.0 and m['f1'] == 100.0
+  # the lead baseline answers with the filler's first sentence: no word of the answer
+  assert m['lead_exact_match'] == 0.0 and m['lead_f1'] == 0.0
+  ex2 = dict(ex, id='lead', context=answer + '. ' + filler)
+  m, _ = qa.score(
+    np.zeros((0, 48, 2)), {}, {'offsets': np.zeros((0, 48, 2)), 'example': []}, [ex2], None, cfg
+  )
+  assert m['lead_exact_match'] == 100.0 and m['exact_match'] == 0.0
 
 
 @pytest.mark.slow  # the fast tier keeps one case of this area (3-minute budget)

@@ -270,4 +270,10 @@ def score(logits, features, aux, examples, labels, data_cfg):
       }
     )
   answers = {e['id']: [a['text'] for a in e['answers']] or [''] for e in examples}
-  return metrics_lib.squad_metrics(preds, answers), predictions
+  m = metrics_lib.squad_metrics(preds, answers)
+  # The trivial baseline beside it: the context's first sentence as every answer.
+  lead = metrics_lib.squad_metrics(
+    {e['id']: metrics_lib.lead_sentence(e['context']) for e in examples}, answers
+  )
+  m.update({f'lead_{k}': v for k, v in lead.items() if k != 'count'})
+  return m, predictions
