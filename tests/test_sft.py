@@ -186,6 +186,40 @@ def _tiny_gpt2(tok, directory):
   tok.save(str(directory))
 
 
+def test_generate_texts_passes_the_decoding_constraints(tok, tmp_path):
+  """config.generate's repetition penalty, no-repeat n-gram and min-new-tokens reach lm.generate
+  (summarization's default decoding uses all three): generate_texts equals lm.generate called
+  with them on the same prompt (one compile: the same shapes and settings)."""
+  from lm import generate as gen
+  from lm import pretrained
+
+  _tiny_gpt2(tok, tmp_path)
+  pre = pretrained.load(str(tmp_path))
+  c = defaults.text_to_text('summarize')
+  c.data.update(template='plain', seq_len=64, max_prompt_len=32)
+  c.generate.update(strategy='greedy', max_new_tokens=10, repetition_penalty=0.5)
+  c.generate.update(no_repeat_ngram_size=2, min_new_tokens=10)
+  c.eval_batch_size = 8  # one row per device
+  examples = [{'prompt': 'The list is sorted in place.', 'target': 'Sort.'}] * 8
+  got = sft.generate_texts(pre.model, pre.params, tok, examples, c)
+  ids = sft.encode(sft.render(examples[0], c.data), tok, 64, 32, generation=True)[0]
+  want = gen.generate(
+    pre.model,
+    pre.params,
+    [ids] * 8,
+    max_new_tokens=10,
+    eos_id=tok.eos_id,
+    pad_id=tok.pad_id or 0,
+    prompt_len=32,
+    repetition_penalty=0.5,
+    no_repeat_ngram_size=2,
+    min_new_tokens=10,
+  )[0][0]
+  assert got == [tok.decode(want).strip()] * 8 and len(want) == 10
+  bigrams = list(zip(want, want[1:]))
+  assert len(set(bigrams)) == len(bigrams)  # no bigram twice
+
+
 @pytest.mark.slow
 def test_resume_does_not_read_init_checkpoint(tok, tmp_path, capsys):
   """Once the workdir holds a checkpoint, sft.run resumes from it with the run's own model and
