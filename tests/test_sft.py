@@ -237,6 +237,7 @@ def test_resume_does_not_read_init_checkpoint(tok, tmp_path, capsys):
   c = defaults.text_to_text('summarize')
   c.init_checkpoint = str(init)
   c.data.update(source='files', files=str(path), template='plain', seq_len=64, max_prompt_len=32)
+  c.data.eval_fraction = 0.0  # no validation: no eval step to compile
   c.train.update(steps=4, warmup_steps=1, batch_size=8)
   c.update(log_every=2, eval_every=4, checkpoint_every=2, keep_checkpoints=1)
   sft.run(c, str(tmp_path / 'straight'))
