@@ -547,7 +547,9 @@ def run(config, workdir: str) -> dict:
     state, state_sh = trainer.create_state_from(model, tx, mesh, config.seed, inputs, init_params)
   del init_params
   print(
-    f'{config.task}: {trainer.param_count(state.params):,} params from {config.init_checkpoint}, '
+    f'{config.task}: {trainer.param_count(state.params):,} params from '
+    + (config.init_checkpoint if own is None else f'{workdir} (resuming)')
+    + ', '
     + ', '.join(f'{len(v)} {k}' for k, v in data.items())
     + f' examples, {len(train_rows["input_ids"])} packed training rows of {config.data.seq_len}'
   )
