@@ -14,5 +14,15 @@ from lm import defaults
 def get_config():
   c = defaults.text_to_text('summarize')
   c.data.update(template='plain', prompt_format='{prompt}\nTL;DR:', seq_len=128, max_prompt_len=96)
-  c.generate.update(strategy='beam', num_beams=4, max_new_tokens=32)
+  # Chosen on validation ROUGE-L (bench/summarize_decoding.py, bench/logs/sft_2026-11-26b/):
+  # a repetition penalty below 1 favours the document's words (HF's penalty covers the prompt),
+  # no repeated bigram keeps it from looping, and at least 8 tokens stop 'Return a string.'.
+  c.generate.update(
+    strategy='beam',
+    num_beams=4,
+    max_new_tokens=32,
+    repetition_penalty=0.5,
+    no_repeat_ngram_size=2,
+    min_new_tokens=8,
+  )
   return c

@@ -224,6 +224,9 @@ def text_to_text(task: str) -> ml_collections.ConfigDict:
       top_k=0,
       top_p=1.0,
       max_new_tokens=32,
+      min_new_tokens=0,  # EOS banned before this many new tokens
+      repetition_penalty=1.0,  # HF's CTRL penalty over prompt + output: < 1 favours copying
+      no_repeat_ngram_size=0,  # > 0: no n-gram of this size twice
       seed=0,
     )
   )

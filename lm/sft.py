@@ -448,6 +448,9 @@ def generate_texts(model, params, tok, examples: list, config) -> list[str]:
       top_p=g.top_p,
       num_beams=g.num_beams,
       length_penalty=g.length_penalty,
+      repetition_penalty=g.get('repetition_penalty', 1.0),
+      no_repeat_ngram_size=int(g.get('no_repeat_ngram_size', 0)),
+      min_new_tokens=int(g.get('min_new_tokens', 0)),
       eos_id=eos,
       pad_id=pad,
       seed=g.seed,
@@ -475,29 +478,54 @@ def _check(config, cfg):
     )
 
 
-def run(config, workdir: str) -> dict:
-  """Fine-tunes config.init_checkpoint on the text-to-text data; returns the last validation
-  metrics (history in WORKDIR/metrics.jsonl; the test split is eval.py's)."""
-  workdir = cli.writable_dir(workdir)
-  if config.task not in TASKS:
-    raise ValueError(f'task={config.task!r}: use one of {TASKS}.')
+def _load_init(config, mesh) -> pretrained.Pretrained:
+  """The decoder and tokenizer of config.init_checkpoint, the start of a fresh run."""
   if not config.init_checkpoint:
     raise ValueError(
       'pass --config.init_checkpoint=DIR (a train.py workdir or an HF GPT-2 directory).'
     )
-  pi, pc = jax.process_index(), jax.process_count()
-  mesh = sharding.make_mesh(config.mesh_shape)
-  data = load_splits(config.task, config.data)  # before the model: bad data fails fast
   pre = pretrained.load(config.init_checkpoint, mesh)
   if pre.kind != 'decoder' or pre.tokenizer is None:
     raise ValueError(
       f'{config.init_checkpoint} is an {pre.kind} (tokenizer: {pre.tokenizer}): text-to-text '
       'fine-tuning needs a decoder and its tokenizer.'
     )
-  cfg = dataclasses.replace(pre.cfg, **config.model_overrides.to_dict())
+  return pre
+
+
+def _own_model(workdir: str):
+  """(model config, tokenizer) of the run WORKDIR already checkpointed, or None (a fresh run)."""
+  ckpt_dir = os.path.join(workdir, 'checkpoints')
+  if not os.path.isdir(ckpt_dir):
+    return None
+  ckpt = checkpoint.Checkpointer(ckpt_dir, read_only=True)
+  if not ckpt.latest_step():
+    return None
+  meta, _ = ckpt.read_meta()
+  tok = tokenizer_lib.Tokenizer.load(os.path.join(workdir, 'tokenizer.json'))
+  return M.ModelConfig.from_dict(meta['model']), tok
+
+
+def run(config, workdir: str) -> dict:
+  """Fine-tunes config.init_checkpoint on the text-to-text data; returns the last validation
+  metrics (history in WORKDIR/metrics.jsonl; the test split is eval.py's)."""
+  workdir = cli.writable_dir(workdir)
+  if config.task not in TASKS:
+    raise ValueError(f'task={config.task!r}: use one of {TASKS}.')
+  pi, pc = jax.process_index(), jax.process_count()
+  mesh = sharding.make_mesh(config.mesh_shape)
+  data = load_splits(config.task, config.data)  # before the model: bad data fails fast
+  own = _own_model(workdir)
+  if own is None:
+    pre = _load_init(config, mesh)
+    base_cfg, tok, init_params = pre.cfg, pre.tokenizer, pre.params
+    del pre
+  else:  # resume: the run's own model and tokenizer; init_checkpoint is not read (may be gone)
+    (base_cfg, tok), init_params = own, None
+  cfg = dataclasses.replace(base_cfg, **config.model_overrides.to_dict())
   _check(config, cfg)
-  tok, model = pre.tokenizer, M.Decoder(cfg)
-  if pi == 0:
+  model = M.Decoder(cfg)
+  if pi == 0 and own is None:
     tok.save(workdir)
   train_rows = featurize(data['train'], tok, config.data, seed=config.seed)
   eval_rows = featurize(data['validation'], tok, config.data) if data['validation'] else None
@@ -505,13 +533,18 @@ def run(config, workdir: str) -> dict:
     print(sources.NO_EVAL)
   tx = optim.make(config.train)
   inputs = (np.zeros((1, config.data.seq_len), np.int32),)
-  state, state_sh = trainer.create_state_from(model, tx, mesh, config.seed, inputs, pre.params)
+  if init_params is None:  # loop.fit restores the checkpoint into it
+    state, state_sh = trainer.create_state(model, tx, mesh, config.seed, inputs)
+  else:
+    state, state_sh = trainer.create_state_from(model, tx, mesh, config.seed, inputs, init_params)
+  del init_params
   print(
-    f'{config.task}: {trainer.param_count(state.params):,} params from {config.init_checkpoint}, '
+    f'{config.task}: {trainer.param_count(state.params):,} params from '
+    + (config.init_checkpoint if own is None else f'{workdir} (resuming)')
+    + ', '
     + ', '.join(f'{len(v)} {k}' for k, v in data.items())
     + f' examples, {len(train_rows["input_ids"])} packed training rows of {config.data.seq_len}'
   )
-  del pre
   train_step = make_train_step(config, model, tx, state_sh, mesh)
   eval_step = make_eval_step(model, state_sh.params, mesh, config.train.loss_chunk)
   stop = loop.StopFlag().install()

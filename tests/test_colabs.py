@@ -20,7 +20,7 @@ nbclient = pytest.importorskip('nbclient')
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 COLABS = os.path.join(ROOT, 'colabs')
-ORDER = ['quickstart', 'finetune_classifier', 'generate_and_fewshot', 'dpo']  # reuse runs
+ORDER = ['quickstart', 'finetune_classifier', 'generate_and_fewshot', 'dpo', 'rlhf']  # reuse runs
 NOTEBOOKS = sorted(
   (os.path.splitext(os.path.basename(p))[0] for p in glob.glob(os.path.join(COLABS, '*.ipynb'))),
   key=lambda n: (ORDER.index(n) if n in ORDER else len(ORDER), n),
@@ -158,9 +158,22 @@ def _check_dpo(workdir):
   assert acc[-1] > 0.6, f'held-out reward accuracy {acc}'
 
 
+def _check_rlhf(workdir):
+  sft = _series(_metrics(workdir / 'sft' / 'metrics.jsonl'), 'eval/loss')
+  assert sft[-1] < sft[0] - 0.2, f'held-out response loss {sft}'  # measured 6.68 -> 6.31
+  rm = [r for r in _metrics(workdir / 'reward' / 'metrics.jsonl') if 'test/accuracy' in r][-1]
+  assert rm['test/accuracy'] > 0.6, rm  # chance 0.5; measured 0.69 on 134 test pairs
+  rows = _metrics(workdir / 'ppo' / 'metrics.jsonl')
+  kl = _series(rows, 'eval/kl')
+  assert kl[0] == 0.0 and kl[-1] > 0.1, kl  # step 0: the policy is the reference; then it moves
+  test = [r for r in rows if 'test/score' in r][-1]
+  assert test['test/best_of_n'] == 4 and test['test/kl'] > 0.1, test
+
+
 CHECKS = {
   'quickstart': _check_quickstart,
   'finetune_classifier': _check_finetune,
   'generate_and_fewshot': _check_fewshot,
   'dpo': _check_dpo,
+  'rlhf': _check_rlhf,
 }

@@ -158,6 +158,101 @@ def test_tfds_summarization_by_name(tmp_path, name, keys):
   assert got['test'][0] == {'prompt': raw[0][keys[0]].decode(), 'target': raw[0][keys[1]].decode()}
 
 
+def _tiny_gpt2(tok, directory):
+  """A random tiny GPT-2 in HF layout with `tok` (the plumbing is under test, not the model)."""
+  import flax.linen as nn
+
+  from lm import hf
+
+  cfg = M.ModelConfig(
+    vocab_size=tok.vocab_size,
+    hidden_size=16,
+    num_layers=1,
+    num_heads=2,
+    mlp_dim=32,
+    max_len=64,
+    type_vocab_size=0,
+    pre_ln=True,
+    activation='gelu_tanh',
+  )
+  shapes = jax.eval_shape(
+    hf.module('gpt2', cfg).init, jax.random.PRNGKey(0), jax.numpy.zeros((1, 8), np.int32)
+  )
+  rng = np.random.default_rng(0)
+  params = jax.tree.map(
+    lambda s: rng.normal(0, 0.02, s.shape).astype(s.dtype), nn.unbox(shapes)['params']
+  )
+  hf.export_pretrained('gpt2', cfg, params, directory)
+  tok.save(str(directory))
+
+
+def test_generate_texts_passes_the_decoding_constraints(tok, tmp_path):
+  """config.generate's repetition penalty, no-repeat n-gram and min-new-tokens reach lm.generate
+  (summarization's default decoding uses all three): generate_texts equals lm.generate called
+  with them on the same prompt (one compile: the same shapes and settings)."""
+  from lm import generate as gen
+  from lm import pretrained
+
+  _tiny_gpt2(tok, tmp_path)
+  pre = pretrained.load(str(tmp_path))
+  c = defaults.text_to_text('summarize')
+  c.data.update(template='plain', seq_len=64, max_prompt_len=32)
+  c.generate.update(strategy='greedy', max_new_tokens=10, repetition_penalty=0.5)
+  c.generate.update(no_repeat_ngram_size=2, min_new_tokens=10)
+  c.eval_batch_size = 8  # one row per device
+  examples = [{'prompt': 'The list is sorted in place.', 'target': 'Sort.'}] * 8
+  got = sft.generate_texts(pre.model, pre.params, tok, examples, c)
+  ids = sft.encode(sft.render(examples[0], c.data), tok, 64, 32, generation=True)[0]
+  want = gen.generate(
+    pre.model,
+    pre.params,
+    [ids] * 8,
+    max_new_tokens=10,
+    eos_id=tok.eos_id,
+    pad_id=tok.pad_id or 0,
+    prompt_len=32,
+    repetition_penalty=0.5,
+    no_repeat_ngram_size=2,
+    min_new_tokens=10,
+  )[0][0]
+  assert got == [tok.decode(want).strip()] * 8 and len(want) == 10
+  bigrams = list(zip(want, want[1:]))
+  assert len(set(bigrams)) == len(bigrams)  # no bigram twice
+
+
+@pytest.mark.slow
+def test_resume_does_not_read_init_checkpoint(tok, tmp_path, capsys):
+  """Once the workdir holds a checkpoint, sft.run resumes from it with the run's own model and
+  tokenizer: the init checkpoint may be gone, and the resumed run ends on the same params as an
+  uninterrupted one (batches and dropout keys are functions of the step)."""
+  init = tmp_path / 'init'
+  _tiny_gpt2(tok, init)
+  path = tmp_path / 'sum.jsonl'
+  path.write_text(
+    '\n'.join(
+      json.dumps({'document': f'Item {i} has {i % 7} parts and a manual.', 'summary': f'Item {i}.'})
+      for i in range(40)
+    )
+  )
+  c = defaults.text_to_text('summarize')
+  c.init_checkpoint = str(init)
+  c.data.update(source='files', files=str(path), template='plain', seq_len=64, max_prompt_len=32)
+  c.data.eval_fraction = 0.0  # no validation: no eval step to compile
+  c.train.update(steps=4, warmup_steps=1, batch_size=8)
+  c.update(log_every=2, eval_every=4, checkpoint_every=2, keep_checkpoints=1)
+  sft.run(c, str(tmp_path / 'straight'))
+  c.train.steps = 2
+  sft.run(c, str(tmp_path / 'resumed'))
+  os.rename(init, tmp_path / 'gone')
+  c.train.steps = 4
+  capsys.readouterr()
+  sft.run(c, str(tmp_path / 'resumed'))
+  assert 'resumed from step 2' in capsys.readouterr().out
+  a, b = (sft.load(str(tmp_path / w), which='latest') for w in ('straight', 'resumed'))
+  assert a.step == b.step == 4
+  jax.tree.map(np.testing.assert_array_equal, a.params, b.params)
+
+
 def _evals(workdir):
   rows = [json.loads(l) for l in open(os.path.join(workdir, 'metrics.jsonl'), encoding='utf-8')]
   return {r['step']: r for r in rows if 'eval/loss' in r}
