@@ -21,3 +21,16 @@ def initialize():
     )
   elif os.environ.get('LM_DISTRIBUTED') == '1':
     jax.distributed.initialize()
+
+
+def log_rows(kind: str, step: int, rows) -> None:
+  """With LM_ROW_LOG=DIR, appends the data rows this process read for batch `step` of `kind`
+  to DIR/<kind>.<process>.jsonl: how tests prove that processes read disjoint rows."""
+  path = os.environ.get('LM_ROW_LOG')
+  if not path:
+    return
+  import json  # pylint: disable=g-import-not-at-top
+
+  os.makedirs(path, exist_ok=True)
+  with open(os.path.join(path, f'{kind}.{jax.process_index()}.jsonl'), 'a', encoding='utf-8') as f:
+    f.write(json.dumps({'step': int(step), 'rows': [int(r) for r in rows]}) + '\n')

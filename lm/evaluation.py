@@ -20,6 +20,7 @@ import numpy as np
 from jax.sharding import NamedSharding, PartitionSpec as P
 
 from lm import checkpoint
+from lm import distributed
 from lm import losses
 from lm import model as M
 from lm import objectives
@@ -49,18 +50,22 @@ def make_predict_step(model, task_mod, params_sh, mesh):
 
 def predict(predict_step, params, features: dict, batch_size: int, mesh, stop=None):
   """Logits for every row (padding the last batch with weight-0 rows) and the mean loss.
-  Returns (None, None) when `stop` was requested midway."""
+  Each process reads only its block of each batch (`sharding.process_rows`); the logits come
+  back whole (replicated) and the loss from sums reduced over the global batch, so every
+  process holds the same figures. Returns (None, None) when `stop` was requested midway."""
   n = len(features['weight'])
+  mine = sharding.process_rows(batch_size, mesh)
   logits, nll, weight = [], 0.0, 0.0
   for s in range(0, n, batch_size):
     if stop is not None and stop.requested:
       return None, None
-    rows = np.arange(s, min(s + batch_size, n))
-    pad = batch_size - len(rows)
-    batch = {k: v[np.concatenate([rows, np.zeros(pad, np.int64)])] for k, v in features.items()}
-    batch['weight'] = batch['weight'] * (np.arange(batch_size) < len(rows))
+    pos = np.arange(s, s + batch_size)[mine]
+    rows = np.where(pos < n, pos, 0)
+    distributed.log_rows('finetune_eval', s // batch_size, pos[pos < n])
+    batch = {k: v[rows] for k, v in features.items()}
+    batch['weight'] = batch['weight'] * (pos < n)
     out, (l, w, _) = predict_step(params, sharding.shard_batch(batch, mesh))
-    logits.append(np.asarray(jax.device_get(out))[: len(rows)])
+    logits.append(np.asarray(jax.device_get(out))[: min(batch_size, n - s)])
     nll, weight = nll + float(l), weight + float(w)
   return np.concatenate(logits), nll / max(weight, 1.0)
 
@@ -214,8 +219,15 @@ def evaluate_pretraining(path: str, config=None, num_batches: Optional[int] = No
   params_sh = jax.tree.map(lambda x: x.sharding, params)
   eval_step = objectives.make_eval_step(config, model, params_sh, mesh)
   n = int(num_batches or config.eval_batches)
-  batches = (sharding.shard_batch(x, mesh) for x in batcher.eval_batches(n))
-  out = objectives.evaluate(eval_step, params, batches)
+  pi, pc = jax.process_index(), jax.process_count()  # each process its block of each batch
+  per = batcher.batch_size // pc
+
+  def batches():
+    for step, x in enumerate(batcher.eval_batches(n, pi, pc)):
+      distributed.log_rows('pretrain_eval', step, range(pi * per, (pi + 1) * per))
+      yield sharding.shard_batch(x, mesh)
+
+  out = objectives.evaluate(eval_step, params, batches())
   return {'objective': config.objective, 'step': pre.step, 'batches': n, **out}
 
 
@@ -387,7 +399,10 @@ def evaluate_preference(workdir: str, mesh=None, split: str = 'test') -> dict:
     return {}
   eval_step = rlhf.make_eval_step(config, model, params_sh, mesh)
   batches = (
-    sharding.shard_batch(b, mesh) for b in preference.eval_batches(data, config.eval_batch_size)
+    sharding.shard_batch(b, mesh)
+    for b in preference.eval_batches(
+      data, config.eval_batch_size, jax.process_index(), jax.process_count()
+    )
   )
   return {
     'task': task,
