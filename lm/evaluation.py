@@ -104,6 +104,13 @@ def check_batch(batch_size: int, mesh, what: str):
     )
 
 
+def config_mesh(config):
+  """The mesh a job's config names (`mesh_shape`, `num_devices`), data-parallel without one."""
+  shape = tuple(config.get('mesh_shape', (-1, 1, 1))) if config is not None else (-1, 1, 1)
+  n = int(config.get('num_devices', 0) or 0) if config is not None else 0
+  return sharding.make_mesh(shape, jax.devices()[:n] if n else None)
+
+
 def is_finetune_workdir(path: str) -> bool:
   return os.path.isfile(os.path.join(path, 'finetune.json'))
 
@@ -167,7 +174,7 @@ def evaluate_finetuned(
       'data.eval_files / eval_split): pass a --config that names some, or --split=test.'
     )
   examples, _ = data_lib.load_examples(recorded['task'], config.data, split)  # before the model
-  mesh = mesh or sharding.make_mesh((-1, 1, 1))
+  mesh = mesh or config_mesh(config)
   info, model, params, tok, step = load_finetuned(workdir, mesh, which)
   task_mod = tasks.get(info['task'])
   if max_examples:
@@ -189,7 +196,9 @@ def evaluate_pretraining(path: str, config=None, num_batches: Optional[int] = No
   from lm.data import pretrain
   from lm.data import shards
 
-  mesh = mesh or sharding.make_mesh((-1, 1, 1))
+  if config is None and pretrained.is_workdir(path):
+    config = pretrained.saved_config(path)
+  mesh = mesh or config_mesh(config)
   pre = pretrained.load(path, mesh)
   config = config or pre.config
   if config is None:
@@ -383,9 +392,9 @@ def evaluate_preference(workdir: str, mesh=None, split: str = 'test') -> dict:
   from lm import preference  # pylint: disable=g-import-not-at-top
   from lm import rlhf  # pylint: disable=g-import-not-at-top
 
-  mesh = mesh or sharding.make_mesh((-1, 1, 1))
+  config = pretrained.saved_config(workdir)
+  mesh = mesh or config_mesh(config)
   task, model, params, tok, step = rlhf.load_finetuned(workdir, mesh)
-  config = pretrained.saved_config(workdir, step)
   pairs = preference.load_splits(config.data)[split]
   if task == 'ppo':
     return {'task': task, 'split': split, 'step': step, 'prompts': len(pairs)} | _evaluate_ppo(
