@@ -78,14 +78,21 @@ class TaskData:
 
 
 def evaluate(task_mod, predict_step, params, data: TaskData, labels, config, mesh, stop=None):
-  """(metrics, predictions); metrics include the eval loss. ({} , []) when stopped."""
+  """(metrics, predictions); metrics include the eval loss. ({} , []) when stopped. The task's
+  metrics are scored once, on process 0, and sent to the others (which get no predictions)."""
   logits, loss = predict(
     predict_step, params, data.features, int(config.eval_batch_size), mesh, stop
   )
   if logits is None:
     return {}, []
-  m, preds = task_mod.score(logits, data.features, data.aux, data.examples, labels, config.data)
-  return {**m, 'loss': loss}, preds
+  preds = []
+
+  def score():
+    nonlocal preds
+    m, preds = task_mod.score(logits, data.features, data.aux, data.examples, labels, config.data)
+    return m
+
+  return {**distributed.from_process_0(score), 'loss': loss}, preds
 
 
 def prepare(task_mod, examples, tok, labels, data_cfg, what: str) -> TaskData:

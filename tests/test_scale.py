@@ -26,12 +26,13 @@ FINETUNE = [
   '--config.model_overrides.dropout_rate=0',
   '--config.model_overrides.attention_dropout_rate=0',
   '--config.data.max_len=64',
+  '--config.data.eval_fraction=0.03',  # a few batches of validation examples
 ]
 # job -> commands, each (script, args); {w} is the run's workdir, {gpt} the pretrained decoder.
 JOBS = {
   'classification+eval.py': [
     ('finetune.py', ['--config=configs/finetune_cls.py', *FINETUNE]),
-    ('eval.py', ['--checkpoint={w}', '--output={w}/eval.json', '--which=latest']),
+    ('eval.py', ['--checkpoint={w}', '--output={w}/eval.json', '--max_examples=40']),
   ],
   'qa': [
     (
@@ -39,8 +40,9 @@ JOBS = {
       [
         '--config=configs/finetune_qa.py',
         *FINETUNE,
+        '--config.data.max_len=96',
         '--config.data.max_query_len=16',
-        '--config.data.doc_stride=32',
+        '--config.data.doc_stride=64',
         '--config.data.max_answer_len=16',
       ],
     )
@@ -60,6 +62,8 @@ JOBS = {
         '--config.checkpoint_every=4',
         '--config.log_every=1',
         '--config.data.max_pairs=48',
+        '--config.data.eval_fraction=0.05',
+        '--config.data.test_fraction=0.05',
         '--config.data.seq_len=64',
         '--config.data.max_prompt_len=32',
       ],
