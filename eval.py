@@ -24,9 +24,11 @@ import json
 import os
 
 from absl import flags
+import jax
 from ml_collections import config_flags
 
 from lm import cli
+from lm import distributed
 from lm import evaluation
 from lm import metrics
 from lm import sft
@@ -61,11 +63,14 @@ flags.mark_flags_as_required(['checkpoint'])
 
 def main(argv):
   del argv
+  distributed.initialize()  # every process evaluates its own rows; process 0 writes
   path = FLAGS.checkpoint
   if FLAGS.config is not None and FLAGS.config.get('mode') == 'fewshot':  # configs/fewshot.py
     from lm import icl  # pylint: disable=g-import-not-at-top
 
     result = icl.evaluate(FLAGS.config, path, FLAGS.output, FLAGS.split)  # writes the JSON
+    if jax.process_index():
+      return
     print(icl.format_table(result))
     print(f'wrote {result["output"]}')
     return
@@ -87,6 +92,8 @@ def main(argv):
     results = evaluation.evaluate_preference(path, split=FLAGS.split)
   else:
     results = evaluation.evaluate_pretraining(path, FLAGS.config, FLAGS.eval_batches)
+  if jax.process_index():
+    return
   if preds is not None:
     with open(
       os.path.splitext(output)[0].replace('eval_results', 'eval_predictions') + '.jsonl',

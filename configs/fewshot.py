@@ -26,7 +26,7 @@ def get_config():
   c.mode = 'fewshot'  # eval.py: dispatches to lm.icl.evaluate
   c.task = 'classification'
   c.seed = 0  # pool/test sampling
-  c.num_devices = 1  # evaluation runs on the first N devices (1 is fastest on CPU)
+  c.num_devices = 1  # scoring's rows split over the first N devices (0 = all; 1 fastest on CPU)
   c.output = ''  # '' = CHECKPOINT/fewshot_results.json
 
   # files / split: the demonstration pool; test_files / test_split (eval_files / eval_split with

@@ -21,3 +21,34 @@ def initialize():
     )
   elif os.environ.get('LM_DISTRIBUTED') == '1':
     jax.distributed.initialize()
+
+
+def log_rows(kind: str, step: int, rows) -> None:
+  """With LM_ROW_LOG=DIR, appends the data rows this process read for batch `step` of `kind`
+  to DIR/<kind>.<process>.jsonl: how tests prove that processes read disjoint rows."""
+  path = os.environ.get('LM_ROW_LOG')
+  if not path:
+    return
+  import json  # pylint: disable=g-import-not-at-top
+
+  os.makedirs(path, exist_ok=True)
+  with open(os.path.join(path, f'{kind}.{jax.process_index()}.jsonl'), 'a', encoding='utf-8') as f:
+    f.write(json.dumps({'step': int(step), 'rows': [int(r) for r in rows]}) + '\n')
+
+
+def from_process_0(compute):
+  """compute() run on process 0 only, its JSON-able result sent to every process (exactly:
+  as JSON text), so a figure is computed once and every process decides on the same one."""
+  if jax.process_count() == 1:
+    return compute()
+  import json  # pylint: disable=g-import-not-at-top
+
+  import numpy as np  # pylint: disable=g-import-not-at-top
+  from jax.experimental import multihost_utils  # pylint: disable=g-import-not-at-top
+
+  as_json = lambda x: np.asarray(x).tolist()  # numpy scalars and arrays
+  text = json.dumps(compute(), default=as_json).encode() if jax.process_index() == 0 else b''
+  n = int(multihost_utils.broadcast_one_to_all(np.int32(len(text))))
+  buf = np.zeros(n, np.uint8)
+  buf[: len(text)] = np.frombuffer(text, np.uint8)
+  return json.loads(bytes(np.asarray(multihost_utils.broadcast_one_to_all(buf))))

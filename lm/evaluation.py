@@ -20,6 +20,7 @@ import numpy as np
 from jax.sharding import NamedSharding, PartitionSpec as P
 
 from lm import checkpoint
+from lm import distributed
 from lm import losses
 from lm import model as M
 from lm import objectives
@@ -49,18 +50,22 @@ def make_predict_step(model, task_mod, params_sh, mesh):
 
 def predict(predict_step, params, features: dict, batch_size: int, mesh, stop=None):
   """Logits for every row (padding the last batch with weight-0 rows) and the mean loss.
-  Returns (None, None) when `stop` was requested midway."""
+  Each process reads only its block of each batch (`sharding.process_rows`); the logits come
+  back whole (replicated) and the loss from sums reduced over the global batch, so every
+  process holds the same figures. Returns (None, None) when `stop` was requested midway."""
   n = len(features['weight'])
+  mine = sharding.process_rows(batch_size, mesh)
   logits, nll, weight = [], 0.0, 0.0
   for s in range(0, n, batch_size):
     if stop is not None and stop.requested:
       return None, None
-    rows = np.arange(s, min(s + batch_size, n))
-    pad = batch_size - len(rows)
-    batch = {k: v[np.concatenate([rows, np.zeros(pad, np.int64)])] for k, v in features.items()}
-    batch['weight'] = batch['weight'] * (np.arange(batch_size) < len(rows))
+    pos = np.arange(s, s + batch_size)[mine]
+    rows = np.where(pos < n, pos, 0)
+    distributed.log_rows('finetune_eval', s // batch_size, pos[pos < n])
+    batch = {k: v[rows] for k, v in features.items()}
+    batch['weight'] = batch['weight'] * (pos < n)
     out, (l, w, _) = predict_step(params, sharding.shard_batch(batch, mesh))
-    logits.append(np.asarray(jax.device_get(out))[: len(rows)])
+    logits.append(np.asarray(jax.device_get(out))[: min(batch_size, n - s)])
     nll, weight = nll + float(l), weight + float(w)
   return np.concatenate(logits), nll / max(weight, 1.0)
 
@@ -73,14 +78,21 @@ class TaskData:
 
 
 def evaluate(task_mod, predict_step, params, data: TaskData, labels, config, mesh, stop=None):
-  """(metrics, predictions); metrics include the eval loss. ({} , []) when stopped."""
+  """(metrics, predictions); metrics include the eval loss. ({} , []) when stopped. The task's
+  metrics are scored once, on process 0, and sent to the others (which get no predictions)."""
   logits, loss = predict(
     predict_step, params, data.features, int(config.eval_batch_size), mesh, stop
   )
   if logits is None:
     return {}, []
-  m, preds = task_mod.score(logits, data.features, data.aux, data.examples, labels, config.data)
-  return {**m, 'loss': loss}, preds
+  preds = []
+
+  def score():
+    nonlocal preds
+    m, preds = task_mod.score(logits, data.features, data.aux, data.examples, labels, config.data)
+    return m
+
+  return {**distributed.from_process_0(score), 'loss': loss}, preds
 
 
 def prepare(task_mod, examples, tok, labels, data_cfg, what: str) -> TaskData:
@@ -97,6 +109,13 @@ def check_batch(batch_size: int, mesh, what: str):
       f'{what}={batch_size} must divide by the {d} data-parallel devices of mesh '
       f'{dict(mesh.shape)}.'
     )
+
+
+def config_mesh(config):
+  """The mesh a job's config names (`mesh_shape`, `num_devices`), data-parallel without one."""
+  shape = tuple(config.get('mesh_shape', (-1, 1, 1))) if config is not None else (-1, 1, 1)
+  n = int(config.get('num_devices', 0) or 0) if config is not None else 0
+  return sharding.make_mesh(shape, jax.devices()[:n] if n else None)
 
 
 def is_finetune_workdir(path: str) -> bool:
@@ -162,7 +181,7 @@ def evaluate_finetuned(
       'data.eval_files / eval_split): pass a --config that names some, or --split=test.'
     )
   examples, _ = data_lib.load_examples(recorded['task'], config.data, split)  # before the model
-  mesh = mesh or sharding.make_mesh((-1, 1, 1))
+  mesh = mesh or config_mesh(config)
   info, model, params, tok, step = load_finetuned(workdir, mesh, which)
   task_mod = tasks.get(info['task'])
   if max_examples:
@@ -184,7 +203,9 @@ def evaluate_pretraining(path: str, config=None, num_batches: Optional[int] = No
   from lm.data import pretrain
   from lm.data import shards
 
-  mesh = mesh or sharding.make_mesh((-1, 1, 1))
+  if config is None and pretrained.is_workdir(path):
+    config = pretrained.saved_config(path)
+  mesh = mesh or config_mesh(config)
   pre = pretrained.load(path, mesh)
   config = config or pre.config
   if config is None:
@@ -214,8 +235,15 @@ def evaluate_pretraining(path: str, config=None, num_batches: Optional[int] = No
   params_sh = jax.tree.map(lambda x: x.sharding, params)
   eval_step = objectives.make_eval_step(config, model, params_sh, mesh)
   n = int(num_batches or config.eval_batches)
-  batches = (sharding.shard_batch(x, mesh) for x in batcher.eval_batches(n))
-  out = objectives.evaluate(eval_step, params, batches)
+  pi, pc = jax.process_index(), jax.process_count()  # each process its block of each batch
+  per = batcher.batch_size // pc
+
+  def batches():
+    for step, x in enumerate(batcher.eval_batches(n, pi, pc)):
+      distributed.log_rows('pretrain_eval', step, range(pi * per, (pi + 1) * per))
+      yield sharding.shard_batch(x, mesh)
+
+  out = objectives.evaluate(eval_step, params, batches())
   return {'objective': config.objective, 'step': pre.step, 'batches': n, **out}
 
 
@@ -371,9 +399,9 @@ def evaluate_preference(workdir: str, mesh=None, split: str = 'test') -> dict:
   from lm import preference  # pylint: disable=g-import-not-at-top
   from lm import rlhf  # pylint: disable=g-import-not-at-top
 
-  mesh = mesh or sharding.make_mesh((-1, 1, 1))
+  config = pretrained.saved_config(workdir)
+  mesh = mesh or config_mesh(config)
   task, model, params, tok, step = rlhf.load_finetuned(workdir, mesh)
-  config = pretrained.saved_config(workdir, step)
   pairs = preference.load_splits(config.data)[split]
   if task == 'ppo':
     return {'task': task, 'split': split, 'step': step, 'prompts': len(pairs)} | _evaluate_ppo(
@@ -387,7 +415,10 @@ def evaluate_preference(workdir: str, mesh=None, split: str = 'test') -> dict:
     return {}
   eval_step = rlhf.make_eval_step(config, model, params_sh, mesh)
   batches = (
-    sharding.shard_batch(b, mesh) for b in preference.eval_batches(data, config.eval_batch_size)
+    sharding.shard_batch(b, mesh)
+    for b in preference.eval_batches(
+      data, config.eval_batch_size, jax.process_index(), jax.process_count()
+    )
   )
   return {
     'task': task,

@@ -25,6 +25,7 @@ import ml_collections
 import numpy as np
 
 from lm import checkpoint
+from lm import distributed
 from lm import evaluation
 from lm import loop
 from lm import model as M
@@ -127,9 +128,12 @@ def make_train_step(config, model, task_mod, tx, state_sh, mesh):
   return trainer.make_train_step(loss_fn, tx, state_sh, mesh, config)
 
 
-def train_batch(features: dict, step: int, batch_size: int, seed: int) -> dict:
-  """Rows step*B .. step*B+B-1 of the stream of seeded per-epoch permutations: a pure
-  function of the step, so a resumed run sees the same batches."""
+def train_batch(
+  features: dict, step: int, batch_size: int, seed: int, rows: slice = slice(None)
+) -> dict:
+  """`rows` (this process's block, `sharding.process_rows`) of the global batch: rows
+  step*B .. step*B+B-1 of the stream of seeded per-epoch permutations, a pure function of the
+  step, so a resumed run sees the same batches. Only those rows' features are read."""
   n = len(features['weight'])
   pos = step * batch_size + np.arange(batch_size)
   epochs, within = pos // n, pos % n
@@ -137,6 +141,8 @@ def train_batch(features: dict, step: int, batch_size: int, seed: int) -> dict:
   for ep in np.unique(epochs):
     perm = np.random.default_rng([seed, int(ep)]).permutation(n)
     idx[epochs == ep] = perm[within[epochs == ep]]
+  idx = idx[rows]
+  distributed.log_rows('finetune_train', step, idx)
   return {k: v[idx] for k, v in features.items()}
 
 
@@ -253,11 +259,12 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
         task_mod, predict_step, params, eval_data, labels, config, mesh, stop
       )[0]
 
+  rows = sharding.process_rows(config.train.batch_size, mesh)
   fit = loop.fit(
     state,
     train_step,
     lambda step: sharding.shard_batch(
-      train_batch(train_data.features, step, config.train.batch_size, config.seed), mesh
+      train_batch(train_data.features, step, config.train.batch_size, config.seed, rows), mesh
     ),
     config,
     workdir,

@@ -484,16 +484,19 @@ def generate(
     rows += [[pad_id]] * (-real % shards)
   ids, mask = left_pad(rows, pad_id, prompt_len)
 
-  def run(params, ids, mask):
+  def run(params, ids, mask):  # the outputs whole on every process (sharding.gather)
     if strategy == 'beam':
-      return np.asarray(beam_search(model, params, ids, mask, s)[0])[:, :num_return_sequences]
+      return sharding.gather(beam_search(model, params, ids, mask, s)[0])[:, :num_return_sequences]
     out = decode(model, params, ids, mask, jax.random.PRNGKey(seed), s)
-    return np.asarray(out)[:, None]
+    return sharding.gather(out)[:, None]
 
   if mesh is None:
     out = run(params, ids, mask)
-  else:
+  else:  # each process puts only its own rows
+    mine = sharding.process_rows(len(ids), mesh)
     with sharding.use(mesh):
-      out = run(_shard_params(model, params, mesh), *sharding.shard_batch((ids, mask), mesh))
+      out = run(
+        _shard_params(model, params, mesh), *sharding.shard_batch((ids[mine], mask[mine]), mesh)
+      )
   out = out[:real].reshape(len(prompts), -1, max_new_tokens)
   return [[_trim(r, s.eos_id) for r in per_prompt] for per_prompt in out]

@@ -39,6 +39,7 @@ from typing import Optional
 
 import numpy as np
 
+from lm import distributed
 from lm.data import sources
 
 FIELDS = ('prompt', 'chosen', 'rejected')
@@ -392,6 +393,7 @@ def train_batch(
     pos += len(take)
   per = batch_size // process_count
   idx = np.asarray(idx[process_index * per : (process_index + 1) * per])
+  distributed.log_rows('preference_train', step, idx)
   batch = {k: v[idx] for k, v in arrays.items()}
   batch['weight'] = np.ones(len(idx), np.float32)
   return batch
@@ -404,7 +406,9 @@ def eval_batches(arrays: dict, batch_size: int, process_index: int = 0, process_
   for start in range(0, n, batch_size):
     idx = np.arange(start, start + batch_size)
     weight = (idx < n).astype(np.float32)
-    idx = np.where(idx < n, idx, 0)[process_index * per : (process_index + 1) * per]
+    mine = slice(process_index * per, (process_index + 1) * per)
+    distributed.log_rows('preference_eval', start // batch_size, idx[mine][idx[mine] < n])
+    idx = np.where(idx < n, idx, 0)[mine]
     batch = {k: v[idx] for k, v in arrays.items()}
     batch['weight'] = weight[process_index * per : (process_index + 1) * per]
     yield batch

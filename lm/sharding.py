@@ -112,3 +112,27 @@ def shard_batch(local_batch, mesh: Mesh):
   return jax.tree.map(
     lambda x: jax.make_array_from_process_local_data(sharding, np.asarray(x)), local_batch
   )
+
+
+def process_rows(batch_size: int, mesh: Mesh) -> slice:
+  """This process's rows of a global batch: the contiguous block `shard_batch` places on its
+  devices (read off the batch sharding), so every process reads only its own rows and the
+  assembled global batch is the one a single process would build."""
+  index = batch_sharding(mesh).addressable_devices_indices_map((batch_size,))
+  blocks = sorted({s[0].indices(batch_size)[:2] for s in index.values()})
+  lo, hi = blocks[0][0], blocks[-1][1]
+  if sum(b - a for a, b in blocks) != hi - lo:
+    raise ValueError(
+      f'this process holds rows {blocks} of the batch, not one block: order the mesh devices '
+      'process by process (jax.devices() order does).'
+    )
+  return slice(lo, hi)
+
+
+def gather(x):
+  """A (possibly batch-sharded) global array or tree as numpy, whole on every process."""
+  if jax.process_count() == 1:
+    return jax.tree.map(np.asarray, x)
+  from jax.experimental import multihost_utils  # pylint: disable=g-import-not-at-top
+
+  return multihost_utils.process_allgather(x, tiled=True)

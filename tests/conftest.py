@@ -49,6 +49,48 @@ def run_script(
   return proc
 
 
+def free_port() -> int:
+  import socket  # noqa: PLC0415
+
+  with socket.socket() as s:
+    s.bind(('localhost', 0))
+    return s.getsockname()[1]
+
+
+def run_processes(script, *args, log_dir, processes=2, devices=4, env=None, timeout=600):
+  """Runs `script` as `processes` jax.distributed processes on localhost (`devices` simulated
+  CPU devices each, gloo collectives), waits for all, and returns their stdout logs
+  (log_dir/p{i}.log; stderr in e{i}.log)."""
+  port = free_port()
+  procs = [
+    run_script(
+      script,
+      *args,
+      devices=devices,
+      background=True,
+      stdout=open(os.path.join(log_dir, f'p{i}.log'), 'w'),
+      stderr=open(os.path.join(log_dir, f'e{i}.log'), 'w'),
+      env={
+        'LM_COORDINATOR': f'localhost:{port}',
+        'LM_NUM_PROCESSES': str(processes),
+        'LM_PROCESS_ID': str(i),
+        'LM_INIT_TIMEOUT': '120',
+        **(env or {}),
+      },
+    )
+    for i in range(processes)
+  ]
+  for i, p in enumerate(procs):
+    if p.wait(timeout=timeout) != 0:
+      for q in procs:
+        q.kill()
+      err = open(os.path.join(log_dir, f'e{i}.log'), encoding='utf-8').read()
+      raise AssertionError(f'{script} process {i} exited {p.returncode}:\n{err[-4000:]}')
+  return [
+    open(os.path.join(log_dir, f'p{i}.log'), encoding='utf-8').read() for i in range(processes)
+  ]
+
+
 @pytest.fixture
 def run():
   return run_script

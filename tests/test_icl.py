@@ -433,3 +433,24 @@ def test_unknown_or_broken_strategy_is_a_clear_error(user_modules):
     fs = ml_collections.ConfigDict(dict(strategies=names, ks=(1,), seeds=(0,), orderings=1))
     with pytest.raises(ValueError, match="fewshot.strategies: unknown strategy 'bm25'"):
       icl.run_fewshot(None, None, [], [], fs)  # before any model work
+
+
+@pytest.mark.slow  # compiles every LM function twice (1 and 8 devices)
+def test_fewshot_sharded_over_8_devices_equals_1_device(lm):
+  """The few-shot grid with its scoring, losses, embeddings and gradients split over an 8-device
+  mesh (rows over `data`) gives the 1-device scores and decisions."""
+  from lm import sharding  # noqa: PLC0415
+
+  mesh = sharding.make_mesh((-1, 1, 1))
+  assert mesh.shape['data'] == 8
+  sharded = icl.LM(lm.model, lm.params, pad_id=0, max_len=64, batch_size=4, mesh=mesh)
+  assert sharded.batch_size == 8
+  p, pool, test, fs = _fewshot_setup(icl.STRATEGIES, ks=(0, 2), seed=0, sizes=(8, 3))
+  one, eight = icl.run_fewshot(lm, p, pool, test, fs), icl.run_fewshot(sharded, p, pool, test, fs)
+  assert one['accuracy'] == eight['accuracy']
+  for a, b in zip(one['examples'], eight['examples']):
+    for s in icl.STRATEGIES:
+      for k in a['selections'][s]:
+        for ra, rb in zip(a['selections'][s][k], b['selections'][s][k]):
+          assert ra['pool_indices'] == rb['pool_indices'] and ra['prediction'] == rb['prediction']
+          np.testing.assert_allclose(rb['scores'], ra['scores'], rtol=1e-5, atol=1e-5)

@@ -4,13 +4,12 @@ nothing, SIGTERM saves, damaged-checkpoint fallback, NaN stops, and multi-proces
 import json
 import os
 import signal
-import socket
 import time
 
 import numpy as np
 import pytest
 
-from conftest import run_script
+from conftest import run_processes, run_script
 from test_train import TINY, load_params, read_metrics
 
 pytestmark = pytest.mark.slow
@@ -175,12 +174,6 @@ def test_sigterm_saves_and_exits_cleanly(tmp_path):
   assert saved == last
 
 
-def _free_port():
-  with socket.socket() as s:
-    s.bind(('localhost', 0))
-    return s.getsockname()[1]
-
-
 def test_two_processes_match_one_process(tmp_path):
   """2 processes x 4 CPU devices (gloo collectives) vs 1 process x 8 devices, mesh (2, 2, 2).
   Each run prepares its data from scratch in its own cache: in the 2-process run, process 0
@@ -200,31 +193,16 @@ def test_two_processes_match_one_process(tmp_path):
     devices=8,
     env={'LM_DATA_CACHE': str(tmp_path / 'cache_one')},
   )
-  port = _free_port()
-  procs = [
-    run_script(
-      'train.py',
-      *args,
-      f'--workdir={tmp_path / "two"}',
-      devices=4,
-      background=True,
-      stdout=open(tmp_path / f'p{i}.log', 'w'),
-      stderr=open(tmp_path / f'e{i}.log', 'w'),
-      env={
-        'LM_COORDINATOR': f'localhost:{port}',
-        'LM_NUM_PROCESSES': '2',
-        'LM_PROCESS_ID': str(i),
-        'LM_INIT_TIMEOUT': '120',
-        'LM_DATA_CACHE': str(tmp_path / 'cache_two'),
-      },
-    )
-    for i in range(2)
-  ]
-  for i, p in enumerate(procs):
-    assert p.wait(timeout=600) == 0, (tmp_path / f'e{i}.log').read_text()[-3000:]
-  assert '2 process(es)' in (tmp_path / 'p0.log').read_text()
-  assert 'prepare:' in (tmp_path / 'p0.log').read_text()
-  assert 'prepare:' not in (tmp_path / 'p1.log').read_text()
+  p0, p1 = run_processes(
+    'train.py',
+    *args,
+    f'--workdir={tmp_path / "two"}',
+    log_dir=tmp_path,
+    env={'LM_DATA_CACHE': str(tmp_path / 'cache_two')},
+  )
+  assert '2 process(es)' in p0
+  assert 'prepare:' in p0
+  assert 'prepare:' not in p1
   one, two = read_metrics(tmp_path / 'one'), read_metrics(tmp_path / 'two')
   a = np.array([one[s]['train/loss'] for s in sorted(one)])
   b = np.array([two[s]['train/loss'] for s in sorted(two)])

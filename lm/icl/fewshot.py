@@ -187,8 +187,8 @@ def evaluate(config, checkpoint: str, output: Optional[str] = None, split: str =
   _strategy_modules(fs.strategies)  # a misspelt name fails before the checkpoint loads
   if config.get('task', 'classification') != 'classification':
     raise ValueError(f"task={config.task!r}: few-shot evaluation covers 'classification'.")
-  devices = jax.devices()[: max(1, int(config.get('num_devices', 1)))]
-  mesh = sharding.make_mesh((-1, 1, 1), devices=devices)
+  n = int(config.get('num_devices', 1))
+  mesh = sharding.make_mesh((-1, 1, 1), devices=jax.devices()[:n] if n > 0 else None)
   pre = pretrained.load(checkpoint, mesh)
   if pre.kind != 'decoder':
     raise ValueError(
@@ -230,7 +230,7 @@ def evaluate(config, checkpoint: str, output: Optional[str] = None, split: str =
   )
   pad_id = tok.pad_id if tok.pad_id is not None else (tok.eos_id or 0)
   with sharding.use(mesh):
-    lm = LM(pre.model, pre.params, pad_id, max_len, int(fs.batch_size))
+    lm = LM(pre.model, pre.params, pad_id, max_len, int(fs.batch_size), mesh)
     result = run_fewshot(lm, prompter, pool, test, fs, config.seed)
   result = {
     'checkpoint': os.path.abspath(checkpoint),
@@ -243,7 +243,8 @@ def evaluate(config, checkpoint: str, output: Optional[str] = None, split: str =
   from lm import metrics  # pylint: disable=g-import-not-at-top
 
   result['output'] = os.path.abspath(output)
-  metrics.write_json(output, result)
+  if jax.process_index() == 0:
+    metrics.write_json(output, result)
   return result
 
 

@@ -2,7 +2,8 @@
 
 Kept apart from the forward-only scoring because it alone differentiates: which params count
 ('last' block or 'all'), jax.jit(jax.vmap(jax.grad(...))) over a batch, an optional count-sketch.
-The host class provides model, params, num_layers, scan_layers, `_logprobs` and `_batched`.
+The host class provides model, params, num_layers, scan_layers, `_logprobs`, `_batched` and
+`_jit`.
 """
 
 from __future__ import annotations
@@ -62,7 +63,7 @@ class GradientsMixin:
         flat = jax.vmap(lambda t: ravel_pytree(t)[0].astype(jnp.float32))(g)
         return flat if sketch is None else jax.vmap(sketch)(flat)
 
-      cache[key] = jax.jit(fn)
+      cache[key] = self._jit(fn)
     return cache[key]
 
   def gradients(

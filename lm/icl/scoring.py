@@ -15,7 +15,9 @@ from typing import Optional, Sequence
 import jax
 import jax.numpy as jnp
 import numpy as np
+from jax.sharding import NamedSharding, PartitionSpec as P
 
+from lm import sharding
 from lm.icl.gradients import GradientsMixin
 
 
@@ -41,17 +43,42 @@ class LM(GradientsMixin):
   """A causal LM's params plus the jitted functions selection and scoring need.
 
   Every call pads to fixed shapes (rows to `batch_size`, length to a multiple of 32 up to
-  `max_len`) so a handful of compilations serve a whole evaluation.
+  `max_len`) so a handful of compilations serve a whole evaluation. With a `mesh`, each call's
+  rows are split over its data-parallel devices (`batch_size` rounds up to a multiple of them;
+  each process puts only its own block of rows) and the results come back whole on every
+  process; params not yet on the mesh are replicated over it.
   """
 
-  def __init__(self, model, params, pad_id: int, max_len: int, batch_size: int = 16):
-    self.model, self.params = model, params
-    self.pad_id, self.max_len, self.batch_size = int(pad_id), int(max_len), int(batch_size)
+  def __init__(self, model, params, pad_id: int, max_len: int, batch_size: int = 16, mesh=None):
+    self.model, self.mesh = model, mesh
+    self.pad_id, self.max_len = int(pad_id), int(max_len)
+    self.shards = 1 if mesh is None else mesh.shape['data'] * mesh.shape['fsdp']
+    self.batch_size = -(-int(batch_size) // self.shards) * self.shards
+    if mesh is not None:
+      on_mesh = lambda x: getattr(getattr(x, 'sharding', None), 'mesh', None) == mesh
+      params = jax.tree.map(
+        lambda x: x if on_mesh(x) else jax.device_put(x, NamedSharding(mesh, P())), params
+      )
+    self.params = params
     self.num_layers = model.cfg.num_layers
     self.scan_layers = model.cfg.scan_layers
-    self._hidden = jax.jit(self._pooled_hidden)
-    self._nll = jax.jit(self._weighted_nll)
-    self._score = jax.jit(self._label_logprob)
+    self._hidden = self._jit(self._pooled_hidden)
+    self._nll = self._jit(self._weighted_nll)
+    self._score = self._jit(self._label_logprob)
+
+  def _jit(self, fn):
+    """jax.jit, with its outputs replicated and the mesh's rules in scope under a mesh."""
+    if self.mesh is None:
+      return jax.jit(fn)
+    return sharding.with_mesh(jax.jit(fn, out_shardings=NamedSharding(self.mesh, P())), self.mesh)
+
+  def _rows(self, *arrays):
+    """A call's row-padded numpy inputs as it takes them: this process's rows, batch-sharded
+    over the mesh (as is without one)."""
+    if self.mesh is None:
+      return arrays
+    mine = sharding.process_rows(len(arrays[0]), self.mesh)
+    return sharding.shard_batch(tuple(a[mine] for a in arrays), self.mesh)
 
   def _logprobs(self, params, ids, mask):
     """log p(ids[:, t] | ids[:, :t]) for t >= 1: [B, T-1]."""
@@ -69,7 +96,7 @@ class LM(GradientsMixin):
       args = pad(chunk, length, self.pad_id, rows=b)
       if weights is not None:
         args = (*args, pad(weights[i : i + b], length, 0, rows=b)[0])
-      out.append(np.asarray(fn(*args))[: len(chunk)])
+      out.append(np.asarray(fn(*self._rows(*args)))[: len(chunk)])
     return np.concatenate(out)
 
   # --- embeddings -------------------------------------------------------------------------------
@@ -125,6 +152,7 @@ class LM(GradientsMixin):
     if longest > self.max_len:
       raise ValueError(f'a prompt of {longest} tokens exceeds max_len={self.max_len}.')
     per_call = max(self.batch_size, max(len(c) for _, c in requests))
+    per_call = -(-per_call // self.shards) * self.shards  # splits over the mesh too
     results, i = [], 0
     while i < len(requests):
       group, rows = [], 0
@@ -145,7 +173,7 @@ class LM(GradientsMixin):
       targets, tmask = pad(tgts, lc, 0, rows=per_call)
       start = np.ones(per_call, np.int32)
       start[: len(starts)] = starts
-      total, count = self._score(self.params, ids, mask, start, targets, tmask)
+      total, count = self._score(self.params, *self._rows(ids, mask, start, targets, tmask))
       total, count = np.asarray(total), np.asarray(count)
       s = total if score == 'sum' else total / np.maximum(count, 1)
       r = 0
