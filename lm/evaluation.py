@@ -112,10 +112,20 @@ def check_batch(batch_size: int, mesh, what: str):
 
 
 def config_mesh(config):
-  """The mesh a job's config names (`mesh_shape`, `num_devices`), data-parallel without one."""
+  """The mesh a job's config names (`mesh_shape`, `num_devices`), so evaluation shards as the
+  job did; all devices data-parallel without one, or when it does not fit this machine (a run
+  trained on a pod slice, evaluated on a laptop), said once."""
   shape = tuple(config.get('mesh_shape', (-1, 1, 1))) if config is not None else (-1, 1, 1)
   n = int(config.get('num_devices', 0) or 0) if config is not None else 0
-  return sharding.make_mesh(shape, jax.devices()[:n] if n else None)
+  if n <= jax.device_count():
+    try:
+      return sharding.make_mesh(shape, jax.devices()[:n] if n else None)
+    except ValueError as e:
+      reason = str(e).split(':')[0].rstrip('.')
+  else:
+    reason = f'the job ran on {n} devices'
+  print(f'evaluation: {reason}; using all {jax.device_count()} devices data-parallel instead')
+  return sharding.make_mesh((-1, 1, 1))
 
 
 def is_finetune_workdir(path: str) -> bool:

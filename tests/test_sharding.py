@@ -146,3 +146,20 @@ def test_sharded_gradients_match_single_device(kind, mesh_shape):
     np.testing.assert_allclose(
       np.asarray(g), r, rtol=1e-4, atol=1e-5 * scale, err_msg=jax.tree_util.keystr(path)
     )
+
+
+def test_evaluation_mesh_falls_back_to_data_parallel(capsys):
+  """eval.py shards as the job's config says, and a mesh this machine cannot hold (a job from a
+  pod slice, evaluated here) becomes all devices data-parallel, said once, not an error."""
+  import ml_collections  # noqa: PLC0415
+
+  from lm import evaluation  # noqa: PLC0415
+
+  mesh = lambda **kw: dict(evaluation.config_mesh(ml_collections.ConfigDict(kw)).shape)  # noqa: E731
+  assert mesh(mesh_shape=(2, 2, 2), num_devices=0) == {'data': 2, 'fsdp': 2, 'tensor': 2}
+  assert mesh(mesh_shape=(1, 1, 1), num_devices=1) == {'data': 1, 'fsdp': 1, 'tensor': 1}
+  assert capsys.readouterr().out == ''
+  assert mesh(mesh_shape=(4, 4, 1), num_devices=0) == {'data': 8, 'fsdp': 1, 'tensor': 1}
+  assert 'mesh (4, 4, 1) needs 16 devices, have 8; using all 8' in capsys.readouterr().out
+  assert mesh(mesh_shape=(-1, 1, 1), num_devices=64) == {'data': 8, 'fsdp': 1, 'tensor': 1}
+  assert 'the job ran on 64 devices' in capsys.readouterr().out
