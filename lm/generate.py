@@ -481,8 +481,8 @@ def generate(
     raise ValueError(
       'pass exactly one of max_new_tokens (tokens to add) and max_length (prompt included).'
     )
-  if max_length is not None:
-    max_new_tokens = int(max_length) - longest
+  if max_length is not None:  # an encoder-decoder's counts the decoder's start token (HF's)
+    max_new_tokens = int(max_length) - (1 if _seq2seq(model) else longest)
     if max_new_tokens < 1:
       raise ValueError(
         f'max_length={max_length} leaves no room after the longest prompt ({longest} tokens): '

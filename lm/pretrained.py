@@ -63,7 +63,7 @@ def load(path: str, mesh=None, step: Optional[int] = None) -> Pretrained:
   tok = None
   if any(
     os.path.exists(os.path.join(path, f))
-    for f in ('tokenizer.json', 'tokenizer.model', 'vocab.txt', 'vocab.json')
+    for f in ('tokenizer.json', 'tokenizer.model', 'spiece.model', 'vocab.txt', 'vocab.json')
   ):
     tok = tokenizer_lib.from_hf_files(path)
   return Pretrained(kind, cfg, params, tok)

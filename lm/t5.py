@@ -64,7 +64,7 @@ class T5Config(M.ModelConfig):
       f'{k}={getattr(self, k)!r} (T5 needs {v!r})'
       for k, v in dict(
         position='relative', pre_ln=True, norm='rmsnorm', bias='none', type_vocab_size=0,
-        scan_layers=False, num_kv_heads=0, sliding_window=0,
+        scan_layers=False, remat='none', num_kv_heads=0, sliding_window=0,
       ).items()
       if getattr(self, k) != v
     ]  # fmt: skip

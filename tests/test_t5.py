@@ -4,7 +4,6 @@ lm_head) tiny random config; greedy and beam search through `lm.generate` match 
 token for token; exports load in `transformers`. The tiny configs use 8 buckets up to distance
 20, so sequences of 30 reach the logarithmic buckets, and d_kv * heads != d_model."""
 
-import dataclasses
 import functools
 
 import numpy as np
@@ -19,6 +18,7 @@ from test_hf import _assert_logits_match, _assert_trees_equal, _perturb  # noqa:
 
 from lm import generate as G  # noqa: E402
 from lm import hf  # noqa: E402
+from lm import model as M  # noqa: E402
 from lm import t5  # noqa: E402
 
 SLOW = pytest.mark.slow
@@ -191,10 +191,56 @@ def test_export_loads_in_transformers(version, tmp_path):
 
 
 def test_config_refusals():
-  d = _hf_model('v1_0').config.to_dict()
+  d = transformers.T5Config(**TINY, **VERSIONS['v1_0']).to_dict()
   with pytest.raises(ValueError, match='feed_forward_proj'):
     hf.config_from_hf({**d, 'feed_forward_proj': 'gated-swish'})
   with pytest.raises(ValueError, match='scan_layers'):
     t5.T5Config(scan_layers=True)
   with pytest.raises(ValueError, match='position'):
-    hf.config_to_hf('t5', dataclasses.replace(_ours('v1_0')[0].cfg, position='learned'))
+    hf.config_to_hf('t5', M.ModelConfig())
+
+
+SAMPLES = [
+  'Hello world, the assert statement',
+  '  two  spaces\n\tand a tab, 12345 digits',
+  'unicode é ü ﬁ ½ 日本 falls back',
+]
+
+
+def test_sentencepiece_unigram_model_and_tokenizer_json_load(tmp_path):
+  """A sentencepiece unigram model trained here like T5's spiece.model (NFKC normalisation, pad 0,
+  EOS 1, UNK 2, no BOS): ours encodes and decodes as sentencepiece does, and the tokenizer.json
+  transformers' T5Tokenizer writes from it (with T5's 100 <extra_id_k>) loads with HF's ids."""
+  import argparse
+  import inspect
+
+  spm = pytest.importorskip('sentencepiece')
+  from lm.data import tokenizer
+
+  spm.SentencePieceTrainer.train(
+    sentence_iterator=iter(inspect.getsource(argparse).splitlines()),
+    model_prefix=str(tmp_path / 'spiece'),
+    vocab_size=600,
+    model_type='unigram',
+    pad_id=0,
+    eos_id=1,
+    unk_id=2,
+    bos_id=-1,
+    minloglevel=2,
+  )
+  sp = spm.SentencePieceProcessor(model_file=str(tmp_path / 'spiece.model'))
+  ours = tokenizer.from_hf_files(str(tmp_path))  # a directory with T5's file name
+  assert (ours.vocab_size, ours.eos_id, ours.unk_id) == (600, 1, 2)
+  for text in SAMPLES:
+    ids = sp.encode(text)
+    assert ours.encode(text) == ids, text
+    if sp.unk_id() not in ids:  # sentencepiece decodes UNK as ' ⁇ ', ours skips it as special
+      assert ours.decode(ids) == sp.decode(ids), text
+  assert sum(sp.unk_id() not in sp.encode(t) for t in SAMPLES) >= 1
+
+  hf_tok = transformers.T5Tokenizer(vocab_file=str(tmp_path / 'spiece.model'))
+  hf_tok.save_pretrained(tmp_path / 'hf')
+  loaded = tokenizer.from_hf_files(str(tmp_path / 'hf'))
+  assert loaded.eos_id == hf_tok.eos_token_id == 1
+  for text in SAMPLES + ['a span <extra_id_0> and <extra_id_99>']:
+    assert loaded.encode(text) == hf_tok.encode(text, add_special_tokens=False), text
