@@ -188,6 +188,9 @@ def test_export_loads_in_transformers(version, tmp_path):
   got_kind, got_cfg, got = hf.import_pretrained(tmp_path)
   assert (got_kind, got_cfg) == ('t5', cfg)
   _assert_trees_equal(got, jax.tree.map(np.asarray, params))
+  from lm import pretrained
+
+  assert pretrained.load(str(tmp_path)).kind == 'encoder-decoder'
 
 
 def test_config_refusals():
@@ -244,3 +247,28 @@ def test_sentencepiece_unigram_model_and_tokenizer_json_load(tmp_path):
   assert loaded.eos_id == hf_tok.eos_token_id == 1
   for text in SAMPLES + ['a span <extra_id_0> and <extra_id_99>']:
     assert loaded.encode(text) == hf_tok.encode(text, add_special_tokens=False), text
+
+
+def test_span_loss_equals_hf_labels_loss():
+  """objective='span' on a span-corrupted batch: our loss (decoder inputs = targets shifted right
+  behind id 0, as SpanBatcher builds them) equals HF T5's mean cross-entropy given `labels`."""
+  from lm import objectives
+  from lm.data import span
+
+  model, params = _ours('v1_1')
+  rows = []
+  for seed in range(2):
+    rng = np.random.default_rng(seed)
+    tokens = rng.integers(2, 50, 37)
+    noise = span.random_spans_noise_mask(37, 0.15, 3.0, rng)
+    rows.append(span.corrupt(tokens, noise, first_sentinel=50, eos_id=1))
+  ids, targets = (np.stack([r[i] for r in rows]) for i in (0, 1))
+  batch = dict(
+    input_ids=ids, decoder_input_ids=np.asarray(t5.shift_right(targets)), targets=targets
+  )
+  sums = objectives.loss_sums('span', model, params, batch, None, True)
+  norms = objectives.normalizers('span', batch)
+  with torch.no_grad():
+    t = lambda x: torch.from_numpy(x.astype(np.int64))
+    ref = _hf_model('v1_1')(input_ids=t(ids), labels=t(targets)).loss
+  np.testing.assert_allclose(float(objectives.total_loss(sums, norms)), float(ref), rtol=1e-5)
