@@ -20,7 +20,10 @@ from lm.data import tokenizer as tokenizer_lib
 
 FLAGS = flags.FLAGS
 flags.DEFINE_string(
-  'checkpoint', None, 'train.py workdir (clm) or HF GPT-2 directory.', required=True
+  'checkpoint',
+  None,
+  'train.py workdir (clm, span) or HF decoder / T5 directory.',
+  required=True,
 )
 flags.DEFINE_string('prompt', '', 'Text to continue.')
 flags.DEFINE_string(
@@ -54,10 +57,11 @@ flags.DEFINE_integer('seed', 0, 'Sampling seed.')
 
 
 def load_for_generation(path: str):
-  """(Pretrained decoder, tokenizer, eos id or None) from a workdir or an HF directory."""
+  """(Pretrained decoder or encoder-decoder, tokenizer, eos id or None) from a workdir or an HF
+  directory."""
   pre = pretrained.load(path)
-  if pre.kind != 'decoder':
-    raise ValueError(f'{path} holds an {pre.kind} model; generation needs a decoder (GPT-2 style).')
+  if pre.kind == 'encoder':
+    raise ValueError(f'{path} holds an encoder; generation needs a decoder or an encoder-decoder.')
   tok = tokenizer_lib.from_hf_files(FLAGS.tokenizer) if FLAGS.tokenizer else pre.tokenizer
   if tok is None:
     raise FileNotFoundError(f'no tokenizer in {path}: pass --tokenizer=tokenizer.json.')
@@ -77,7 +81,10 @@ def main(argv):
   if FLAGS.eos_id is not None:
     eos = FLAGS.eos_id
   prompt = tok.encode(FLAGS.prompt)
-  if tok.bos_id is not None and tok.bos_id != tok.eos_id:  # Llama-style: text starts with BOS
+  seq2seq = pre.kind == 'encoder-decoder'
+  if seq2seq and eos is not None:  # T5's encoder input ends in EOS
+    prompt = prompt + [eos]
+  elif tok.bos_id is not None and tok.bos_id != tok.eos_id:  # Llama-style: text starts with BOS
     prompt = [tok.bos_id] + prompt
   if not prompt:  # GPT-2 conditions on <|endoftext|> when there is no text
     prompt = [eos if eos is not None else 0]
@@ -101,14 +108,15 @@ def main(argv):
     length_penalty=FLAGS.length_penalty,
     num_return_sequences=FLAGS.num_return_sequences,
     eos_id=eos,
-    pad_id=tok.pad_id or 0,
+    pad_id=0 if seq2seq else tok.pad_id or 0,  # T5's decoder starts from id 0
     repetition_penalty=FLAGS.repetition_penalty,
     no_repeat_ngram_size=FLAGS.no_repeat_ngram_size,
     min_new_tokens=FLAGS.min_new_tokens,
     seed=FLAGS.seed,
   )
   for i, seq in enumerate(out[0]):
-    print(f'--- {i}\n{FLAGS.prompt}{tok.decode(seq)}')
+    seq = [t for t in seq if t < tok.vocab_size]  # span corruption's sentinels are not text
+    print(f'--- {i}\n{"" if seq2seq else FLAGS.prompt}{tok.decode(seq)}')
 
 
 if __name__ == '__main__':

@@ -29,6 +29,7 @@ from lm import pretrained
 from lm import report
 from lm import sample
 from lm import sharding
+from lm import t5
 from lm import trainer
 from lm.data import prepare
 from lm.data import pretrain
@@ -68,6 +69,14 @@ def train_and_evaluate(config, workdir: str):
   model = objectives.make_model(config, tok.vocab_size)
   if model_cfg is not None:
     model = type(model)(model_cfg)
+  if config.objective == 'span' and tok.vocab_size + config.data.num_sentinels > (
+    model.cfg.vocab_size
+  ):  # e.g. an HF T5, whose sentinels are its tokenizer's own <extra_id_k>
+    raise ValueError(
+      f"span corruption puts {config.data.num_sentinels} sentinels above the tokenizer's "
+      f"{tok.vocab_size} ids, past the model's vocab_size {model.cfg.vocab_size}: continue "
+      'from a configs/t5.py workdir or lower data.num_sentinels.'
+    )
   tx = optim.make(config.train)
   if init is None:
     state, state_sh = trainer.create_state(
@@ -148,11 +157,12 @@ def _continue_from(config, workdir: str, mesh):
   ckpt_dir = os.path.join(workdir, 'checkpoints')
   if os.path.isdir(ckpt_dir) and checkpoint.Checkpointer(ckpt_dir, read_only=True).latest_step():
     meta, _ = checkpoint.Checkpointer(ckpt_dir, read_only=True).read_meta()
-    init, cfg, tok_path = None, M.ModelConfig.from_dict(meta['model']), workdir
+    cls = t5.T5Config if config.objective == 'span' else M.ModelConfig
+    init, cfg, tok_path = None, cls.from_dict(meta['model']), workdir
   else:
     init = pretrained.load(source, mesh)
     cfg, tok_path = init.cfg, source
-    want = 'encoder' if config.objective == 'mlm' else 'decoder'
+    want = {'mlm': 'encoder', 'clm': 'decoder', 'span': 'encoder-decoder'}[config.objective]
     if init.kind != want:
       raise ValueError(
         f'init_checkpoint={source} holds an {init.kind}; objective={config.objective!r} trains '

@@ -1,4 +1,5 @@
-"""Autoregressive generation for `lm.model.Decoder`: greedy, sampling and beam search.
+"""Autoregressive generation for `lm.model.Decoder` and the encoder-decoder `lm.t5.T5`: greedy,
+sampling and beam search.
 
 The whole decode (prefill, then a `lax.while_loop` of one-token steps) is one jitted
 function over a fixed-size KV cache, so every step costs the same whatever its position
@@ -22,6 +23,10 @@ Semantics follow Hugging Face `generate` so outputs can be compared token for to
   * Beam search is HF's vectorised beam search (transformers >= 4.50): 2*num_beams
     candidates per step, finished score = sum_logprobs / generated_len ** length_penalty,
     `early_stopping` in {False (HF default), True, 'never'}.
+  * Encoder-decoders (a model with `encoder_decoder = True`): the prompt is the encoder's input
+    (right or left padded alike: the encoder sees its mask), encoded once in the prefill, which
+    also caches the cross-attention keys/values; the decoder starts from `pad_id` (HF's
+    decoder_start_token_id for T5) and the processors see the decoder's tokens as history.
   * Continuations stop at EOS, which is INCLUDED in the returned tokens (as in HF);
     finished rows are padded with `pad_id` inside the jitted loop and trimmed on return.
 """
@@ -76,17 +81,23 @@ def left_pad(prompts: Sequence[Sequence[int]], pad_id: int, min_len: int = 0):
   return ids, mask
 
 
-def _cache_shapes(model, batch: int, length: int):
+def _seq2seq(model) -> bool:
+  return getattr(model, 'encoder_decoder', False)
+
+
+def _cache_shapes(model, batch: int, length: int, source_len: int = 1):
+  ids = jnp.zeros((batch, length), jnp.int32)
+  args = (jnp.zeros((batch, source_len), jnp.int32), ids) if _seq2seq(model) else (ids,)
   return jax.eval_shape(
-    lambda: nn.unbox(
-      model.init(jax.random.PRNGKey(0), jnp.zeros((batch, length), jnp.int32), decode=True)
-    )['cache']
+    lambda: nn.unbox(model.init(jax.random.PRNGKey(0), *args, decode=True))['cache']
   )
 
 
-def init_cache(model, batch: int, length: int):
-  """Zeroed cache for `batch` rows and `length` slots, without running (or allocating) init."""
-  return jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), _cache_shapes(model, batch, length))
+def init_cache(model, batch: int, length: int, source_len: int = 1):
+  """Zeroed cache for `batch` rows and `length` slots (and an encoder-decoder's `source_len`
+  encoder positions), without running (or allocating) init."""
+  shapes = _cache_shapes(model, batch, length, source_len)
+  return jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), shapes)
 
 
 @functools.lru_cache(maxsize=None)
@@ -116,26 +127,53 @@ def _last_logits(module, ids, **kwargs):
   return module.logits(module.hidden(ids, **kwargs)[:, -1])
 
 
+def _last_logits_seq2seq(module, ids, source=None, source_mask=None, encoded=None):
+  """Decoder step(s) `ids`; the prefill passes the `source` ids to encode (and cache)."""
+  if source is not None:
+    encoded = module.encode(source, source_mask)
+  return module.logits(module.hidden(ids, encoded, source_mask, decode=True)[:, -1])
+
+
 def forward(model, params, cache, ids, positions, mask):
-  """Appends `ids` [B, T] at the cache index; returns (float32 logits of the last position, cache)."""
-  logits, mut = model.apply(
-    {'params': params, 'cache': cache},
-    ids,
-    positions=positions,
-    attention_mask=mask,
-    decode=True,
-    mutable=['cache'],
-    method=_last_logits,
-  )
+  """Appends `ids` [B, T] at the cache index; returns (float32 logits of the last position, cache).
+
+  mask: padding over the cache slots, or an encoder-decoder's source mask (positions unused: the
+  decoder counts its own)."""
+  if _seq2seq(model):
+    kwargs = dict(source_mask=mask, method=_last_logits_seq2seq)
+  else:
+    kwargs = dict(positions=positions, attention_mask=mask, decode=True, method=_last_logits)
+  logits, mut = model.apply({'params': params, 'cache': cache}, ids, mutable=['cache'], **kwargs)
   return logits.astype(jnp.float32), mut['cache']
 
 
-def prefill(model, params, ids, mask, max_new_tokens: int):
-  """Runs the prompt through a fresh cache sized for P + max_new_tokens slots.
+def decoder_prompt(model, ids, mask, pad_id: int):
+  """The decoder's own prompt and mask: the ids themselves, or for an encoder-decoder the start
+  token (`pad_id`)."""
+  if not _seq2seq(model):
+    return ids, mask
+  start = jnp.full((ids.shape[0], 1), pad_id, ids.dtype)
+  return start, jnp.ones_like(start)
 
-  Returns (last logits [B, V], cache, slot mask [B, P + N], next position [B]).
+
+def prefill(model, params, ids, mask, max_new_tokens: int, pad_id: int = 0):
+  """Runs the prompt through a fresh cache sized for P + max_new_tokens slots (an encoder-decoder:
+  encodes the prompt, then runs the start token through max_new_tokens decoder slots).
+
+  Returns (last logits [B, V], cache, slot mask [B, P + N] or the source mask, next position [B]).
   """
   b, p = ids.shape
+  if _seq2seq(model):
+    start, _ = decoder_prompt(model, ids, mask, pad_id)
+    logits, mut = model.apply(
+      {'params': params, 'cache': init_cache(model, b, max_new_tokens, p)},
+      start,
+      source=ids,
+      source_mask=mask,
+      mutable=['cache'],
+      method=_last_logits_seq2seq,
+    )
+    return logits.astype(jnp.float32), mut['cache'], mask, jnp.ones((b,), jnp.int32)
   full_mask = jnp.concatenate([mask, jnp.ones((b, max_new_tokens), mask.dtype)], axis=1)
   positions = jnp.maximum(jnp.cumsum(mask, axis=1) - 1, 0)
   logits, cache = forward(
@@ -244,8 +282,10 @@ def decode(model, params, ids, mask, rng, s: Settings):
 
   The loop exits as soon as every row has hit EOS.
   """
-  n, p = s.max_new_tokens, ids.shape[1]
-  logits, cache, full_mask, pos = prefill(model, params, ids, mask, n)
+  n = s.max_new_tokens
+  logits, cache, full_mask, pos = prefill(model, params, ids, mask, n, s.pad_id)
+  ids, mask = decoder_prompt(model, ids, mask, s.pad_id)
+  p = ids.shape[1]
   hist, real = _history(ids, mask, s)
   pick = lambda logits, hist, i: choose(
     constrain(logits, hist, real, i, s), jax.random.fold_in(rng, i), s
@@ -279,7 +319,8 @@ def beam_search(model, params, ids, mask, s: Settings):
   heuristic and the finished-only final pool), so tie-free inputs give HF's tokens.
   """
   b, k, n = ids.shape[0], s.num_beams, s.max_new_tokens
-  logits, cache, full_mask, pos = prefill(model, params, ids, mask, n)
+  logits, cache, full_mask, pos = prefill(model, params, ids, mask, n, s.pad_id)
+  ids, mask = decoder_prompt(model, ids, mask, s.pad_id)
   flat = lambda x: x.reshape((b * k,) + x.shape[2:])
   # Every beam starts from the prompt: copy the prefilled rows rather than recompute them.
   cache = reorder_cache(model, cache, jnp.repeat(jnp.arange(b), k))
@@ -440,8 +481,8 @@ def generate(
     raise ValueError(
       'pass exactly one of max_new_tokens (tokens to add) and max_length (prompt included).'
     )
-  if max_length is not None:
-    max_new_tokens = int(max_length) - longest
+  if max_length is not None:  # an encoder-decoder's counts the decoder's start token (HF's)
+    max_new_tokens = int(max_length) - (1 if _seq2seq(model) else longest)
     if max_new_tokens < 1:
       raise ValueError(
         f'max_length={max_length} leaves no room after the longest prompt ({longest} tokens): '

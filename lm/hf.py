@@ -1,8 +1,10 @@
-"""HuggingFace interop: BERT (`BertForPreTraining`), GPT-2 (`GPT2LMHeadModel`) and the Llama
-family (`LlamaForCausalLM`, `MistralForCausalLM`, `Qwen2ForCausalLM`) checkpoints.
+"""HuggingFace interop: BERT (`BertForPreTraining`), GPT-2 (`GPT2LMHeadModel`), the Llama
+family (`LlamaForCausalLM`, `MistralForCausalLM`, `Qwen2ForCausalLM`) and T5
+(`T5ForConditionalGeneration`) checkpoints.
 
 Each model is one table of (our param paths, HF tensor name, codec) rules; the per-layer part is
-written once and expanded per layer, stacking on a leading axis when `cfg.scan_layers`. Both
+written once per stack (T5 has two) and expanded per layer, stacking on a leading axis when
+`cfg.scan_layers`. Both
 directions check the table against the model's own parameter shapes (`jax.eval_shape` of init),
 so a missing, unexpected or mis-shaped tensor raises a ValueError naming every offender instead
 of silently loading part of a checkpoint.
@@ -14,7 +16,7 @@ import dataclasses
 import json
 import pathlib
 import re
-from typing import Any, Callable
+from typing import Any, Callable, Optional
 
 import flax.linen as nn
 import jax
@@ -24,6 +26,7 @@ import numpy as np
 from flax import traverse_util
 
 from lm import model as M
+from lm import t5 as T5M
 
 StateDict = dict[str, np.ndarray]
 
@@ -84,7 +87,7 @@ class Spec:
   tied: dict  # HF alias -> the HF name it is tied to (one param here)
   fixed: dict  # ModelConfig fields the architecture pins
   config: dict  # ModelConfig field -> HF config key
-  activation_key: str
+  activation_key: Optional[str]  # None: `read_extra` sets the activation
   hf_defaults: dict  # HF class defaults: saved configs omit some keys
   hf_allowed: dict  # HF config key -> values we can reproduce (first = assumed when absent)
   hf_extra: dict  # written on export
@@ -92,6 +95,13 @@ class Spec:
   read_extra: Callable[[dict], tuple] = lambda d: ({}, [])
   write_extra: Callable[[M.ModelConfig], dict] = lambda cfg: {}
   imported: dict = dataclasses.field(default_factory=dict)  # set on import, ignored on export
+  config_cls: type = M.ModelConfig
+  # (our stack path, HF layer prefix, layer rules, layer count); () = one stack: 'stack', the
+  # `layer_prefix` and `layer` rules, cfg.num_layers layers
+  stacks: tuple = ()
+  aliases: dict = dataclasses.field(default_factory=dict)  # HF alias -> name, tied in any config
+  # HF name -> the name read when the file lacks it (a tied tensor save_pretrained left out)
+  fallback: dict = dataclasses.field(default_factory=dict)
 
 
 # What BERT and GPT-2 cannot express: the Llama-family options at their classic values.
@@ -389,7 +399,133 @@ QWEN2 = _llama_family(
   sliding_window=0,
 )
 
-SPECS = {'bert': BERT, 'gpt2': GPT2, 'llama': LLAMA, 'mistral': MISTRAL, 'qwen2': QWEN2}
+
+def _t5_attention(ours, hf):
+  return [
+    Rule((f'{ours}/{a}/kernel',), f'{hf}.{b}.weight', LINEAR)
+    for a, b in (('query', 'q'), ('key', 'k'), ('value', 'v'), ('out', 'o'))
+  ]
+
+
+def _t5_layer(decoder: bool) -> list:
+  mlp = 'layer.2' if decoder else 'layer.1'
+  gated = lambda cfg: cfg.mlp == 'gated'
+  cross = [
+    *_t5_attention('cross_attention', 'layer.1.EncDecAttention'),
+    Rule(('ln_cross/scale',), 'layer.1.layer_norm.weight'),
+  ]
+  return [
+    *_t5_attention('attention', 'layer.0.SelfAttention'),
+    Rule(('ln_attention/scale',), 'layer.0.layer_norm.weight'),
+    *(cross if decoder else []),
+    Rule(('mlp/wi/kernel',), f'{mlp}.DenseReluDense.wi.weight', LINEAR, lambda c: not gated(c)),
+    Rule(('mlp/wi_gate/kernel',), f'{mlp}.DenseReluDense.wi_0.weight', LINEAR, gated),
+    Rule(('mlp/wi/kernel',), f'{mlp}.DenseReluDense.wi_1.weight', LINEAR, gated),
+    Rule(('mlp/wo/kernel',), f'{mlp}.DenseReluDense.wo.weight', LINEAR),
+    Rule(('ln_mlp/scale',), f'{mlp}.layer_norm.weight'),
+  ]
+
+
+def _read_t5(d: dict) -> tuple[dict, list]:
+  """feed_forward_proj ('relu', 'gated-gelu', ...) and whether the output layer is tied (v5
+  configs say it as scale_decoder_outputs, hub files as tie_word_embeddings)."""
+  gated, _, act = d['feed_forward_proj'].rpartition('-')
+  bad = []
+  if gated not in ('', 'gated') or act not in _ACTIVATIONS:
+    bad.append(f'feed_forward_proj={d["feed_forward_proj"]!r} (supported: [gated-]{{relu,gelu}})')
+    act = 'relu'
+  layers = d.get('num_decoder_layers') or d['num_layers']
+  return dict(
+    mlp='gated' if gated else 'dense',
+    activation='gelu_tanh' if d['feed_forward_proj'] == 'gated-gelu' else _ACTIVATIONS[act],
+    num_decoder_layers=0 if layers == d['num_layers'] else layers,
+    tie_embeddings=bool(d.get('scale_decoder_outputs', d.get('tie_word_embeddings', True))),
+  ), bad
+
+
+def _write_t5(cfg) -> dict:
+  act = 'gelu' if cfg.mlp == 'gated' and cfg.activation == 'gelu_tanh' else None
+  act = act or _HF_ACTIVATION[cfg.activation]
+  return dict(
+    feed_forward_proj=f'gated-{act}' if cfg.mlp == 'gated' else act,
+    num_decoder_layers=cfg.decoder_layers,
+    tie_word_embeddings=cfg.tie_embeddings,
+    is_encoder_decoder=True,
+    decoder_start_token_id=0,
+    pad_token_id=0,
+    eos_token_id=1,
+  )
+
+
+T5 = Spec(
+  module=T5M.T5,
+  architecture='T5ForConditionalGeneration',
+  prefix='',
+  top=[
+    _emb('embed', 'shared'),
+    *(
+      Rule(
+        (f'{s}/relative_bias/embedding',),
+        f'{s}.block.0.layer.0.SelfAttention.relative_attention_bias.weight',
+      )
+      for s in ('encoder', 'decoder')
+    ),
+    *(
+      Rule((f'{s}/ln_final/scale',), f'{s}.final_layer_norm.weight') for s in ('encoder', 'decoder')
+    ),
+    Rule(('lm_head/kernel',), 'lm_head.weight', LINEAR, lambda cfg: not cfg.tie_embeddings),
+  ],
+  layer_prefix='',
+  layer=[],
+  stacks=(
+    ('encoder', 'encoder.block.{i}.', _t5_layer(False), lambda cfg: cfg.num_layers),
+    ('decoder', 'decoder.block.{i}.', _t5_layer(True), lambda cfg: cfg.decoder_layers),
+  ),
+  tied={'lm_head.weight': 'shared.weight'},
+  aliases={
+    'encoder.embed_tokens.weight': 'shared.weight',
+    'decoder.embed_tokens.weight': 'shared.weight',
+  },
+  fallback={'lm_head.weight': 'shared.weight'},
+  fixed=dict(position='relative', pre_ln=True, type_vocab_size=0, norm='rmsnorm', bias='none'),
+  config=dict(
+    vocab_size='vocab_size',
+    hidden_size='d_model',
+    num_layers='num_layers',
+    num_heads='num_heads',
+    mlp_dim='d_ff',
+    d_kv='d_kv',
+    relative_buckets='relative_attention_num_buckets',
+    relative_max_distance='relative_attention_max_distance',
+    layer_norm_eps='layer_norm_epsilon',
+    dropout_rate='dropout_rate',
+    initializer_range='initializer_factor',
+  ),
+  activation_key=None,
+  hf_defaults=dict(
+    vocab_size=32128,
+    d_model=512,
+    d_kv=64,
+    d_ff=2048,
+    num_layers=6,
+    num_heads=8,
+    relative_attention_num_buckets=32,
+    relative_attention_max_distance=128,
+    dropout_rate=0.1,
+    layer_norm_epsilon=1e-6,
+    initializer_factor=1.0,
+    feed_forward_proj='relu',
+  ),
+  hf_allowed=dict(
+    is_encoder_decoder=(True,), is_decoder=(False,), decoder_start_token_id=(0, None)
+  ),
+  hf_extra={},
+  read_extra=_read_t5,
+  write_extra=_write_t5,
+  config_cls=T5M.T5Config,
+)
+
+SPECS = {'bert': BERT, 'gpt2': GPT2, 'llama': LLAMA, 'mistral': MISTRAL, 'qwen2': QWEN2, 't5': T5}
 
 # HF activation -> ours (exact equivalents only), and back.
 _ACTIVATIONS = {
@@ -428,7 +564,7 @@ def config_from_hf(hf_config) -> tuple[str, M.ModelConfig]:
     for k, ok in spec.hf_allowed.items()
     if d.get(k, ok[0]) not in ok
   ]
-  act = d[spec.activation_key]
+  act = d[spec.activation_key] if spec.activation_key else 'relu'
   if act not in _ACTIVATIONS:
     bad.append(f'{spec.activation_key}={act!r} (supported: {sorted(_ACTIVATIONS)})')
   extra, extra_bad = spec.read_extra(d)
@@ -439,7 +575,7 @@ def config_from_hf(hf_config) -> tuple[str, M.ModelConfig]:
   if fields['mlp_dim'] is None:  # GPT-2 n_inner
     fields['mlp_dim'] = 4 * fields['hidden_size']
   fields = {**fields, 'activation': _ACTIVATIONS[act], **spec.fixed, **spec.imported, **extra}
-  return kind, M.ModelConfig(**fields)
+  return kind, spec.config_cls(**fields)
 
 
 def config_to_hf(kind: str, cfg: M.ModelConfig, **hf_overrides: Any) -> dict:
@@ -451,7 +587,7 @@ def config_to_hf(kind: str, cfg: M.ModelConfig, **hf_overrides: Any) -> dict:
     'architectures': [spec.architecture],
     'model_type': kind,
     **{theirs: getattr(cfg, ours) for ours, theirs in spec.config.items()},
-    spec.activation_key: _HF_ACTIVATION[cfg.activation],
+    **({spec.activation_key: _HF_ACTIVATION[cfg.activation]} if spec.activation_key else {}),
     **spec.hf_extra,
     **spec.write_extra(cfg),
     'dtype': str(cfg.param_dtype),
@@ -602,19 +738,21 @@ def _slots(spec: Spec, cfg: M.ModelConfig):
   for r in spec.top:
     if r.when(cfg):
       yield tuple((p, None) for p in r.ours), r.hf, r.codec
-  for i in range(cfg.num_layers):
-    leaf = (
-      (lambda p: (f'stack/layers/{p}', i))
-      if cfg.scan_layers
-      else (lambda p: (f'stack/layers_{i}/{p}', None))
-    )
-    for r in spec.layer:
-      if r.when(cfg):
-        yield tuple(map(leaf, r.ours)), spec.layer_prefix.format(i=i) + r.hf, r.codec
+  stacks = spec.stacks or (('stack', spec.layer_prefix, spec.layer, lambda cfg: cfg.num_layers),)
+  for stack, prefix, rules, count in stacks:
+    for i in range(count(cfg)):
+      leaf = (
+        (lambda p: (f'{stack}/layers/{p}', i))
+        if cfg.scan_layers
+        else (lambda p: (f'{stack}/layers_{i}/{p}', None))
+      )
+      for r in rules:
+        if r.when(cfg):
+          yield tuple(map(leaf, r.ours)), prefix.format(i=i) + r.hf, r.codec
 
 
 def _tied(spec: Spec, cfg: M.ModelConfig) -> dict:
-  return spec.tied if cfg.tie_embeddings else {}
+  return {**spec.aliases, **(spec.tied if cfg.tie_embeddings else {})}
 
 
 def _leaf_shape(expected, leaf):
@@ -653,6 +791,8 @@ def from_hf(kind: str, state_dict, cfg: M.ModelConfig) -> dict:
   missing, mismatched, leaves, used = [], [], {}, set()
   for ours, hf, codec in _slots(spec, cfg):
     key = _strip(hf)
+    if key not in sd and _strip(spec.fallback.get(hf, hf)) in sd:
+      key = _strip(spec.fallback[hf])
     if key not in sd:
       missing.append(hf)
       continue

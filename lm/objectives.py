@@ -1,7 +1,8 @@
 """Pretraining objectives: which model, which loss sums, which metrics.
 
 `mlm` trains the Encoder (masked LM, plus next-sentence prediction when data.nsp);
-`clm` trains the Decoder (causal LM over packed documents). Losses come as sums with
+`clm` trains the Decoder (causal LM over packed documents); `span` trains the T5 encoder-decoder
+(span corruption over packed documents, `lm.data.span`). Losses come as sums with
 their normalisers computed from the whole batch up front, so a step split into
 micro-batches gives the same gradient as one big batch.
 """
@@ -12,24 +13,28 @@ import jax.numpy as jnp
 
 from lm import losses
 from lm import model as M
+from lm import t5
 from lm import trainer
 
-OBJECTIVES = ('mlm', 'clm')
+OBJECTIVES = ('mlm', 'clm', 'span')
 
 
 def model_config(config, vocab_size: int) -> M.ModelConfig:
-  """The model config with the tokenizer's vocab, padded to a multiple of 128 so the
-  vocab axis shards evenly over 'tensor' (the extra rows are never a target)."""
-  return M.ModelConfig.from_dict(
-    {**config.model.to_dict(), 'vocab_size': -(-vocab_size // 128) * 128}
-  )
+  """The model config with the tokenizer's vocab (plus span corruption's sentinels), padded to a
+  multiple of 128 so the vocab axis shards evenly over 'tensor' (the extra rows are never a
+  target)."""
+  cls = M.ModelConfig
+  if config.objective == 'span':
+    # sentinel k (the k-th noise span of a row) is vocab_size + k
+    cls, vocab_size = t5.T5Config, vocab_size + config.data.num_sentinels
+  return cls.from_dict({**config.model.to_dict(), 'vocab_size': -(-vocab_size // 128) * 128})
 
 
 def make_model(config, vocab_size: int):
   if config.objective not in OBJECTIVES:
     raise ValueError(f'objective={config.objective!r}: use one of {OBJECTIVES}.')
   cfg = model_config(config, vocab_size)
-  return M.Encoder(cfg) if config.objective == 'mlm' else M.Decoder(cfg)
+  return {'mlm': M.Encoder, 'clm': M.Decoder, 'span': t5.T5}[config.objective](cfg)
 
 
 def init_inputs(config):
@@ -44,6 +49,8 @@ def normalizers(objective: str, batch) -> dict:
     if 'nsp_labels' in batch:
       norms['nsp'] = jnp.asarray(batch['nsp_labels'].shape[0], jnp.float32)
     return norms
+  if objective == 'span':  # every target token counts
+    return {'span': jnp.asarray(batch['targets'].size, jnp.float32)}
   return {'lm': jnp.maximum(jnp.sum(batch['weights']), 1.0)}
 
 
@@ -70,6 +77,16 @@ def loss_sums(objective, model, params, batch, rng, deterministic: bool, loss_ch
         out['nsp_logits'], batch['nsp_labels'], jnp.ones_like(batch['nsp_labels'], jnp.float32)
       )
     return sums
+  if objective == 'span':
+    logits = model.apply(
+      {'params': params},
+      batch['input_ids'],
+      batch['decoder_input_ids'],
+      deterministic=deterministic,
+      rngs=rngs,
+    )
+    weights = jnp.ones(batch['targets'].shape, jnp.float32)
+    return {'span': losses.cross_entropy_sums(logits, batch['targets'], weights)}
   kwargs = dict(
     positions=batch['positions'], segment_ids=batch.get('segment_ids'), deterministic=deterministic
   )
@@ -97,7 +114,7 @@ def metrics(sums: dict, norms: dict) -> dict:
   for k, (nll, correct) in sums.items():
     out[f'{k}_loss'] = nll / norms[k]
     out[f'{k}_accuracy'] = correct / norms[k]
-  main = 'mlm' if 'mlm' in sums else 'lm'
+  main = next(k for k in ('mlm', 'span', 'lm') if k in sums)
   out['perplexity'] = jnp.exp(out[f'{main}_loss'])
   return out
 

@@ -23,7 +23,7 @@ from lm.data import tokenizer as tokenizer_lib
 
 @dataclasses.dataclass
 class Pretrained:
-  kind: str  # 'encoder' | 'decoder'
+  kind: str  # 'encoder' | 'decoder' | 'encoder-decoder' (T5)
   cfg: M.ModelConfig
   params: Any
   tokenizer: Optional[tokenizer_lib.Tokenizer]
@@ -32,6 +32,10 @@ class Pretrained:
 
   @property
   def model(self):
+    if self.kind == 'encoder-decoder':
+      from lm import t5  # pylint: disable=g-import-not-at-top
+
+      return t5.T5(self.cfg)
     return M.Encoder(self.cfg) if self.kind == 'encoder' else M.Decoder(self.cfg)
 
 
@@ -52,11 +56,14 @@ def load(path: str, mesh=None, step: Optional[int] = None) -> Pretrained:
   from lm import hf  # pylint: disable=g-import-not-at-top
 
   kind, cfg, params = hf.import_pretrained(path)
-  kind = 'encoder' if hf.SPECS[kind].module is M.Encoder else 'decoder'
+  module = hf.SPECS[kind].module
+  kind = (
+    'encoder' if module is M.Encoder else 'decoder' if module is M.Decoder else 'encoder-decoder'
+  )
   tok = None
   if any(
     os.path.exists(os.path.join(path, f))
-    for f in ('tokenizer.json', 'tokenizer.model', 'vocab.txt', 'vocab.json')
+    for f in ('tokenizer.json', 'tokenizer.model', 'spiece.model', 'vocab.txt', 'vocab.json')
   ):
     tok = tokenizer_lib.from_hf_files(path)
   return Pretrained(kind, cfg, params, tok)
@@ -98,11 +105,11 @@ def _load_workdir(workdir: str, mesh, step: Optional[int]) -> Pretrained:
   tok = tokenizer_lib.Tokenizer.load(os.path.join(workdir, 'tokenizer.json'))
   model = objectives.make_model(config, tok.vocab_size)
   if 'model' in meta:  # the exact model (a continued HF model keeps its unpadded vocab)
-    model = type(model)(M.ModelConfig.from_dict(meta['model']))
+    model = type(model)(type(model.cfg).from_dict(meta['model']))
   target = trainer.abstract_state(
     model, optim.make(config.train), mesh, objectives.init_inputs(config)
   )
   ckpt = checkpoint.Checkpointer(os.path.join(workdir, 'checkpoints'), read_only=True)
   state, _, got = ckpt.restore(target, step)
-  kind = 'encoder' if config.objective == 'mlm' else 'decoder'
+  kind = {'mlm': 'encoder', 'clm': 'decoder', 'span': 'encoder-decoder'}[config.objective]
   return Pretrained(kind, model.cfg, state.params, tok, config, got)

@@ -31,7 +31,24 @@ def continue_text(model, params, tok, text: str, max_new_tokens: int) -> str:
   return text + tok.decode(out[0][0])
 
 
+def fill_span(model, params, tok, text: str, max_new_tokens: int) -> str:
+  """T5: `text` with one noise span (the first sentinel, id vocab_size) appended; returns the
+  decoder's greedy prediction for it, sentinels dropped."""
+  from lm import generate  # pylint: disable=g-import-not-at-top
+
+  out = generate.generate(
+    model,
+    params,
+    [tok.encode(text)[-200:] + [tok.vocab_size, tok.eos_id]],
+    max_new_tokens=max_new_tokens,
+    eos_id=tok.eos_id,
+  )
+  return text + ' <span> ' + tok.decode([t for t in out[0][0] if t < tok.vocab_size])
+
+
 def sample(objective, model, params, tok, text: str, max_new_tokens: int) -> str:
   if objective == 'mlm':
     return fill_masks(model, params, tok, text)
+  if objective == 'span':
+    return fill_span(model, params, tok, text, max_new_tokens)
   return continue_text(model, params, tok, text, max_new_tokens)

@@ -27,6 +27,8 @@ RULES = (
   ('type_vocab', None),
   ('classes', None),
   ('layers', None),
+  ('relpos_buckets', None),  # T5's relative-position bias table [buckets, heads]: tiny
+  ('relpos_heads', None),
   # activations
   ('batch', ('data', 'fsdp')),
   ('act_length', None),

@@ -26,6 +26,12 @@ TINY = [
   '--config.model.dropout_rate=0.1',
   '--config.model.attention_dropout_rate=0.1',
 ]
+# configs/t5.py (span corruption) at the same size; decoder and encoder one layer each.
+TINY_T5 = [*TINY, '--config.model.d_kv=16', '--config.model.relative_buckets=8']
+CONFIGS = {
+  'bert': ['--config=configs/base.py', *TINY],
+  't5': ['--config=configs/t5.py', *TINY_T5],
+}
 
 
 def read_metrics(workdir, prefix='train'):
@@ -67,14 +73,13 @@ def test_default_configs_loss_falls(request, fixture, key, margin):
 
 
 @pytest.mark.slow
-def test_resume_after_sigkill_is_bitwise_exact(tmp_path):
+@pytest.mark.parametrize('name,steps', [('bert', 2000), ('t5', 400)])
+def test_resume_after_sigkill_is_bitwise_exact(tmp_path, name, steps):
   """Conditions: same machine, same binary, CPU; kill -9 at a random step; async saves every
   100 steps. Data batches and dropout keys are functions of the step, so a resumed run must
-  reproduce the uninterrupted one bit for bit."""
-  steps = 2000
+  reproduce the uninterrupted one bit for bit (BERT MLM + NSP, and T5 span corruption)."""
   args = [
-    '--config=configs/base.py',
-    *TINY,
+    *CONFIGS[name],
     f'--config.train.steps={steps}',
     '--config.train.warmup_steps=100',
     '--config.checkpoint_every=100',
@@ -116,11 +121,11 @@ def test_resume_after_sigkill_is_bitwise_exact(tmp_path):
 
 
 @pytest.mark.slow
-def test_sharded_mesh_matches_one_device(tmp_path):
+@pytest.mark.parametrize('name', sorted(CONFIGS))
+def test_sharded_mesh_matches_one_device(tmp_path, name):
   """(data, fsdp, tensor) = (2, 2, 2) on 8 devices vs 1 device: same loss curve."""
   args = [
-    '--config=configs/base.py',
-    *TINY,
+    *CONFIGS[name],
     '--config.model.dropout_rate=0.0',
     '--config.model.attention_dropout_rate=0.0',
     '--config.train.steps=40',

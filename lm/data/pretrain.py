@@ -306,4 +306,9 @@ def make_batcher(config, corpus, tokenizer: Tokenizer, seed: int) -> _Batcher:
   d, b = config.data, config.train.batch_size
   if config.objective == 'mlm':
     return MLMBatcher(corpus, tokenizer, d.seq_len, b, seed, mlm_prob=d.mlm_prob, nsp=d.nsp)
+  if config.objective == 'span':
+    from lm.data import span  # pylint: disable=g-import-not-at-top
+
+    return span.SpanBatcher(corpus, tokenizer, d.seq_len, b, seed, d.noise_density,
+                            d.mean_noise_span_length, tokenizer.vocab_size)  # fmt: skip
   return CLMBatcher(corpus, tokenizer, d.seq_len, b, seed)

@@ -18,7 +18,7 @@ from typing import Iterable, Iterator
 
 import numpy as np
 
-from tokenizers import AddedToken
+from tokenizers import AddedToken, Regex
 from tokenizers import Tokenizer as HFTokenizer
 from tokenizers import decoders, models, normalizers, pre_tokenizers, processors, trainers
 
@@ -37,7 +37,7 @@ _BPE_EOS = (EOS, '</s>', '<|end_of_text|>')
 class Tokenizer:
   """Kind-aware view of a ``tokenizers.Tokenizer``; unused special ids are None.
 
-  WordPiece (BERT): pad/unk/cls/sep/mask ids. BPE: bos and eos as ``special`` (the
+  WordPiece (BERT): pad/unk/cls/sep/mask ids. BPE and unigram (T5): bos and eos as ``special`` (the
   ``*_token`` entries of an HF tokenizer_config.json) names them, else the first of
   ``_BPE_BOS`` / ``_BPE_EOS`` in the vocab (``<|endoftext|>`` for ours and GPT-2);
   pad is ``<pad>`` if the vocab has it, else eos (the usual GPT-2 convention, so
@@ -50,10 +50,12 @@ class Tokenizer:
       self.kind = 'wordpiece'
     elif isinstance(hf.model, models.BPE):
       self.kind = 'bpe'
+    elif isinstance(hf.model, models.Unigram):  # T5's sentencepiece; specials as for BPE
+      self.kind = 'unigram'
     else:
       raise ValueError(
         f'Unsupported tokenizer model {type(hf.model).__name__}: '
-        'use a WordPiece or BPE tokenizer.json.'
+        'use a WordPiece, BPE or unigram tokenizer.json.'
       )
     tid = hf.token_to_id
     special = special or {}
@@ -312,7 +314,8 @@ def _from_sentencepiece(path: str) -> HFTokenizer:
   """A sentencepiece BPE ``tokenizer.model`` (Llama, Mistral) as the ``tokenizers`` pipeline
   transformers' LlamaConverter builds from it: the same vocab, merges ranked by the merged
   piece's id, byte fallback, and the dummy-prefix "▁" as a normalizer (ids equal
-  sentencepiece's own, tests/test_llama.py)."""
+  sentencepiece's own, tests/test_llama.py). A unigram one (T5's ``spiece.model``) goes to
+  `_unigram_from_sentencepiece`."""
   try:
     from sentencepiece import sentencepiece_model_pb2  # pylint: disable=import-outside-toplevel
   except ImportError as e:
@@ -320,10 +323,13 @@ def _from_sentencepiece(path: str) -> HFTokenizer:
   proto = sentencepiece_model_pb2.ModelProto()
   with open(path, 'rb') as f:
     proto.ParseFromString(f.read())
+  if proto.trainer_spec.model_type == proto.trainer_spec.UNIGRAM:
+    return _unigram_from_sentencepiece(proto)
   if proto.trainer_spec.model_type != proto.trainer_spec.BPE:
     raise ValueError(
       f'{path} is a sentencepiece {proto.trainer_spec.ModelType.Name(proto.trainer_spec.model_type)}'
-      ' model: only BPE ones (Llama, Mistral) load; give its tokenizer.json instead.'
+      ' model: only BPE (Llama, Mistral) and unigram (T5) ones load; give its tokenizer.json '
+      'instead.'
     )
   vocab = {p.piece: i for i, p in enumerate(proto.pieces)}
   merges = sorted(
@@ -360,12 +366,47 @@ def _from_sentencepiece(path: str) -> HFTokenizer:
   return hf
 
 
+def _unigram_from_sentencepiece(proto) -> HFTokenizer:
+  """A sentencepiece unigram model (T5) as transformers' SpmConverter builds it: the pieces and
+  scores, the model's precompiled normalisation (NFKC for T5), extra spaces removed, spaces as
+  "▁" and the dummy prefix (ids equal sentencepiece's own, tests/test_t5.py)."""
+  spec, trainer = proto.normalizer_spec, proto.trainer_spec
+  hf = HFTokenizer(
+    models.Unigram(
+      [(p.piece, p.score) for p in proto.pieces], trainer.unk_id, trainer.byte_fallback
+    )
+  )
+  norm = [normalizers.Precompiled(spec.precompiled_charsmap)] * bool(spec.precompiled_charsmap)
+  if spec.remove_extra_whitespaces:  # spaces only: sentencepiece leaves newlines alone
+    norm += [normalizers.Replace(Regex(r'\A +| +\z'), ''), normalizers.Replace(Regex(' {2,}'), ' ')]
+  norm += [normalizers.Replace(' ', '▁')] * spec.escape_whitespaces
+  # Metaspace skips the dummy prefix when the text already starts with "▁"; sentencepiece does not
+  norm += [normalizers.Replace(Regex(r'\A▁'), '▁▁')] * spec.add_dummy_prefix
+  hf.normalizer = normalizers.Sequence(norm)
+  if spec.add_dummy_prefix:
+    hf.pre_tokenizer = pre_tokenizers.Metaspace('▁', prepend_scheme='always', split=False)
+  kinds = proto.SentencePiece
+  hf.add_special_tokens(
+    [
+      AddedToken(p.piece, normalized=False, special=True)
+      for p in proto.pieces
+      if p.type in (kinds.UNKNOWN, kinds.CONTROL)
+    ]
+  )
+  hf.decoder = decoders.Sequence(
+    [decoders.Replace('▁', ' ')]
+    + [decoders.ByteFallback()] * trainer.byte_fallback
+    + [decoders.Fuse(), decoders.Strip(' ', 1, 0)] * spec.add_dummy_prefix
+  )
+  return hf
+
+
 def from_hf_files(path: str) -> Tokenizer:
   """Load ``tokenizer.json``, a sentencepiece ``tokenizer.model``, a BERT ``vocab.txt`` or
   GPT-2 ``vocab.json`` + ``merges.txt``.
 
   ``path`` is one of those files or a directory holding them (tokenizer.json wins, then
-  tokenizer.model); an HF ``tokenizer_config.json`` beside them names the special tokens.
+  tokenizer.model, then T5's spiece.model); an HF ``tokenizer_config.json`` beside them names the special tokens.
   """
   if not os.path.exists(path):
     raise FileNotFoundError(
@@ -378,7 +419,7 @@ def from_hf_files(path: str) -> Tokenizer:
     name = next(
       (
         n
-        for n in ('tokenizer.json', 'tokenizer.model', 'vocab.txt')
+        for n in ('tokenizer.json', 'tokenizer.model', 'spiece.model', 'vocab.txt')
         if os.path.isfile(os.path.join(path, n))
       ),
       None,
