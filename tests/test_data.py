@@ -125,6 +125,7 @@ def test_load_corpus_tfds_not_prepared(tmp_path):
     corpus_lib.load_corpus(tfds_cfg('imdb_reviews', tmp_path))
 
 
+@pytest.mark.slow  # the fast tier's 3-minute budget; a TFDS build
 def test_text_files_tfds_builder(tmp_path):
   import tensorflow_datasets as tfds
   from lm.data.text_dataset import build_text_files_dataset, is_validation

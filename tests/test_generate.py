@@ -324,6 +324,7 @@ def test_logits_processors_match_hf(temperature, top_k, top_p):
   np.testing.assert_allclose(ours[~np.isinf(ours)], ref[~np.isinf(ref)], rtol=1e-6)
 
 
+@pytest.mark.slow  # the fast tier's 3-minute budget
 def test_scan_layers_same_tokens():
   """The cache gains a leading layer axis; beam reordering must find the batch axis anyway."""
   model, params = _ours(scan_layers=True)
