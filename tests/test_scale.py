@@ -13,9 +13,9 @@ from test_train import read_metrics
 
 pytestmark = pytest.mark.slow
 
-MESH = '--config.mesh_shape=(2,2,2)'
-FINETUNE = [
-  MESH,
+# 4 steps of 8 rows on the mesh, evaluated every 2: the shared part of every training command.
+SHORT_RUN = [
+  '--config.mesh_shape=(2,2,2)',
   '--config.train.steps=4',
   '--config.train.batch_size=8',
   '--config.train.warmup_steps=1',
@@ -23,6 +23,9 @@ FINETUNE = [
   '--config.eval_every=2',
   '--config.checkpoint_every=4',
   '--config.log_every=1',
+]
+FINETUNE = [
+  *SHORT_RUN,
   '--config.model_overrides.dropout_rate=0',
   '--config.model_overrides.attention_dropout_rate=0',
   '--config.data.max_len=64',
@@ -53,14 +56,7 @@ JOBS = {
       [
         '--config=configs/dpo.py',
         '--config.pretrained={gpt}',
-        MESH,
-        '--config.train.steps=4',
-        '--config.train.batch_size=8',
-        '--config.train.warmup_steps=1',
-        '--config.eval_batch_size=16',
-        '--config.eval_every=2',
-        '--config.checkpoint_every=4',
-        '--config.log_every=1',
+        *SHORT_RUN,
         '--config.data.max_pairs=48',
         '--config.data.eval_fraction=0.05',
         '--config.data.test_fraction=0.05',
