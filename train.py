@@ -118,11 +118,7 @@ def train_and_evaluate(config, workdir: str):
     stop=stop,
     evaluate=evaluate,
     eval_at_start=bool(config.init_checkpoint),  # the loaded model on the new data: step 0
-    meta=lambda step: {
-      'data_position': step,
-      'config': config.to_json(),
-      'model': dataclasses.asdict(model.cfg),
-    },
+    meta=checkpoint.job_meta(config, model.cfg),
     rate=('tokens_per_sec', config.train.batch_size * config.data.seq_len),
   )
   state, result = fit.state, {'eval': fit.eval, 'sample': None}

@@ -8,6 +8,7 @@ fall back to the newest readable step when the latest one is damaged. A save tha
 naming the directory when the disk refused it, and leaves no orbax thread holding the exit.
 """
 
+import dataclasses
 import logging
 import os
 import threading
@@ -271,6 +272,16 @@ def for_run(workdir: str, config) -> Checkpointer:
     keep=config.keep_checkpoints,
     async_save=config.async_checkpoints,
   )
+
+
+def job_meta(config, model_cfg, task: Optional[str] = None):
+  """`loop.fit`'s meta for a job that trains a model: what `pretrained.load` rebuilds it from
+  (`model`), what `saved_task` reads (`task`; train.py names none), the config and the data
+  position."""
+  fields = {'config': config.to_json(), 'model': dataclasses.asdict(model_cfg)}
+  if task is not None:
+    fields['task'] = task
+  return lambda step: {**fields, 'data_position': step}
 
 
 def saved_task(workdir: str) -> Optional[str]:

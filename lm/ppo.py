@@ -24,7 +24,6 @@ averaged over response tokens. The model runs deterministically (no dropout) in 
 updates alike, so the first update's ratio is exactly 1.
 """
 
-import dataclasses
 import math
 from typing import Callable
 
@@ -33,6 +32,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from lm import checkpoint
 from lm import cli
 from lm import generate as gen
 from lm import loop
@@ -514,12 +514,7 @@ def run(config, workdir: str) -> dict:
     stop=stop,
     eval_at_start=True,
     evaluate=validate if splits['validation'] else None,
-    meta=lambda step: {
-      'task': 'ppo',
-      'config': config.to_json(),
-      'model': dataclasses.asdict(model.cfg),
-      'data_position': step,
-    },
+    meta=checkpoint.job_meta(config, model.cfg, 'ppo'),
     rate=('responses_per_sec', config.train.batch_size),
   )
   if fit.stopped and not fit.stopped.startswith('kl_budget'):

@@ -15,7 +15,6 @@ Losses, with h the DPO log-ratio margin
 and the implicit reward of a response is ``beta * (log pi - log ref)``.
 """
 
-import dataclasses
 import os
 from typing import Callable
 
@@ -26,6 +25,7 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
+from lm import checkpoint
 from lm import cli
 from lm import loop
 from lm import model as M
@@ -311,7 +311,6 @@ def load_finetuned(workdir: str, mesh=None, step=None):
   policy (a `lm.model.Decoder`, usable with `lm.generate`; a PPO run's value head is dropped)
   or the reward model (`RewardModel`)."""
   import json  # pylint: disable=g-import-not-at-top
-  from lm import checkpoint  # pylint: disable=g-import-not-at-top
   from lm.data import tokenizer as tokenizer_lib  # pylint: disable=g-import-not-at-top
 
   mesh = mesh or sharding.make_mesh((-1, 1, 1))
@@ -423,12 +422,7 @@ def run(config, workdir: str) -> dict:
     stop=stop,
     eval_at_start=True,
     evaluate=(lambda params: score(params, eval_data)) if pairs['validation'] else None,
-    meta=lambda step: {
-      'task': config.task,
-      'config': config.to_json(),
-      'model': dataclasses.asdict(model.cfg),
-      'data_position': step,
-    },
+    meta=checkpoint.job_meta(config, model.cfg, config.task),
     rate=('pairs_per_sec', config.train.batch_size),
   )
   test = {} if fit.stopped or not pairs['test'] else score(fit.state.params, test_data)

@@ -567,12 +567,7 @@ def run(config, workdir: str) -> dict:
     stop=stop,
     evaluate=evaluate,
     eval_at_start=True,  # the initial model's validation response loss: the baseline
-    meta=lambda step: {
-      'task': config.task,
-      'config': config.to_json(),
-      'model': dataclasses.asdict(cfg),
-      'data_position': step,
-    },
+    meta=checkpoint.job_meta(config, cfg, config.task),
     rate=('rows_per_sec', config.train.batch_size),
   )
   writer.close()
