@@ -6,8 +6,9 @@ r"""Evaluates a checkpoint and writes a JSON result file plus a printed table.
   # a dpo.py workdir (reward model or DPO policy): its held-out preference metrics; a ppo.py
   # workdir: held-out reward-model score and KL of its policy beside the starting policy's
   python eval.py --checkpoint=/tmp/lm_dpo
-  # an sft.py workdir (SFT, summarization): response loss (and the initial model's), ROUGE-1/2/L
-  # and BLEU of generations (its config's `generate`), the lead baseline for summarization
+  # an sft.py workdir (SFT, summarization, translation; decoder or T5): response loss (and the
+  # initial model's), ROUGE-1/2/L and BLEU of generations (its config's `generate`), the lead
+  # baseline for summarization
   python eval.py --checkpoint=/tmp/lm_sum [--config=configs/summarize.py --config.generate...]
   # a pretraining workdir (train.py) or an HF directory: perplexity, MLM/NSP (or LM) accuracy
   python eval.py --checkpoint=/tmp/lm_base [--config=configs/base.py] [--eval_batches=20]

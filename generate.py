@@ -1,11 +1,12 @@
-"""Continue a text prompt with a trained decoder.
+"""Continue a text prompt with a trained decoder, or answer it with a T5 (the prompt is the
+encoder's input).
 
   python generate.py --checkpoint=DIR --prompt="Once upon a time" --max_new_tokens=40 \
       --strategy=beam --num_beams=4 --num_return_sequences=2 \
       [--max_length=64] [--repetition_penalty=1.2] [--no_repeat_ngram_size=3] [--min_new_tokens=10]
 
-DIR is a train.py workdir (causal LM), a dpo.py or ppo.py workdir (DPO / PPO policy) or a
-HuggingFace GPT-2 directory (config.json + weights); the tokenizer is `--tokenizer`, else the one in DIR.
+DIR is a train.py workdir (causal LM, span corruption), an sft.py, dpo.py or ppo.py workdir (SFT,
+DPO, PPO policy) or a HuggingFace GPT-2 / Llama / T5 directory (config.json + weights); the tokenizer is `--tokenizer`, else the one in DIR.
 """
 
 import json

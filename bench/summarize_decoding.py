@@ -18,12 +18,13 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from lm import metrics  # noqa: E402
 from lm import sft  # noqa: E402
+from lm.data import text_to_text as t2t  # noqa: E402
 
 
 def score(got, config, examples, setting):
   config.generate.update(setting)
   preds = sft.generate_texts(got.model, got.params, got.tokenizer, examples, config)
-  return metrics.text_metrics(preds, [sft.reference(e) for e in examples]), preds
+  return metrics.text_metrics(preds, [t2t.reference(e) for e in examples]), preds
 
 
 def main():
@@ -37,7 +38,7 @@ def main():
   for k, v in dict(min_new_tokens=0, repetition_penalty=1.0, no_repeat_ngram_size=0).items():
     base.setdefault(k, v)  # a run from before these fields
   config.generate = type(config)(base)
-  splits = sft.load_splits(config.task, config.data)
+  splits = t2t.load_splits(config.task, config.data)
   best = None
   for s in json.loads(args.settings):
     m, _ = score(got, config, splits['validation'], dict(base, **s))
@@ -46,8 +47,8 @@ def main():
       best = (s, m['rougeL'])
   test = splits['test']
   m, preds = score(got, config, test, dict(base, **best[0]))
-  refs = [sft.reference(e) for e in test]
-  lead = metrics.text_metrics([sft.lead(sft.source_text(e)) for e in test], refs)
+  refs = [t2t.reference(e) for e in test]
+  lead = metrics.text_metrics([metrics.lead_sentence(t2t.source_text(e)) for e in test], refs)
   print('CHOSEN', json.dumps(best[0]), 'validation ROUGE-L', round(best[1], 2))
   print('TEST', len(test), 'examples', {k: round(v, 2) for k, v in m.items()})
   print('LEAD', {k: round(v, 2) for k, v in lead.items()})

@@ -195,8 +195,10 @@ def text_to_text(task: str) -> ml_collections.ConfigDict:
   """Defaults configs/sft.py and configs/summarize.py share (lm/sft.py; fields documented
   inline)."""
   c = ml_collections.ConfigDict()
-  c.task = task  # 'sft' | 'summarize': the offline default data and the lead baseline
-  c.init_checkpoint = ''  # a decoder: train.py / dpo.py / sft.py workdir or HF GPT-2 directory
+  c.task = task  # 'sft' | 'summarize' | 'translate': default data keys, the lead baseline
+  # a decoder or a T5: train.py / dpo.py / sft.py workdir or HF GPT-2 / Llama / T5 directory
+  c.init_checkpoint = ''
+  c.init = 'pretrained'  # 'pretrained' | 'random' (its architecture and tokenizer, fresh weights)
   c.seed = 0
   c.mesh_shape = (-1, 1, 1)
   c.model_overrides = ml_collections.ConfigDict(dict(dropout_rate=0.1, attention_dropout_rate=0.1))

@@ -2,7 +2,8 @@
 
 `mlm` trains the Encoder (masked LM, plus next-sentence prediction when data.nsp);
 `clm` trains the Decoder (causal LM over packed documents); `span` trains the T5 encoder-decoder
-(span corruption over packed documents, `lm.data.span`). Losses come as sums with
+(span corruption over packed documents, `lm.data.span`); `seq2seq` is text-to-text fine-tuning of
+T5 (`lm.sft`: padded inputs, loss on the target tokens' weights). Losses come as sums with
 their normalisers computed from the whole batch up front, so a step split into
 micro-batches gives the same gradient as one big batch.
 """
@@ -77,16 +78,19 @@ def loss_sums(objective, model, params, batch, rng, deterministic: bool, loss_ch
         out['nsp_logits'], batch['nsp_labels'], jnp.ones_like(batch['nsp_labels'], jnp.float32)
       )
     return sums
-  if objective == 'span':
+  if objective in ('span', 'seq2seq'):  # an encoder-decoder, teacher-forced
     logits = model.apply(
       {'params': params},
       batch['input_ids'],
       batch['decoder_input_ids'],
+      attention_mask=batch.get('attention_mask'),
       deterministic=deterministic,
       rngs=rngs,
     )
-    weights = jnp.ones(batch['targets'].shape, jnp.float32)
-    return {'span': losses.cross_entropy_sums(logits, batch['targets'], weights)}
+    if objective == 'span':  # exact lengths: every target token counts
+      weights = jnp.ones(batch['targets'].shape, jnp.float32)
+      return {'span': losses.cross_entropy_sums(logits, batch['targets'], weights)}
+    return {'lm': losses.cross_entropy_sums(logits, batch['targets'], batch['weights'])}
   kwargs = dict(
     positions=batch['positions'], segment_ids=batch.get('segment_ids'), deterministic=deterministic
   )

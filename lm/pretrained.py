@@ -86,9 +86,9 @@ def _load_workdir(workdir: str, mesh, step: Optional[int]) -> Pretrained:
     )
   ckpt = checkpoint.Checkpointer(os.path.join(workdir, 'checkpoints'), read_only=True)
   meta, _ = ckpt.read_meta(step)
-  if meta.get('task') in ('sft', 'summarize'):  # sft.py: the fine-tuned decoder (best/)
-    from lm import sft  # pylint: disable=g-import-not-at-top
+  from lm import sft  # pylint: disable=g-import-not-at-top
 
+  if meta.get('task') in sft.TASKS:  # sft.py: the fine-tuned decoder or T5 (best/)
     return sft.load(workdir, mesh)
   if 'task' in meta:  # dpo.py or ppo.py
     if meta['task'] not in ('dpo', 'ppo'):

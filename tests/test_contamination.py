@@ -14,9 +14,9 @@ import pytest
 
 from lm import defaults
 from lm import preference
-from lm import sft
 from lm.data import corpus
 from lm.data import python_docs
+from lm.data import text_to_text as t2t
 from lm.tasks import data as task_data
 
 N = 13
@@ -103,10 +103,10 @@ def eval_sets():
   for split in ('validation', 'test'):
     sets[f'preference/{split}'] = [p[f] for p in pairs[split] for f in preference.FIELDS]
   sets['fewshot/test'] = _task_texts('classification', 'test', configs.fewshot.get_config().data)
-  for task in sft.TASKS:
-    got = sft.load_splits(task, defaults.text_to_text(task).data)
+  for task in t2t.OFFLINE_TASKS:
+    got = t2t.load_splits(task, defaults.text_to_text(task).data)
     for split in ('validation', 'test'):
-      texts = [t for e in got[split] for t in (sft.source_text(e), sft.reference(e))]
+      texts = [t for e in got[split] for t in (t2t.source_text(e), t2t.reference(e))]
       sets[f'{task}/{split}'] = texts
   for name, texts in sets.items():
     assert len(texts) > 40, name
@@ -151,11 +151,11 @@ def test_the_check_finds_the_contamination_an_unsplit_corpus_had(eval_sets):
 def test_text_to_text_defaults_are_real_and_split():
   """The offline SFT and summarization sets: three disjoint splits of real examples (a docstring
   body and its one-line summary; a question on a stdlib callable and its docstring)."""
-  for task in sft.TASKS:
-    got = sft.load_splits(task, defaults.text_to_text(task).data)
+  for task in t2t.OFFLINE_TASKS:
+    got = t2t.load_splits(task, defaults.text_to_text(task).data)
     assert min(len(v) for v in got.values()) > 80, task
-    inputs = [{sft.source_text(e) for e in got[s]} for s in sft.SPLITS]
+    inputs = [{t2t.source_text(e) for e in got[s]} for s in t2t.SPLITS]
     assert not (inputs[0] & inputs[1] or inputs[0] & inputs[2] or inputs[1] & inputs[2]), task
-  ex = sft.load_splits('summarize', defaults.text_to_text('summarize').data)['test'][0]
+  ex = t2t.load_splits('summarize', defaults.text_to_text('summarize').data)['test'][0]
   assert ex['target'].endswith('.') and '\n' not in ex['target']
   assert len(ex['prompt'].split()) >= 15

@@ -11,9 +11,11 @@ import pytest
 
 from conftest import run_script
 from lm import defaults
+from lm import metrics
 from lm import model as M
 from lm import sft
 from lm import sharding
+from lm.data import text_to_text as t2t
 from lm.data import tokenizer as tokenizer_lib
 
 
@@ -43,7 +45,7 @@ CHAT = {
 
 def test_chat_template_and_loss_mask(tok):
   """The documented template, and the loss on every assistant turn (and its eos) only."""
-  pieces = sft.render(CHAT, _data(template='chat'))
+  pieces = t2t.render(CHAT, _data(template='chat'))
   assert [t for t, _ in pieces] == [
     'Be brief.\n\n',
     'User: Name a list method.\nAssistant:',
@@ -51,7 +53,7 @@ def test_chat_template_and_loss_mask(tok):
     '\nUser: Another?\nAssistant:',
     ' extend',
   ]
-  ids, mask = sft.encode(pieces, tok, 64, 48)
+  ids, mask = t2t.encode(pieces, tok, 64, 48)
   eos = tok.eos_id
   assert ids[0] == eos and mask[0] == 0  # bos (= eos for byte-level BPE)
   assert tok.decode([i for i, m in zip(ids, mask) if m], skip_special_tokens=False) == (
@@ -61,16 +63,16 @@ def test_chat_template_and_loss_mask(tok):
     tok.decode(ids)
     == 'Be brief.\n\nUser: Name a list method.\nAssistant: append\nUser: Another?\nAssistant: extend'
   )
-  prompt, _ = sft.encode(pieces, tok, 64, 48, generation=True)
+  prompt, _ = t2t.encode(pieces, tok, 64, 48, generation=True)
   assert prompt == ids[: len(prompt)] and tok.decode(prompt).endswith('Another?\nAssistant:')
-  pair = sft.render({'prompt': 'Hi', 'target': 'Hello.'}, _data(template='chat'))
-  assert pair == [('User: Hi\nAssistant:', sft.CONTEXT), (' Hello.', sft.TARGET)]
+  pair = t2t.render({'prompt': 'Hi', 'target': 'Hello.'}, _data(template='chat'))
+  assert pair == [('User: Hi\nAssistant:', t2t.CONTEXT), (' Hello.', t2t.TARGET)]
 
 
 def test_truncation_cuts_the_document_end_then_old_context(tok):
   doc = ' '.join(f'word{i}' for i in range(200))
   data = _data('summarize', template='plain', prompt_format='{prompt}\nTL;DR:')
-  ids, mask = sft.encode(sft.render({'prompt': doc, 'target': 'short.'}, data), tok, 64, 40)
+  ids, mask = t2t.encode(t2t.render({'prompt': doc, 'target': 'short.'}, data), tok, 64, 40)
   ctx = [i for i, m in zip(ids, mask) if not m]
   assert (
     len(ctx) == 40
@@ -81,7 +83,7 @@ def test_truncation_cuts_the_document_end_then_old_context(tok):
   long_chat = {
     'messages': [{'role': 'user', 'content': doc}, {'role': 'assistant', 'content': 'ok ' * 80}]
   }
-  ids, mask = sft.encode(sft.render(long_chat, _data()), tok, 64, 40)
+  ids, mask = t2t.encode(t2t.render(long_chat, _data()), tok, 64, 40)
   assert len(ids) == 65 and mask.index(1) == 40 and tok.decode(ids[:40]).endswith('\nAssistant:')
 
 
@@ -101,9 +103,9 @@ def test_packed_loss_equals_the_per_example_loss(tok):
   examples = [
     {'prompt': f'Question {i} about lists?', 'target': 'Answer ' * (i + 1)} for i in range(9)
   ]
-  rows = sft.featurize(examples, tok, data)
+  rows = t2t.featurize(examples, tok, data)
   assert len(rows['input_ids']) < len(examples)  # several examples share a row
-  enc = [sft.encode(sft.render(e, data), tok, 64, 32) for e in examples]
+  enc = [t2t.encode(t2t.render(e, data), tok, 64, 32) for e in examples]
   padded = np.zeros((len(enc), 64), np.int32)  # causal: what follows an example cannot matter
   for r, (ids, _) in enumerate(enc):
     padded[r, : len(ids) - 1] = ids[:-1]
@@ -128,17 +130,17 @@ def test_jsonl_prompt_response_and_chat(tmp_path):
   path = tmp_path / 'train.jsonl'
   lines = [{'prompt': f'p{i}', 'response': f'r{i}'} for i in range(40)] + [CHAT]
   path.write_text('\n'.join(json.dumps(x) for x in lines))
-  got = sft.load_splits('sft', _data(source='files', files=str(path)))
+  got = t2t.load_splits('sft', _data(source='files', files=str(path)))
   everything = [e for split in got.values() for e in split]
   assert len(everything) == 41 and {'messages': CHAT['messages']} in everything
   assert {'prompt': 'p0', 'target': 'r0'} in everything
   bad = tmp_path / 'bad.jsonl'
   bad.write_text(json.dumps({'messages': CHAT['messages'][:2]}))
   with pytest.raises(ValueError, match='last message must be an assistant turn'):
-    sft.load_splits('sft', _data(source='files', files=str(bad)))
+    t2t.load_splits('sft', _data(source='files', files=str(bad)))
   bad.write_text(json.dumps({'question': 'q', 'answer': 'a'}))
   with pytest.raises(ValueError, match='target_key'):
-    sft.load_splits('sft', _data(source='files', files=str(bad)))
+    t2t.load_splits('sft', _data(source='files', files=str(bad)))
 
 
 @pytest.mark.slow  # imports TensorFlow (tfds): ~10 s the fast tier does not pay
@@ -152,7 +154,7 @@ def test_tfds_summarization_by_name(tmp_path, name, keys):
   data = _data('summarize', source='tfds', tfds_name=name, data_dir=str(tmp_path))
   assert sft._keys(data, 'summarize') == keys  # pylint: disable=protected-access
   with tfds.testing.mock_data(num_examples=6, data_dir=str(tmp_path)):
-    got = sft.load_splits('summarize', data)
+    got = t2t.load_splits('summarize', data)
     raw = list(tfds.as_numpy(tfds.load(name, split='test', data_dir=str(tmp_path))))
   assert {k: len(v) for k, v in got.items()} == {'train': 6, 'validation': 6, 'test': 6}
   assert got['test'][0] == {'prompt': raw[0][keys[0]].decode(), 'target': raw[0][keys[1]].decode()}
@@ -202,7 +204,7 @@ def test_generate_texts_passes_the_decoding_constraints(tok, tmp_path):
   c.eval_batch_size = 8  # one row per device
   examples = [{'prompt': 'The list is sorted in place.', 'target': 'Sort.'}] * 8
   got = sft.generate_texts(pre.model, pre.params, tok, examples, c)
-  ids = sft.encode(sft.render(examples[0], c.data), tok, 64, 32, generation=True)[0]
+  ids = t2t.encode(t2t.render(examples[0], c.data), tok, 64, 32, generation=True)[0]
   want = gen.generate(
     pre.model,
     pre.params,
@@ -282,9 +284,7 @@ def test_sft_lowers_held_out_response_loss_and_loads_everywhere(pretrained_gpt, 
   assert res['loss'] < res['init_loss'] - 0.2
   preds = [json.loads(l) for l in (wd / 'eval_predictions.jsonl').read_text().splitlines()]
   assert res['rouge1'] == pytest.approx(
-    sft.metrics_lib.rouge([p['prediction'] for p in preds], [p['reference'] for p in preds])[
-      'rouge1'
-    ]
+    metrics.rouge([p['prediction'] for p in preds], [p['reference'] for p in preds])['rouge1']
   )
   out = run_script(
     'generate.py',
@@ -323,9 +323,181 @@ def test_summarization_from_jsonl_reports_the_lead_baseline(pretrained_gpt, tmp_
   )
   run_script('eval.py', f'--checkpoint={wd}')
   res = json.loads((wd / 'eval_results.json').read_text())
-  test = sft.load_splits('summarize', _data('summarize', source='files', files=str(path)))['test']
-  lead = sft.metrics_lib.rouge(
+  test = t2t.load_splits('summarize', _data('summarize', source='files', files=str(path)))['test']
+  lead = metrics.rouge(
     [d['prompt'].split(' It ships')[0] for d in test], [d['target'] for d in test]
   )
   assert res['examples'] == len(test) and res['lead']['rougeL'] == pytest.approx(lead['rougeL'])
   assert res['loss'] < res['init_loss']  # the summaries' loss falls on held-out documents
+
+
+# ------------------------------------------------------------------ T5 (encoder-decoder)
+
+
+def _tiny_t5(tok, directory):
+  """A random tiny HF T5 v1.1 over `tok`'s ids, saved with `tok`, and the torch model.
+  initializer_factor 3: greedy decoding does not repeat one token (as tests/test_t5.py)."""
+  torch = pytest.importorskip('torch')
+  transformers = pytest.importorskip('transformers')
+  torch.manual_seed(0)
+  config = transformers.T5Config(
+    vocab_size=tok.vocab_size,
+    d_model=16,
+    d_kv=8,
+    d_ff=32,
+    num_layers=2,
+    num_heads=2,
+    feed_forward_proj='gated-gelu',
+    tie_word_embeddings=False,
+    relative_attention_num_buckets=8,
+    relative_attention_max_distance=20,
+    dropout_rate=0.0,
+    decoder_start_token_id=0,
+    initializer_factor=3.0,
+  )
+  model = transformers.T5ForConditionalGeneration(config).eval()
+  model.save_pretrained(str(directory))
+  tok.save(str(directory))
+  return model
+
+
+DOCS = [
+  {'prompt': 'The list is sorted in place and the old order is lost.', 'target': 'Sort a list.'},
+  {'prompt': ' '.join(['Read the file and return its lines.'] * 12), 'target': 'Read lines.'},
+  {'prompt': 'Close it.', 'target': 'Close the stream now, flushing every buffer it holds first.'},
+]
+
+
+@pytest.mark.slow  # 15 s: an HF model saved and imported
+def test_seq2seq_rows_and_loss_equal_hf(tok, tmp_path):
+  """T5 rows: the prefixed document ending in eos as the encoder input (a long one cut at its
+  end), the summary and eos as targets (a long one cut), shifted right behind id 0 as decoder
+  inputs; the loss on them equals HF T5's mean cross-entropy given the attention mask and labels
+  (-100 on padding)."""
+  import torch
+
+  from lm import objectives
+  from lm import pretrained
+
+  hf_model = _tiny_t5(tok, tmp_path)
+  data = _data('summarize', template='plain', prompt_format='summarize: {prompt}')
+  data.update(seq_len=32, max_prompt_len=24)  # encoder 24 tokens, decoder 8
+  rows = t2t.featurize_seq2seq(DOCS, tok, data)
+  eos = tok.eos_id
+  for r, e in enumerate(DOCS):
+    want_in = (tok.encode('summarize: ') + tok.encode(e['prompt']))[:23] + [eos]
+    want_out = (tok.encode(' ' + e['target']) + [eos])[:8]
+    n, m = len(want_in), len(want_out)
+    assert rows['input_ids'][r].tolist() == want_in + [0] * (24 - n)
+    assert rows['attention_mask'][r].tolist() == [1] * n + [0] * (24 - n)
+    assert rows['targets'][r].tolist() == want_out + [0] * (8 - m)
+    assert rows['weights'][r].tolist() == [1] * m + [0] * (8 - m)
+    assert rows['decoder_input_ids'][r].tolist() == [0] + want_out[:-1] + [0] * (8 - m)
+  assert rows['attention_mask'][1].all() and rows['weights'][2].all()  # cut to fit
+  pre = pretrained.load(str(tmp_path))
+  assert pre.kind == 'encoder-decoder'
+  sums = objectives.loss_sums('seq2seq', pre.model, pre.params, rows, None, True)
+  ours = objectives.total_loss(sums, objectives.normalizers('clm', rows))
+  t = lambda x: torch.from_numpy(np.asarray(x, np.int64))
+  labels = np.where(rows['weights'] > 0, rows['targets'], -100)
+  with torch.no_grad():
+    ref = hf_model(
+      input_ids=t(rows['input_ids']), attention_mask=t(rows['attention_mask']), labels=t(labels)
+    ).loss
+  np.testing.assert_allclose(float(ours), float(ref), rtol=1e-5)
+
+
+@pytest.mark.slow
+def test_seq2seq_generations_equal_hf_generate(tok, tmp_path):
+  """generate_texts on a T5 (the encoder reads each example's input; batches left-padded to
+  data.max_prompt_len) decodes the same text as HF `generate` on each input alone, greedy and
+  beam."""
+  import torch
+
+  from lm import pretrained
+
+  hf_model = _tiny_t5(tok, tmp_path)
+  pre = pretrained.load(str(tmp_path))
+  c = defaults.text_to_text('summarize')
+  c.data.update(
+    template='plain', prompt_format='summarize: {prompt}', seq_len=32, max_prompt_len=24
+  )
+  c.eval_batch_size = 2  # two batches, the second with a filler row
+  for strategy in ('greedy', 'beam'):
+    c.generate.update(strategy=strategy, num_beams=3, max_new_tokens=6)
+    got = sft.generate_texts(pre.model, pre.params, tok, DOCS, c)
+    want = []
+    for e in DOCS:
+      ids = t2t.encode_seq2seq(t2t.render(e, c.data), tok, 24, 8)[0]
+      with torch.no_grad():
+        out = hf_model.generate(
+          torch.tensor([ids]),
+          max_new_tokens=6,
+          num_beams=3 if strategy == 'beam' else 1,
+          do_sample=False,
+          eos_token_id=tok.eos_id,
+        )[0].tolist()
+      want.append(tok.decode(out[1:]).strip())  # after the start token 0
+    assert got == want and all(got), strategy
+
+
+@pytest.mark.slow
+def test_t5_translation_from_span_pretraining_end_to_end(tmp_path):
+  """train.py (span corruption, tiny) -> sft.py configs/t5_finetune.py:translate on JSONL pairs
+  (the target is the source's words reversed) -> eval.py -> generate.py: the held-out target
+  loss falls from the pretrained model's, eval.py's BLEU is sacrebleu's on its predictions and
+  generate.py continues from the fine-tuned T5."""
+  from test_train import TINY_T5
+
+  pre = tmp_path / 't5'
+  run_script(
+    'train.py',
+    '--config=configs/t5.py',
+    f'--workdir={pre}',
+    *TINY_T5,
+    '--config.train.steps=20',
+    '--config.eval_every=20',
+    '--config.checkpoint_every=20',
+  )
+  words = 'red green blue cat dog bird runs sits eats big small old'.split()
+  rng = np.random.default_rng(0)
+  pairs = [list(rng.choice(words, 4)) for _ in range(120)]
+  path = tmp_path / 'pairs.jsonl'
+  path.write_text(
+    '\n'.join(json.dumps({'en': ' '.join(p), 'xx': ' '.join(p[::-1])}) for p in pairs)
+  )
+  wd = tmp_path / 'translate'
+  run_script(
+    'sft.py',
+    '--config=configs/t5_finetune.py:translate',
+    f'--workdir={wd}',
+    f'--config.init_checkpoint={pre}',
+    '--config.data.source=files',
+    f'--config.data.files={path}',
+    '--config.data.prompt_key=en',
+    '--config.data.target_key=xx',
+    '--config.data.seq_len=32',
+    '--config.data.max_prompt_len=16',
+    '--config.train.steps=40',
+    '--config.train.warmup_steps=4',
+    '--config.eval_every=40',
+    '--config.log_every=20',
+    '--config.generate.max_new_tokens=8',
+  )
+  ev = _evals(wd)
+  assert ev[40]['eval/loss'] < ev[0]['eval/loss'] - 1.0, ev
+  run_script('eval.py', f'--checkpoint={wd}')
+  res = json.loads((wd / 'eval_results.json').read_text())
+  assert res['task'] == 'translate' and res['loss'] < res['init_loss'] - 1.0
+  preds = [json.loads(l) for l in (wd / 'eval_predictions.jsonl').read_text().splitlines()]
+  assert res['examples'] == len(preds) > 10
+  assert res['bleu'] == pytest.approx(
+    metrics.bleu([p['prediction'] for p in preds], [p['reference'] for p in preds])
+  )
+  out = run_script(
+    'generate.py',
+    f'--checkpoint={wd}',
+    '--prompt=translate: big cat eats bird',
+    '--max_new_tokens=6',
+  ).stdout
+  assert out.startswith('--- 0\n') and len(out.split('\n', 1)[1].strip()) > 0
