@@ -1,6 +1,6 @@
 r"""Bytes per device of the train state, and the compiled train step's peak, for each mesh.
 
-  python bench/memory.py                                  # BERT base/large, GPT-2 small/medium
+  python bench/memory.py             # BERT base/large, GPT-2 small/medium, T5 v1.1 small/base
   python bench/memory.py --configs=gpt2.py:small --meshes=1,1,1:1,8,1 --peak=0   # quick
 
 Runs on 8 simulated CPU devices (it sets XLA_FLAGS itself). For each paper-size config and
@@ -9,7 +9,8 @@ mesh (data, fsdp, tensor) it reports, per device:
     abstract state (`lm.trainer.abstract_state`): the bytes of each leaf's shard on one
     device, summed; nothing is allocated, so paper sizes fit;
   * peak: XLA's memory analysis of the compiled train step (`lm.objectives.make_train_step`,
-    the step train.py runs) on a global batch of one row per device at the config's seq_len:
+    the step train.py runs) on a global batch of one row per device at the config's seq_len
+    (T5: seq_len encoder tokens and the span batcher's target length):
     arguments + outputs - aliased (donated) + temporaries. Layers are scanned for this column
     only (compile time flat in depth; an unrolled stack's temporaries differ little).
 The baseline is the same config on one device; the ratio columns are per-device state / (the
@@ -38,9 +39,11 @@ from lm import objectives  # noqa: E402
 from lm import optim  # noqa: E402
 from lm import sharding  # noqa: E402
 from lm import trainer  # noqa: E402
+from lm.data import span  # noqa: E402
 from train_throughput import synthetic_batch  # noqa: E402
 
-VOCAB = {'mlm': 30522, 'clm': 50257}
+# the tokenizer's vocab per objective (T5: 32000 BPE + 100 sentinels, padded to 32128)
+VOCAB = {'mlm': 30522, 'clm': 50257, 'span': 32000}
 
 
 def load_config(spec: str):
@@ -63,12 +66,21 @@ def state_bytes_per_device(abstract) -> int:
   return total
 
 
+def train_batch(config, rows: int) -> dict:
+  """A global batch with the fields, dtypes and shapes the config's batcher gives."""
+  t, vocab = config.data.seq_len, VOCAB[config.objective]
+  if config.objective == 'span':  # SpanBatcher: seq_len encoder tokens, raw_length's targets
+    d = config.data
+    _, targets = span.raw_length(t, d.noise_density, d.mean_noise_span_length)
+    ids = lambda n: np.zeros((rows, n), np.int32)
+    return dict(input_ids=ids(t), decoder_input_ids=ids(targets), targets=ids(targets))
+  return synthetic_batch('bert' if config.objective == 'mlm' else 'gpt', rows, t, vocab)
+
+
 def peak_bytes(config, model, tx, abstract, mesh) -> int:
   state_sh = jax.tree.map(lambda x: x.sharding, abstract)
   step = objectives.make_train_step(config, model, tx, state_sh, mesh)
-  kind = 'bert' if config.objective == 'mlm' else 'gpt'
-  rows = mesh.devices.size
-  batch = synthetic_batch(kind, rows, config.data.seq_len, VOCAB[config.objective])
+  batch = train_batch(config, mesh.devices.size)
   bsh = sharding.batch_sharding(mesh)
   abstract_batch = {
     k: jax.ShapeDtypeStruct(v.shape, v.dtype, sharding=bsh) for k, v in batch.items()
@@ -83,7 +95,10 @@ def peak_bytes(config, model, tx, abstract, mesh) -> int:
 
 def main(argv=None):
   p = argparse.ArgumentParser(description=__doc__.split('\n')[0])
-  p.add_argument('--configs', default='bert.py:base,bert.py:large,gpt2.py:small,gpt2.py:medium')
+  p.add_argument(
+    '--configs',
+    default='bert.py:base,bert.py:large,gpt2.py:small,gpt2.py:medium,t5.py:small,t5.py:base',
+  )
   p.add_argument('--meshes', default='1,1,1:8,1,1:1,8,1:2,2,2:1,4,2')
   p.add_argument('--peak', type=int, default=1, help='1: also compile the step for its peak')
   a = p.parse_args(argv)

@@ -823,8 +823,9 @@ def from_hf(kind: str, state_dict, cfg: M.ModelConfig) -> dict:
   for (path, i), v in leaves.items():
     if i is None:
       flat[path] = np.asarray(v, dtype)
-    elif i == 0:  # scanned: stack all layers once
-      flat[path] = np.stack([leaves[(path, j)] for j in range(cfg.num_layers)]).astype(dtype)
+    elif i == 0:  # scanned: stack all layers of the stack once (T5's two may differ in depth)
+      n = sum(p == path for p, _ in leaves)
+      flat[path] = np.stack([leaves[(path, j)] for j in range(n)]).astype(dtype)
   return traverse_util.unflatten_dict(flat, sep='/')
 
 

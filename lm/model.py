@@ -161,6 +161,67 @@ def rope(x: Array, positions: Array, freq) -> Array:
   return jnp.concatenate([x1 * cos - x2 * sin, x2 * cos + x1 * sin], -1).astype(x.dtype)
 
 
+def dot_product_attention(
+  q: Array,
+  k: Array,
+  v: Array,
+  mask: Optional[Array],
+  cfg: ModelConfig,
+  *,
+  causal: bool = False,
+  bias: Optional[Array] = None,
+  scale: Optional[float] = None,
+  dropout: Optional[nn.Module] = None,
+) -> Array:
+  """The attention kernel every attention layer calls (lm.model's and lm.t5's): softmax(scale *
+  q k^T + bias, masked) v over q [B, Tq, H, Dh] and k, v [B, Tk, KV, Dh], KV dividing H
+  (grouped-query attention: query head i reads kv head i // (H / KV)).
+
+  `cfg.attention_impl` picks it: 'einsum' (float32 scores and softmax, written out here), or
+  `jax.nn.dot_product_attention` ('xla', 'cudnn'; 'auto': cudnn on a GPU in bf16/fp16, else
+  xla). mask: bool, broadcastable to [B, H, Tq, Tk]; causal: query i sees keys <= i (fused
+  kernels skip the masked half); bias: added to the scores ([1, H, Tq, Tk]: T5's relative
+  positions); scale: None is 1 / sqrt(Dh). dropout: applied to the probabilities (an
+  nn.Dropout, called in the caller's module); given, the einsum path runs whatever the impl,
+  since the fused kernels have no dropout.
+  """
+  h, kv, dh = q.shape[2], k.shape[2], q.shape[3]
+  impl = cfg.attention_impl
+  if impl == 'auto':
+    gpu_half = jax.default_backend() == 'gpu' and cfg.dtype in ('bfloat16', 'float16')
+    impl = 'cudnn' if gpu_half else 'xla'
+  if impl != 'einsum' and dropout is None:
+    if bias is not None and impl == 'cudnn':
+      bias = bias.astype(q.dtype)  # cuDNN takes the bias in the inputs' dtype
+    return jax.nn.dot_product_attention(  # takes kv < h heads as grouped-query attention
+      q,
+      k,
+      v,
+      bias=bias,
+      mask=mask,
+      scale=scale,
+      is_causal=causal,
+      implementation=None if impl == 'xla' else impl,
+    )
+  if causal:
+    tri = jnp.tril(jnp.ones((q.shape[1], k.shape[1]), bool))[None, None]
+    mask = tri if mask is None else mask & tri
+  # Query head i uses key/value head i // (h / kv), as HF's repeat_kv; no copy of k, v.
+  qg = q.reshape(q.shape[:2] + (kv, h // kv, dh))
+  scores = jnp.einsum('bqkgd,bskd->bkgqs', qg, k).astype(jnp.float32)
+  scores = scores / jnp.sqrt(dh) if scale is None else scores * scale
+  scores = scores.reshape((q.shape[0], h) + scores.shape[-2:])
+  if bias is not None:
+    scores = scores + bias
+  if mask is not None:
+    scores = jnp.where(mask, scores, jnp.finfo(jnp.float32).min)
+  probs = jax.nn.softmax(scores, axis=-1).astype(cfg.dtype)
+  if dropout is not None:
+    probs = dropout(probs, deterministic=False)
+  probs = probs.reshape((q.shape[0], kv, h // kv) + probs.shape[-2:])
+  return jnp.einsum('bkgqs,bskd->bqkgd', probs, v).reshape(q.shape)
+
+
 class Attention(nn.Module):
   """Multi-head (grouped-query when num_kv_heads < num_heads) self-attention; `decode=True`
   reads and extends a KV cache of the kv heads only.
@@ -205,29 +266,10 @@ class Attention(nn.Module):
       window = (q_idx[:, None] - k_idx[None, :] < c.sliding_window)[None, None]
       mask = window if mask is None else mask & window
 
-    impl = c.attention_impl
-    if impl == 'auto':
-      impl = (
-        'cudnn' if jax.default_backend() == 'gpu' and c.dtype in ('bfloat16', 'float16') else 'xla'
-      )
-    if impl != 'einsum' and (deterministic or c.attention_dropout_rate == 0.0):
-      out = jax.nn.dot_product_attention(  # takes kv < h heads as grouped-query attention
-        q, k, v, mask=mask, is_causal=causal, implementation=None if impl == 'xla' else impl
-      )
-    else:
-      if causal:
-        tri = jnp.tril(jnp.ones((q.shape[1], k.shape[1]), bool))[None, None]
-        mask = tri if mask is None else mask & tri
-      # Query head i uses key/value head i // (h / kv), as HF's repeat_kv; no copy of k, v.
-      qg = q.reshape(q.shape[:2] + (kv, h // kv, dh))
-      scores = jnp.einsum('bqkgd,bskd->bkgqs', qg, k).astype(jnp.float32) / jnp.sqrt(dh)
-      scores = scores.reshape((q.shape[0], h) + scores.shape[-2:])
-      if mask is not None:
-        scores = jnp.where(mask, scores, jnp.finfo(jnp.float32).min)
-      probs = jax.nn.softmax(scores, axis=-1).astype(c.dtype)
-      probs = nn.Dropout(c.attention_dropout_rate)(probs, deterministic=deterministic)
-      probs = probs.reshape((q.shape[0], kv, h // kv) + probs.shape[-2:])
-      out = jnp.einsum('bkgqs,bskd->bqkgd', probs, v).reshape(q.shape)
+    dropout = None
+    if not deterministic and c.attention_dropout_rate > 0.0:
+      dropout = nn.Dropout(c.attention_dropout_rate)
+    out = dot_product_attention(q, k, v, mask, c, causal=causal, dropout=dropout)
     out = _constrain(out, *_ACT_HEADS)
     return nn.Dense(
       c.hidden_size,
@@ -314,6 +356,36 @@ _REMAT_POLICIES = {
 }
 
 
+def run_layers(block: type, cfg: ModelConfig, num_layers: int, x: Array, *args, **block_kwargs):
+  """`x` through `num_layers` layers `block(cfg, **block_kwargs)(x, *args)`, `args` ending in
+  (deterministic, decode): a Python loop (params under layers_{i}), or with `cfg.scan_layers`
+  one `nn.scan` over them (params and cache stacked on a leading 'layers' axis, every arg
+  broadcast; the block returns (x, None)); `cfg.remat` wraps each layer in `nn.remat` with its
+  policy. The layers become submodules of the calling (compact) module: every stack uses this.
+  """
+  if cfg.remat != 'none':
+    n = len(args)  # self is argument 0 and x 1: deterministic and decode are n and n + 1
+    block = nn.remat(
+      block,
+      policy=_REMAT_POLICIES[cfg.remat],
+      prevent_cse=not cfg.scan_layers,
+      static_argnums=(n, n + 1),
+    )
+  if cfg.scan_layers:
+    scanned = nn.scan(
+      block,
+      variable_axes={'params': 0, 'cache': 0},
+      split_rngs={'params': True, 'dropout': True},
+      in_axes=(nn.broadcast,) * len(args),
+      length=num_layers,
+      metadata_params={nn.PARTITION_NAME: 'layers'},
+    )
+    return scanned(cfg, **block_kwargs, name='layers')(x, *args)[0]
+  for i in range(num_layers):
+    x = block(cfg, **block_kwargs, name=f'layers_{i}')(x, *args)
+  return x
+
+
 class Stack(nn.Module):
   """The layer stack: a Python loop, or `nn.scan` (params stacked on a 'layers' axis)."""
 
@@ -323,25 +395,9 @@ class Stack(nn.Module):
   @nn.compact
   def __call__(self, x, mask, positions, deterministic: bool, decode: bool = False):
     c = self.cfg
-    block = Block
-    if c.remat != 'none':
-      block = nn.remat(
-        block, policy=_REMAT_POLICIES[c.remat], prevent_cse=not c.scan_layers, static_argnums=(4, 5)
-      )  # deterministic, decode (self counts as 0)
-    if c.scan_layers:
-      scanned = nn.scan(
-        block,
-        variable_axes={'params': 0, 'cache': 0},
-        split_rngs={'params': True, 'dropout': True},
-        in_axes=(nn.broadcast, nn.broadcast, nn.broadcast, nn.broadcast),
-        length=c.num_layers,
-        metadata_params={nn.PARTITION_NAME: 'layers'},
-      )
-      x, _ = scanned(c, self.causal, name='layers')(x, mask, positions, deterministic, decode)
-      return x
-    for i in range(c.num_layers):
-      x = block(c, self.causal, name=f'layers_{i}')(x, mask, positions, deterministic, decode)
-    return x
+    return run_layers(
+      Block, c, c.num_layers, x, mask, positions, deterministic, decode, causal=self.causal
+    )
 
 
 class Embed(nn.Module):

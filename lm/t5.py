@@ -64,7 +64,7 @@ class T5Config(M.ModelConfig):
       f'{k}={getattr(self, k)!r} (T5 needs {v!r})'
       for k, v in dict(
         position='relative', pre_ln=True, norm='rmsnorm', bias='none', type_vocab_size=0,
-        scan_layers=False, remat='none', num_kv_heads=0, sliding_window=0,
+        num_kv_heads=0, sliding_window=0,
       ).items()
       if getattr(self, k) != v
     ]  # fmt: skip
@@ -108,6 +108,7 @@ class Attention(M.Attention):
     c = self.cfg
     h, dh, d = c.num_heads, c.head_dim, c.hidden_size
     cross = self.cross
+    causal = self.causal and not decode
     proj = lambda y, std, name: M._constrain(
       nn.Dense(
         h * dh,
@@ -129,19 +130,15 @@ class Attention(M.Attention):
     else:
       src = kv if cross else x
       k, v = proj(src, d**-0.5, 'key'), proj(src, d**-0.5, 'value')
-      if decode:
+      if decode:  # the cache applies causality per slot
         k, v, mask, _ = self._update_cache(k, v, mask)
-      elif self.causal:
-        tri = jnp.tril(jnp.ones((x.shape[1], x.shape[1]), bool))[None, None]
-        mask = tri if mask is None else mask & tri
-    scores = jnp.einsum('bqhd,bkhd->bhqk', q, k).astype(jnp.float32)
-    if bias is not None:
-      scores = scores + bias
-    if mask is not None:
-      scores = jnp.where(mask, scores, jnp.finfo(jnp.float32).min)
-    probs = jax.nn.softmax(scores, axis=-1).astype(c.dtype)
-    probs = nn.Dropout(c.attention_dropout_rate)(probs, deterministic=deterministic)
-    out = M._constrain(jnp.einsum('bhqk,bkhd->bqhd', probs, v), *M._ACT_HEADS)
+    dropout = None
+    if not deterministic and c.attention_dropout_rate > 0.0:
+      dropout = nn.Dropout(c.attention_dropout_rate)
+    out = M.dot_product_attention(
+      q, k, v, mask, c, causal=causal, bias=bias, scale=1.0, dropout=dropout
+    )
+    out = M._constrain(out, *M._ACT_HEADS)
     return nn.Dense(
       d,
       use_bias=False,
@@ -193,7 +190,8 @@ class Block(nn.Module):
       cross = Attention(c, cross=True, name='cross_attention')
       x = x + drop(cross(norm('ln_cross'), None, encoder_mask, deterministic, decode, encoded))
     x = x + drop(Mlp(c, name='mlp')(norm('ln_mlp'), deterministic))
-    return M._constrain(x, 'batch', 'act_length', 'act_embed')
+    x = M._constrain(x, 'batch', 'act_length', 'act_embed')
+    return (x, None) if c.scan_layers else x
 
 
 class Stack(nn.Module):
@@ -236,10 +234,9 @@ class Stack(nn.Module):
     bias = jnp.transpose(table(buckets), (2, 0, 1))[None]  # [1, H, Tq, Tk]
     drop = lambda y: nn.Dropout(c.dropout_rate)(y, deterministic=deterministic)
     x = drop(x)
-    for i in range(c.decoder_layers if self.decoder else c.num_layers):
-      x = Block(c, self.decoder, name=f'layers_{i}')(
-        x, bias, mask, encoded, encoder_mask, deterministic, decode
-      )
+    n = c.decoder_layers if self.decoder else c.num_layers
+    args = (bias, mask, encoded, encoder_mask, deterministic, decode)
+    x = M.run_layers(Block, c, n, x, *args, decoder=self.decoder)
     return drop(M.LayerNorm(c, name='ln_final')(x))
 
 

@@ -4,6 +4,7 @@ lm_head) tiny random config; greedy and beam search through `lm.generate` match 
 token for token; exports load in `transformers`. The tiny configs use 8 buckets up to distance
 20, so sequences of 30 reach the logarithmic buckets, and d_kv * heads != d_model."""
 
+import dataclasses
 import functools
 
 import numpy as np
@@ -18,6 +19,7 @@ from test_hf import _assert_logits_match, _assert_trees_equal, _perturb  # noqa:
 
 from lm import generate as G  # noqa: E402
 from lm import hf  # noqa: E402
+from lm import losses  # noqa: E402
 from lm import model as M  # noqa: E402
 from lm import t5  # noqa: E402
 
@@ -157,6 +159,73 @@ def test_beam_matches_hf_generate(version):
   assert [s for r in beam for s in r] == ref
 
 
+def _variant(version, generation=False, **changes):
+  """(model, params) of `_ours` with config `changes`; a scanned one imports the same HF model
+  (params stacked per stack: encoder and decoder of different depths)."""
+  model, params = _ours(version, generation)
+  cfg = dataclasses.replace(model.cfg, **changes)
+  if cfg.scan_layers:
+    params = hf.from_hf('t5', _hf_model(version, generation).state_dict(), cfg)
+  return t5.T5(cfg), params
+
+
+@pytest.mark.parametrize(
+  'changes',
+  [dict(attention_impl='xla'), dict(scan_layers=True, remat='dots')],
+  ids=['xla', 'scan_remat'],
+)
+def test_scan_remat_and_xla_attention_match_hf(changes):
+  """T5 scanned (params stacked per stack, encoder and decoder of different depths) and
+  rematerialised, or through jax.nn.dot_product_attention ('xla': T5's relative bias and scale=1
+  passed to it), computes HF's logits; a scanned T5 exports back to the HF state dict."""
+  model, params = _variant('v1_1', **changes)
+  ids, mask, dec, dec_mask = _batch()
+  logits = jax.jit(model.apply)({'params': params}, ids, dec, mask, dec_mask)
+  _, ref = _hf_forward(_hf_model('v1_1'), ids, mask, dec, dec_mask)
+  _assert_logits_match({'logits': logits}, {'logits': ref}, dec_mask)
+  if model.cfg.scan_layers:
+    assert params['decoder']['layers']['attention']['query']['kernel'].shape[0] == 2
+    sd = {k: v.numpy() for k, v in _hf_model('v1_1').state_dict().items()}
+    _assert_trees_equal(hf.to_hf('t5', params, model.cfg), sd)
+
+
+def _loss_and_grads(model, params):
+  """The span loss on `_batch` (its decoder rows as targets) and its gradient as an HF state
+  dict, so scanned and unrolled stacks compare leaf by leaf."""
+  ids, mask, dec, dec_mask = _batch()
+
+  def loss(p):
+    logits = model.apply({'params': p}, ids, t5.shift_right(dec), mask, dec_mask)
+    return losses.cross_entropy_sums(logits, dec, dec_mask.astype(np.float32))[0]
+
+  # XLA's cheap CPU pipeline: compiles in a third of the time (these tiny graphs run in ms)
+  fast = {'xla_backend_optimization_level': 0, 'xla_llvm_disable_expensive_passes': True}
+  value, grads = jax.jit(jax.value_and_grad(loss), compiler_options=fast)(params)
+  return float(value), hf.to_hf('t5', grads, model.cfg)
+
+
+@SLOW  # three compiled backward passes: ~8 s
+def test_remat_gives_the_plain_gradient():
+  """remat='full' (unrolled) and 'dots' (scanned, with the 'xla' kernel): the plain stack's loss
+  and gradient."""
+  ref_loss, ref = _loss_and_grads(*_ours('v1_1'))
+  for changes in (dict(remat='full'), dict(remat='dots', scan_layers=True, attention_impl='xla')):
+    loss, grads = _loss_and_grads(*_variant('v1_1', **changes))
+    np.testing.assert_allclose(loss, ref_loss, rtol=1e-5)
+    assert set(grads) == set(ref)
+    for k, g in ref.items():
+      np.testing.assert_allclose(grads[k], g, rtol=1e-4, atol=1e-4 * np.abs(g).max(), err_msg=k)
+
+
+def test_greedy_scanned_rematerialised_with_xla_attention_matches_hf_generate():
+  """Decoding under scan (the self- and cross-attention caches stacked per layer), remat and the
+  'xla' kernel (causality from the cache's mask, not is_causal) gives HF's greedy tokens."""
+  changes = dict(scan_layers=True, remat='full', attention_impl='xla')
+  model, params = _variant('v1_1', generation=True, **changes)
+  greedy = G.generate(model, params, PROMPTS, max_new_tokens=N)
+  assert [r[0] for r in greedy] == _hf_generate('v1_1')
+
+
 OURS = dict(
   vocab_size=64,
   hidden_size=16,
@@ -200,8 +269,8 @@ def test_config_refusals():
   d = transformers.T5Config(**TINY, **VERSIONS['v1_0']).to_dict()
   with pytest.raises(ValueError, match='feed_forward_proj'):
     hf.config_from_hf({**d, 'feed_forward_proj': 'gated-swish'})
-  with pytest.raises(ValueError, match='scan_layers'):
-    t5.T5Config(scan_layers=True)
+  with pytest.raises(ValueError, match='num_kv_heads'):
+    t5.T5Config(num_kv_heads=2)
   with pytest.raises(ValueError, match='position'):
     hf.config_to_hf('t5', M.ModelConfig())
 
