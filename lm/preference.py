@@ -30,10 +30,8 @@ log-probabilities; the prompt is context only.
 
 from __future__ import annotations
 
-import glob
 import hashlib
 import json
-import os
 import re
 from typing import Optional
 
@@ -200,39 +198,17 @@ def python_docs_pairs(
 # ------------------------------------------------------------------ files and TFDS
 
 
-def _expand(files: str) -> list[str]:
-  out = []
-  for pattern in [f.strip() for f in (files or '').split(',') if f.strip()]:
-    matches = (
-      sorted(glob.glob(pattern))
-      if glob.has_magic(pattern)
-      else ([pattern] if os.path.isfile(pattern) else [])
-    )
-    if not matches:
-      raise FileNotFoundError(f'no preference file at {pattern!r}: fix --config.data.files.')
-    out.extend(matches)
-  return out
-
-
 def read_jsonl(files: str, keys=FIELDS) -> list[dict]:
   """Pairs from JSON-lines files; ``keys`` name the prompt, chosen and rejected fields."""
   pairs = []
-  for path in _expand(files):
-    with open(path, encoding='utf-8') as f:
-      for n, line in enumerate(f, 1):
-        if not line.strip():
-          continue
-        try:
-          obj = json.loads(line)
-        except json.JSONDecodeError as e:
-          raise ValueError(f'{path}:{n} is not JSON ({e}).') from None
-        missing = [k for k in keys if not isinstance(obj.get(k), str)]
-        if missing:
-          raise ValueError(
-            f'{path}:{n} lacks text field(s) {missing} (has {sorted(obj)}): '
-            'set --config.data.prompt_key/chosen_key/rejected_key.'
-          )
-        pairs.append({f: obj[k] for f, k in zip(FIELDS, keys)})
+  for where, obj in sources.jsonl_objects(files):
+    missing = [k for k in keys if not isinstance(obj.get(k), str)]
+    if missing:
+      raise ValueError(
+        f'{where} lacks text field(s) {missing} (has {sorted(obj)}): '
+        'set --config.data.prompt_key/chosen_key/rejected_key.'
+      )
+    pairs.append({f: obj[k] for f, k in zip(FIELDS, keys)})
   if not pairs:
     raise ValueError(f'no preference pairs in {files!r}.')
   return pairs

@@ -18,9 +18,10 @@ in one line, so an old config or notebook fails at once with the fix.
 from __future__ import annotations
 
 import glob
+import json
 import os
 import re
-from typing import Iterable, Optional, Union
+from typing import Iterable, Iterator, Optional, Union
 
 SOURCES = ('python_docs', 'files', 'tfds')
 
@@ -113,6 +114,20 @@ def expand(value: Union[str, Iterable[str]], key: str = 'files') -> list[str]:
       raise FileNotFoundError(f'no file at {pattern!r}: fix --config.data.{key}.')
     out.extend(matches)
   return out
+
+
+def jsonl_objects(files: str) -> Iterator[tuple[str, dict]]:
+  """('path:line', object) for each non-blank line of the JSON-lines files ``data.files`` names;
+  a line that is not JSON is an error naming its file and line."""
+  for path in expand(files):
+    with open(path, encoding='utf-8') as f:
+      for n, line in enumerate(f, 1):
+        if not line.strip():
+          continue
+        try:
+          yield f'{path}:{n}', json.loads(line)
+        except json.JSONDecodeError as e:
+          raise ValueError(f'{path}:{n} is not JSON ({e}).') from None
 
 
 def argv_error(argv) -> Optional[str]:

@@ -37,7 +37,6 @@ Rows, by model:
 from __future__ import annotations
 
 import functools
-import json
 import re
 from typing import Optional
 
@@ -134,25 +133,17 @@ def _keys(data_cfg, task: str) -> tuple:
 
 def read_jsonl(files: str, keys: tuple) -> list[dict]:
   out = []
-  for path in sources.expand(files):
-    with open(path, encoding='utf-8') as f:
-      for n, line in enumerate(f, 1):
-        if not line.strip():
-          continue
-        try:
-          obj = json.loads(line)
-        except json.JSONDecodeError as e:
-          raise ValueError(f'{path}:{n} is not JSON ({e}).') from None
-        if 'messages' in obj:
-          check_messages(obj['messages'], f'{path}:{n}')
-          out.append({'messages': obj['messages']})
-          continue
-        if not all(isinstance(obj.get(k), str) for k in keys):
-          raise ValueError(
-            f'{path}:{n} has neither "messages" nor text fields {list(keys)} (has {sorted(obj)}): '
-            'set --config.data.prompt_key / target_key.'
-          )
-        out.append({'prompt': obj[keys[0]], 'target': obj[keys[1]]})
+  for where, obj in sources.jsonl_objects(files):
+    if 'messages' in obj:
+      check_messages(obj['messages'], where)
+      out.append({'messages': obj['messages']})
+      continue
+    if not all(isinstance(obj.get(k), str) for k in keys):
+      raise ValueError(
+        f'{where} has neither "messages" nor text fields {list(keys)} (has {sorted(obj)}): '
+        'set --config.data.prompt_key / target_key.'
+      )
+    out.append({'prompt': obj[keys[0]], 'target': obj[keys[1]]})
   return out
 
 
