@@ -27,6 +27,33 @@ import pytest  # noqa: E402
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
+# The longest files first (measured under `-n 2 --dist loadfile`, in seconds of their tests),
+# the rest after in pytest's order: each xdist worker takes whole files in this order
+# (pytest.ini turns off xdist's own by-test-count order), so neither idles at the end while
+# the other finishes a long file. test_train.py builds the shared pretraining fixtures while
+# the other worker runs the notebooks, which need none.
+LONGEST_FIRST = (
+  'test_train.py',  # ~600 + the BERT and GPT fixtures (~450)
+  'test_colabs.py',  # ~500
+  'test_llama.py',  # ~230, its own Llama run
+  'test_sft.py',  # ~300
+  'test_scale.py',  # ~300
+  'test_reliability.py',  # ~280
+  'test_ppo.py',  # ~230
+  'test_rlhf.py',  # ~170
+  'test_bench.py',  # ~150
+  'test_icl.py',
+  'test_finetune.py',
+  'test_prepare.py',
+  'test_t5.py',
+  'test_span.py',
+)
+
+
+def pytest_collection_modifyitems(items):
+  rank = {name: i for i, name in enumerate(LONGEST_FIRST)}
+  items.sort(key=lambda item: rank.get(item.path.name, len(rank)))  # stable within a file
+
 
 def run_script(
   script, *args, devices=None, timeout=900, check=True, env=None, background=False, **popen_kwargs
