@@ -483,6 +483,7 @@ def test_t5_translation_from_span_pretraining_end_to_end(tmp_path):
     '--config.eval_every=40',
     '--config.log_every=20',
     '--config.generate.max_new_tokens=8',
+    '--config.generate.strategy=greedy',  # eval.py's decoding: one compile, not beam's
   )
   ev = _evals(wd)
   assert ev[40]['eval/loss'] < ev[0]['eval/loss'] - 1.0, ev
