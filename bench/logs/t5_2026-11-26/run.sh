@@ -1,8 +1,9 @@
 #!/bin/bash
-# README "T5": configs/t5.py's 600-step span-corruption default, then configs/t5_finetune.py
-# (offline summarization) from it and from random init (same architecture, tokenizer, data,
-# steps and selection on validation loss); the decoding is chosen on validation ROUGE-L for the
-# pretrained run and used for both; test scored once each by eval.py.
+# README "T5" and "SFT and summarization": configs/t5.py's 600-step span-corruption default, then
+# configs/t5_finetune.py (offline summarization, 1000 steps, best/ by validation loss) from it and
+# from random init (the same architecture, tokenizer, data, steps and selection); the decoding is
+# chosen on validation ROUGE-L of the pretrained run (12 settings) and is the config's default;
+# test scored once per run by eval.py. Then how much each reads its input (bench/input_ablation.py).
 set -e
 cd "$(dirname "$0")/../../.."
 LOG=bench/logs/t5_2026-11-26
@@ -17,15 +18,16 @@ for init in pretrained random; do
 done
 GRID=$(python -c "
 import itertools, json
-g = [{'strategy': 'greedy', 'repetition_penalty': 1.0, 'no_repeat_ngram_size': 0, 'min_new_tokens': 0}]
-g += [{'strategy': 'beam', 'repetition_penalty': r, 'no_repeat_ngram_size': n, 'min_new_tokens': m}
-      for r, n, m in itertools.product([1.0, 0.5], [0, 2], [0, 8])]
+g = [{'strategy': s, 'repetition_penalty': r, 'no_repeat_ngram_size': n, 'min_new_tokens': m}
+     for s, r in (('greedy', 1.0), ('beam', 1.0), ('beam', 0.5))
+     for n, m in itertools.product([0, 2], [0, 8])]
 print(json.dumps(g))")
 python bench/summarize_decoding.py --workdir=$B/sum_pretrained "$GRID" 2>&1 | grep -v WARNING \
   > $LOG/sum_decoding_validation.log
-# The chosen setting (CHOSEN in that log) is configs/t5_finetune.py's default decoding.
 for init in pretrained random; do
   python eval.py --checkpoint=$B/sum_$init --output=$LOG/sum_${init}_eval_test.json \
     --config=configs/t5_finetune.py --config.init_checkpoint=$B/lm_t5 --config.init=$init \
-    > $LOG/sum_${init}_eval_test.log 2>&1
+    2>&1 | grep -v WARNING > $LOG/sum_${init}_eval_test.log
+  python bench/input_ablation.py --workdir=$B/sum_$init 2>&1 | grep -v WARNING \
+    > $LOG/sum_${init}_input_ablation.log
 done
