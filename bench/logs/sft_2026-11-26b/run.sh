@@ -23,3 +23,5 @@ python bench/summarize_decoding.py --workdir=$B/sum_b "$GRID" 2>&1 | grep -v WAR
 # The chosen setting is configs/summarize.py's default: eval.py reports it on test.
 python eval.py --checkpoint=$B/sum_b --output=$LOG/sum_eval_test.json --config=configs/summarize.py \
   --config.init_checkpoint=$B/lm_gpt > $LOG/sum_eval_test.log 2>&1
+# How much the summarizer reads its document (added later the same day, on the same workdir):
+python bench/input_ablation.py --workdir=$B/sum_b 2>&1 | grep -v WARNING > $LOG/input_ablation.log

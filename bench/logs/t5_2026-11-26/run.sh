@@ -31,3 +31,18 @@ for init in pretrained random; do
   python bench/input_ablation.py --workdir=$B/sum_$init 2>&1 | grep -v WARNING \
     > $LOG/sum_${init}_input_ablation.log
 done
+# Seeds 1 and 2 of both (the same commands, stopping 3 evaluations after the best: best/ as a
+# full run's), logs in seeds/.
+mkdir -p $LOG/seeds
+for seed in 1 2; do
+  for init in pretrained random; do
+    rm -rf $B/sum_${init}_s$seed
+    python sft.py --config=configs/t5_finetune.py --workdir=$B/sum_${init}_s$seed \
+      --config.init_checkpoint=$B/lm_t5 --config.init=$init --config.seed=$seed \
+      --config.early_stopping.patience=3 2>&1 | grep -v WARNING > $LOG/seeds/sum_${init}_s${seed}_train.log
+    python eval.py --checkpoint=$B/sum_${init}_s$seed \
+      --output=$LOG/seeds/sum_${init}_s${seed}_eval_test.json --config=configs/t5_finetune.py \
+      --config.init_checkpoint=$B/lm_t5 --config.init=$init --config.seed=$seed \
+      2>&1 | grep -v WARNING > $LOG/seeds/sum_${init}_s${seed}_eval_test.log
+  done
+done
