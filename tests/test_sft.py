@@ -152,7 +152,7 @@ def test_tfds_summarization_by_name(tmp_path, name, keys):
   import tensorflow_datasets as tfds
 
   data = _data('summarize', source='tfds', tfds_name=name, data_dir=str(tmp_path))
-  assert sft._keys(data, 'summarize') == keys  # pylint: disable=protected-access
+  assert t2t._keys(data, 'summarize') == keys  # pylint: disable=protected-access
   with tfds.testing.mock_data(num_examples=6, data_dir=str(tmp_path)):
     got = t2t.load_splits('summarize', data)
     raw = list(tfds.as_numpy(tfds.load(name, split='test', data_dir=str(tmp_path))))
