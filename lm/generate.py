@@ -81,13 +81,13 @@ def left_pad(prompts: Sequence[Sequence[int]], pad_id: int, min_len: int = 0):
   return ids, mask
 
 
-def _seq2seq(model) -> bool:
+def is_encoder_decoder(model) -> bool:
   return getattr(model, 'encoder_decoder', False)
 
 
 def _cache_shapes(model, batch: int, length: int, source_len: int = 1):
   ids = jnp.zeros((batch, length), jnp.int32)
-  args = (jnp.zeros((batch, source_len), jnp.int32), ids) if _seq2seq(model) else (ids,)
+  args = (jnp.zeros((batch, source_len), jnp.int32), ids) if is_encoder_decoder(model) else (ids,)
   return jax.eval_shape(
     lambda: nn.unbox(model.init(jax.random.PRNGKey(0), *args, decode=True))['cache']
   )
@@ -139,7 +139,7 @@ def forward(model, params, cache, ids, positions, mask):
 
   mask: padding over the cache slots, or an encoder-decoder's source mask (positions unused: the
   decoder counts its own)."""
-  if _seq2seq(model):
+  if is_encoder_decoder(model):
     kwargs = dict(source_mask=mask, method=_last_logits_seq2seq)
   else:
     kwargs = dict(positions=positions, attention_mask=mask, decode=True, method=_last_logits)
@@ -150,7 +150,7 @@ def forward(model, params, cache, ids, positions, mask):
 def decoder_prompt(model, ids, mask, pad_id: int):
   """The decoder's own prompt and mask: the ids themselves, or for an encoder-decoder the start
   token (`pad_id`)."""
-  if not _seq2seq(model):
+  if not is_encoder_decoder(model):
     return ids, mask
   start = jnp.full((ids.shape[0], 1), pad_id, ids.dtype)
   return start, jnp.ones_like(start)
@@ -163,7 +163,7 @@ def prefill(model, params, ids, mask, max_new_tokens: int, pad_id: int = 0):
   Returns (last logits [B, V], cache, slot mask [B, P + N] or the source mask, next position [B]).
   """
   b, p = ids.shape
-  if _seq2seq(model):
+  if is_encoder_decoder(model):
     start, _ = decoder_prompt(model, ids, mask, pad_id)
     logits, mut = model.apply(
       {'params': params, 'cache': init_cache(model, b, max_new_tokens, p)},
@@ -482,7 +482,7 @@ def generate(
       'pass exactly one of max_new_tokens (tokens to add) and max_length (prompt included).'
     )
   if max_length is not None:  # an encoder-decoder's counts the decoder's start token (HF's)
-    max_new_tokens = int(max_length) - (1 if _seq2seq(model) else longest)
+    max_new_tokens = int(max_length) - (1 if is_encoder_decoder(model) else longest)
     if max_new_tokens < 1:
       raise ValueError(
         f'max_length={max_length} leaves no room after the longest prompt ({longest} tokens): '

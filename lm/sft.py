@@ -47,10 +47,6 @@ KINDS = ('decoder', 'encoder-decoder')
 # ------------------------------------------------------------------ models and rows
 
 
-def _seq2seq(model) -> bool:
-  return getattr(model, 'encoder_decoder', False)
-
-
 def model_of(cfg: M.ModelConfig):
   """The module of a saved model config: T5 for a T5Config, else the decoder."""
   return t5.T5(cfg) if isinstance(cfg, t5.T5Config) else M.Decoder(cfg)
@@ -64,7 +60,7 @@ def config_from_dict(d: dict) -> M.ModelConfig:
 def featurize(model, examples: list, tok, data_cfg, seed: Optional[int] = None) -> dict:
   """The rows `model` trains on: packed prefix-LM rows for a decoder, one padded input/target
   pair per row for an encoder-decoder."""
-  fn = t2t.featurize_seq2seq if _seq2seq(model) else t2t.featurize
+  fn = t2t.featurize_seq2seq if gen.is_encoder_decoder(model) else t2t.featurize
   return fn(examples, tok, data_cfg, seed)
 
 
@@ -72,7 +68,7 @@ def featurize(model, examples: list, tok, data_cfg, seed: Optional[int] = None) 
 
 
 def _sums(model, params, batch, rng, deterministic, loss_chunk):
-  objective = 'seq2seq' if _seq2seq(model) else 'clm'
+  objective = 'seq2seq' if gen.is_encoder_decoder(model) else 'clm'
   return objectives.loss_sums(objective, model, params, batch, rng, deterministic, loss_chunk)
 
 
@@ -119,7 +115,7 @@ def generate_texts(model, params, tok, examples: list, config) -> list[str]:
   decoder's prompt, or the encoder's input (the decoder starts from T5's id 0)."""
   g, d = config.generate, config.data
   _, eos, pad = t2t.specials(tok)
-  if _seq2seq(model):
+  if gen.is_encoder_decoder(model):
     n_in, n_out = t2t.seq2seq_lengths(d)
     prompts = [t2t.encode_seq2seq(t2t.render(e, d), tok, n_in, n_out)[0] for e in examples]
     pad, prompt_len = 0, n_in
@@ -167,8 +163,6 @@ def _check(config, cfg):
     raise ValueError(
       f'data.max_prompt_len={d.max_prompt_len} leaves no target in seq_len={d.seq_len}.'
     )
-  if config.get('init', 'pretrained') not in ('pretrained', 'random'):
-    raise ValueError(f"init={config.init!r}: use 'pretrained' or 'random'.")
   if (
     cfg.position == 'learned' and max(d.seq_len, d.max_prompt_len + g.max_new_tokens) > cfg.max_len
   ):
@@ -216,6 +210,8 @@ def run(config, workdir: str) -> dict:
     raise ValueError(f'task={config.task!r}: use one of {TASKS}.')
   pi, pc = jax.process_index(), jax.process_count()
   mesh = sharding.make_mesh(config.mesh_shape)
+  if config.init not in ('pretrained', 'random'):  # before loading anything
+    raise ValueError(f"init={config.init!r}: use 'pretrained' or 'random'.")
   data = t2t.load_splits(config.task, config.data)  # before the model: bad data fails fast
   own = _own_model(workdir)
   if own is None:
@@ -304,7 +300,7 @@ def load(workdir: str, mesh=None, which: str = 'best') -> pretrained.Pretrained:
     state, _, step = ckpt.restore(target)
     params = state.params
   tok = tokenizer_lib.Tokenizer.load(os.path.join(workdir, 'tokenizer.json'))
-  kind = 'encoder-decoder' if _seq2seq(model) else 'decoder'
+  kind = 'encoder-decoder' if gen.is_encoder_decoder(model) else 'decoder'
   return pretrained.Pretrained(kind, cfg, params, tok, config, step)
 
 
