@@ -1,7 +1,7 @@
 r"""Fine-tunes a pretrained decoder from preference pairs: a reward model, or DPO / IPO.
 
-  python dpo.py --config=configs/reward.py --workdir=/tmp/lm_rm  --config.pretrained=/tmp/lm_gpt
-  python dpo.py --config=configs/dpo.py    --workdir=/tmp/lm_dpo --config.pretrained=/tmp/lm_gpt \
+  python dpo.py --config=configs/reward.py --workdir=/tmp/lm_rm  --config.init_checkpoint=/tmp/lm_gpt
+  python dpo.py --config=configs/dpo.py    --workdir=/tmp/lm_dpo --config.init_checkpoint=/tmp/lm_gpt \
       [--config.loss=ipo] [--config.beta=0.1] [--config.data.source=files --config.data.files=F]
 
 `config.task` picks the job: 'reward' trains a Bradley-Terry reward model (decoder + scalar
@@ -16,7 +16,7 @@ from absl import flags
 from ml_collections import config_flags
 
 from lm import cli
-from lm import rlhf
+from lm.jobs import dpo
 
 FLAGS = flags.FLAGS
 config_flags.DEFINE_config_file(
@@ -28,4 +28,4 @@ flags.DEFINE_string(
 flags.mark_flags_as_required(['config', 'workdir'])
 
 if __name__ == '__main__':
-  cli.run_job(rlhf.run)
+  cli.run_job(dpo.run)

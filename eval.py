@@ -30,9 +30,10 @@ from ml_collections import config_flags
 
 from lm import cli
 from lm import distributed
-from lm import evaluation
+from lm import jobs
 from lm import metrics
-from lm import sft
+from lm import perplexity
+from lm import pretrained
 
 FLAGS = flags.FLAGS
 config_flags.DEFINE_config_file(
@@ -78,21 +79,19 @@ def main(argv):
   output = FLAGS.output or os.path.join(path, 'eval_results.json')
   preds = None
   if FLAGS.text_file:
-    results = evaluation.evaluate_text(path, FLAGS.text_file, FLAGS.stride, FLAGS.window)
+    results = perplexity.evaluate_text(path, FLAGS.text_file, FLAGS.stride, FLAGS.window)
   elif FLAGS.stride or FLAGS.window:
     raise ValueError('--stride and --window go with --text_file (sliding-window perplexity).')
-  elif evaluation.is_finetune_workdir(path):
-    results, preds = evaluation.evaluate_finetuned(
-      path, FLAGS.config, FLAGS.which, max_examples=FLAGS.max_examples, split=FLAGS.split
+  else:  # the job that wrote the workdir evaluates it (an HF directory: as pretraining)
+    job = pretrained.job_of(path) or 'pretrain'
+    results, preds = jobs.get(job).evaluate(
+      path,
+      FLAGS.config,
+      split=FLAGS.split,
+      which=FLAGS.which,
+      max_examples=FLAGS.max_examples,
+      num_batches=FLAGS.eval_batches,
     )
-  elif sft.is_workdir(path):
-    results, preds = sft.evaluate_workdir(
-      path, FLAGS.config, FLAGS.split, FLAGS.max_examples, FLAGS.which
-    )
-  elif evaluation.is_preference_workdir(path):
-    results = evaluation.evaluate_preference(path, split=FLAGS.split)
-  else:
-    results = evaluation.evaluate_pretraining(path, FLAGS.config, FLAGS.eval_batches)
   if jax.process_index():
     return
   if preds is not None:

@@ -14,7 +14,7 @@ from ml_collections import config_flags
 
 from lm import cli
 from lm import distributed
-from lm import finetune
+from lm.jobs import finetune
 from lm import metrics
 
 FLAGS = flags.FLAGS

@@ -60,7 +60,7 @@ flags.DEFINE_integer('seed', 0, 'Sampling seed.')
 def load_for_generation(path: str):
   """(Pretrained decoder or encoder-decoder, tokenizer, eos id or None) from a workdir or an HF
   directory."""
-  pre = pretrained.load(path)
+  pre = pretrained.load(path).body(path, 'generate.py')
   if pre.kind == 'encoder':
     raise ValueError(f'{path} holds an encoder; generation needs a decoder or an encoder-decoder.')
   tok = tokenizer_lib.from_hf_files(FLAGS.tokenizer) if FLAGS.tokenizer else pre.tokenizer

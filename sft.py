@@ -7,7 +7,7 @@ summarization, translation.
   python sft.py --config=configs/t5_finetune.py[:translate] --workdir=/tmp/lm_t5_sum \
       --config.init_checkpoint=/tmp/lm_t5 [--config.init=random]
 
-One job (lm/sft.py): prompt -> target with the loss on the target tokens only (a decoder: packed
+One job (lm/jobs/sft.py): prompt -> target with the loss on the target tokens only (a decoder: packed
 rows with document masks; a T5: the input in the encoder, the target from the decoder), validation response loss every eval_every steps (the lowest kept in
 WORKDIR/best). `python eval.py --checkpoint=WORKDIR` then reports the test split: response loss,
 ROUGE / BLEU of generations, and the lead baseline for summarization. The workdir is a model
@@ -19,7 +19,7 @@ from absl import flags
 from ml_collections import config_flags
 
 from lm import cli
-from lm import sft
+from lm.jobs import sft
 
 FLAGS = flags.FLAGS
 config_flags.DEFINE_config_file(

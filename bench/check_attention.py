@@ -13,7 +13,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from lm import model as M
+from lm import models as M
 
 
 def rel(a, b):

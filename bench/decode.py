@@ -20,7 +20,7 @@ import transformers
 
 from lm import generate as G
 from lm import hf
-from lm import model as M
+from lm import models as M
 
 flags.DEFINE_integer('hidden', 256, 'n_embd.')
 flags.DEFINE_integer('layers', 4, 'n_layer.')

@@ -30,7 +30,7 @@ for step in $steps; do
         --config.init_checkpoint="$wd/base"
       run "eval_$task" eval.py --checkpoint="$wd/ft_$task" ;;
     reward | dpo)
-      run "$step" dpo.py --config="configs/$step.py" --workdir="$wd/$step" --config.pretrained="$wd/gpt"
+      run "$step" dpo.py --config="configs/$step.py" --workdir="$wd/$step" --config.init_checkpoint="$wd/gpt"
       run "eval_$step" eval.py --checkpoint="$wd/$step" ;;
     fewshot)
       run fewshot eval.py --config=configs/fewshot.py --checkpoint="$wd/gpt" --output="$wd/fewshot.json" ;;

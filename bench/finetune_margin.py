@@ -15,7 +15,7 @@ import tempfile
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from lm import finetune  # noqa: E402
+from lm.jobs import finetune  # noqa: E402
 import configs.finetune_cls as C  # noqa: E402
 
 

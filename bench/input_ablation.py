@@ -15,7 +15,8 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 import jax  # noqa: E402
 
-from lm import sft  # noqa: E402
+from lm.jobs import sft  # noqa: E402
+from lm import pretrained  # noqa: E402
 from lm import sharding  # noqa: E402
 from lm.data import text_to_text as t2t  # noqa: E402
 
@@ -26,7 +27,7 @@ def main():
   p.add_argument('--split', default='validation', choices=['validation', 'test'])
   args = p.parse_args()
   mesh = sharding.make_mesh((-1, 1, 1))
-  got = sft.load(args.workdir, mesh)
+  got = pretrained.load(args.workdir, mesh)
   config = got.config
   examples = t2t.load_splits(config.task, config.data)[args.split]
   if not all('prompt' in e for e in examples):

@@ -16,8 +16,9 @@ import sys
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
+from lm import pretrained  # noqa: E402
 from lm import metrics  # noqa: E402
-from lm import sft  # noqa: E402
+from lm.jobs import sft  # noqa: E402
 from lm.data import text_to_text as t2t  # noqa: E402
 
 
@@ -32,7 +33,7 @@ def main():
   p.add_argument('--workdir', required=True, help='sft.py workdir of configs/summarize.py')
   p.add_argument('settings', help='JSON list of config.generate overrides')
   args = p.parse_args()
-  got = sft.load(args.workdir)
+  got = pretrained.load(args.workdir)
   config = got.config
   base = dict(config.generate)
   for k, v in dict(min_new_tokens=0, repetition_penalty=1.0, no_repeat_ngram_size=0).items():

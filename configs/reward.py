@@ -1,6 +1,6 @@
 """A Bradley-Terry reward model: the pretrained decoder plus a scalar head on the last token.
 
-  python dpo.py --config=configs/reward.py --workdir=/tmp/lm_rm --config.pretrained=/tmp/lm_gpt
+  python dpo.py --config=configs/reward.py --workdir=/tmp/lm_rm --config.init_checkpoint=/tmp/lm_gpt
 
 Reports pairwise accuracy (reward of chosen > reward of rejected) on held-out pairs.
 """

@@ -8,7 +8,6 @@ fall back to the newest readable step when the latest one is damaged. A save tha
 naming the directory when the disk refused it, and leaves no orbax thread holding the exit.
 """
 
-import dataclasses
 import logging
 import os
 import threading
@@ -274,21 +273,13 @@ def for_run(workdir: str, config) -> Checkpointer:
   )
 
 
-def job_meta(config, model_cfg, task: Optional[str] = None):
-  """`loop.fit`'s meta for a job that trains a model: what `pretrained.load` rebuilds it from
-  (`model`), what `saved_task` reads (`task`; train.py names none), the config and the data
-  position."""
-  fields = {'config': config.to_json(), 'model': dataclasses.asdict(model_cfg)}
-  if task is not None:
-    fields['task'] = task
+def job_meta(job: str, config, record: dict):
+  """`loop.fit`'s meta for a job that trains a model: the job's name, the model record
+  `lm.pretrained.load` rebuilds the model from (`lm.models.record`, plus the tokenizer file
+  beside the checkpoints), the job's config and the data position."""
+  fields = {
+    'job': job,
+    'record': {**record, 'tokenizer': 'tokenizer.json'},
+    'config': config.to_json(),
+  }
   return lambda step: {**fields, 'data_position': step}
-
-
-def saved_task(workdir: str) -> Optional[str]:
-  """The job a workdir's latest checkpoint says it ran (`task` in its metadata: reward, dpo,
-  ppo, sft, summarize), or None (no checkpoint, or a train.py run, which names none)."""
-  ckpt_dir = os.path.join(workdir, 'checkpoints')
-  if not os.path.isdir(ckpt_dir):
-    return None
-  ckpt = Checkpointer(ckpt_dir, read_only=True)
-  return ckpt.read_meta()[0].get('task') if ckpt.latest_step() is not None else None

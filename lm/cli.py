@@ -11,12 +11,14 @@ import dis
 import os
 import re
 import sys
+from typing import Optional
 
 from absl import app
 from absl import flags
 from absl import logging
 
 from lm import checkpoint
+from lm import distributed
 from lm.checkpoint import CheckpointError
 from lm.data import sources
 
@@ -100,10 +102,32 @@ def writable_dir(path: str, flag: str = '--workdir') -> str:
   return path
 
 
+# Config keys that were renamed: old -> new. A locked config rejects the old key inside the flag
+# parser with an obscure error, so `run` names the new one first.
+RENAMED_CONFIG_KEYS = {'pretrained': 'init_checkpoint'}
+
+
+def renamed_key_error(argv) -> Optional[str]:
+  """The one-line error for the first `--config.<renamed key>[=value]` in `argv`, or None."""
+  for arg in argv:
+    m = re.match(r'--config\.(\w+)(=.*)?$', arg)
+    if m and m.group(1) in RENAMED_CONFIG_KEYS:
+      new = RENAMED_CONFIG_KEYS[m.group(1)]
+      return f'{arg}: config.{m.group(1)} was renamed: use --config.{new}{m.group(2) or "=..."}.'
+  return None
+
+
+def check_renamed(config) -> None:
+  """Raises ValueError (one line) for a config built with a renamed key (a notebook's, or an
+  old config file's)."""
+  for old, new in RENAMED_CONFIG_KEYS.items():
+    if old in config:
+      raise ValueError(f'config.{old} was renamed: set config.{new} instead.')
+
+
 def run_job(job):
   """The program of a training entry point: job(FLAGS.config, FLAGS.workdir) after the
   multi-host start-up, which must come before any other JAX call."""
-  from lm import distributed  # pylint: disable=g-import-not-at-top
 
   def main(argv):
     del argv
@@ -128,7 +152,7 @@ def run(main):
         raise  # a library's error: a bug, whose traceback is what to report
       _fail(str(e).splitlines()[0] if str(e) else type(e).__name__)
 
-  msg = sources.argv_error(sys.argv[1:])  # ml_collections would reject an old key obscurely
+  msg = sources.argv_error(sys.argv[1:]) or renamed_key_error(sys.argv[1:])
   if msg:
     _fail(msg)
   app.run(guarded, flags_parser=parse_flags)

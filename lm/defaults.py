@@ -14,7 +14,7 @@ import ml_collections
 from ml_collections import config_dict
 
 from lm import tasks
-from lm.model import ModelConfig
+from lm.models import ModelConfig
 
 
 def train_block(**overrides) -> ml_collections.ConfigDict:
@@ -165,7 +165,7 @@ def preference() -> ml_collections.ConfigDict:
   """Defaults configs/reward.py and configs/dpo.py share (fields documented inline)."""
   c = ml_collections.ConfigDict()
   c.task = 'reward'  # 'reward' | 'dpo' (configs/dpo.py)
-  c.pretrained = config_dict.placeholder(str)  # train.py workdir or HF GPT-2 directory
+  c.init_checkpoint = config_dict.placeholder(str)  # train.py workdir or HF GPT-2 directory
   c.seed = 0
   c.mesh_shape = (-1, 1, 1)
 
@@ -242,7 +242,9 @@ def rl() -> ml_collections.ConfigDict:
   of the preference data (lm/ppo.py says what each algorithm does with them)."""
   c = ml_collections.ConfigDict()
   c.algorithm = 'ppo'  # 'ppo' (value head + GAE) | 'grpo' | 'rloo' (critic-free, group_size > 1)
-  c.pretrained = config_dict.placeholder(str)  # the starting policy: any decoder workdir / HF dir
+  c.init_checkpoint = config_dict.placeholder(
+    str
+  )  # the starting policy: a decoder workdir / HF dir
   c.reference = ''  # frozen KL reference ('' = the starting policy)
   c.reward_model = config_dict.placeholder(str)  # dpo.py --config=configs/reward.py workdir
   c.seed = 0

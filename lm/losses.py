@@ -117,3 +117,22 @@ def _chunked_ce_bwd(chunk_size, res, g):
 
 
 chunked_cross_entropy_sums.defvjp(_chunked_ce_fwd, _chunked_ce_bwd)
+
+
+def gather_logps(logits, tokens):
+  """log softmax(logits)[token] in float32: [B, N, V], [B, N] -> [B, N]."""
+  logp = jax.nn.log_softmax(logits.astype(jnp.float32), axis=-1)
+  return jnp.take_along_axis(logp, tokens[..., None], axis=-1)[..., 0]
+
+
+def token_logps(logits, ids):
+  """log p(ids[t] | ids[<t]) for t >= 1, at [B, T-1]: logits at t-1 predict token t."""
+  return gather_logps(logits[:, :-1], ids[:, 1:])
+
+
+def sequence_logps(model, params, ids, mask, resp, deterministic=True, rngs=None):
+  """Sum of the response tokens' log-probs [B]; prompt and padding tokens do not count."""
+  logits = model.apply(
+    {'params': params}, ids, attention_mask=mask, deterministic=deterministic, rngs=rngs
+  )
+  return jnp.sum(token_logps(logits, ids) * resp[:, 1:].astype(jnp.float32), axis=-1)

@@ -3,7 +3,7 @@
 `mlm` trains the Encoder (masked LM, plus next-sentence prediction when data.nsp);
 `clm` trains the Decoder (causal LM over packed documents); `span` trains the T5 encoder-decoder
 (span corruption over packed documents, `lm.data.span`); `seq2seq` is text-to-text fine-tuning of
-T5 (`lm.sft`: padded inputs, loss on the target tokens' weights). Losses come as sums with
+T5 (`lm.jobs.sft`: padded inputs, loss on the target tokens' weights). Losses come as sums with
 their normalisers computed from the whole batch up front, so a step split into
 micro-batches gives the same gradient as one big batch.
 """
@@ -13,11 +13,14 @@ import functools
 import jax.numpy as jnp
 
 from lm import losses
-from lm import model as M
-from lm import t5
+from lm import models as M
+from lm.models import layers
 from lm import trainer
+from lm.data import pretrain
+from lm.data import span
 
 OBJECTIVES = ('mlm', 'clm', 'span')
+KINDS = {'mlm': 'encoder', 'clm': 'decoder', 'span': 'encoder-decoder'}  # the body each trains
 
 
 def model_config(config, vocab_size: int) -> M.ModelConfig:
@@ -27,7 +30,7 @@ def model_config(config, vocab_size: int) -> M.ModelConfig:
   cls = M.ModelConfig
   if config.objective == 'span':
     # sentinel k (the k-th noise span of a row) is vocab_size + k
-    cls, vocab_size = t5.T5Config, vocab_size + config.data.num_sentinels
+    cls, vocab_size = M.T5Config, vocab_size + config.data.num_sentinels
   return cls.from_dict({**config.model.to_dict(), 'vocab_size': -(-vocab_size // 128) * 128})
 
 
@@ -35,7 +38,21 @@ def make_model(config, vocab_size: int):
   if config.objective not in OBJECTIVES:
     raise ValueError(f'objective={config.objective!r}: use one of {OBJECTIVES}.')
   cfg = model_config(config, vocab_size)
-  return {'mlm': M.Encoder, 'clm': M.Decoder, 'span': t5.T5}[config.objective](cfg)
+  return M.body(KINDS[config.objective], cfg)
+
+
+def make_batcher(config, corpus, tokenizer, seed: int) -> pretrain.Batcher:
+  """The batcher a pretraining config asks for: MLM (+NSP) for 'mlm', packed CLM for 'clm',
+  span corruption for 'span'."""
+  d, b = config.data, config.train.batch_size
+  if config.objective == 'mlm':
+    return pretrain.MLMBatcher(
+      corpus, tokenizer, d.seq_len, b, seed, mlm_prob=d.mlm_prob, nsp=d.nsp
+    )
+  if config.objective == 'span':
+    return span.SpanBatcher(corpus, tokenizer, d.seq_len, b, seed, d.noise_density,
+                            d.mean_noise_span_length, tokenizer.vocab_size)  # fmt: skip
+  return pretrain.CLMBatcher(corpus, tokenizer, d.seq_len, b, seed)
 
 
 def init_inputs(config):
@@ -98,7 +115,7 @@ def loss_sums(objective, model, params, batch, rng, deterministic: bool, loss_ch
     hidden = model.apply(
       {'params': params}, batch['input_ids'], method='hidden', rngs=rngs, **kwargs
     )
-    emb = M.output_embedding(params)
+    emb = layers.output_embedding(params)
     return {
       'lm': losses.chunked_cross_entropy_sums(
         hidden, emb, batch['targets'], batch['weights'], loss_chunk

@@ -1,8 +1,15 @@
-"""Loading a trained model for fine-tuning, evaluation and generation.
+"""Loading any trained model: a workdir of any job, or a HuggingFace directory.
 
-Two sources look the same to callers: a workdir of our `train.py` (config from the
-checkpoint's metadata, tokenizer.json beside it, params from orbax onto any mesh), or a
-HuggingFace BERT / GPT-2 / Llama / Mistral / Qwen2 directory (config.json + weights, converted by `lm.hf`).
+The loading order, written down once:
+  1. `path` without checkpoints/ is an HF directory (config.json + weights): `lm.hf` converts it.
+  2. A workdir's model record (`read_record`): the `record` in its latest checkpoint's metadata,
+     written by every job (kind, head, model config, tokenizer file). Workdirs written before
+     records existed are described from what they did save (`_legacy_record`).
+  3. The model is `lm.models.build(record)`; its params restore into the abstract state built
+     from it and the run's saved optimizer config: from best/ (the params chosen on validation:
+     finetune.py and sft.py keep one) when `which='best'` and it holds a step, else from
+     checkpoints/ (the latest step, or `step`).
+This module imports no job: a job is only a name in the record.
 """
 
 import dataclasses
@@ -13,103 +20,151 @@ from typing import Any, Optional
 import ml_collections
 
 from lm import checkpoint
-from lm import model as M
+from lm import hf
+from lm import models
 from lm import objectives
 from lm import optim
 from lm import sharding
 from lm import trainer
 from lm.data import tokenizer as tokenizer_lib
 
+HF_TOKENIZER_FILES = (
+  'tokenizer.json',
+  'tokenizer.model',
+  'spiece.model',
+  'vocab.txt',
+  'vocab.json',
+)
+# What workdirs written before model records say about themselves: the `task` in their
+# checkpoint metadata (none: train.py), or a finetune.json beside the checkpoints.
+_LEGACY_TASKS = {
+  'reward': ('dpo', 'reward'),
+  'dpo': ('dpo', None),
+  'ppo': ('ppo', 'value'),
+}
+
 
 @dataclasses.dataclass
 class Pretrained:
-  kind: str  # 'encoder' | 'decoder' | 'encoder-decoder' (T5)
-  cfg: M.ModelConfig
+  kind: str  # 'encoder' | 'decoder' | 'encoder-decoder' (T5): the body
+  cfg: models.ModelConfig
   params: Any
   tokenizer: Optional[tokenizer_lib.Tokenizer]
-  config: Optional[ml_collections.ConfigDict] = None  # the pretraining config, for our runs
+  config: Optional[ml_collections.ConfigDict] = None  # the config of the job that wrote it
   step: Optional[int] = None
+  job: Optional[str] = None  # pretrain, finetune, sft, dpo, ppo; None for an HF directory
+  head: Optional[str] = None  # None (the body and its LM heads), 'task' or 'reward'
+  head_args: dict = dataclasses.field(default_factory=dict)
 
   @property
   def model(self):
-    if self.kind == 'encoder-decoder':
-      from lm import t5  # pylint: disable=g-import-not-at-top
+    return models.build(models.record(self.kind, self.cfg, self.head, **self.head_args))
 
-      return t5.T5(self.cfg)
-    return M.Encoder(self.cfg) if self.kind == 'encoder' else M.Decoder(self.cfg)
+  def body(self, path: str, use: str) -> 'Pretrained':
+    """Self, after checking it is a bare body (what generation and every job's start take):
+    a task or reward model is refused in one line naming what to do instead."""
+    if self.head is not None:
+      raise ValueError(
+        f'{path} is a {"fine-tuned task" if self.head == "task" else self.head} model '
+        f'({self.job} job): evaluate it with eval.py --checkpoint={path}; {use} takes a '
+        'train.py, sft.py, DPO or PPO workdir or an HF directory.'
+      )
+    return self
 
 
 def is_workdir(path: str) -> bool:
   return os.path.isdir(os.path.join(path, 'checkpoints'))
 
 
-def load(path: str, mesh=None, step: Optional[int] = None) -> Pretrained:
-  """Loads our workdir or an HF directory; params are placed on `mesh` (default: all devices)."""
+def load(path: str, mesh=None, step: Optional[int] = None, which: str = 'best') -> Pretrained:
+  """Any workdir or an HF directory, params placed on `mesh` (default: all devices, data-
+  parallel). A PPO workdir gives its policy (the value head is for training only)."""
   if not os.path.exists(path):
     raise FileNotFoundError(
-      f'{path} does not exist: pass a train.py --workdir or a HuggingFace '
-      'model directory (config.json + model.safetensors).'
+      f'{path} does not exist: pass a workdir of a job (train.py, finetune.py, sft.py, dpo.py, '
+      'ppo.py) or a HuggingFace model directory (config.json + model.safetensors).'
     )
+  if which not in ('best', 'latest'):
+    raise ValueError(f"which={which!r}: use 'best' or 'latest'.")
   mesh = mesh or sharding.make_mesh((-1, 1, 1))
   if is_workdir(path):
-    return _load_workdir(path, mesh, step)
-  from lm import hf  # pylint: disable=g-import-not-at-top
-
+    return _load_workdir(path, mesh, step, which)
   kind, cfg, params = hf.import_pretrained(path)
-  module = hf.SPECS[kind].module
-  kind = (
-    'encoder' if module is M.Encoder else 'decoder' if module is M.Decoder else 'encoder-decoder'
-  )
   tok = None
-  if any(
-    os.path.exists(os.path.join(path, f))
-    for f in ('tokenizer.json', 'tokenizer.model', 'spiece.model', 'vocab.txt', 'vocab.json')
-  ):
+  if any(os.path.exists(os.path.join(path, f)) for f in HF_TOKENIZER_FILES):
     tok = tokenizer_lib.from_hf_files(path)
-  return Pretrained(kind, cfg, params, tok)
+  return Pretrained(models.kind_of(hf.SPECS[kind].module), cfg, params, tok)
 
 
 def saved_config(workdir: str, step: Optional[int] = None) -> ml_collections.ConfigDict:
+  return read_record(workdir, step)[2]
+
+
+def read_record(workdir: str, step: Optional[int] = None) -> tuple[str, dict, Any]:
+  """(job, model record, job config) of a workdir, reading no arrays."""
   ckpt = checkpoint.Checkpointer(os.path.join(workdir, 'checkpoints'), read_only=True)
   meta, _ = ckpt.read_meta(step)
-  return ml_collections.ConfigDict(json.loads(meta['config']))
-
-
-def _load_workdir(workdir: str, mesh, step: Optional[int]) -> Pretrained:
-  """A train.py workdir, or an sft.py / dpo.py / ppo.py one holding an SFT / DPO / PPO policy
-  (a decoder); finetune.py's task models and dpo.py's reward models are refused on one line."""
-  if os.path.isfile(os.path.join(workdir, 'finetune.json')):
-    raise ValueError(
-      f'{workdir} is a fine-tuned task model (finetune.py): evaluate it with eval.py '
-      f'--checkpoint={workdir}; generation and init_checkpoint take a train.py, sft.py, dpo.py '
-      '(DPO) or ppo.py workdir or an HF directory.'
-    )
-  ckpt = checkpoint.Checkpointer(os.path.join(workdir, 'checkpoints'), read_only=True)
-  meta, _ = ckpt.read_meta(step)
-  from lm import sft  # pylint: disable=g-import-not-at-top
-
-  if meta.get('task') in sft.TASKS:  # sft.py: the fine-tuned decoder or T5 (best/)
-    return sft.load(workdir, mesh)
-  if 'task' in meta:  # dpo.py or ppo.py
-    if meta['task'] not in ('dpo', 'ppo'):
-      raise ValueError(
-        f'{workdir} is a reward model (dpo.py, task={meta["task"]!r}): it scores text and does '
-        f'not generate; evaluate it with eval.py --checkpoint={workdir}, or pass a train.py or '
-        'DPO / PPO workdir.'
-      )
-    from lm import rlhf  # pylint: disable=g-import-not-at-top
-
-    _, model, params, tok, got = rlhf.load_finetuned(workdir, mesh, step)
-    return Pretrained('decoder', model.cfg, params, tok, None, got)
   config = ml_collections.ConfigDict(json.loads(meta['config']))
-  tok = tokenizer_lib.Tokenizer.load(os.path.join(workdir, 'tokenizer.json'))
-  model = objectives.make_model(config, tok.vocab_size)
-  if 'model' in meta:  # the exact model (a continued HF model keeps its unpadded vocab)
-    model = type(model)(type(model.cfg).from_dict(meta['model']))
-  target = trainer.abstract_state(
-    model, optim.make(config.train), mesh, objectives.init_inputs(config)
-  )
+  if 'pretrained' in config:  # dpo.py / ppo.py configs saved before the rename
+    config.init_checkpoint = config['pretrained']
+    del config['pretrained']
+  if 'record' in meta:
+    return meta['job'], meta['record'], config
+  return _legacy_record(workdir, meta, config)
+
+
+def job_of(workdir: str) -> Optional[str]:
+  """The job that wrote `workdir` (from its record), or None: not a workdir or no checkpoint."""
+  if not is_workdir(workdir):
+    return None
   ckpt = checkpoint.Checkpointer(os.path.join(workdir, 'checkpoints'), read_only=True)
-  state, _, got = ckpt.restore(target, step)
-  kind = {'mlm': 'encoder', 'clm': 'decoder', 'span': 'encoder-decoder'}[config.objective]
-  return Pretrained(kind, model.cfg, state.params, tok, config, got)
+  return read_record(workdir)[0] if ckpt.latest_step() is not None else None
+
+
+def _legacy_record(workdir: str, meta: dict, config) -> tuple[str, dict, Any]:
+  """A workdir saved before model records: the same record, from what it did save."""
+  finetune_json = os.path.join(workdir, 'finetune.json')
+  if os.path.isfile(finetune_json):
+    with open(finetune_json, encoding='utf-8') as f:
+      info = json.load(f)
+    cfg = models.config_from_dict(info['kind'], info['model'])
+    n = len(info['labels']) if info['labels'] else 2
+    args = dict(output=info['head'], num_outputs=n, pooling=info.get('pooling', 'pooler'))
+    return 'finetune', models.record(info['kind'], cfg, 'task', **args), config
+  task = meta.get('task')
+  if task is None:  # train.py
+    kind = objectives.KINDS[config.objective]
+    if 'model' in meta:  # the exact model (a continued HF model keeps its unpadded vocab)
+      cfg = models.config_from_dict(kind, meta['model'])
+    else:
+      tok = tokenizer_lib.Tokenizer.load(os.path.join(workdir, 'tokenizer.json'))
+      cfg = objectives.model_config(config, tok.vocab_size)
+    return 'pretrain', models.record(kind, cfg), config
+  if task in _LEGACY_TASKS:
+    job, head = _LEGACY_TASKS[task]
+    cfg = models.config_from_dict('decoder', meta['model'])
+    return job, models.record('decoder', cfg, head), config
+  kind = 'encoder-decoder' if 'd_kv' in meta['model'] else 'decoder'  # sft.py (a T5 has d_kv)
+  return 'sft', models.record(kind, models.config_from_dict(kind, meta['model'])), config
+
+
+def _load_workdir(workdir: str, mesh, step: Optional[int], which: str) -> Pretrained:
+  job, rec, config = read_record(workdir, step)
+  model = models.build(rec)
+  target = trainer.abstract_state(
+    model, optim.make(config.train), mesh, models.init_inputs(rec, min(8, model.cfg.max_len))
+  )
+  best_dir = os.path.join(workdir, 'best')
+  best = os.path.isdir(best_dir) and checkpoint.Checkpointer(best_dir, every=1, read_only=True)
+  if which == 'best' and step is None and best and best.latest_step() is not None:
+    params, _, got = best.restore(target.params)
+  else:
+    ckpt = checkpoint.Checkpointer(os.path.join(workdir, 'checkpoints'), read_only=True)
+    state, _, got = ckpt.restore(target, step)
+    params = state.params
+  tok = tokenizer_lib.Tokenizer.load(os.path.join(workdir, rec.get('tokenizer', 'tokenizer.json')))
+  head, args = rec.get('head'), rec.get('head_args') or {}
+  if head == 'value':  # a PPO policy: the actor-critic's decoder
+    head, args, params = None, {}, params['decoder']
+  cfg = models.config_from_dict(rec['kind'], rec['model'])
+  return Pretrained(rec['kind'], cfg, params, tok, config, got, job, head, args)

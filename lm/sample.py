@@ -3,6 +3,8 @@
 import jax.numpy as jnp
 import numpy as np
 
+from lm import generate
+
 
 def fill_masks(model, params, tok, text: str) -> str:
   """Replaces each [MASK] in `text` with the encoder's top prediction."""
@@ -15,8 +17,6 @@ def fill_masks(model, params, tok, text: str) -> str:
 
 
 def continue_text(model, params, tok, text: str, max_new_tokens: int) -> str:
-  from lm import generate  # pylint: disable=g-import-not-at-top
-
   prompt = tok.encode(text)
   room = model.cfg.max_len - max_new_tokens
   out = generate.generate(
@@ -34,8 +34,6 @@ def continue_text(model, params, tok, text: str, max_new_tokens: int) -> str:
 def fill_span(model, params, tok, text: str, max_new_tokens: int) -> str:
   """T5: `text` with one noise span (the first sentinel, id vocab_size) appended; returns the
   decoder's greedy prediction for it, sentinels dropped."""
-  from lm import generate  # pylint: disable=g-import-not-at-top
-
   out = generate.generate(
     model,
     params,

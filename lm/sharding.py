@@ -138,3 +138,28 @@ def gather(x):
   from jax.experimental import multihost_utils  # pylint: disable=g-import-not-at-top
 
   return multihost_utils.process_allgather(x, tiled=True)
+
+
+def config_mesh(config):
+  """The mesh a job's config names (`mesh_shape`, `num_devices`), so evaluation shards as the
+  job did; all devices data-parallel without one, or when it does not fit this machine (a run
+  trained on a pod slice, evaluated on a laptop), said once."""
+  shape = tuple(config.get('mesh_shape', (-1, 1, 1))) if config is not None else (-1, 1, 1)
+  n = int(config.get('num_devices', 0) or 0) if config is not None else 0
+  if n <= jax.device_count():
+    try:
+      return make_mesh(shape, jax.devices()[:n] if n else None)
+    except ValueError as e:
+      reason = str(e).split(':')[0].rstrip('.')
+  else:
+    reason = f'the job ran on {n} devices'
+  print(f'evaluation: {reason}; using all {jax.device_count()} devices data-parallel instead')
+  return make_mesh((-1, 1, 1))
+
+
+def placed(params, mesh):
+  """Params on `mesh`: a workdir's are placed already, an HF directory's (numpy) replicated."""
+  return jax.tree.map(
+    lambda x: x if isinstance(x, jax.Array) else jax.device_put(x, NamedSharding(mesh, P())),
+    params,
+  )

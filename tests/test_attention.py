@@ -8,7 +8,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from lm import model as M
+from lm import models as M
 
 CFG = M.ModelConfig(
   vocab_size=64,

@@ -125,9 +125,9 @@ def _check_finetune(workdir):
   assert len(_series(rows, 'eval/accuracy')) >= 3
   # The kept best params on the test split (nothing was chosen on it) against the majority
   # class of that split, recounted from the per-example predictions.
-  from lm import evaluation  # noqa: PLC0415
+  from lm.jobs import finetune  # noqa: PLC0415
 
-  results, predictions = evaluation.evaluate_finetuned(str(workdir / 'finetune_cls'))
+  results, predictions = finetune.evaluate(str(workdir / 'finetune_cls'))
   gold = [p['label'] for p in predictions]
   majority = max(map(gold.count, set(gold))) / len(gold)
   acc = sum(p['prediction'] == p['label'] for p in predictions) / len(predictions)

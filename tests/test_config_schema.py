@@ -10,8 +10,8 @@ from lm import defaults
 from lm.data import corpus
 from lm.data import prepare
 from lm.data import sources
-from lm.model import ModelConfig
-from lm import preference
+from lm.models import ModelConfig
+from lm.data import preference
 from lm.tasks import data as task_data
 
 SHARED_TRAIN = (

@@ -12,8 +12,9 @@ import re
 
 import pytest
 
+from lm.data import split as split_lib
 from lm import defaults
-from lm import preference
+from lm.data import preference
 from lm.data import corpus
 from lm.data import python_docs
 from lm.data import text_to_text as t2t
@@ -63,7 +64,7 @@ def _train_documents(config_module):
   return [
     d
     for d in corpus.iter_documents(data)
-    if not corpus.is_held_out(corpus.doc_hash(d), float(data.eval_fraction))
+    if not split_lib.doc_held_out(split_lib.doc_hash(d), float(data.eval_fraction))
   ]
 
 

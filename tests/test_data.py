@@ -6,6 +6,7 @@ import ml_collections
 import numpy as np
 import pytest
 
+from lm.data import text_files
 from lm.data import corpus as corpus_lib
 from lm.data import tokenizer as tok_lib
 from lm.data.pretrain import CLMBatcher, MLMBatcher, TokenizedCorpus
@@ -57,7 +58,7 @@ def test_python_docs_corpus(docs):
 def test_read_text_files_repairs_and_counts(tmp_path):
   (tmp_path / 'a.txt').write_bytes(b'first line\nsecond \xff\xfe line\n\n  \n\ndoc two\n')
   (tmp_path / 'b.txt').write_bytes('doc three \ufffd kept\n'.encode())
-  docs, stats = corpus_lib.read_text_files(str(tmp_path / '*.txt'))
+  docs, stats = text_files.read_text_files(str(tmp_path / '*.txt'))
   assert docs == ['first line\nsecond \ufffd\ufffd line', 'doc two', 'doc three \ufffd kept']
   assert (stats.files, stats.documents, stats.lines) == (2, 3, 4)
   assert stats.replaced_chars == 2  # the file's own U+FFFD is not counted as damage
@@ -66,20 +67,20 @@ def test_read_text_files_repairs_and_counts(tmp_path):
 
 def test_read_text_files_splits_a_10mb_line(tmp_path):
   (tmp_path / 'big.txt').write_text('x' * 10_000_000 + '\n')
-  docs, stats = corpus_lib.read_text_files([str(tmp_path / 'big.txt')])
+  docs, stats = text_files.read_text_files([str(tmp_path / 'big.txt')])
   assert stats.long_lines == 1 and len(docs) == 1
   pieces = docs[0].split('\n')
-  assert len(pieces) == 10 and all(len(p) == corpus_lib.MAX_LINE_CHARS for p in pieces)
+  assert len(pieces) == 10 and all(len(p) == text_files.MAX_LINE_CHARS for p in pieces)
 
 
 def test_read_text_files_errors(tmp_path):
   with pytest.raises(FileNotFoundError, match='nope.txt'):
-    corpus_lib.read_text_files(str(tmp_path / 'nope.txt'))
+    text_files.read_text_files(str(tmp_path / 'nope.txt'))
   with pytest.raises(FileNotFoundError, match=r'\*.md'):
-    corpus_lib.read_text_files(str(tmp_path / '*.md'))
+    text_files.read_text_files(str(tmp_path / '*.md'))
   (tmp_path / 'blank.txt').write_text('\n   \n\n')
   with pytest.raises(ValueError, match='empty'):
-    corpus_lib.read_text_files(str(tmp_path / 'blank.txt'))
+    text_files.read_text_files(str(tmp_path / 'blank.txt'))
 
 
 def test_load_corpus_dispatch(tmp_path, docs):

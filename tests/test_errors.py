@@ -14,7 +14,7 @@ from test_train import TINY, read_metrics
 
 from lm import cli
 from lm import defaults
-from lm import finetune
+from lm.jobs import finetune
 from lm import pretrained
 from lm import tasks
 
@@ -244,10 +244,10 @@ def test_pretraining_without_held_out_data_does_not_evaluate(no_eval_run):
   assert stdout.count(NO_EVAL) == 1, stdout
   assert read_metrics(workdir, 'eval') == {}
   assert sorted(read_metrics(workdir)) == [1, 2, 3, 4]
-  from lm import evaluation
+  from lm.jobs import pretrain  # noqa: PLC0415
 
   with pytest.raises(ValueError, match='data.eval_fraction=0: nothing held out') as e:
-    evaluation.evaluate_pretraining(str(workdir))
+    pretrain.evaluate(str(workdir))
   assert len(str(e.value).splitlines()) == 1
 
 
@@ -262,15 +262,13 @@ def test_finetuning_and_reward_model_without_held_out_data(no_eval_run, tmp_path
   assert out['best'] is None and out['final'] == {}
   assert capsys.readouterr().out.count(NO_EVAL) == 1
   assert read_metrics(tmp_path / 'ft', 'eval') == {} and read_metrics(tmp_path / 'ft')
-  from lm import evaluation
-
   with pytest.raises(ValueError, match='no held-out data to evaluate'):
-    evaluation.evaluate_finetuned(str(tmp_path / 'ft'), split='validation')
+    finetune.evaluate(str(tmp_path / 'ft'), split='validation')
 
   proc = run_script(
     'dpo.py',
     '--config=configs/reward.py',
-    f'--config.pretrained={workdir}',
+    f'--config.init_checkpoint={workdir}',
     '--config.data.eval_fraction=0',
     '--config.data.max_pairs=64',
     '--config.data.seq_len=32',

@@ -13,8 +13,7 @@ import pytest
 
 from lm import checkpoint
 from lm import defaults
-from lm import evaluation
-from lm import finetune
+from lm.jobs import finetune
 from lm.data import tokenizer as tokenizer_lib
 from lm.tasks import data as data_lib
 from lm.tasks import classification
@@ -81,12 +80,12 @@ def test_mesh_1_to_8_to_1(pretrained_bert, tmp_path):
   c.eval_batch_size = 16
   wd = str(tmp_path / 'ft')
   code = (
-    'import json, jax, ml_collections; from lm import evaluation, finetune, sharding; '
+    'import json, jax, ml_collections; from lm import sharding; from lm.jobs import finetune; '
     f'c = ml_collections.ConfigDict(json.loads({c.to_json()!r})); c.mesh_shape = (2, 2, 2); '
     f'eight = finetune.run(c, {wd!r})["final"]; '
-    f'one, _ = evaluation.evaluate_finetuned({wd!r}, split="validation", '
+    f'one, _ = finetune.evaluate({wd!r}, split="validation", '
     'mesh=sharding.make_mesh((1, 1, 1), jax.devices()[:1])); '
-    f'again, _ = evaluation.evaluate_finetuned({wd!r}, split="validation", '
+    f'again, _ = finetune.evaluate({wd!r}, split="validation", '
     'mesh=sharding.make_mesh((2, 2, 2))); '
     'print("RESULT", json.dumps([eight, one, again]))'
   )
@@ -131,9 +130,9 @@ def test_early_stopping_keeps_best(pretrained_bert, tmp_path):
   )
   # best/ reloaded by eval.py's path scores exactly what the run measured on validation when it
   # kept it; eval.py's default is the test split.
-  res, _ = evaluation.evaluate_finetuned(wd, split='validation')
+  res, _ = finetune.evaluate(wd, split='validation')
   assert res['step'] == 2 and res['accuracy'] == pytest.approx(out['best']['accuracy'], abs=1e-6)
-  res, _ = evaluation.evaluate_finetuned(wd, max_examples=16)
+  res, _ = finetune.evaluate(wd, max_examples=16)
   assert res['step'] == 2 and res['split'] == 'test'
 
 
@@ -244,9 +243,9 @@ def test_classification_windows_average_their_logits():
   import flax.linen as nn  # pylint: disable=g-import-not-at-top
   import jax  # pylint: disable=g-import-not-at-top
 
-  from lm import model as M  # pylint: disable=g-import-not-at-top
+  from lm import models as M  # pylint: disable=g-import-not-at-top
   from lm import sharding  # pylint: disable=g-import-not-at-top
-  from lm.tasks import model as task_model  # pylint: disable=g-import-not-at-top
+  from lm import models as task_model  # pylint: disable=g-import-not-at-top
 
   tok = _tokenizer('bpe')  # GPT-2 framing: text <eos>, so a window holds max_len - 1 tokens
   long_text = ' '.join(e['text'] for e in classification.offline_examples('all')[:3])
@@ -266,7 +265,7 @@ def test_classification_windows_average_their_logits():
   windows = [a[s : s + 31] + [tok.eos_id] for s in starts]
   short = tok.encode(examples[1]['text']) + [tok.eos_id]
 
-  data = evaluation.prepare(classification, examples, tok, labels, config.data, 'test')
+  data = finetune.prepare(classification, examples, tok, labels, config.data, 'test')
   rows = [
     list(r[m == 1]) for r, m in zip(data.features['input_ids'], data.features['attention_mask'])
   ]
@@ -279,28 +278,29 @@ def test_classification_windows_average_their_logits():
     max_len=32, pre_ln=True, initializer_range=0.2,
   )  # fmt: skip
   model = task_model.TaskModel(cfg, 'decoder', 'pooled', len(labels))
-  params = nn.unbox(jax.jit(model.init)(jax.random.PRNGKey(0), *task_model.init_inputs(32)))
+  params = nn.unbox(jax.jit(model.init)(jax.random.PRNGKey(0), *task_model.task_init_inputs(32)))
   params = params['params']
   mesh = sharding.make_mesh((1, 1, 1), jax.devices()[:1])
   params_sh = jax.tree.map(lambda x: x.sharding, params)
-  step = evaluation.make_predict_step(model, classification, params_sh, mesh)
-  row_logits, _ = evaluation.predict(step, params, data.features, 4, mesh)
+  step = finetune.make_predict_step(model, classification, params_sh, mesh)
+  row_logits, _ = finetune.predict(step, params, data.features, 4, mesh)
   apply = jax.jit(lambda ids: model.apply({'params': params}, ids))
   by_hand = [np.asarray(apply(np.asarray([w])))[0] for w in windows]
   got = classification.example_logits(row_logits, data.aux['example'], 2)
   np.testing.assert_allclose(got[0], np.mean(by_hand, 0), rtol=1e-5, atol=1e-6)
-  m, preds = evaluation.evaluate(classification, step, params, data, labels, config, mesh)
+  m, preds = finetune.task_metrics(classification, step, params, data, labels, config, mesh)
   assert [p['prediction'] for p in preds] == [labels[i] for i in np.argmax(got, -1)]
   assert m['accuracy'] == np.mean(np.argmax(got, -1) == [0, 1])
 
   config.data.window_stride = 0  # as before: the short text's row and logits are unchanged
-  before = evaluation.prepare(classification, examples[1:], tok, labels, config.data, 'test')
+  before = finetune.prepare(classification, examples[1:], tok, labels, config.data, 'test')
   for k, v in before.features.items():
     np.testing.assert_array_equal(v, data.features[k][-1:])
-  before_logits, _ = evaluation.predict(step, params, before.features, 4, mesh)
+  before_logits, _ = finetune.predict(step, params, before.features, 4, mesh)
   np.testing.assert_array_equal(got[1], before_logits[0])
   assert (
-    evaluation.evaluate(classification, step, params, before, labels, config, mesh)[1] == preds[1:]
+    finetune.task_metrics(classification, step, params, before, labels, config, mesh)[1]
+    == preds[1:]
   )
 
 

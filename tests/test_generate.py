@@ -23,7 +23,7 @@ import jax.numpy as jnp  # noqa: E402
 
 from lm import generate as G  # noqa: E402
 from lm import hf  # noqa: E402
-from lm import model as M  # noqa: E402
+from lm import models as M  # noqa: E402
 from lm import sharding  # noqa: E402
 
 PROMPTS = [[5, 17, 42, 8, 3], [11, 60]]  # different lengths: exercises left padding

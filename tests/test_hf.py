@@ -16,7 +16,7 @@ import flax.linen as nn  # noqa: E402
 import jax  # noqa: E402
 
 from lm import hf  # noqa: E402
-from lm import model as M  # noqa: E402
+from lm import models as M  # noqa: E402
 
 # float32 on both sides: only summation order differs. atol is RTOL of the largest reference
 # logit, so values near zero are held to the same absolute precision as the big ones.

@@ -15,7 +15,7 @@ from jax.flatten_util import ravel_pytree
 
 from conftest import check_fewshot_accuracy, run_script
 from lm import icl
-from lm import model as M
+from lm import models as M
 
 V = 64
 

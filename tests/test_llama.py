@@ -22,7 +22,7 @@ from test_hf import _assert_logits_match, _assert_trees_equal, _perturb  # noqa:
 
 from lm import generate as G  # noqa: E402
 from lm import hf  # noqa: E402
-from lm import model as M  # noqa: E402
+from lm import models as M  # noqa: E402
 
 TINY = dict(
   vocab_size=96,
@@ -351,7 +351,7 @@ def test_llama_workdir_serves_finetuning_reward_dpo_and_fewshot(pretrained_llama
   from conftest import check_fewshot_accuracy, run_script
   from test_finetune import _cls_config
 
-  from lm import finetune
+  from lm.jobs import finetune
 
   c = _cls_config(pretrained_llama, steps=4, warmup_steps=1)
   c.eval_every = 4
@@ -362,7 +362,7 @@ def test_llama_workdir_serves_finetuning_reward_dpo_and_fewshot(pretrained_llama
       'dpo.py',
       f'--config=configs/{name}.py',
       f'--workdir={tmp_path / name}',
-      f'--config.pretrained={pretrained_llama}',
+      f'--config.init_checkpoint={pretrained_llama}',
       '--config.data.max_pairs=64',
       '--config.train.steps=4',
       '--config.eval_every=4',

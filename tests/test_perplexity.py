@@ -12,7 +12,7 @@ import pytest
 torch = pytest.importorskip('torch')
 transformers = pytest.importorskip('transformers')
 
-from lm import evaluation  # noqa: E402
+from lm import perplexity  # noqa: E402
 from lm.data import tokenizer as tokenizer_lib  # noqa: E402
 
 WINDOW = 32
@@ -83,10 +83,10 @@ def test_sliding_window_perplexity_matches_hf_doc_loop(hf_dir, stride, window):
   root, model, tok = hf_dir
   ids = tok.encode(_text())
   assert len(ids) > 4 * WINDOW
-  ours = evaluation.evaluate_text(str(root), str(root / 'text.txt'), stride, window)
+  ours = perplexity.evaluate_text(str(root), str(root / 'text.txt'), stride, window)
   ref = _hf_doc_loop(model, ids, window, stride)
   assert ours['tokens'] == len(ids)
-  assert ours['windows'] == len(evaluation.sliding_windows(len(ids), window, stride))
+  assert ours['windows'] == len(perplexity.sliding_windows(len(ids), window, stride))
   np.testing.assert_allclose(ours['perplexity'], ref, rtol=1e-4)
   if stride < window:  # overlap gives each scored token more context: a different number
     disjoint = _hf_doc_loop(model, ids, window, window)
@@ -94,12 +94,12 @@ def test_sliding_window_perplexity_matches_hf_doc_loop(hf_dir, stride, window):
 
 
 def test_sliding_windows_cover_every_token_once():
-  wins = evaluation.sliding_windows(100, 32, 12)
+  wins = perplexity.sliding_windows(100, 32, 12)
   assert wins[0] == (0, 32, 32) and wins[-1][1] == 100
   assert sum(t for _, _, t in wins) == 100  # each token is scored in exactly one window
   assert all(e - b <= 32 for b, e, _ in wins)
   with pytest.raises(ValueError, match='stride=40'):
-    evaluation.sliding_windows(100, 32, 40)
+    perplexity.sliding_windows(100, 32, 40)
 
 
 @pytest.mark.slow

@@ -1,5 +1,5 @@
 """PPO / GRPO / RLOO (lm/ppo.py, ppo.py): advantages and losses against hand-written loops and
-worked examples, log-probs against lm.rlhf's right-padded reference, the several-updates step
+worked examples, log-probs against lm.jobs.dpo's right-padded reference, the several-updates step
 against a plain loop of updates, and ppo.py end to end on the suite's small pretrained GPT."""
 
 import json
@@ -16,11 +16,12 @@ import pytest
 
 from conftest import run_script
 
+from lm import pretrained
+from lm import losses
 from lm import generate as gen
-from lm import model as M
+from lm import models as M
 from lm import optim
-from lm import ppo
-from lm import rlhf
+from lm.jobs import ppo
 from lm import sharding
 from lm import trainer
 
@@ -190,10 +191,10 @@ PROMPTS = [[EOS, 5, 6, 7, 8], [EOS, 5, 6, 7, 8], [EOS, 9], [EOS, 9]]  # groups o
 def rollout():
   """One sampled rollout of a random tiny actor-critic whose reference is itself."""
   mesh = sharding.make_mesh((1, 1, 1), jax.devices()[:1])
-  ac, rm = ppo.ActorCritic(TINY), rlhf.RewardModel(TINY)
+  ac, rm = M.ActorCritic(TINY), M.RewardModel(TINY)
   params = nn_unbox(_params(ac))
   rm_params = nn_unbox(
-    jax.jit(lambda: rm.init(jax.random.PRNGKey(1), *rlhf.reward_init_inputs(8))['params'])()
+    jax.jit(lambda: rm.init(jax.random.PRNGKey(1), *M.reward_init_inputs(8))['params'])()
   )
   ids, mask = gen.left_pad(PROMPTS, 0)
   s = gen.Settings(max_new_tokens=6, strategy='sample', eos_id=EOS, pad_id=0)
@@ -205,7 +206,7 @@ def rollout():
 @pytest.mark.slow  # compiles the whole rollout (decode + three forward passes): ~30 s
 def test_sampler_logps_and_scores_match_right_padded_references(rollout):
   """The rollout's log-probs (left-padded prompts, positions counted as generation does) equal
-  lm.rlhf.sequence_logps on the same text right-padded, and the score is the reward model's on
+  lm.losses.sequence_logps on the same text right-padded, and the score is the reward model's on
   the right-padded sequence; with policy == reference the KL is exactly 0."""
   ac, rm, params, rm_params, r = rollout
   np.testing.assert_array_equal(r['kl'], 0.0)
@@ -218,7 +219,7 @@ def test_sampler_logps_and_scores_match_right_padded_references(rollout):
     row = p + resp
     ref_ids[i, : len(row)], ref_mask[i, : len(row)] = row, 1
     ref_resp[i, len(p) : len(row)] = 1
-  want = rlhf.sequence_logps(M.Decoder(TINY), params['decoder'], ref_ids, ref_mask, ref_resp)
+  want = losses.sequence_logps(M.Decoder(TINY), params['decoder'], ref_ids, ref_mask, ref_resp)
   np.testing.assert_allclose((r['logp'] * r['resp_mask']).sum(-1), want, rtol=1e-5, atol=1e-5)
   np.testing.assert_allclose(
     r['score'], rm.apply({'params': rm_params}, ref_ids, ref_mask), rtol=1e-5, atol=1e-6
@@ -383,7 +384,7 @@ def reward_model(pretrained_gpt, tmp_path_factory):
     'dpo.py',
     '--config=configs/reward.py',
     f'--workdir={wd}',
-    f'--config.pretrained={pretrained_gpt}',
+    f'--config.init_checkpoint={pretrained_gpt}',
     '--config.train.steps=40',
     '--config.eval_every=40',
     '--config.data.seq_len=64',
@@ -397,7 +398,7 @@ def _ppo_args(workdir, pretrained_gpt, reward_model, algorithm, *extra):
     'ppo.py',
     '--config=configs/ppo.py',
     f'--workdir={workdir}',
-    f'--config.pretrained={pretrained_gpt}',
+    f'--config.init_checkpoint={pretrained_gpt}',
     f'--config.reward_model={reward_model}',
     f'--config.algorithm={algorithm}',
     '--config.group_size=' + ('1' if algorithm == 'ppo' else '4'),
@@ -438,7 +439,7 @@ def test_ppo_end_to_end(pretrained_gpt, reward_model, tmp_path, run):
   assert res['task'] == 'ppo' and res['step'] == 3 and res['split'] == 'test'
   for k in ('score', 'kl', 'start_score', 'response_len'):
     assert res[k] == pytest.approx(test[k], rel=1e-4, abs=1e-5), k
-  task, model, params, tok, step = rlhf.load_finetuned(wd)
+  task, model, params, tok, step = pretrained.load(wd)
   assert (task, step, type(model)) == ('ppo', 3, M.Decoder)
   prompt = 'The assert statement'
   out = run('generate.py', f'--checkpoint={wd}', f'--prompt={prompt}', '--max_new_tokens=8')

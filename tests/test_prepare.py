@@ -7,6 +7,7 @@ import ml_collections
 import numpy as np
 import pytest
 
+from lm.data import split as split_lib
 from lm import defaults
 from lm.data import corpus as corpus_lib
 from lm.data import prepare
@@ -84,7 +85,7 @@ def test_shards_equal_direct_tokenization(source, prepared):
   directory, manifest, tok = prepared
   expected = {'train': [], 'eval': []}
   for doc in docs:
-    held = corpus_lib.is_held_out(hashlib.sha256(doc.encode()).digest(), 0.2)
+    held = split_lib.doc_held_out(hashlib.sha256(doc.encode()).digest(), 0.2)
     expected['eval' if held else 'train'].append(tok.encode(doc))
   assert 0 < len(expected['eval']) < len(docs) / 2
   for split in ('train', 'eval'):

@@ -247,7 +247,7 @@ def test_dpo_sigterm_saves_and_exits_cleanly(pretrained_gpt, tmp_path):
     'dpo.py',
     '--config=configs/dpo.py',
     f'--workdir={w}',
-    f'--config.pretrained={pretrained_gpt}',
+    f'--config.init_checkpoint={pretrained_gpt}',
     '--config.train.steps=100000',
     '--config.log_every=1',
     '--config.eval_every=100000',

@@ -21,10 +21,12 @@ import numpy as np
 import optax
 import pytest
 
+from lm import pretrained
+from lm import losses
 from lm import generate as gen
-from lm import model as M
-from lm import preference
-from lm import rlhf
+from lm import models as M
+from lm.data import preference
+from lm.jobs import dpo
 from lm import sharding
 from lm import trainer
 from lm.data import tokenizer as tokenizer_lib
@@ -57,31 +59,31 @@ def test_dpo_ipo_losses_match_hand_computation(beta):
   pi_r = np.array([-12.0, -18.0, -9.0, -30.5], np.float32)
   ref_c = np.array([-11.0, -19.0, -6.0, -29.0], np.float32)
   ref_r = np.array([-11.5, -19.5, -7.0, -31.0], np.float32)
-  dpo, rew_c, rew_r = rlhf.preference_loss(pi_c, pi_r, ref_c, ref_r, beta, 'dpo')
-  ipo, _, _ = rlhf.preference_loss(pi_c, pi_r, ref_c, ref_r, beta, 'ipo')
+  dpo_loss, rew_c, rew_r = dpo.preference_loss(pi_c, pi_r, ref_c, ref_r, beta, 'dpo')
+  ipo, _, _ = dpo.preference_loss(pi_c, pi_r, ref_c, ref_r, beta, 'ipo')
   for i in range(4):
     h = (float(pi_c[i]) - float(ref_c[i])) - (float(pi_r[i]) - float(ref_r[i]))
-    assert float(dpo[i]) == pytest.approx(-math.log(_sigmoid(beta * h)), rel=1e-5)
+    assert float(dpo_loss[i]) == pytest.approx(-math.log(_sigmoid(beta * h)), rel=1e-5)
     assert float(ipo[i]) == pytest.approx((h - 1.0 / (2.0 * beta)) ** 2, rel=1e-5)
     assert float(rew_c[i]) == pytest.approx(beta * (float(pi_c[i]) - float(ref_c[i])), rel=1e-5)
     assert float(rew_r[i]) == pytest.approx(beta * (float(pi_r[i]) - float(ref_r[i])), rel=1e-5)
   # Worked example, row 0, beta 0.1: h = (-10 + 11) - (-12 + 11.5) = 1.5.
   if beta == 0.1:
-    assert float(dpo[0]) == pytest.approx(math.log(1 + math.exp(-0.15)), rel=1e-6)  # 0.62096
+    assert float(dpo_loss[0]) == pytest.approx(math.log(1 + math.exp(-0.15)), rel=1e-6)  # 0.62096
     assert float(ipo[0]) == pytest.approx((1.5 - 5.0) ** 2, rel=1e-6)  # 12.25
   # Policy == reference: DPO loss log 2, IPO loss 1/(4 beta^2), no implicit reward.
-  same, z, _ = rlhf.preference_loss(pi_c, pi_r, pi_c, pi_r, beta, 'dpo')
+  same, z, _ = dpo.preference_loss(pi_c, pi_r, pi_c, pi_r, beta, 'dpo')
   np.testing.assert_allclose(same, math.log(2.0), rtol=1e-6)
   np.testing.assert_allclose(z, 0.0)
-  same_ipo, _, _ = rlhf.preference_loss(pi_c, pi_r, pi_c, pi_r, beta, 'ipo')
+  same_ipo, _, _ = dpo.preference_loss(pi_c, pi_r, pi_c, pi_r, beta, 'ipo')
   np.testing.assert_allclose(same_ipo, 1.0 / (4 * beta**2), rtol=1e-6)
   with pytest.raises(ValueError, match='loss='):
-    rlhf.preference_loss(pi_c, pi_r, ref_c, ref_r, beta, 'kto')
+    dpo.preference_loss(pi_c, pi_r, ref_c, ref_r, beta, 'kto')
 
 
 def test_bradley_terry_loss_by_hand():
   r_c, r_r = np.array([2.0, -1.0, 0.0]), np.array([0.5, 1.0, 0.0])
-  got = rlhf.bradley_terry_loss(r_c, r_r)
+  got = dpo.bradley_terry_loss(r_c, r_r)
   want = [-math.log(_sigmoid(c - r)) for c, r in zip(r_c, r_r)]
   np.testing.assert_allclose(got, want, rtol=1e-6)
 
@@ -109,7 +111,9 @@ def test_sequence_logps_equal_per_token_sum():
   params = nn.unbox(model.init(jax.random.PRNGKey(0), jnp.zeros((1, 16), jnp.int32)))['params']
   b = _tiny_batch()
   ids, mask, resp = b['chosen_ids'], b['chosen_mask'], b['chosen_resp']
-  got = np.asarray(jax.jit(functools.partial(rlhf.sequence_logps, model))(params, ids, mask, resp))
+  got = np.asarray(
+    jax.jit(functools.partial(losses.sequence_logps, model))(params, ids, mask, resp)
+  )
   # Direct: logits of each row alone, unpadded (no attention mask), then a per-token sum of
   # log_softmax over the response tokens, in float64 numpy.
   apply = jax.jit(lambda p, x: model.apply({'params': p}, x))
@@ -151,19 +155,19 @@ def test_preference_steps_fit_a_batch(loss):
   """The jitted sharded DPO/IPO step lowers its loss and widens the margin on one batch; the
   reward-model step learns to rank it; eval averages over rows weighted by `weight`."""
   model = M.Decoder(TINY)
-  train_cfg, tx, mesh, state, sh = _state(model, rlhf.policy_init_inputs(16))
+  train_cfg, tx, mesh, state, sh = _state(model, M.policy_init_inputs(16))
   config = ml_collections.ConfigDict(dict(task='dpo', loss=loss, beta=0.5, seed=0, train=train_cfg))
   b = _tiny_batch(seed=1)
-  logps = rlhf.make_logps_fn(model, sh.params, mesh)
+  logps = dpo.make_logps_fn(model, sh.params, mesh)
   ref_c, ref_r = (np.asarray(x) for x in logps(state.params, sharding.shard_batch(b, mesh)))
   batch = {**b, 'ref_chosen': ref_c, 'ref_rejected': ref_r, 'weight': np.ones(8, np.float32)}
-  step = rlhf.make_train_step(config, model, tx, sh, mesh)
-  eval_step = rlhf.make_eval_step(config, model, sh.params, mesh)
-  before = rlhf.evaluate(eval_step, state.params, [batch])
+  step = dpo.make_train_step(config, model, tx, sh, mesh)
+  eval_step = dpo.make_eval_step(config, model, sh.params, mesh)
+  before = dpo.preference_metrics(eval_step, state.params, [batch])
   assert before['loss'] == pytest.approx(math.log(2) if loss == 'dpo' else 1.0, rel=1e-5)
   for _ in range(12):
     state, m = step(state, sharding.shard_batch(batch, mesh))
-  after = rlhf.evaluate(eval_step, state.params, [batch])
+  after = dpo.preference_metrics(eval_step, state.params, [batch])
   assert after['loss'] < before['loss'] - 0.1, (before, after)
   if loss == 'dpo':
     assert after['logp_margin'] > before['logp_margin'] + 1.0
@@ -174,14 +178,14 @@ def test_preference_steps_fit_a_batch(loss):
   # A weight-0 row does not count.
   padded = {k: np.concatenate([v, v[::-1]]) for k, v in batch.items()}  # 16 rows: any mesh
   padded['weight'][8:] = 0.0
-  again = rlhf.evaluate(eval_step, state.params, [padded])
+  again = dpo.preference_metrics(eval_step, state.params, [padded])
   assert again['loss'] == pytest.approx(after['loss'], rel=1e-5)
 
 
 @pytest.mark.slow  # 10 s of compiles; the fast tier keeps the DPO step
 def test_reward_model_scores_last_real_token_and_learns():
-  model = rlhf.RewardModel(TINY)
-  train_cfg, tx, mesh, state, sh = _state(model, rlhf.reward_init_inputs(16))
+  model = M.RewardModel(TINY)
+  train_cfg, tx, mesh, state, sh = _state(model, M.reward_init_inputs(16))
   b = _tiny_batch(seed=2)
   ids, mask = b['chosen_ids'], b['chosen_mask']
   r = np.asarray(model.apply({'params': state.params}, ids, mask))
@@ -201,7 +205,7 @@ def test_reward_model_scores_last_real_token_and_learns():
   np.testing.assert_allclose(r, want, rtol=1e-4, atol=1e-5)
   config = ml_collections.ConfigDict(dict(task='reward', seed=0, train=train_cfg))
   batch = {**b, 'weight': np.ones(8, np.float32)}
-  step = rlhf.make_train_step(config, model, tx, sh, mesh)
+  step = dpo.make_train_step(config, model, tx, sh, mesh)
   for _ in range(12):
     state, m = step(state, sharding.shard_batch(batch, mesh))
   m = jax.device_get(m)
@@ -211,32 +215,32 @@ def test_reward_model_scores_last_real_token_and_learns():
 @pytest.mark.slow  # an 8-device mesh compile
 def test_reference_logps_cached_by_data_hash(tmp_path):
   model = M.Decoder(TINY)
-  _, _, mesh, state, sh = _state(model, rlhf.policy_init_inputs(16), all_devices=True)
+  _, _, mesh, state, sh = _state(model, M.policy_init_inputs(16), all_devices=True)
   calls = []
-  inner = rlhf.make_logps_fn(model, sh.params, mesh)
+  inner = dpo.make_logps_fn(model, sh.params, mesh)
   fn = lambda p, b: calls.append(1) or inner(p, b)  # noqa: E731
   b = _tiny_batch(n=13, seed=3)
-  got, path, computed = rlhf.reference_logps(fn, state.params, b, 8, mesh, str(tmp_path), 'ref@1')
+  got, path, computed = dpo.reference_logps(fn, state.params, b, 8, mesh, str(tmp_path), 'ref@1')
   assert computed and os.path.exists(path) and len(calls) == 2  # 13 rows in batches of 8
   assert got['ref_chosen'].shape == (13,)
   with jax.default_device(jax.devices()[0]):
     direct = [
-      rlhf.sequence_logps(
+      losses.sequence_logps(
         model, jax.device_get(state.params), b[f'{c}_ids'], b[f'{c}_mask'], b[f'{c}_resp']
       )
       for c in ('chosen', 'rejected')
     ]
   np.testing.assert_allclose(got['ref_chosen'], direct[0], rtol=1e-5)
   np.testing.assert_allclose(got['ref_rejected'], direct[1], rtol=1e-5)
-  again, path2, computed2 = rlhf.reference_logps(
+  again, path2, computed2 = dpo.reference_logps(
     fn, state.params, b, 8, mesh, str(tmp_path), 'ref@1'
   )
   assert not computed2 and path2 == path and len(calls) == 2  # read back, model not run
   np.testing.assert_array_equal(again['ref_chosen'], got['ref_chosen'])
   # Other data or another reference: another key.
-  _, path3, c3 = rlhf.reference_logps(fn, state.params, b, 8, mesh, str(tmp_path), 'ref@2')
+  _, path3, c3 = dpo.reference_logps(fn, state.params, b, 8, mesh, str(tmp_path), 'ref@2')
   b2 = dict(b, chosen_ids=b['chosen_ids'][::-1].copy())
-  _, path4, c4 = rlhf.reference_logps(fn, state.params, b2, 8, mesh, str(tmp_path), 'ref@1')
+  _, path4, c4 = dpo.reference_logps(fn, state.params, b2, 8, mesh, str(tmp_path), 'ref@1')
   assert c3 and c4 and len({path, path3, path4}) == 3
 
 
@@ -449,7 +453,7 @@ def test_reward_model_beats_chance_on_held_out_pairs(pretrained_gpt, tmp_path):
     'dpo.py',
     '--config=configs/reward.py',
     f'--workdir={wd}',
-    f'--config.pretrained={pretrained_gpt}',
+    f'--config.init_checkpoint={pretrained_gpt}',
     '--config.train.steps=80',
     '--config.eval_every=80',
     '--config.log_every=40',
@@ -477,7 +481,7 @@ def test_dpo_widens_held_out_margin_and_resumes(pretrained_gpt, tmp_path):
     'dpo.py',
     '--config=configs/dpo.py',
     f'--workdir={wd}',
-    f'--config.pretrained={pretrained_gpt}',
+    f'--config.init_checkpoint={pretrained_gpt}',
     '--config.data.max_pairs=320',
     '--config.eval_every=20',
     '--config.log_every=20',
@@ -506,7 +510,7 @@ def test_dpo_widens_held_out_margin_and_resumes(pretrained_gpt, tmp_path):
   )  # measured (pretrained_gpt): 31.11 -> 41.24
   assert after['reward_accuracy'] > 0.8 and after['loss'] < before['loss']  # measured acc 0.977
   # The tuned policy loads back as a plain Decoder with its tokenizer.
-  task, model, params, tok, step = rlhf.load_finetuned(wd)
+  task, model, params, tok, step = pretrained.load(wd)
   assert (task, step, type(model)) == ('dpo', 40, M.Decoder) and tok.eos_id is not None
   # ... and so does eval.py (the run's last held-out figures) and generate.py (greedy, the
   # same tokens as lm.generate on those params).

@@ -55,7 +55,7 @@ JOBS = {
       'dpo.py',
       [
         '--config=configs/dpo.py',
-        '--config.pretrained={gpt}',
+        '--config.init_checkpoint={gpt}',
         *SHORT_RUN,
         '--config.data.max_pairs=48',
         '--config.data.eval_fraction=0.05',

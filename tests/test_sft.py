@@ -12,8 +12,9 @@ import pytest
 from conftest import run_script
 from lm import defaults
 from lm import metrics
-from lm import model as M
-from lm import sft
+from lm import pretrained
+from lm import models as M
+from lm.jobs import sft
 from lm import sharding
 from lm.data import text_to_text as t2t
 from lm.data import tokenizer as tokenizer_lib
@@ -250,7 +251,7 @@ def test_resume_does_not_read_init_checkpoint(tok, tmp_path, capsys):
   capsys.readouterr()
   sft.run(c, str(tmp_path / 'resumed'))
   assert 'resumed from step 2' in capsys.readouterr().out
-  a, b = (sft.load(str(tmp_path / w), which='latest') for w in ('straight', 'resumed'))
+  a, b = (pretrained.load(str(tmp_path / w), which='latest') for w in ('straight', 'resumed'))
   assert a.step == b.step == 4
   jax.tree.map(np.testing.assert_array_equal, a.params, b.params)
 

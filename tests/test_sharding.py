@@ -10,7 +10,7 @@ import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
 import pytest  # noqa: E402
 
-from lm import model as M  # noqa: E402
+from lm import models as M  # noqa: E402
 from lm import sharding  # noqa: E402
 
 pytestmark = pytest.mark.skipif(jax.device_count() < 8, reason='needs 8 (simulated) devices')
@@ -153,9 +153,7 @@ def test_evaluation_mesh_falls_back_to_data_parallel(capsys):
   pod slice, evaluated here) becomes all devices data-parallel, said once, not an error."""
   import ml_collections  # noqa: PLC0415
 
-  from lm import evaluation  # noqa: PLC0415
-
-  mesh = lambda **kw: dict(evaluation.config_mesh(ml_collections.ConfigDict(kw)).shape)  # noqa: E731
+  mesh = lambda **kw: dict(sharding.config_mesh(ml_collections.ConfigDict(kw)).shape)  # noqa: E731
   assert mesh(mesh_shape=(2, 2, 2), num_devices=0) == {'data': 2, 'fsdp': 2, 'tensor': 2}
   assert mesh(mesh_shape=(1, 1, 1), num_devices=1) == {'data': 1, 'fsdp': 1, 'tensor': 1}
   assert capsys.readouterr().out == ''

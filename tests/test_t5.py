@@ -1,4 +1,4 @@
-"""T5 (`lm.t5`): encoder outputs and logits match HF PyTorch on padded batches for a v1.0-style
+"""T5 (`lm.models.t5`): encoder outputs and logits match HF PyTorch on padded batches for a v1.0-style
 (ReLU, tied output layer with the d_model**-0.5 rescale) and a v1.1-style (gated-GELU, untied
 lm_head) tiny random config; greedy and beam search through `lm.generate` match HF `generate`
 token for token; exports load in `transformers`. The tiny configs use 8 buckets up to distance
@@ -20,8 +20,8 @@ from test_hf import _assert_logits_match, _assert_trees_equal, _perturb  # noqa:
 from lm import generate as G  # noqa: E402
 from lm import hf  # noqa: E402
 from lm import losses  # noqa: E402
-from lm import model as M  # noqa: E402
-from lm import t5  # noqa: E402
+from lm import models as M  # noqa: E402
+from lm.models import t5  # noqa: E402
 
 SLOW = pytest.mark.slow
 TINY = dict(

@@ -10,10 +10,9 @@ import numpy as np
 import pytest
 
 from lm import defaults
-from lm import evaluation
-from lm import finetune
+from lm.jobs import finetune
 from lm import hf
-from lm import model as M
+from lm import models as M
 from lm import tasks
 from lm.data import tokenizer as tokenizer_lib
 from lm.tasks import data as data_lib
@@ -145,7 +144,7 @@ def test_finetune_run_with_a_config_line(parity, tok, tmp_path):
   )
   wd = str(tmp_path / 'ft')
   finetune.run(c, wd)
-  again, preds = evaluation.evaluate_finetuned(wd)  # the test split: nothing chose on it
+  again, preds = finetune.evaluate(wd)  # the test split: nothing chose on it
   assert again['task'] == parity and again['split'] == 'test'
   test = data_lib.load_examples(parity, c.data, 'test')[0]
   assert [p['text'] for p in preds] == [e['text'] for e in test]

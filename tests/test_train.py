@@ -218,7 +218,7 @@ def test_continued_pretraining_starts_from_the_checkpoint(pretrained_gpt, tmp_pa
   from lm import sharding
   from lm import trainer
   from lm.data import prepare
-  from lm.data import pretrain
+  from lm import objectives
   from lm.data import shards
 
   files, workdir = _new_text(tmp_path / 'new'), tmp_path / 'cont'
@@ -259,7 +259,7 @@ def test_continued_pretraining_starts_from_the_checkpoint(pretrained_gpt, tmp_pa
 
   # The logged step-1 loss is the loaded model's mean next-token NLL on batch 0 of the new data.
   data_dir, manifest, tok = prepare.ensure(config.data)
-  batch = pretrain.make_batcher(
+  batch = objectives.make_batcher(
     config, shards.open_split(data_dir, 'train', manifest), tok, config.seed
   ).get_batch(0)
   logits = np.asarray(

@@ -14,17 +14,15 @@ turns the stream into token shards once.
 
 from __future__ import annotations
 
-import dataclasses
 import hashlib
 import itertools
 import os
 import sys
-from typing import Iterable, Iterator, Optional, Union
+from typing import Iterator, Optional
 
 from lm.data import python_docs
 from lm.data import sources
-
-MAX_LINE_CHARS = 1_000_000
+from lm.data.text_files import TextStats, expand_paths, iter_text_files
 
 
 def python_docs_corpus() -> list[str]:
@@ -34,101 +32,12 @@ def python_docs_corpus() -> list[str]:
   return python_docs.pretraining_documents()
 
 
-@dataclasses.dataclass
-class TextStats:
-  """What reading text files had to repair, so a user can spot a broken input."""
-
-  files: int = 0
-  documents: int = 0
-  lines: int = 0  # non-empty lines kept (before long-line splitting)
-  replaced_chars: int = 0  # U+FFFD inserted for invalid UTF-8 bytes
-  empty_lines: int = 0  # empty or whitespace-only lines (document separators)
-  long_lines: int = 0  # lines over max_line_chars, split into pieces
-
-  def summary(self) -> str:
-    return (
-      f'text_files: {self.documents} documents from {self.files} file(s); '
-      f'{self.replaced_chars} invalid UTF-8 sequences replaced, {self.long_lines} '
-      f'over-long lines split, {self.empty_lines} blank lines dropped.'
-    )
-
-
-def _expand(paths_or_globs: Union[str, Iterable[str]]) -> list[str]:
-  """Paths, globs or directories -> sorted file list; anything missing is an error."""
-  if isinstance(paths_or_globs, (str, os.PathLike)):
-    paths_or_globs = [paths_or_globs]
-  return sources.expand(paths_or_globs, 'files')
-
-
-def doc_hash(doc: str) -> bytes:
-  return hashlib.sha256(doc.encode('utf-8', errors='replace')).digest()
-
-
-def is_held_out(digest: bytes, fraction: float) -> bool:
-  """Deterministic split by content: the first 8 bytes of a document's sha256 as a uniform
-  number in [0, 1). Stable across runs, machines, file order and worker count, and a
-  document repeated anywhere in the corpus always lands on the same side."""
-  return int.from_bytes(digest[:8], 'big') / 2.0**64 < fraction
-
-
-def iter_text_file(path: str, stats: TextStats, max_line_chars: int = MAX_LINE_CHARS):
-  """Documents of one file, read line by line (memory bounded by the longest document)."""
-  stats.files += 1
-  current: list[str] = []
-  with open(path, 'rb') as f:
-    for raw in f:
-      line = raw.decode('utf-8', errors='replace').rstrip('\r\n')
-      if '\ufffd' in line:
-        stats.replaced_chars += line.count('\ufffd') - raw.count('\ufffd'.encode())
-      if not line.strip():
-        stats.empty_lines += 1
-        if current:
-          stats.documents += 1
-          yield '\n'.join(current)
-          current = []
-        continue
-      stats.lines += 1
-      if len(line) > max_line_chars:
-        stats.long_lines += 1
-        current.extend(line[i : i + max_line_chars] for i in range(0, len(line), max_line_chars))
-      else:
-        current.append(line)
-  if current:
-    stats.documents += 1
-    yield '\n'.join(current)
-
-
-def iter_text_files(files: list[str], stats: TextStats, max_line_chars: int = MAX_LINE_CHARS):
-  """Documents of every file in order; files with no text at all are an error."""
-  before = stats.documents
-  for path in files:
-    yield from iter_text_file(path, stats, max_line_chars)
-  if stats.documents == before:
-    raise ValueError(
-      f'Text corpus {files} is empty (no non-blank lines): '
-      'point --config.data.files at files with text.'
-    )
-
-
-def read_text_files(paths_or_globs, max_line_chars: int = MAX_LINE_CHARS):
-  """Read local UTF-8 text into documents; returns ``(docs, TextStats)``.
-
-  Format: one or more blank (or whitespace-only) lines end a document, and every
-  file ends a document. Lines of a document are joined with ``\\n``. Invalid UTF-8
-  is replaced (not fatal) and counted; lines longer than ``max_line_chars`` are cut
-  into pieces so one giant line cannot blow up tokenization.
-  """
-  stats = TextStats()
-  files = _expand(paths_or_globs)
-  return list(iter_text_files(files, stats, max_line_chars)), stats
-
-
 def _tfds_examples(name: str, split: str, data_dir, text_key: str):
   """Stream one TFDS split's texts through tf.data: nothing is materialised."""
   import tensorflow_datasets as tfds
 
   if name == 'local_text_files':
-    import lm.data.text_dataset  # noqa: F401  (registers the builder)
+    from lm.data import text_dataset  # noqa: F401  (deferred: registers a TFDS builder)
   try:
     ds = tfds.load(name, split=split, data_dir=data_dir, download=False)
   except (AssertionError, tfds.core.registered.DatasetNotFoundError) as e:
@@ -160,7 +69,7 @@ def text_files(data_cfg) -> list[str]:
     raise ValueError(
       "data.source='files' needs files: pass --config.data.files=PATH_OR_GLOB[,PATH_OR_GLOB...]."
     )
-  return _expand(files)
+  return expand_paths(files)
 
 
 def tfds_name(data_cfg) -> str:

@@ -14,7 +14,7 @@ whatever the corpus size:
    ``data.prepare_workers`` processes that tokenize them; the main process writes token
    shards in stream order, so the output does not depend on the number of workers.
 3. Each document goes to ``train`` or ``eval`` by a hash of its text
-   (:func:`lm.data.corpus.is_held_out`, ``data.eval_fraction``): whole documents, and a
+   (:func:`lm.data.split_lib.doc_held_out`, ``data.eval_fraction``): whole documents, and a
    repeated document is always on the same side.
 4. A shard is committed by its ``shards/NNNNN.json`` record, written after its files; the
    manifest is written last. An interrupted run resumes after the last committed shard;
@@ -49,6 +49,8 @@ from lm.data.corpus import field
 from lm.data import python_docs
 from lm.data import shards as shards_lib
 from lm.data import sources
+from lm.data import text_files
+from lm.data import split as split_lib
 from lm.data import tokenizer as tokenizer_lib
 
 CHUNK_CHARS = 1 << 20  # text sent to a worker at a time
@@ -204,8 +206,8 @@ def _sample(data_cfg, sample_bytes: int, eval_fraction: float, total: int):
   keep = min(1.0, sample_bytes / total) if total else 1.0
   docs, size = [], 0
   for doc in corpus_lib.iter_documents(data_cfg):
-    digest = corpus_lib.doc_hash(doc)
-    if corpus_lib.is_held_out(digest, eval_fraction) or not corpus_lib.is_held_out(
+    digest = split_lib.doc_hash(doc)
+    if split_lib.doc_held_out(digest, eval_fraction) or not split_lib.doc_held_out(
       digest[8:], keep
     ):
       continue
@@ -302,8 +304,8 @@ def _tokenize_chunk(args):
   docs, eval_fraction, dtype = args
   encode = getattr(_worker_tok, 'encode_batch_fast', _worker_tok.encode_batch)
   all_ids = [e.ids for e in encode(docs, add_special_tokens=False)]
-  digests = [corpus_lib.doc_hash(d) for d in docs]
-  held = [corpus_lib.is_held_out(g, eval_fraction) for g in digests]
+  digests = [split_lib.doc_hash(d) for d in docs]
+  held = [split_lib.doc_held_out(g, eval_fraction) for g in digests]
   out = {}
   for split in shards_lib.SPLITS:
     want = split == 'eval'
@@ -438,7 +440,7 @@ def prepare(
   entries = _committed(out, dtype)
   eval_fraction = float(data_cfg.eval_fraction)
   shard_chars = int(float(field(data_cfg, 'shard_mb', 64)) * (1 << 20))
-  stats = corpus_lib.TextStats()
+  stats = text_files.TextStats()
   docs = corpus_lib.iter_documents(data_cfg, stats)
   skip = sum(e['docs_read'] for e in entries)
   if skip:

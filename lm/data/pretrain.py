@@ -131,7 +131,7 @@ class ShardedCorpus:
     return self.shards[s].window(local, length)
 
 
-class _Batcher:
+class Batcher:
   """Shared process slicing; subclasses build one row from its own rng."""
 
   def __init__(self, batch_size: int, seed: int):
@@ -161,7 +161,7 @@ class _Batcher:
       yield self.get_batch(step, process_index, process_count)
 
 
-class MLMBatcher(_Batcher):
+class MLMBatcher(Batcher):
   """BERT masked-LM (+ optional next-sentence) rows: ``[CLS] A [SEP] B [SEP] [PAD]...``.
 
   Masks exactly ``min(P, max(1, round(n * mlm_prob)))`` of the n non-special
@@ -261,7 +261,7 @@ class MLMBatcher(_Batcher):
     return row
 
 
-class CLMBatcher(_Batcher):
+class CLMBatcher(Batcher):
   """GPT-style packed rows: a random window of seq_len+1 tokens of ``doc0 eos doc1 eos ...``.
 
   ``segment_ids`` number documents inside the row from 1; the eos belongs to the
@@ -299,16 +299,3 @@ class CLMBatcher(_Batcher):
       'positions': (np.arange(T) - start_idx).astype(np.int32),
       'weights': (~ends).astype(np.float32),
     }
-
-
-def make_batcher(config, corpus, tokenizer: Tokenizer, seed: int) -> _Batcher:
-  """The batcher a pretraining config asks for: MLM (+NSP) for 'mlm', packed CLM for 'clm'."""
-  d, b = config.data, config.train.batch_size
-  if config.objective == 'mlm':
-    return MLMBatcher(corpus, tokenizer, d.seq_len, b, seed, mlm_prob=d.mlm_prob, nsp=d.nsp)
-  if config.objective == 'span':
-    from lm.data import span  # pylint: disable=g-import-not-at-top
-
-    return span.SpanBatcher(corpus, tokenizer, d.seq_len, b, seed, d.noise_density,
-                            d.mean_noise_span_length, tokenizer.vocab_size)  # fmt: skip
-  return CLMBatcher(corpus, tokenizer, d.seq_len, b, seed)

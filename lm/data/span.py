@@ -10,7 +10,7 @@ into that many non-empty spans uniformly at random, interleaved starting with no
 
 import numpy as np
 
-from lm.data.pretrain import _Batcher
+from lm.data.pretrain import Batcher
 
 
 def _counts(length: int, noise_density: float, mean_noise_span_length: float):
@@ -69,7 +69,7 @@ def corrupt(tokens: np.ndarray, noise: np.ndarray, first_sentinel: int, eos_id: 
   return end(inputs), end(targets[targets >= 0])
 
 
-class SpanBatcher(_Batcher):
+class SpanBatcher(Batcher):
   """Packed span-corruption rows: a random window of `raw` tokens of ``doc0 eos doc1 eos ...``
   (T5 concatenates documents the same way), corrupted into exactly `inputs_length` encoder
   tokens and `targets_length` target tokens; the decoder reads the targets shifted right behind

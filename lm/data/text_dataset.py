@@ -2,7 +2,7 @@
 ``tfds.load('local_text_files', data_dir=DIR)`` and ``load_corpus`` with
 ``source='tfds', tfds_name='local_text_files', data_dir=DIR`` read them like any TFDS dataset.
 
-Documents follow :func:`lm.data.corpus.read_text_files` (blank lines separate
+Documents follow :func:`lm.data.text_files.read_text_files` (blank lines separate
 documents). The train/validation split hashes each document's text, so it is
 stable across runs and machines and independent of file order. One data_dir
 holds one build: use a separate data_dir per file set.
@@ -15,12 +15,13 @@ from typing import Optional, Sequence, Union
 import tensorflow_datasets as tfds
 from etils import epath
 
-from lm.data.corpus import doc_hash, is_held_out, read_text_files
+from lm.data.split import doc_hash, doc_held_out
+from lm.data.text_files import read_text_files
 
 
 def is_validation(doc: str, validation_fraction: float) -> bool:
   """The same content-hash split as pretraining's held-out documents."""
-  return is_held_out(doc_hash(doc), validation_fraction)
+  return doc_held_out(doc_hash(doc), validation_fraction)
 
 
 class LocalTextFiles(tfds.core.GeneratorBasedBuilder):
@@ -49,7 +50,7 @@ class LocalTextFiles(tfds.core.GeneratorBasedBuilder):
   def _info(self) -> tfds.core.DatasetInfo:
     return self.dataset_info_from_configs(
       features=tfds.features.FeaturesDict({'text': tfds.features.Text()}),
-      description='Documents read from local text files by lm.data.corpus.read_text_files.',
+      description='Documents read from local text files by lm.data.text_files.read_text_files.',
     )
 
   def _split_generators(self, dl_manager):

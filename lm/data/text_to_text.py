@@ -42,7 +42,8 @@ from typing import Optional
 
 import numpy as np
 
-from lm import preference
+from lm.data import python_docs
+from lm.data import split as split_lib
 from lm.data import sources
 
 TASKS = ('sft', 'summarize', 'translate')
@@ -179,7 +180,6 @@ def _paragraphs(text: str) -> set:
 @functools.lru_cache(maxsize=None)
 def _pretraining_index() -> tuple:
   """(13-word sequences, paragraphs) of the pretraining documents."""
-  from lm.data import python_docs  # pylint: disable=g-import-not-at-top
 
   docs = python_docs.pretraining_documents()
   return frozenset().union(*map(python_docs.ngrams, docs)), frozenset().union(
@@ -190,7 +190,6 @@ def _pretraining_index() -> tuple:
 def _held_out(*texts) -> bool:
   """No 13-word sequence and no paragraph shared with the pretraining corpus (Python copies
   some docstrings between modules)."""
-  from lm.data import python_docs  # pylint: disable=g-import-not-at-top
 
   grams, paras = _pretraining_index()
   return not any(python_docs.ngrams(t) & grams or _paragraphs(t) & paras for t in texts)
@@ -200,8 +199,6 @@ def _held_out(*texts) -> bool:
 def _python_docs_examples(task: str) -> tuple:
   """Every offline example of `task`, in a fixed order, keyed for the split by its text."""
   import inspect  # pylint: disable=g-import-not-at-top
-
-  from lm.data import python_docs  # pylint: disable=g-import-not-at-top
 
   out, seen = [], set()
   if task == 'summarize':
@@ -276,7 +273,7 @@ def load_splits(task: str, data_cfg) -> dict:
   fracs = tuple(0.0 if n else f for n, f in zip(named, fracs))
   out = {s: [] for s in SPLITS}
   for ex in examples:
-    out[SPLITS[preference.split_of(source_text(ex), *fracs)]].append(ex)
+    out[SPLITS[split_lib.split_index(source_text(ex), *fracs)]].append(ex)
   for split, name in zip(SPLITS[1:], named):
     if name:
       out[split] = read(name)

@@ -23,10 +23,14 @@ from typing import Optional, Sequence
 import jax
 import numpy as np
 
+from lm import metrics
+from lm import pretrained
+from lm import sharding
 from lm.icl import features as features_lib
 from lm.icl import strategies as strategies_lib
 from lm.icl.prompts import Prompter
 from lm.icl.scoring import LM
+from lm.tasks import data as task_data
 
 
 def compute_features(
@@ -178,11 +182,6 @@ def evaluate(config, checkpoint: str, output: Optional[str] = None, split: str =
   Writes the JSON result (default CHECKPOINT/fewshot_results.json, or `config.output`) and
   returns it; `format_table(result)` renders the strategy x k table.
   """
-  # pylint: disable=g-import-not-at-top
-  from lm import pretrained
-  from lm import sharding
-  from lm.tasks import data as task_data
-
   fs = config.fewshot
   _strategy_modules(fs.strategies)  # a misspelt name fails before the checkpoint loads
   if config.get('task', 'classification') != 'classification':
@@ -240,8 +239,6 @@ def evaluate(config, checkpoint: str, output: Optional[str] = None, split: str =
     **result,
   }
   output = output or config.get('output') or os.path.join(checkpoint, 'fewshot_results.json')
-  from lm import metrics  # pylint: disable=g-import-not-at-top
-
   result['output'] = os.path.abspath(output)
   if jax.process_index() == 0:
     metrics.write_json(output, result)

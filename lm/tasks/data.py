@@ -20,41 +20,28 @@ sha256 of a key each task picks (`hash_split`), so they are stable across runs a
 
 from __future__ import annotations
 
-import hashlib
 import inspect
 import json
 from typing import Optional
 
 from lm import tasks
 from lm.data import sources
+from lm.data import split as split_lib
 
 
-SPLITS = ('train', 'validation', 'test')
-
-
-def split_of(key: str, eval_fraction: float, test_fraction: float = 0.0) -> str:
-  """'validation', 'test' or 'train' by the first 8 bytes of sha256(key) as a number u in
-  [0, 1): u < eval_fraction is validation, the next test_fraction is test. Validation is the
-  same set whatever test_fraction is; test is carved out of what was training data."""
-  digest = hashlib.sha256(key.encode('utf-8', errors='replace')).digest()
-  u = int.from_bytes(digest[:8], 'big') / 2.0**64
-  if u < eval_fraction:
-    return 'validation'
-  return 'test' if u < eval_fraction + test_fraction else 'train'
-
-
-def in_eval_split(key: str, fraction: float) -> bool:
-  return split_of(key, fraction) == 'validation'
+SPLITS = split_lib.SPLITS
 
 
 def hash_split(examples, key_fn, split: str, eval_fraction: float, test_fraction: float = 0.0):
   """The examples of `split` ('train', 'validation', 'test' or 'all') by a hash of
-  key_fn(example) (`split_of`)."""
+  key_fn(example) (`lm.data.split_lib.split_name`)."""
   if split not in SPLITS + ('all',):
     raise ValueError(f'split={split!r}: the offline sets have {", ".join(SPLITS)} and all.')
   if split == 'all':
     return list(examples)
-  return [e for e in examples if split_of(key_fn(e), eval_fraction, test_fraction) == split]
+  return [
+    e for e in examples if split_lib.split_name(key_fn(e), eval_fraction, test_fraction) == split
+  ]
 
 
 def fractions(data_cfg) -> tuple[float, float]:

@@ -9,6 +9,8 @@ from __future__ import annotations
 import inspect
 import re
 import warnings
+
+from lm.data import python_docs as docs_lib
 from typing import Optional
 
 
@@ -29,11 +31,9 @@ def paragraphs(text: str) -> list[str]:
 def documented_objects():
   """(module, name, object, help-style rendering, docstring) of the public callables of the
   stdlib modules reserved for downstream use (never pretraining text)."""
-  from lm.data import python_docs as sources  # pylint: disable=g-import-not-at-top
-
   out = []
-  for mod_name, module in sources.modules(downstream=True):
-    for name, obj in sources.public_callables(module):
+  for mod_name, module in docs_lib.modules(downstream=True):
+    for name, obj in docs_lib.public_callables(module):
       with warnings.catch_warnings():
         warnings.simplefilter('ignore', DeprecationWarning)
         doc = obj.__doc__
