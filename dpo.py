@@ -4,7 +4,7 @@ r"""Fine-tunes a pretrained decoder from preference pairs: a reward model, or DP
   python dpo.py --config=configs/dpo.py    --workdir=/tmp/lm_dpo --config.init_checkpoint=/tmp/lm_gpt \
       [--config.loss=ipo] [--config.beta=0.1] [--config.data.source=files --config.data.files=F]
 
-`config.task` picks the job: 'reward' trains a Bradley-Terry reward model (decoder + scalar
+`config.objective` picks what is trained: 'reward' trains a Bradley-Terry reward model (decoder + scalar
 head), 'dpo' trains the policy against a frozen reference whose log-probs are computed once
 and cached in the workdir. Validation metrics are written at step 0 (before any update), every
 eval_every steps and at the end; the test pairs are scored once, on the final params (the `test/`

@@ -16,7 +16,7 @@ from lm import defaults
 
 def get_config():
   c = defaults.preference()
-  c.task = 'dpo'
+  c.objective = 'dpo'
   c.update(loss='dpo', beta=0.1)
   c.train.update(lr=1e-4, steps=200, warmup_steps=10, schedule='cosine', weight_decay=0.0)
   return c

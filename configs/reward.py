@@ -10,5 +10,5 @@ from lm import defaults
 
 def get_config():
   c = defaults.preference()
-  c.task = 'reward'
+  c.objective = 'reward'
   return c

@@ -102,25 +102,32 @@ def writable_dir(path: str, flag: str = '--workdir') -> str:
   return path
 
 
-# Config keys that were renamed: old -> new. A locked config rejects the old key inside the flag
-# parser with an obscure error, so `run` names the new one first.
+# Config keys that were renamed: old -> new, in every job and in one job's entry point. A locked
+# config rejects an old key inside the flag parser with an obscure error, so `run` names the new
+# one first.
 RENAMED_CONFIG_KEYS = {'pretrained': 'init_checkpoint'}
+RENAMED_IN_SCRIPT = {'dpo.py': {'task': 'objective'}}
 
 
-def renamed_key_error(argv) -> Optional[str]:
+def renamed(script: str = '') -> dict:
+  return {**RENAMED_CONFIG_KEYS, **RENAMED_IN_SCRIPT.get(os.path.basename(script), {})}
+
+
+def renamed_key_error(argv, script: str = '') -> Optional[str]:
   """The one-line error for the first `--config.<renamed key>[=value]` in `argv`, or None."""
+  keys = renamed(script)
   for arg in argv:
     m = re.match(r'--config\.(\w+)(=.*)?$', arg)
-    if m and m.group(1) in RENAMED_CONFIG_KEYS:
-      new = RENAMED_CONFIG_KEYS[m.group(1)]
+    if m and m.group(1) in keys:
+      new = keys[m.group(1)]
       return f'{arg}: config.{m.group(1)} was renamed: use --config.{new}{m.group(2) or "=..."}.'
   return None
 
 
-def check_renamed(config) -> None:
+def check_renamed(config, script: str = '') -> None:
   """Raises ValueError (one line) for a config built with a renamed key (a notebook's, or an
   old config file's)."""
-  for old, new in RENAMED_CONFIG_KEYS.items():
+  for old, new in renamed(script).items():
     if old in config:
       raise ValueError(f'config.{old} was renamed: set config.{new} instead.')
 
@@ -152,7 +159,7 @@ def run(main):
         raise  # a library's error: a bug, whose traceback is what to report
       _fail(str(e).splitlines()[0] if str(e) else type(e).__name__)
 
-  msg = sources.argv_error(sys.argv[1:]) or renamed_key_error(sys.argv[1:])
+  msg = sources.argv_error(sys.argv[1:]) or renamed_key_error(sys.argv[1:], sys.argv[0])
   if msg:
     _fail(msg)
   app.run(guarded, flags_parser=parse_flags)

@@ -164,7 +164,7 @@ def finetuning(task: str) -> ml_collections.ConfigDict:
 def preference() -> ml_collections.ConfigDict:
   """Defaults configs/reward.py and configs/dpo.py share (fields documented inline)."""
   c = ml_collections.ConfigDict()
-  c.task = 'reward'  # 'reward' | 'dpo' (configs/dpo.py)
+  c.objective = 'reward'  # 'reward' (a reward model) | 'dpo' (the policy: configs/dpo.py)
   c.init_checkpoint = config_dict.placeholder(str)  # train.py workdir or HF GPT-2 directory
   c.seed = 0
   c.mesh_shape = (-1, 1, 1)

@@ -142,6 +142,9 @@ def _legacy_record(workdir: str, meta: dict, config) -> tuple[str, dict, Any]:
     return 'pretrain', models.record(kind, cfg), config
   if task in _LEGACY_TASKS:
     job, head = _LEGACY_TASKS[task]
+    if job == 'dpo':  # dpo.py's switch was config.task
+      config.objective = config['task']
+      del config['task']
     cfg = models.config_from_dict('decoder', meta['model'])
     return job, models.record('decoder', cfg, head), config
   kind = 'encoder-decoder' if 'd_kv' in meta['model'] else 'decoder'  # sft.py (a T5 has d_kv)

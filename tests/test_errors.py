@@ -14,6 +14,7 @@ from test_train import TINY, read_metrics
 
 from lm import cli
 from lm import defaults
+from lm.jobs import dpo
 from lm.jobs import finetune
 from lm import pretrained
 from lm import tasks
@@ -331,3 +332,19 @@ def test_failed_async_save_exits_at_once_with_one_line(tmp_path):
   assert lines[0].startswith('train.py: error: saving a checkpoint in '), lines
   assert str(workdir / 'checkpoints') in lines[0]
   assert ended - broken < 30
+
+
+def test_renamed_config_keys_name_the_new_key_in_one_line():
+  assert cli.renamed_key_error(['--config.pretrained=/w'], 'ppo.py') == (
+    '--config.pretrained=/w: config.pretrained was renamed: use --config.init_checkpoint=/w.'
+  )
+  assert cli.renamed_key_error(['--config.task=dpo'], '/x/dpo.py').endswith(
+    'use --config.objective=dpo.'
+  )
+  assert cli.renamed_key_error(['--config.task=qa'], 'finetune.py') is None  # task is finetune's
+  c = defaults.preference()
+  c.pretrained = '/w'  # an old notebook's config
+  with pytest.raises(
+    ValueError, match=r'^config.pretrained was renamed: set config.init_checkpoint'
+  ):
+    dpo.run(c, '/nonexistent')

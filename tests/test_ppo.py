@@ -436,11 +436,12 @@ def test_ppo_end_to_end(pretrained_gpt, reward_model, tmp_path, run):
   run('eval.py', f'--checkpoint={wd}')
   with open(os.path.join(wd, 'eval_results.json'), encoding='utf-8') as f:
     res = json.load(f)
-  assert res['task'] == 'ppo' and res['step'] == 3 and res['split'] == 'test'
+  assert res['job'] == 'ppo' and res['step'] == 3 and res['split'] == 'test'
   for k in ('score', 'kl', 'start_score', 'response_len'):
     assert res[k] == pytest.approx(test[k], rel=1e-4, abs=1e-5), k
-  task, model, params, tok, step = pretrained.load(wd)
-  assert (task, step, type(model)) == ('ppo', 3, M.Decoder)
+  got = pretrained.load(wd)
+  assert (got.job, got.step, type(got.model)) == ('ppo', 3, M.Decoder)
+  model, params, tok = got.model, got.params, got.tokenizer
   prompt = 'The assert statement'
   out = run('generate.py', f'--checkpoint={wd}', f'--prompt={prompt}', '--max_new_tokens=8')
   want = gen.generate(

@@ -467,7 +467,7 @@ def test_reward_model_beats_chance_on_held_out_pairs(pretrained_gpt, tmp_path):
   assert ev[80]['loss'] < ev[0]['loss']
   # eval.py reproduces the run's last held-out figures; generation refuses it on one line.
   res = _eval_py(wd)
-  assert res['task'] == 'reward' and res['step'] == 80
+  assert res['objective'] == 'reward' and res['step'] == 80
   for k in ('accuracy', 'loss', 'margin'):
     assert res[k] == pytest.approx(ev[80][k], rel=1e-5, abs=1e-6), k
   err = _run('generate.py', f'--checkpoint={wd}', '--prompt=x', code=2)
@@ -510,12 +510,13 @@ def test_dpo_widens_held_out_margin_and_resumes(pretrained_gpt, tmp_path):
   )  # measured (pretrained_gpt): 31.11 -> 41.24
   assert after['reward_accuracy'] > 0.8 and after['loss'] < before['loss']  # measured acc 0.977
   # The tuned policy loads back as a plain Decoder with its tokenizer.
-  task, model, params, tok, step = pretrained.load(wd)
-  assert (task, step, type(model)) == ('dpo', 40, M.Decoder) and tok.eos_id is not None
+  got = pretrained.load(wd)
+  model, params, tok = got.model, got.params, got.tokenizer
+  assert (got.job, got.step, type(model)) == ('dpo', 40, M.Decoder) and tok.eos_id is not None
   # ... and so does eval.py (the run's last held-out figures) and generate.py (greedy, the
   # same tokens as lm.generate on those params).
   res = _eval_py(wd)
-  assert res['task'] == 'dpo' and res['step'] == 40
+  assert res['objective'] == 'dpo' and res['step'] == 40
   for k in ('loss', 'reward_accuracy', 'logp_margin', 'ref_logp_margin'):
     assert res[k] == pytest.approx(after[k], rel=1e-5, abs=1e-6), k
   prompt = 'The assert statement'

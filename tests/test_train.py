@@ -241,7 +241,8 @@ def test_continued_pretraining_starts_from_the_checkpoint(pretrained_gpt, tmp_pa
 
   base = pretrained.load(str(pretrained_gpt))
   meta, _ = checkpoint.Checkpointer(str(workdir / 'checkpoints'), read_only=True).read_meta(1)
-  assert meta['model'] == dataclasses.asdict(base.cfg)
+  assert (meta['job'], meta['record']['kind']) == ('pretrain', 'decoder')
+  assert meta['record']['model'] == dataclasses.asdict(base.cfg)
   config = ml_collections.ConfigDict(json.loads(meta['config']))
   mesh = sharding.make_mesh((-1, 1, 1))
   inputs = (np.zeros((1, config.data.seq_len), np.int32),)

@@ -129,7 +129,7 @@ def _pretrain(path, config_file, **model):
   c.model.update({**TINY, **model})
   c.data.update(seq_len=32)
   c.data.tokenizer.vocab_size = 300
-  c.train.update(steps=2, batch_size=4, warmup_steps=1)
+  c.train.update(steps=2, batch_size=8, warmup_steps=1)
   pretrain.run(c, str(path))
   return path
 
@@ -148,7 +148,7 @@ def workdirs(tmp_path_factory):
   c = defaults.finetuning('classification')
   c.update(SHORT, init_checkpoint=str(w['bert']), num_devices=1, eval_batch_size=8)
   c.data.update(max_len=32, max_train_examples=16)
-  c.train.update(steps=2, batch_size=4, warmup_steps=1)
+  c.train.update(steps=2, batch_size=8, warmup_steps=1)
   finetune.run(c, str(root / 'finetune'))
   w['finetune'] = root / 'finetune'
   for name, config_file, init in (('sft', 'sft.py', 'gpt'), ('sft_t5', 't5_finetune.py', 't5')):
@@ -156,21 +156,21 @@ def workdirs(tmp_path_factory):
     c.update(SHORT, init_checkpoint=str(w[init]), eval_batch_size=8)
     c.data.update(seq_len=32, max_prompt_len=16)
     c.generate.max_new_tokens = 4
-    c.train.update(steps=2, batch_size=4, warmup_steps=1)
+    c.train.update(steps=2, batch_size=8, warmup_steps=1)
     sft.run(c, str(root / name))
     w[name] = root / name
   for name in ('reward', 'dpo'):
     c = _config(f'{name}.py')
     c.update(SHORT, init_checkpoint=str(w['llama']), eval_batch_size=8)
     c.data.update(seq_len=32, max_prompt_len=16)
-    c.train.update(steps=2, batch_size=4, warmup_steps=1)
+    c.train.update(steps=2, batch_size=8, warmup_steps=1)
     dpo.run(c, str(root / name))
     w[name] = root / name
   c = _config('ppo.py')
   c.update(SHORT, init_checkpoint=str(w['llama']), reward_model=str(w['reward']))
   c.update(eval_batch_size=8, max_new_tokens=8)
   c.data.max_prompt_len = 16
-  c.train.update(steps=2, batch_size=4)
+  c.train.update(steps=2, batch_size=8)
   ppo.run(c, str(root / 'ppo'))
   w['ppo'] = root / 'ppo'
   return w

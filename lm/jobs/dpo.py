@@ -123,16 +123,16 @@ def _dpo_terms(config, model, params, batch, deterministic, rngs=None):
 
 
 def terms_fn(config, model) -> Callable:
-  """(params, batch, deterministic, rngs) -> metrics dict with 'loss', for config.task."""
-  if config.task == 'reward':
+  """(params, batch, deterministic, rngs) -> metrics dict with 'loss', for config.objective."""
+  if config.objective == 'reward':
     return lambda p, b, d, r=None: _reward_terms(model, p, b, d, r)
-  if config.task == 'dpo':
+  if config.objective == 'dpo':
     return lambda p, b, d, r=None: _dpo_terms(config, model, p, b, d, r)
-  raise ValueError(f"task={config.task!r}: use 'dpo' or 'reward'.")
+  raise ValueError(f"objective={config.objective!r}: use 'dpo' or 'reward'.")
 
 
 def make_train_step(config, model, tx, state_shardings, mesh) -> Callable:
-  """trainer.make_train_step on config.task's loss; the metrics are its terms."""
+  """trainer.make_train_step on config.objective's loss; the metrics are its terms."""
   terms = terms_fn(config, model)
 
   def loss_fn(params, batch, rng):
@@ -258,11 +258,11 @@ def run(config, workdir: str) -> dict:
   """dpo.py's whole run (a reward model or DPO); notebooks call it with `get_config()` directly. Returns the last validation
   metrics and, under 'test', the final params' test metrics; the history is in
   WORKDIR/metrics.jsonl."""
-  cli.check_renamed(config)
+  cli.check_renamed(config, 'dpo.py')
   workdir = cli.writable_dir(workdir)
-  if config.task not in ('reward', 'dpo'):
-    raise ValueError(f"task={config.task!r}: use 'reward' (configs/reward.py) or 'dpo'.")
-  if config.task == 'dpo' and config.loss not in LOSSES:
+  if config.objective not in ('reward', 'dpo'):
+    raise ValueError(f"objective={config.objective!r}: use 'reward' (configs/reward.py) or 'dpo'.")
+  if config.objective == 'dpo' and config.loss not in LOSSES:
     raise ValueError(f'loss={config.loss!r}: use one of {LOSSES}.')
   if not config.init_checkpoint:
     raise ValueError(
@@ -293,7 +293,7 @@ def run(config, workdir: str) -> dict:
 
   # Model and state: the reward model's decoder, or the whole policy, starts as `pre`.
   tx = optim.make(config.train)
-  if config.task == 'reward':
+  if config.objective == 'reward':
     model = M.RewardModel(pre.cfg)
     state, state_sh = create_state(
       model, tx, mesh, config.seed, M.reward_init_inputs(seq_len), pre.params, 'decoder'
@@ -304,13 +304,13 @@ def run(config, workdir: str) -> dict:
       model, tx, mesh, config.seed, M.policy_init_inputs(seq_len), pre.params
     )
   print(
-    f'{config.task}: {trainer.param_count(state.params):,} params, mesh {dict(mesh.shape)}, '
+    f'{config.objective}: {trainer.param_count(state.params):,} params, mesh {dict(mesh.shape)}, '
     f'{len(pairs["train"])} training / {len(pairs["validation"])} validation / '
     f'{len(pairs["test"])} test pairs'
   )
   stop = loop.StopFlag().install()
 
-  if config.task == 'dpo':  # the frozen reference, run once over every pair, then dropped
+  if config.objective == 'dpo':  # the frozen reference, run once over every pair, then dropped
     data = {'train': train_data, 'validation': eval_data, 'test': test_data}
     data = {name: d for name, d in data.items() if name == 'train' or pairs[name]}
     if not attach_reference_logps(
@@ -343,7 +343,9 @@ def run(config, workdir: str) -> dict:
     eval_at_start=True,
     evaluate=(lambda params: score(params, eval_data)) if pairs['validation'] else None,
     meta=checkpoint.job_meta(
-      'dpo', config, M.record('decoder', model.cfg, 'reward' if config.task == 'reward' else None)
+      'dpo',
+      config,
+      M.record('decoder', model.cfg, 'reward' if config.objective == 'reward' else None),
     ),
     rate=('pairs_per_sec', config.train.batch_size),
   )
@@ -376,11 +378,11 @@ def evaluate(
   config = config or pretrained.saved_config(workdir)
   mesh = mesh or sharding.config_mesh(config)
   got = pretrained.load(workdir, mesh)
-  task, model, params, tok, step = config.task, got.model, got.params, got.tokenizer, got.step
+  objective, model, params, tok = config.objective, got.model, got.params, got.tokenizer
   pairs = preference.load_splits(config.data)[split]
   data = preference.encode_pairs(pairs, tok, config.data.seq_len, config.data.max_prompt_len)
   params_sh = jax.tree.map(lambda x: x.sharding, params)
-  if task == 'dpo' and not attach_reference_logps(
+  if objective == 'dpo' and not attach_reference_logps(
     config, model, params_sh, mesh, {split: data}, workdir
   ):
     return {}, None
@@ -392,9 +394,10 @@ def evaluate(
     )
   )
   return {
-    'task': task,
+    'job': 'dpo',
+    'objective': objective,
     'split': split,
-    'step': step,
+    'step': got.step,
     'pairs': len(pairs),
     **preference_metrics(eval_step, params, batches),
   }, None

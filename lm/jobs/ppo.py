@@ -522,7 +522,7 @@ def evaluate(
   mesh = mesh or sharding.config_mesh(config)
   got = pretrained.load(workdir, mesh)
   pairs = preference.load_splits(config.data)[split]
-  head = {'task': 'ppo', 'split': split, 'step': got.step, 'prompts': len(pairs)}
+  head = {'job': 'ppo', 'split': split, 'step': got.step, 'prompts': len(pairs)}
   return head | _held_out_figures(config, got.model, got.params, got.tokenizer, pairs, mesh), None
 
 
