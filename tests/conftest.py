@@ -22,6 +22,12 @@ if _RUN:
   os.makedirs(os.environ['LM_DATA_CACHE'], exist_ok=True)
 else:
   os.environ['LM_DATA_CACHE'] = tempfile.mkdtemp(prefix='lm_data_cache_')
+# Compiled programs go to this session's own JAX persistent cache too, shared by the workers and
+# by every script the tests start: a resumed, killed or repeated run loads its step instead of
+# compiling it again (a tiny train.py run: 9.5 s -> 5.5 s). Same programs, same numerics.
+os.environ.setdefault('JAX_COMPILATION_CACHE_DIR', os.environ['LM_DATA_CACHE'] + '_jax')
+os.environ.setdefault('JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS', '0.5')
+os.environ.setdefault('JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES', '0')
 
 import pytest  # noqa: E402
 
