@@ -156,7 +156,7 @@ def test_preference_steps_fit_a_batch(loss):
   reward-model step learns to rank it; eval averages over rows weighted by `weight`."""
   model = M.Decoder(TINY)
   train_cfg, tx, mesh, state, sh = _state(model, M.policy_init_inputs(16))
-  config = ml_collections.ConfigDict(dict(task='dpo', loss=loss, beta=0.5, seed=0, train=train_cfg))
+  config = ml_collections.ConfigDict(dict(objective='dpo', loss=loss, beta=0.5, seed=0, train=train_cfg))
   b = _tiny_batch(seed=1)
   logps = dpo.make_logps_fn(model, sh.params, mesh)
   ref_c, ref_r = (np.asarray(x) for x in logps(state.params, sharding.shard_batch(b, mesh)))
@@ -203,7 +203,7 @@ def test_reward_model_scores_last_real_token_and_learns():
     + np.asarray(head['bias'])[0]
   )
   np.testing.assert_allclose(r, want, rtol=1e-4, atol=1e-5)
-  config = ml_collections.ConfigDict(dict(task='reward', seed=0, train=train_cfg))
+  config = ml_collections.ConfigDict(dict(objective='reward', seed=0, train=train_cfg))
   batch = {**b, 'weight': np.ones(8, np.float32)}
   step = dpo.make_train_step(config, model, tx, sh, mesh)
   for _ in range(12):
