@@ -156,7 +156,9 @@ def test_preference_steps_fit_a_batch(loss):
   reward-model step learns to rank it; eval averages over rows weighted by `weight`."""
   model = M.Decoder(TINY)
   train_cfg, tx, mesh, state, sh = _state(model, M.policy_init_inputs(16))
-  config = ml_collections.ConfigDict(dict(objective='dpo', loss=loss, beta=0.5, seed=0, train=train_cfg))
+  config = ml_collections.ConfigDict(
+    dict(objective='dpo', loss=loss, beta=0.5, seed=0, train=train_cfg)
+  )
   b = _tiny_batch(seed=1)
   logps = dpo.make_logps_fn(model, sh.params, mesh)
   ref_c, ref_r = (np.asarray(x) for x in logps(state.params, sharding.shard_batch(b, mesh)))
