@@ -37,7 +37,7 @@ def _tfds_examples(name: str, split: str, data_dir, text_key: str):
   import tensorflow_datasets as tfds
 
   if name == 'local_text_files':
-    from lm.data import text_dataset  # noqa: F401  (deferred: registers a TFDS builder)
+    from lm.data import text_dataset  # noqa: F401  (deferred: tensorflow_datasets; registers the builder)
   try:
     ds = tfds.load(name, split=split, data_dir=data_dir, download=False)
   except (AssertionError, tfds.core.registered.DatasetNotFoundError) as e:
