@@ -48,6 +48,7 @@ LONGEST_FIRST = (
   'test_ppo.py',  # ~230
   'test_rlhf.py',  # ~170
   'test_bench.py',  # ~150
+  'test_workdirs.py',  # ~125: ten tiny runs of every job (last alphabetically: it ran alone at the end)
   'test_icl.py',
   'test_finetune.py',
   'test_prepare.py',
