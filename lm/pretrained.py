@@ -169,5 +169,4 @@ def _load_workdir(workdir: str, mesh, step: Optional[int], which: str) -> Pretra
   head, args = rec.get('head'), rec.get('head_args') or {}
   if head == 'value':  # a PPO policy: the actor-critic's decoder
     head, args, params = None, {}, params['decoder']
-  cfg = models.config_from_dict(rec['kind'], rec['model'])
-  return Pretrained(rec['kind'], cfg, params, tok, config, got, job, head, args)
+  return Pretrained(rec['kind'], model.cfg, params, tok, config, got, job, head, args)
