@@ -41,6 +41,16 @@ def train_block(**overrides) -> ml_collections.ConfigDict:
   )
 
 
+def lora_block() -> ml_collections.ConfigDict:
+  """`c.lora`: LoRA / QLoRA (lm/models/lora.py) for any job that trains a model. rank 0 trains
+  every parameter; rank > 0 freezes the body and trains adapters of that rank on `targets` (plus
+  a head the job adds), scaled alpha / rank; quant 'int8' | 'nf4' stores the frozen attention
+  and MLP kernels quantized (QLoRA)."""
+  return ml_collections.ConfigDict(
+    dict(rank=0, alpha=16.0, dropout=0.0, targets='q,k,v,o,mlp_in,mlp_out', quant='none')
+  )
+
+
 def periodic_block(
   log_every: int,
   eval_every: int,
@@ -94,7 +104,8 @@ def pretraining() -> ml_collections.ConfigDict:
 
   # lm.model.ModelConfig is the one source of model defaults; the tokenizer sets vocab_size.
   model = dataclasses.asdict(ModelConfig())
-  del model['vocab_size']
+  for k in ('vocab_size', 'lora_rank', 'lora_alpha', 'lora_dropout', 'lora_targets', 'quant'):
+    del model[k]  # lora_*, quant: set by c.lora
   c.model = ml_collections.ConfigDict(model)
 
   c.data = ml_collections.ConfigDict(source_block(held_out=False))
@@ -115,6 +126,7 @@ def pretraining() -> ml_collections.ConfigDict:
     dict(kind='wordpiece', vocab_size=8192, path='', sample_mb=64.0)
   )
 
+  c.lora = lora_block()
   c.train = train_block(loss_chunk=0)
   c.update(
     periodic_block(log_every=100, eval_every=1000, checkpoint_every=1000, keep_checkpoints=3)
@@ -149,6 +161,7 @@ def finetuning(task: str) -> ml_collections.ConfigDict:
   c.data.window_stride = 0
   c.data.max_answer_len = 64  # qa: tokens
   c.data.n_best = 20  # qa
+  c.lora = lora_block()
   c.train = train_block(
     batch_size=32, steps=1000, lr=5e-5, warmup_steps=100, body_lr_scale=1.0
   )  # the body's learning rate is lr * body_lr_scale; the head's is lr
@@ -182,6 +195,7 @@ def preference() -> ml_collections.ConfigDict:
   c.data.seq_len = 128  # prompt + response tokens, at most the model's max_len
   c.data.max_prompt_len = 64  # the prompt keeps its last max_prompt_len tokens
 
+  c.lora = lora_block()
   c.train = train_block(batch_size=16, steps=300, lr=1e-4, warmup_steps=20, schedule='cosine')
   c.update(periodic_block(log_every=25, eval_every=100, checkpoint_every=100, keep_checkpoints=2))
   c.eval_batch_size = 32
@@ -214,6 +228,7 @@ def text_to_text(task: str) -> ml_collections.ConfigDict:
   c.data.seq_len = 128  # packed row length, at most the model's max_len
   c.data.max_prompt_len = 96  # context tokens kept (the document is cut at its end)
 
+  c.lora = lora_block()
   c.train = train_block(batch_size=16, steps=200, lr=3e-4, warmup_steps=20, schedule='cosine')
   c.train.loss_chunk = 0  # >0: fused linear + cross-entropy in chunks of this many tokens
   c.eval_batch_size = 32
@@ -270,6 +285,7 @@ def rl() -> ml_collections.ConfigDict:
 
   # batch_size: responses per step (prompts per step = batch_size / group_size); each step's
   # rollout is reused for epochs_per_batch passes of `minibatches` updates.
+  c.lora = lora_block()
   c.train = train_block(
     batch_size=32,
     steps=100,

@@ -29,6 +29,8 @@ RULES = (
   ('layers', None),
   ('relpos_buckets', None),  # T5's relative-position bias table [buckets, heads]: tiny
   ('relpos_heads', None),
+  ('lora_rank', None),  # LoRA adapters: the adapted kernel's other axis shards them
+  ('quant_block', None),  # QLoRA: absmax scales per column (int8) or per block of rows (NF4)
   # activations
   ('batch', ('data', 'fsdp')),
   ('act_length', None),

@@ -12,6 +12,9 @@ import optax
 from lm import checkpoint
 from lm import optim
 from lm import sharding
+from lm.models import lora
+
+flatten_dict = flax.traverse_util.flatten_dict
 
 
 @flax.struct.dataclass
@@ -21,12 +24,27 @@ class TrainState:
   opt_state: Any
 
 
+def f32(tree):
+  """Floating leaves as float32 (no-op on float32 trees): the optimizer's dtype."""
+  up = lambda x: x.astype(jnp.float32) if jnp.issubdtype(x.dtype, jnp.floating) else x
+  return jax.tree.map(up, tree)
+
+
+def float_norm(tree):
+  """Global norm of the floating leaves (a QLoRA base's integer codes are not weights)."""
+  return optax.global_norm(
+    [x for x in jax.tree.leaves(tree) if jnp.issubdtype(x.dtype, jnp.floating)]
+  )
+
+
 def state_initializer(model, tx, init_inputs):
-  """rng -> TrainState with logically-annotated (boxed) params and optimizer state."""
+  """rng -> TrainState with logically-annotated (boxed) params and optimizer state (for the
+  trainable params only: `lm.models.lora.split`)."""
 
   def init(rng):
     params = model.init(rng, *init_inputs)['params']
-    return TrainState(step=jnp.zeros((), jnp.int32), params=params, opt_state=tx.init(params))
+    train, _ = lora.split(params)
+    return TrainState(step=jnp.zeros((), jnp.int32), params=params, opt_state=tx.init(f32(train)))
 
   return init
 
@@ -41,24 +59,58 @@ def create_state(model, tx, mesh, seed: int, init_inputs):
 def create_state_from(model, tx, mesh, seed, init_inputs, pretrained_params, subtree=None):
   """A sharded TrainState whose params (or their `subtree`) are `pretrained_params`, after
   checking every name and shape (a changed model is an error listing them, never a partial
-  load). The optimizer state is fresh (step 0, zero moments) whatever the params."""
-  state, state_sh = create_state(model, tx, mesh, seed, init_inputs)
-  params = dict(state.params)
-  target = params[subtree] if subtree else params
+  load). The optimizer state is fresh (step 0, zero moments) whatever the params.
+
+  For a LoRA model the pretrained params are its base: they are quantized on the device when
+  the model's config says so, and only the adapters and heads are drawn fresh. The pretrained
+  arrays go into the state as they are (no copy); one jit makes the rest, so XLA drops the
+  random base it never returns and no second copy of the model is ever held.
+  """
+  init = state_initializer(model, tx, init_inputs)
+  rng = jax.random.PRNGKey(seed)
+  abstract = jax.eval_shape(init, rng)
+  state_sh = sharding.to_shardings(sharding.logical_specs(abstract), mesh)
+  shapes = nn.unbox(abstract).params
+  target = shapes[subtree] if subtree else shapes
   if 'lm_head' in pretrained_params and 'lm_head' not in target:  # a reward model scores hidden
     pretrained_params = {k: v for k, v in pretrained_params.items() if k != 'lm_head'}
-  target_sh = state_sh.params[subtree] if subtree else state_sh.params
+  cfg = model.cfg
+  base = jax.eval_shape(lambda p: lora.merge(p, cfg), target)  # the target less adapters
   checkpoint.compare_trees(
     checkpoint.paths_and_shapes(pretrained_params),
-    checkpoint.paths_and_shapes(target),
+    checkpoint.paths_and_shapes(base),
     'pretrained model',
   )
-  placed = jax.device_put(pretrained_params, target_sh)
-  if subtree:
-    params[subtree] = placed
-  else:
-    params = placed
-  return state.replace(params=params), state_sh
+  target_sh = state_sh.params[subtree] if subtree else state_sh.params
+  pre = jax.device_put(pretrained_params, lora.only_like(target_sh, base))
+  prefix = (subtree,) if subtree else ()
+  flat_shapes = flatten_dict(shapes)
+  kept = {  # pretrained leaves that go in unchanged (not quantized)
+    prefix + k: v
+    for k, v in flatten_dict(pre).items()
+    if flat_shapes[prefix + k].dtype == v.dtype and flat_shapes[prefix + k].shape == v.shape
+  }
+  flat_sh = flatten_dict(state_sh.params)
+  made_sh = {k: v for k, v in flat_sh.items() if k not in kept}
+
+  def make(rng, pre):
+    """The leaves not kept (adapters, heads, quantized kernels) and the optimizer state."""
+    params = dict(nn.unbox(init(rng)).params)
+    placed = lora.adapt(pre, params[subtree] if subtree else params, cfg)
+    if subtree:
+      params[subtree] = placed
+    else:
+      params = placed
+    flat = flatten_dict(params)  # pretrained leaves in another dtype take the model's
+    return {k: flat[k].astype(flat_shapes[k].dtype) for k in made_sh}, tx.init(
+      f32(lora.split(params)[0])
+    )
+
+  with sharding.use(mesh):
+    made, opt_state = jax.jit(make, out_shardings=(made_sh, state_sh.opt_state))(rng, pre)
+  params = flax.traverse_util.unflatten_dict({**kept, **made})
+  step = jax.device_put(jnp.zeros((), jnp.int32), state_sh.step)
+  return TrainState(step=step, params=params, opt_state=opt_state), state_sh
 
 
 def abstract_state(model, tx, mesh, init_inputs):
@@ -125,7 +177,11 @@ def make_train_step(
   def update(params, opt_state, batch, rng):
     """One optimizer update on `batch` (accumulated over micro-batches)."""
     norms = () if norms_fn is None else (norms_fn(batch),)
-    grad_fn = jax.value_and_grad(lambda p, b, r: loss_fn(p, b, r, *norms), has_aux=True)
+    # only the trainable leaves are differentiated and updated: with LoRA the base is a constant
+    params, frozen = lora.split(params)
+    grad_fn = jax.value_and_grad(
+      lambda p, b, r: loss_fn(lora.combine(p, frozen), b, r, *norms), has_aux=True
+    )
     if accum == 1:
       (_, aux), grads = grad_fn(params, batch, rng)
     else:
@@ -143,10 +199,13 @@ def make_train_step(
       (grads, aux), _ = jax.lax.scan(body, zero, (mbs, jnp.arange(accum)))
       if norms_fn is None:
         grads, aux = jax.tree.map(lambda x: x / accum, (grads, aux))
-    updates, opt_state = tx.update(grads, opt_state, params)
+    # float32 optimizer math (moments, decay, the update) whatever the params' dtype; the sum
+    # p + u is rounded back to it once
+    grads = f32(grads)
+    updates, opt_state = tx.update(grads, opt_state, f32(params))
     m = dict(aux if metrics_fn is None else metrics_fn(aux, *norms))
     m['grad_norm'] = optax.global_norm(grads)
-    return optax.apply_updates(params, updates), opt_state, m
+    return lora.combine(optax.apply_updates(params, updates), frozen), opt_state, m
 
   def step_fn(state, batch):
     rng = jax.random.fold_in(base_rng, state.step)
@@ -172,7 +231,7 @@ def make_train_step(
         epoch, (state.params, state.opt_state), jnp.arange(epochs)
       )
       m = jax.tree.map(jnp.mean, ms)
-    m.update(param_norm=optax.global_norm(params), learning_rate=schedule(state.step))
+    m.update(param_norm=float_norm(params), learning_rate=schedule(state.step))
     return TrainState(step=state.step + 1, params=params, opt_state=opt_state), m
 
   jitted = jax.jit(

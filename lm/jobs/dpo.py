@@ -34,6 +34,7 @@ from lm import pretrained
 from lm import report
 from lm import sharding
 from lm import trainer
+from lm.models import lora
 from lm.data import sources
 
 LOSSES = ('dpo', 'ipo')
@@ -228,15 +229,28 @@ def reference_logps(
 
 
 def attach_reference_logps(
-  config, model, params_shardings, mesh, datasets: dict, workdir: str, stop=None, loaded=None
+  config,
+  model,
+  params_shardings,
+  mesh,
+  datasets: dict,
+  workdir: str,
+  stop=None,
+  loaded=None,
+  base_params=None,
 ) -> bool:
   """Adds ref_chosen / ref_rejected to each of `datasets` ({name: arrays}) from the frozen
-  reference (config.reference, else config.init_checkpoint: `loaded` when the caller holds it),
-  read from the workdir's cache when there. False when `stop` interrupted it."""
+  reference (config.reference, else config.init_checkpoint: `loaded` when the caller holds it;
+  with LoRA, `base_params`: the policy with its adapters zeroed, which is the frozen base with
+  no second copy of it), read from the workdir's cache when there. False when `stop`
+  interrupted it."""
   source = config.reference or config.init_checkpoint
   ref = loaded if loaded is not None and not config.reference else pretrained.load(source, mesh)
-  ref_params = jax.device_put(ref.params, params_shardings)
   ref_id = f'{os.path.abspath(source)}@{ref.step}'
+  if base_params is not None and not config.reference:
+    ref_params, ref_id = base_params, f'{ref_id} base quant={model.cfg.quant}'
+  else:
+    ref_params = jax.device_put(ref.params, params_shardings)
   logps_fn = make_logps_fn(model, params_shardings, mesh)
   for name, data in datasets.items():
     got, path, computed = reference_logps(
@@ -293,13 +307,14 @@ def run(config, workdir: str) -> dict:
 
   # Model and state: the reward model's decoder, or the whole policy, starts as `pre`.
   tx = optim.make(config.train)
+  cfg = lora.configure(pre.cfg, config.get('lora'))
   if config.objective == 'reward':
-    model = M.RewardModel(pre.cfg)
+    model = M.RewardModel(cfg)
     state, state_sh = create_state(
       model, tx, mesh, config.seed, M.reward_init_inputs(seq_len), pre.params, 'decoder'
     )
   else:
-    model = pre.model
+    model = M.body(pre.kind, cfg)
     state, state_sh = create_state(
       model, tx, mesh, config.seed, M.policy_init_inputs(seq_len), pre.params
     )
@@ -313,8 +328,9 @@ def run(config, workdir: str) -> dict:
   if config.objective == 'dpo':  # the frozen reference, run once over every pair, then dropped
     data = {'train': train_data, 'validation': eval_data, 'test': test_data}
     data = {name: d for name, d in data.items() if name == 'train' or pairs[name]}
+    base = lora.without_adapters(state.params) if lora.has_adapters(state.params) else None
     if not attach_reference_logps(
-      config, model, state_sh.params, mesh, data, workdir, stop, loaded=pre
+      config, model, state_sh.params, mesh, data, workdir, stop, loaded=pre, base_params=base
     ):
       print(f'{stop.signal}: stopped computing reference log-probs, exiting.')
       return

@@ -35,6 +35,7 @@ from lm import pretrained
 from lm import sharding
 from lm import tasks
 from lm import trainer
+from lm.models import lora
 from lm.data import sources
 from lm.tasks import data as data_lib
 
@@ -75,13 +76,15 @@ def _flat(tree) -> dict:
   }
 
 
-def merge_body(params, body, what: str = 'pretrained checkpoint'):
+def merge_body(params, body, cfg: M.ModelConfig, what: str = 'pretrained checkpoint'):
   """params with params['body'] replaced by `body`, after checking names and shapes.
 
-  Every body leaf of the task model must be in `body` with the same shape; `body` may carry
-  extra leaves only under PRETRAINING_HEADS. The loaded leaves are cast to the task model's
-  dtypes and placed on its shardings."""
-  want, have = _flat(params['body']), _flat(body)
+  Every body leaf of the task model (less LoRA adapters: `lora.merge`) must be in `body` with
+  the same shape; `body` may carry extra leaves only under PRETRAINING_HEADS. The loaded leaves
+  are cast to the task model's dtypes and placed on its shardings; with LoRA the body keeps its
+  fresh adapters and is quantized as `cfg` says (`lora.adapt`)."""
+  placed = _flat(params['body'])
+  want, have = _flat(jax.eval_shape(lambda p: lora.merge(p, cfg), params['body'])), _flat(body)
   missing = sorted(k for k in want if k not in have)
   shapes = sorted(
     f'{k}: checkpoint {tuple(have[k].shape)} vs model {tuple(want[k].shape)}'
@@ -100,9 +103,13 @@ def merge_body(params, body, what: str = 'pretrained checkpoint'):
       'be the one the checkpoint was trained with (model_overrides may only change dropout, '
       'dtype, remat and the like).'
     )
-  new = {k: jax.device_put(jnp.asarray(have[k], want[k].dtype), want[k].sharding) for k in want}
+  new = {k: jax.device_put(jnp.asarray(have[k], want[k].dtype), placed[k].sharding) for k in want}
   new_body = flax.traverse_util.unflatten_dict({tuple(k.split('/')): v for k, v in new.items()})
-  return {**params, 'body': new_body}
+  adapted = lora.adapt(new_body, params['body'], cfg)
+  return {
+    **params,
+    'body': jax.device_put(adapted, jax.tree.map(lambda x: x.sharding, params['body'])),
+  }
 
 
 # ------------------------------------------------------------------------------------------------
@@ -230,7 +237,7 @@ def body_config(pre: pretrained.Pretrained, config) -> M.ModelConfig:
       f"data.max_len={config.data.max_len} exceeds the body's max_len="
       f'{cfg.max_len} (learned positions): lower data.max_len.'
     )
-  return cfg
+  return lora.configure(cfg, config.get('lora'))
 
 
 def check_evaluation(config, task_mod) -> bool:
@@ -297,7 +304,7 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
     model, tx, mesh, config.seed, M.task_init_inputs(config.data.max_len)
   )
   if config.init == 'pretrained':
-    state = state.replace(params=merge_body(state.params, pre.params, config.init_checkpoint))
+    state = state.replace(params=merge_body(state.params, pre.params, cfg, config.init_checkpoint))
   del pre
   print(
     f'{config.task}: {trainer.param_count(state.params):,} params ({config.init} body from '

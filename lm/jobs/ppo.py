@@ -43,6 +43,7 @@ from lm import pretrained
 from lm import report
 from lm import sharding
 from lm import trainer
+from lm.models import lora
 
 ALGORITHMS = ('ppo', 'grpo', 'rloo')
 
@@ -227,6 +228,8 @@ def make_sampler(model: M.ActorCritic, reward_model, settings: gen.Settings, mes
   n, policy = settings.max_new_tokens, M.Decoder(model.cfg)  # the reference is one too
 
   def fn(params, ref_params, rm_params, prompt_ids, prompt_mask, rng):
+    if ref_params is None:  # LoRA: the frozen base is the reference, no copy of it is kept
+      ref_params = lora.without_adapters(params['decoder'])
     response = gen.decode(policy, params['decoder'], prompt_ids, prompt_mask, rng, settings)
     resp_mask = response_mask(response, settings.eos_id)
     ids = jnp.concatenate([prompt_ids, response], axis=1)
@@ -401,13 +404,15 @@ def run(config, workdir: str) -> dict:
   prompts = {s: prompt_arrays(splits[s], tok, p_len) for s in preference.SPLITS}
 
   tx = optim.make(config.train)
-  model = M.ActorCritic(pre.cfg)
+  model = M.ActorCritic(lora.configure(pre.cfg, config.get('lora')))
   state, state_sh = trainer.create_state_from(
     model, tx, mesh, config.seed, M.policy_init_inputs(p_len + n_new), pre.params, 'decoder'
   )
-  # Frozen copies (the state is donated at each step): the start for best-of-n, the reference.
-  start = jax.tree.map(lambda x: x.copy(), state.params)
-  ref_params = start['decoder']
+  # Frozen copies (the state is donated at each step) of what trains, for best-of-n's start;
+  # the reference is the start's decoder, or with LoRA the frozen base (`make_sampler`).
+  trained, _ = lora.split(state.params)
+  start_trained = jax.tree.map(lambda x: x.copy(), trained)
+  ref_params = None if lora.has_adapters(state.params) else start_trained['decoder']
   if config.reference:
     ref_params = jax.device_put(
       pretrained.load(config.reference, mesh).params, state_sh.params['decoder']
@@ -485,6 +490,7 @@ def run(config, workdir: str) -> dict:
     writer.close()
     return fit.eval
   step = int(fit.state.step)
+  start = lora.combine(start_trained, lora.split(fit.state.params)[1])  # the base never changed
   test = {**held_out(fit.state.params, 'test'), 'kl_budget': config.kl_budget}
   n = int(config.best_of_n)
   if n < 0:  # as many samples per prompt as PPO drew per training prompt
@@ -530,8 +536,12 @@ def _held_out_figures(config, model, params, tok, pairs, mesh) -> dict:
   """A py policy on held-out prompts as py scores them (one sample per prompt, the run's
   eval_seed, its reward model and reference): mean score, KL, reward, response length, and the
   starting policy's mean score on the same draws' seeds (`start_score`)."""
-  start = pretrained.load(config.init_checkpoint, mesh).params
-  ref = pretrained.load(config.reference, mesh).params if config.reference else start
+  if lora.has_adapters(params):  # the start and the reference are the frozen base
+    start = lora.without_adapters(params)
+    ref = pretrained.load(config.reference, mesh).params if config.reference else None
+  else:
+    start = pretrained.load(config.init_checkpoint, mesh).params
+    ref = pretrained.load(config.reference, mesh).params if config.reference else start
   rm_model, rm_params = load_reward_model(config.reward_model, tok, mesh)
   prompts = prompt_arrays(pairs, tok, config.data.max_prompt_len)
   ac = M.ActorCritic(model.cfg)

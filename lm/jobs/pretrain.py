@@ -23,6 +23,7 @@ from lm import report
 from lm import sample
 from lm import sharding
 from lm import trainer
+from lm.models import lora
 from lm.data import prepare
 from lm.data import shards
 from lm.data import tokenizer as tokenizer_lib
@@ -53,8 +54,7 @@ def run(config, workdir: str):
   # Model, optimizer and state, initialised straight into their shardings (or from the
   # init_checkpoint's params, with a fresh optimizer).
   model = objectives.make_model(config, tok.vocab_size)
-  if model_cfg is not None:
-    model = type(model)(model_cfg)
+  model = type(model)(lora.configure(model.cfg if model_cfg is None else model_cfg, config.lora))
   if config.objective == 'span' and tok.vocab_size + config.data.num_sentinels > (
     model.cfg.vocab_size
   ):  # e.g. an HF T5, whose sentinels are its tokenizer's own <extra_id_k>

@@ -34,6 +34,7 @@ from lm import pretrained
 from lm import report
 from lm import sharding
 from lm import trainer
+from lm.models import lora
 from lm.data import sources
 from lm.data import text_to_text as t2t
 from lm.data import tokenizer as tokenizer_lib
@@ -205,7 +206,9 @@ def run(config, workdir: str) -> dict:
     del pre
   else:  # resume: the run's own model and tokenizer; init_checkpoint is not read (may be gone)
     (kind, base_cfg, tok), init_params = own, None
-  cfg = dataclasses.replace(base_cfg, **config.model_overrides.to_dict())
+  cfg = lora.configure(
+    dataclasses.replace(base_cfg, **config.model_overrides.to_dict()), config.get('lora')
+  )
   _check(config, cfg)
   model = M.body(kind, cfg)
   if pi == 0 and own is None:

@@ -43,6 +43,14 @@ class ModelConfig:
   # 'einsum' | 'xla' | 'cudnn' (jax.nn.dot_product_attention) | 'auto': cudnn flash attention
   # on a GPU in bf16/fp16, else xla
   attention_impl: str = 'einsum'
+  # LoRA / QLoRA (lm/models/lora.py), set by a job's `lora` block: adapters of this rank on the
+  # comma-separated targets (q, k, v, o, mlp_in, mlp_out), scaled alpha / rank; quant 'int8' |
+  # 'nf4' stores the frozen attention and MLP kernels quantized.
+  lora_rank: int = 0
+  lora_alpha: float = 16.0
+  lora_dropout: float = 0.0
+  lora_targets: str = 'q,k,v,o,mlp_in,mlp_out'
+  quant: str = 'none'
 
   @classmethod
   def from_dict(cls, d) -> 'ModelConfig':

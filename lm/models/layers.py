@@ -17,6 +17,7 @@ import numpy as np
 Array = jax.Array
 
 
+from lm.models import lora
 from lm.models.config import ModelConfig
 
 Array = jax.Array
@@ -180,19 +181,13 @@ class Attention(nn.Module):
     c = self.cfg
     h, kv, dh = c.num_heads, c.kv_heads, c.head_dim
     # Flat [D, H*Dh] kernels (HF's layout); sharding the flat axis on 'tensor' splits whole heads.
-    dense = lambda heads, axis, name: nn.Dense(
-      heads * dh,
-      use_bias=c.bias != 'none',
-      dtype=c.dtype,
-      param_dtype=c.param_dtype,
-      kernel_init=dense_init(c, 'embed', axis),
-      bias_init=zeros_init(axis),
-      name=name,
-    )(x)
-    q = constrain(dense(h, 'heads', 'query').reshape(x.shape[:2] + (h, dh)), *ACT_HEADS)
+    dense = lambda heads, axis, target, name: lora.Dense(
+      heads * dh, c, target, ('embed', axis), use_bias=c.bias != 'none', name=name
+    )(x, deterministic)
+    q = constrain(dense(h, 'heads', 'q', 'query').reshape(x.shape[:2] + (h, dh)), *ACT_HEADS)
     k, v = (
-      constrain(dense(kv, 'kv_heads', n).reshape(x.shape[:2] + (kv, dh)), *ACT_KV_HEADS)
-      for n in ('key', 'value')
+      constrain(dense(kv, 'kv_heads', t, n).reshape(x.shape[:2] + (kv, dh)), *ACT_KV_HEADS)
+      for t, n in (('k', 'key'), ('v', 'value'))
     )
     if c.position == 'rope':
       freq = rope_frequencies(c)
@@ -213,15 +208,9 @@ class Attention(nn.Module):
       dropout = nn.Dropout(c.attention_dropout_rate)
     out = dot_product_attention(q, k, v, mask, c, causal=causal, dropout=dropout)
     out = constrain(out, *ACT_HEADS)
-    return nn.Dense(
-      c.hidden_size,
-      use_bias=c.bias == 'all',
-      dtype=c.dtype,
-      param_dtype=c.param_dtype,
-      kernel_init=dense_init(c, 'heads', 'embed'),
-      bias_init=zeros_init('embed'),
-      name='out',
-    )(out.reshape(out.shape[:2] + (-1,)))
+    return lora.Dense(
+      c.hidden_size, c, 'o', ('heads', 'embed'), use_bias=c.bias == 'all', name='out'
+    )(out.reshape(out.shape[:2] + (-1,)), deterministic)
 
   def _update_cache(self, k, v, mask):
     """Writes k, v at the cache index and masks each query to the slots up to its own.
@@ -252,22 +241,16 @@ class Mlp(nn.Module):
   @nn.compact
   def __call__(self, x, deterministic: bool):
     c = self.cfg
-    dense = lambda size, axes, name: nn.Dense(
-      size,
-      use_bias=c.bias == 'all',
-      dtype=c.dtype,
-      param_dtype=c.param_dtype,
-      kernel_init=dense_init(c, *axes),
-      bias_init=zeros_init(axes[1]),
-      name=name,
-    )
-    h = dense(c.mlp_dim, ('embed', 'mlp'), 'wi')(x)
+    dense = lambda size, target, axes, name, y: lora.Dense(
+      size, c, target, axes, use_bias=c.bias == 'all', name=name
+    )(y, deterministic)
+    h = dense(c.mlp_dim, 'mlp_in', ('embed', 'mlp'), 'wi', x)
     if c.mlp == 'swiglu':
-      h = jax.nn.silu(dense(c.mlp_dim, ('embed', 'mlp'), 'wi_gate')(x)) * h
+      h = jax.nn.silu(dense(c.mlp_dim, 'mlp_in', ('embed', 'mlp'), 'wi_gate', x)) * h
     else:
       h = activation_fn(c.activation)(h)
     h = constrain(h, 'batch', 'act_length', 'act_mlp')
-    h = dense(c.hidden_size, ('mlp', 'embed'), 'wo')(h)
+    h = dense(c.hidden_size, 'mlp_out', ('mlp', 'embed'), 'wo', h)
     return nn.Dropout(c.dropout_rate)(h, deterministic=deterministic)
 
 

@@ -22,6 +22,7 @@ import jax.numpy as jnp
 
 
 from lm.models import layers as M
+from lm.models import lora
 from lm.models.config import T5Config
 
 Array = jax.Array
@@ -62,16 +63,18 @@ class Attention(M.Attention):
     h, dh, d = c.num_heads, c.head_dim, c.hidden_size
     cross = self.cross
     causal = self.causal and not decode
-    proj = lambda y, std, name: M.constrain(
-      nn.Dense(
-        h * dh,
-        use_bias=False,
-        dtype=c.dtype,
-        param_dtype=c.param_dtype,
-        kernel_init=_normal(c.initializer_range * std, 'embed', 'heads'),
-        name=name,
-      )(y).reshape(y.shape[:2] + (h, dh)),
-      *M.ACT_HEADS,
+    proj = (
+      lambda y, std, name: M.constrain(
+        lora.Dense(
+          h * dh,
+          c,
+          name[0],  # 'q', 'k', 'v'
+          ('embed', 'heads'),
+          kernel_init=nn.initializers.normal(c.initializer_range * std),
+          name=name,
+        )(y, deterministic).reshape(y.shape[:2] + (h, dh)),
+        *M.ACT_HEADS,
+      )
     )
     q = proj(x, (d * dh) ** -0.5, 'query')
     if cross and decode:
@@ -92,14 +95,14 @@ class Attention(M.Attention):
       q, k, v, mask, c, causal=causal, bias=bias, scale=1.0, dropout=dropout
     )
     out = M.constrain(out, *M.ACT_HEADS)
-    return nn.Dense(
+    return lora.Dense(
       d,
-      use_bias=False,
-      dtype=c.dtype,
-      param_dtype=c.param_dtype,
-      kernel_init=_normal(c.initializer_range * (h * dh) ** -0.5, 'heads', 'embed'),
+      c,
+      'o',
+      ('heads', 'embed'),
+      kernel_init=nn.initializers.normal(c.initializer_range * (h * dh) ** -0.5),
       name='out',
-    )(out.reshape(out.shape[:2] + (-1,)))
+    )(out.reshape(out.shape[:2] + (-1,)), deterministic)
 
 
 class Mlp(nn.Module):
@@ -110,20 +113,20 @@ class Mlp(nn.Module):
   @nn.compact
   def __call__(self, x, deterministic: bool):
     c = self.cfg
-    dense = lambda size, fan_in, axes, name: nn.Dense(
+    dense = lambda size, fan_in, target, axes, name, y: lora.Dense(
       size,
-      use_bias=False,
-      dtype=c.dtype,
-      param_dtype=c.param_dtype,
-      kernel_init=_normal(c.initializer_range * fan_in**-0.5, *axes),
+      c,
+      target,
+      axes,
+      kernel_init=nn.initializers.normal(c.initializer_range * fan_in**-0.5),
       name=name,
-    )
-    wi = lambda name: dense(c.mlp_dim, c.hidden_size, ('embed', 'mlp'), name)(x)
+    )(y, deterministic)
+    wi = lambda name: dense(c.mlp_dim, c.hidden_size, 'mlp_in', ('embed', 'mlp'), name, x)
     act = M.activation_fn(c.activation)
     h = act(wi('wi_gate')) * wi('wi') if c.mlp == 'gated' else act(wi('wi'))
     h = M.constrain(h, 'batch', 'act_length', 'act_mlp')
     h = nn.Dropout(c.dropout_rate)(h, deterministic=deterministic)
-    return dense(c.hidden_size, c.mlp_dim, ('mlp', 'embed'), 'wo')(h)
+    return dense(c.hidden_size, c.mlp_dim, 'mlp_out', ('mlp', 'embed'), 'wo', h)
 
 
 class Block(nn.Module):

@@ -1,0 +1,217 @@
+"""LoRA (Hu et al. 2021) and QLoRA (Dettmers et al. 2023) on every model family.
+
+Every projection of an attention or MLP block is a `Dense` naming its LoRA target ('q', 'k',
+'v', 'o', 'mlp_in', 'mlp_out'). With `ModelConfig.lora_rank` > 0, a targeted `Dense` adds
+`lora_a` [in, r] (uniform, PyTorch's Linear init, as PEFT) and `lora_b` [r, out] (zeros) and
+returns x W + b + (alpha / r) dropout(x) A B: PEFT's `LoraLayer` formula, so adapters move to
+and from PEFT as transposes (`lm.hf.peft`). The adapters carry the kernel's logical axes, so they
+shard on the mesh like the weight they adapt. With `ModelConfig.quant` ('int8' | 'nf4') every
+attention and MLP kernel is stored quantized (`lm.models.quant`) and dequantized on the fly in
+the compute dtype: QLoRA.
+
+Which parameters train is a function of the params tree alone (`trainable`): with adapters
+present, the adapters and any head a job adds ('head', 'value_head') train; the base is frozen.
+`lm.trainer` differentiates and keeps optimizer state for the trainable leaves only, so a LoRA
+step never computes a base-sized gradient and AdamW holds adapter-sized moments.
+
+Why not qwix: qwix adds LoRA by intercepting a module's dot_generals, with parameter names and
+shapes of its own. Here the adapted projections are the eight named `Dense` calls above, so
+explicit parameters give PEFT's names, the weight's sharding axes, merge and export with no
+interception layer; int8 and NF4 are a few lines each (`lm.models.quant`).
+"""
+
+import dataclasses
+from typing import Callable, Optional
+
+import flax
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+from lm.models import quant
+from lm.models.config import ModelConfig
+
+TARGETS = ('q', 'k', 'v', 'o', 'mlp_in', 'mlp_out')
+ADAPTERS = ('lora_a', 'lora_b')
+HEADS = ('head', 'value_head')  # top-level params a job adds on a body: they train fully
+
+
+def targets_of(cfg: ModelConfig) -> tuple:
+  return tuple(t for t in cfg.lora_targets.split(',') if t)
+
+
+def configure(cfg: ModelConfig, lora) -> ModelConfig:
+  """`cfg` with a job config's `lora` block (rank, alpha, dropout, targets, quant) applied;
+  None or rank 0 and quant 'none' leave it as it is."""
+  if lora is None:
+    return cfg
+  rank, fmt = int(lora.get('rank', 0)), lora.get('quant', 'none')
+  targets = lora.get('targets', ','.join(TARGETS))
+  targets = targets if isinstance(targets, str) else ','.join(targets)
+  if rank < 0:
+    raise ValueError(f'lora.rank={rank}: use 0 (no adapters) or a positive rank.')
+  unknown = [t for t in targets.split(',') if t and t not in TARGETS]
+  if unknown:
+    raise ValueError(f'lora.targets has {unknown}: use names from {TARGETS}.')
+  quant.check_format(fmt)
+  if fmt != 'none' and rank == 0:
+    raise ValueError(f'lora.quant={fmt!r} freezes a quantized base: set lora.rank > 0 too.')
+  if rank == 0:
+    return cfg
+  return dataclasses.replace(
+    cfg,
+    lora_rank=rank,
+    lora_alpha=float(lora.get('alpha', 16.0)),
+    lora_dropout=float(lora.get('dropout', 0.0)),
+    lora_targets=targets,
+    quant=fmt,
+  )
+
+
+def base_config(cfg: ModelConfig) -> ModelConfig:
+  """`cfg` without adapters or quantization: the model a merged export describes."""
+  return dataclasses.replace(cfg, lora_rank=0, quant='none')
+
+
+class Dense(nn.Module):
+  """nn.Dense's [in, out] kernel and bias and the same dot_general, plus a LoRA adapter when
+  `target` is among the config's targets and a quantized kernel when `cfg.quant` is set."""
+
+  features: int
+  cfg: ModelConfig
+  target: str
+  axes: tuple  # logical names of the kernel's (in, out) axes
+  use_bias: bool = False
+  kernel_init: Optional[Callable] = None  # raw initializer; default normal(initializer_range)
+
+  @nn.compact
+  def __call__(self, x, deterministic: bool = True):
+    c = self.cfg
+    if self.target not in TARGETS:
+      raise ValueError(f'Dense target {self.target!r}: use one of {TARGETS}.')
+    init = self.kernel_init or nn.initializers.normal(c.initializer_range)
+    shape = (x.shape[-1], self.features)
+    part = lambda fn, names: nn.with_logical_partitioning(fn, names)
+    if c.quant == 'none':
+      kernel = self.param('kernel', part(init, self.axes), shape, c.param_dtype)
+    else:
+      # one float draw quantized into both arrays when initializing; at apply flax checks the
+      # stored shapes against the init functions, which then give zeros of the right shapes
+      codes_shape, codes_dtype, scale_shape = quant.shapes(c.quant, shape)
+      made = (jnp.zeros(codes_shape, codes_dtype), jnp.zeros(scale_shape, jnp.float32))
+      if self.is_initializing():
+        made = quant.quantize(init(self.make_rng('params'), shape, jnp.float32), c.quant)
+      codes = self.param('kernel', part(lambda _: made[0], self.axes))
+      scale = self.param('kernel_scale', part(lambda _: made[1], ('quant_block', self.axes[1])))
+      kernel = quant.dequantize(codes, scale, c.quant, c.dtype)
+    bias = None
+    if self.use_bias:
+      bias = self.param(
+        'bias', part(nn.initializers.zeros_init(), self.axes[1:]), shape[1:], c.param_dtype
+      )
+    x, kernel, bias = nn.dtypes.promote_dtype(x, kernel, bias, dtype=c.dtype)
+    y = jax.lax.dot_general(x, kernel, (((x.ndim - 1,), (0,)), ((), ())))
+    if bias is not None:
+      y = y + jnp.reshape(bias, (1,) * (y.ndim - 1) + (-1,))
+    if c.lora_rank and self.target in targets_of(c):
+      r = c.lora_rank
+      fan_in = nn.initializers.variance_scaling(1 / 3, 'fan_in', 'uniform')  # torch Linear
+      a = self.param('lora_a', part(fan_in, (self.axes[0], 'lora_rank')), (shape[0], r))
+      b = self.param(
+        'lora_b', part(nn.initializers.zeros_init(), ('lora_rank', self.axes[1])), (r, shape[1])
+      )
+      h = x
+      if c.lora_dropout > 0.0:
+        h = nn.Dropout(c.lora_dropout)(h, deterministic=deterministic)
+      h, a, b = nn.dtypes.promote_dtype(h, a, b, dtype=c.dtype)
+      y = y + (h @ a @ b) * (c.lora_alpha / r)
+    return y
+
+
+def _flat(params) -> dict:
+  return flax.traverse_util.flatten_dict(flax.core.unfreeze(params))
+
+
+def has_adapters(params) -> bool:
+  return any(k[-1] in ADAPTERS for k in _flat(params))
+
+
+def trainable(path: tuple, adapters: bool) -> bool:
+  """Whether the leaf at `path` trains: all do without adapters; with them, the adapters and the
+  heads a job added."""
+  return not adapters or path[-1] in ADAPTERS or path[0] in HEADS
+
+
+def split(params) -> tuple:
+  """(trainable, frozen) nested dicts that `combine` puts back together; frozen is {} when the
+  tree has no adapters (every leaf trains, the tree is returned as it is)."""
+  if not has_adapters(params):
+    return params, {}
+  flat = _flat(params)
+  unflat = flax.traverse_util.unflatten_dict
+  return (
+    unflat({k: v for k, v in flat.items() if trainable(k, True)}),
+    unflat({k: v for k, v in flat.items() if not trainable(k, True)}),
+  )
+
+
+def combine(train, frozen):
+  if not frozen:
+    return train
+  return flax.traverse_util.unflatten_dict({**_flat(frozen), **_flat(train)})
+
+
+def _kernels(flat: dict) -> dict:
+  """{module path: its leaves} of the Dense modules that hold adapters or quantized kernels."""
+  mods = {}
+  for k, v in flat.items():
+    mods.setdefault(k[:-1], {})[k[-1]] = v
+  return {m: leaves for m, leaves in mods.items() if set(leaves) & {'lora_a', 'kernel_scale'}}
+
+
+def only_like(tree, like):
+  """`tree` restricted to the leaf paths of `like` (shardings of a target's base part)."""
+  keep = set(_flat(like))
+  return flax.traverse_util.unflatten_dict({k: v for k, v in _flat(tree).items() if k in keep})
+
+
+def merge(params, cfg: ModelConfig):
+  """The plain model's params: each adapted kernel W + (alpha / r) A B (dequantized first when
+  quantized), in the base's param_dtype. With `base_config(cfg)` it is an ordinary model, for
+  export or fast generation."""
+  flat = _flat(params)
+  dtype = jnp.dtype(cfg.param_dtype)
+  for mod, leaves in _kernels(flat).items():
+    w = leaves['kernel']
+    if 'kernel_scale' in leaves:
+      w = quant.dequantize(w, flat.pop(mod + ('kernel_scale',)), cfg.quant, jnp.float32)
+    if 'lora_a' in leaves:
+      a, b = flat.pop(mod + ('lora_a',)), flat.pop(mod + ('lora_b',))
+      w = jnp.asarray(w, jnp.float32) + (a @ b) * (cfg.lora_alpha / cfg.lora_rank)
+    flat[mod + ('kernel',)] = jnp.asarray(w, dtype)
+  return flax.traverse_util.unflatten_dict(flat)
+
+
+def without_adapters(params):
+  """The same tree with every lora_b zeroed: the frozen base's function (a LoRA run's reference
+  model) with no copy of the base weights."""
+  flat = _flat(params)
+  return flax.traverse_util.unflatten_dict(
+    {k: jnp.zeros_like(v) if k[-1] == 'lora_b' else v for k, v in flat.items()}
+  )
+
+
+def adapt(base_params, init_params, cfg: ModelConfig):
+  """Pretrained base params (float, as imported) made into the params of a LoRA model `cfg`:
+  kernels quantized when `cfg.quant` is set, adapters taken from `init_params` (a fresh init,
+  or any tree holding them)."""
+  flat = _flat(base_params)
+  init = _flat(init_params)
+  for mod, leaves in _kernels(init).items():
+    if 'kernel_scale' in leaves:
+      codes, scale = quant.quantize(flat[mod + ('kernel',)], cfg.quant)
+      flat[mod + ('kernel',)], flat[mod + ('kernel_scale',)] = codes, scale
+    for name in ADAPTERS:
+      if name in leaves:
+        flat[mod + (name,)] = leaves[name]
+  return flax.traverse_util.unflatten_dict(flat)
