@@ -176,6 +176,37 @@ def pretrained_gpt(tmp_path_factory):
   )
 
 
+def tiny_gpt2_dir(tok, directory):
+  """A random tiny GPT-2 in HF layout with `tok` (the plumbing is under test, not the model)."""
+  import flax.linen as nn
+  import jax
+  import numpy as np
+
+  from lm import hf
+  from lm import models as M
+
+  cfg = M.ModelConfig(
+    vocab_size=tok.vocab_size,
+    hidden_size=16,
+    num_layers=1,
+    num_heads=2,
+    mlp_dim=32,
+    max_len=64,
+    type_vocab_size=0,
+    pre_ln=True,
+    activation='gelu_tanh',
+  )
+  shapes = jax.eval_shape(
+    hf.module('gpt2', cfg).init, jax.random.PRNGKey(0), jax.numpy.zeros((1, 8), np.int32)
+  )
+  rng = np.random.default_rng(0)
+  params = jax.tree.map(
+    lambda s: rng.normal(0, 0.02, s.shape).astype(s.dtype), nn.unbox(shapes)['params']
+  )
+  hf.export_pretrained('gpt2', cfg, params, directory)
+  tok.save(str(directory))
+
+
 def check_fewshot_accuracy(result):
   """Recounts a few-shot result's accuracy table from its per-example decisions.
 

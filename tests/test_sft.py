@@ -9,7 +9,7 @@ import jax
 import numpy as np
 import pytest
 
-from conftest import run_script
+from conftest import run_script, tiny_gpt2_dir
 from lm import defaults
 from lm import metrics
 from lm import pretrained
@@ -161,34 +161,6 @@ def test_tfds_summarization_by_name(tmp_path, name, keys):
   assert got['test'][0] == {'prompt': raw[0][keys[0]].decode(), 'target': raw[0][keys[1]].decode()}
 
 
-def _tiny_gpt2(tok, directory):
-  """A random tiny GPT-2 in HF layout with `tok` (the plumbing is under test, not the model)."""
-  import flax.linen as nn
-
-  from lm import hf
-
-  cfg = M.ModelConfig(
-    vocab_size=tok.vocab_size,
-    hidden_size=16,
-    num_layers=1,
-    num_heads=2,
-    mlp_dim=32,
-    max_len=64,
-    type_vocab_size=0,
-    pre_ln=True,
-    activation='gelu_tanh',
-  )
-  shapes = jax.eval_shape(
-    hf.module('gpt2', cfg).init, jax.random.PRNGKey(0), jax.numpy.zeros((1, 8), np.int32)
-  )
-  rng = np.random.default_rng(0)
-  params = jax.tree.map(
-    lambda s: rng.normal(0, 0.02, s.shape).astype(s.dtype), nn.unbox(shapes)['params']
-  )
-  hf.export_pretrained('gpt2', cfg, params, directory)
-  tok.save(str(directory))
-
-
 def test_generate_texts_passes_the_decoding_constraints(tok, tmp_path):
   """config.generate's repetition penalty, no-repeat n-gram and min-new-tokens reach lm.generate
   (summarization's default decoding uses all three): generate_texts equals lm.generate called
@@ -196,7 +168,7 @@ def test_generate_texts_passes_the_decoding_constraints(tok, tmp_path):
   from lm import generate as gen
   from lm import pretrained
 
-  _tiny_gpt2(tok, tmp_path)
+  tiny_gpt2_dir(tok, tmp_path)
   pre = pretrained.load(str(tmp_path))
   c = defaults.text_to_text('summarize')
   c.data.update(template='plain', seq_len=64, max_prompt_len=32)
@@ -229,7 +201,7 @@ def test_resume_does_not_read_init_checkpoint(tok, tmp_path, capsys):
   tokenizer: the init checkpoint may be gone, and the resumed run ends on the same params as an
   uninterrupted one (batches and dropout keys are functions of the step)."""
   init = tmp_path / 'init'
-  _tiny_gpt2(tok, init)
+  tiny_gpt2_dir(tok, init)
   path = tmp_path / 'sum.jsonl'
   path.write_text(
     '\n'.join(

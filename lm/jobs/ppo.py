@@ -386,7 +386,7 @@ def run(config, workdir: str) -> dict:
   pi, pc = jax.process_index(), jax.process_count()
   mesh = sharding.make_mesh(config.mesh_shape)
 
-  pre = pretrained.load(config.init_checkpoint, mesh)
+  pre = pretrained.load(config.init_checkpoint, mesh).body(config.init_checkpoint, 'ppo.py')
   if pre.kind != 'decoder' or pre.tokenizer is None:
     raise ValueError(f'{config.init_checkpoint} is not a decoder with a tokenizer: PPO needs one.')
   tok, p_len, n_new = pre.tokenizer, config.data.max_prompt_len, config.max_new_tokens

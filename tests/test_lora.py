@@ -1,0 +1,183 @@
+"""LoRA and QLoRA (lm/models/lora.py, lm/models/quant.py): each quantized format stays within
+its stated error; a LoRA step trains only adapters and heads (the base is bit-identical and
+AdamW's state holds only adapter- and head-sized arrays); a LoRA SFT run killed with -9 and
+resumed ends bit-identical to an uninterrupted one. PEFT parity is tests/test_peft.py; QLoRA
+SFT on the offline default is test_sft.py's held-out loss test."""
+
+import json
+import os
+import random
+import signal
+import time
+
+import flax
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+import pytest
+
+from conftest import run_script, tiny_gpt2_dir
+from lm import defaults
+from lm import models as M
+from lm import optim
+from lm import pretrained
+from lm import sharding
+from lm import trainer
+from lm.models import lora
+from lm.models import quant
+
+
+def _weights():
+  rng = np.random.default_rng(0)
+  w = rng.standard_normal((256, 96)).astype(np.float32) * 0.02
+  w[3, 5] = 0.5  # an outlier: only its own column (int8) or block (NF4) pays for it
+  return w
+
+
+def test_int8_error_is_at_most_half_a_step_of_its_column():
+  w = _weights()
+  codes, scale = quant.quantize(w, 'int8')
+  assert codes.dtype == jnp.int8 and codes.shape == w.shape and scale.shape == (1, 96)
+  np.testing.assert_allclose(scale[0], np.abs(w).max(axis=0) / 127, rtol=1e-6)
+  err = np.abs(np.asarray(quant.dequantize(codes, scale, 'int8')) - w)
+  assert np.all(err <= np.asarray(scale) / 2 * (1 + 1e-5))
+  assert err[:, 5].max() > 5 * err[:, 6].max()  # the outlier's column is the coarse one
+
+
+def test_nf4_matches_the_code_book_and_its_error_bound():
+  """Each weight becomes the nearest of the 16 NF4 values times its block's absmax (computed
+  here by brute force), two codes per byte; the error is within NF4_MAX_ERROR * absmax."""
+  w = _weights()
+  codes, absmax = quant.quantize(w, 'nf4')
+  assert codes.dtype == jnp.uint8 and codes.shape == (128, 96) and absmax.shape == (4, 96)
+  block_max = np.abs(w.reshape(4, 64, 96)).max(axis=1)
+  np.testing.assert_allclose(absmax, block_max, rtol=1e-6)
+  scale = np.repeat(block_max, 64, axis=0)
+  nearest = np.argmin(np.abs((w / scale)[..., None] - quant.NF4), axis=-1)
+  got = np.asarray(quant.dequantize(codes, absmax, 'nf4'))
+  np.testing.assert_allclose(got, quant.NF4[nearest] * scale, rtol=1e-6, atol=1e-9)
+  assert np.all(np.abs(got - w) <= quant.NF4_MAX_ERROR * scale * (1 + 1e-5))
+  assert quant.NF4_MAX_ERROR == pytest.approx((1 - 0.6961928009986877) / 2)
+  with pytest.raises(ValueError, match="lora.quant='int8'"):
+    quant.quantize(np.zeros((3, 4), np.float32), 'nf4')
+
+
+def _flat(tree):
+  return {'/'.join(k): np.asarray(v) for k, v in flax.traverse_util.flatten_dict(tree).items()}
+
+
+@pytest.mark.parametrize('fmt', ['none', 'nf4'])
+def test_a_lora_step_trains_only_adapters_and_the_head(fmt):
+  """A reward model (a job-added head) on a LoRA decoder, three AdamW steps with weight decay:
+  every base leaf (quantized or not) is bit-identical, every adapter and the head moved, the
+  untargeted projections have no adapters, and the optimizer state holds two moments of each
+  trainable leaf and nothing base-sized."""
+  cfg = M.ModelConfig(
+    vocab_size=64, hidden_size=32, num_layers=1, num_heads=4, mlp_dim=64, max_len=16,
+    type_vocab_size=0, pre_ln=True, dropout_rate=0.0, attention_dropout_rate=0.0,
+  )  # fmt: skip
+  ids = jnp.asarray(np.random.default_rng(0).integers(0, 64, (4, 8)), jnp.int32)
+  base = nn.unbox(M.Decoder(cfg).init(jax.random.PRNGKey(1), ids)['params'])
+  block = ml_collections.ConfigDict(dict(rank=4, alpha=8.0, dropout=0.1, targets='q,v,mlp_out'))
+  block.quant = fmt
+  model = M.RewardModel(lora.configure(cfg, block))
+  config = defaults.preference()
+  config.train.update(steps=3, warmup_steps=0, lr=1e-2, weight_decay=0.1)
+  tx = optim.make(config.train)
+  mesh = sharding.make_mesh((1, 1, 1), jax.devices()[:1])
+  state, state_sh = trainer.create_state_from(
+    model, tx, mesh, 0, M.reward_init_inputs(8), base, 'decoder'
+  )
+  before = _flat(state.params)
+
+  def loss_fn(params, batch, rng):
+    score = model.apply({'params': params}, batch, deterministic=False, rngs={'dropout': rng})
+    return jnp.mean((score - 1.0) ** 2), {}
+
+  step = trainer.make_train_step(loss_fn, tx, state_sh, mesh, config)
+  for _ in range(3):
+    state, _ = step(state, sharding.shard_batch(np.asarray(ids), mesh))
+  after = _flat(state.params)
+  trained = {k for k in after if k.endswith(('lora_a', 'lora_b')) or k.startswith('head/')}
+  assert {k.split('/')[-1] for k in trained} >= {'lora_a', 'lora_b', 'kernel', 'bias'}
+  assert not any('/key/lora' in k or '/wi/lora' in k for k in after)  # untargeted
+  for k in after:
+    if k in trained:
+      assert not np.array_equal(after[k], before[k]), k
+    else:
+      assert after[k].dtype == before[k].dtype and np.array_equal(after[k], before[k]), k
+  base_flat = _flat({'decoder': base})
+  if fmt == 'none':
+    assert all(np.array_equal(after[k], v) for k, v in base_flat.items())
+  else:
+    assert after['decoder/stack/layers_0/attention/query/kernel'].dtype == np.uint8
+  moments = [x for x in jax.tree.leaves(state.opt_state) if np.ndim(x)]
+  assert sum(x.size for x in moments) == 2 * sum(after[k].size for k in trained)
+  assert max(x.size for x in moments) == max(after[k].size for k in trained)
+
+
+@pytest.mark.slow
+def test_lora_sft_resume_after_sigkill_is_bitwise_exact(tmp_path):
+  """sft.py with LoRA on a tiny HF GPT-2 and JSON-lines data: killed with -9 at a random step
+  and resumed, it ends on the same params (adapters and base) as the uninterrupted run."""
+  from lm.data import corpus
+  from lm.data import tokenizer as tokenizer_lib
+
+  tok = tokenizer_lib.train_tokenizer(corpus.python_docs_corpus()[:60], 'bpe', 600)
+  tiny_gpt2_dir(tok, tmp_path / 'init')
+  data = tmp_path / 'sum.jsonl'
+  data.write_text(
+    '\n'.join(
+      json.dumps({'document': f'Item {i} has {i % 7} parts.', 'summary': f'Item {i}.'})
+      for i in range(200)
+    )
+  )
+  steps = 400
+  args = [
+    '--config=configs/summarize.py',
+    f'--config.init_checkpoint={tmp_path / "init"}',
+    '--config.data.source=files',
+    f'--config.data.files={data}',
+    '--config.data.template=plain',
+    '--config.data.seq_len=64',
+    '--config.data.max_prompt_len=32',
+    '--config.data.eval_fraction=0.0',
+    '--config.train.batch_size=8',
+    f'--config.train.steps={steps}',
+    '--config.train.warmup_steps=10',
+    '--config.lora.rank=4',
+    '--config.lora.dropout=0.1',
+    '--config.checkpoint_every=50',
+    '--config.log_every=10',
+    f'--config.eval_every={steps}',
+  ]
+  straight, resumed = tmp_path / 'straight', tmp_path / 'resumed'
+  run_script('sft.py', *args, f'--workdir={straight}')
+  kill_at = random.Random().randrange(100, steps - 100)
+  proc = run_script(
+    'sft.py',
+    *args,
+    f'--workdir={resumed}',
+    background=True,
+    stdout=open(tmp_path / 'killed.log', 'w'),
+    stderr=open(os.devnull, 'w'),
+  )
+  metrics = resumed / 'metrics.jsonl'
+  deadline = time.time() + 300
+  while time.time() < deadline and proc.poll() is None:
+    if metrics.exists() and any(json.loads(l)['step'] >= kill_at for l in open(metrics)):
+      break
+    time.sleep(0.02)
+  assert proc.poll() is None, 'the run ended before it could be killed'
+  proc.send_signal(signal.SIGKILL)
+  proc.wait()
+  out = run_script('sft.py', *args, f'--workdir={resumed}').stdout
+  assert 'resumed from step' in out, out
+  a, b = (pretrained.load(str(w), which='latest') for w in (straight, resumed))
+  assert a.step == b.step == steps and a.cfg.lora_rank == 4
+  fa, fb = _flat(a.params), _flat(b.params)
+  assert any(k.endswith('lora_b') for k in fa) and fa.keys() == fb.keys()
+  for k in fa:
+    assert np.array_equal(fa[k], fb[k]), k
