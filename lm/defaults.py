@@ -15,6 +15,7 @@ from ml_collections import config_dict
 
 from lm import tasks
 from lm.models import ModelConfig
+from lm.models import lora
 
 
 def train_block(**overrides) -> ml_collections.ConfigDict:
@@ -46,9 +47,8 @@ def lora_block() -> ml_collections.ConfigDict:
   every parameter; rank > 0 freezes the body and trains adapters of that rank on `targets` (plus
   a head the job adds), scaled alpha / rank; quant 'int8' | 'nf4' stores the frozen attention
   and MLP kernels quantized (QLoRA)."""
-  return ml_collections.ConfigDict(
-    dict(rank=0, alpha=16.0, dropout=0.0, targets='q,k,v,o,mlp_in,mlp_out', quant='none')
-  )
+  model = ModelConfig()
+  return ml_collections.ConfigDict({k: getattr(model, f) for k, f in lora.FIELDS.items()})
 
 
 def periodic_block(
@@ -104,8 +104,8 @@ def pretraining() -> ml_collections.ConfigDict:
 
   # lm.model.ModelConfig is the one source of model defaults; the tokenizer sets vocab_size.
   model = dataclasses.asdict(ModelConfig())
-  for k in ('vocab_size', 'lora_rank', 'lora_alpha', 'lora_dropout', 'lora_targets', 'quant'):
-    del model[k]  # lora_*, quant: set by c.lora
+  for k in ('vocab_size', *lora.FIELDS.values()):  # the lora fields: set by c.lora
+    del model[k]
   c.model = ml_collections.ConfigDict(model)
 
   c.data = ml_collections.ConfigDict(source_block(held_out=False))

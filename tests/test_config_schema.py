@@ -11,6 +11,7 @@ from lm.data import corpus
 from lm.data import prepare
 from lm.data import sources
 from lm.models import ModelConfig
+from lm.models import lora
 from lm.data import preference
 from lm.tasks import data as task_data
 
@@ -60,9 +61,14 @@ def test_every_job_speaks_one_data_vocabulary():
 
 
 def test_model_defaults_are_model_config():
+  """c.model is ModelConfig's defaults less what the tokenizer and c.lora set; c.lora's are
+  ModelConfig's lora fields."""
   want = dataclasses.asdict(ModelConfig())
+  lora_fields = {k: want.pop(f) for k, f in lora.FIELDS.items()}
   del want['vocab_size']
   assert defaults.pretraining().model.to_dict() == want
+  for name, c in base_configs().items():
+    assert c.lora.to_dict() == lora_fields, name
 
 
 @pytest.mark.parametrize(

@@ -247,11 +247,15 @@ def attach_reference_logps(
   source = config.reference or config.init_checkpoint
   ref = loaded if loaded is not None and not config.reference else pretrained.load(source, mesh)
   ref_id = f'{os.path.abspath(source)}@{ref.step}'
+  ref_model, ref_sh = model, params_shardings
   if base_params is not None and not config.reference:
     ref_params, ref_id = base_params, f'{ref_id} base quant={model.cfg.quant}'
+  elif model.cfg.lora_rank:  # a reference of its own beside a LoRA policy: its own model
+    ref_model, ref_params = ref.model, ref.params
+    ref_sh = jax.tree.map(lambda x: x.sharding, ref_params)
   else:
     ref_params = jax.device_put(ref.params, params_shardings)
-  logps_fn = make_logps_fn(model, params_shardings, mesh)
+  logps_fn = make_logps_fn(ref_model, ref_sh, mesh)
   for name, data in datasets.items():
     got, path, computed = reference_logps(
       logps_fn, ref_params, data, config.eval_batch_size, mesh, workdir, ref_id, stop

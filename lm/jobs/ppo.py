@@ -166,6 +166,11 @@ def check_config(config):
     )
 
 
+def load_reference(path: str, mesh):
+  """The params of config.reference as a plain decoder (a LoRA workdir's adapters merged)."""
+  return pretrained.load(path, mesh).body(path, 'reference').params
+
+
 def load_reward_model(path: str, tok, mesh):
   """(RewardModel, params) of a dpo.py reward-model workdir that shares the policy's tokenizer."""
   if not path or not pretrained.is_workdir(path):
@@ -228,15 +233,16 @@ def make_sampler(model: M.ActorCritic, reward_model, settings: gen.Settings, mes
   n, policy = settings.max_new_tokens, M.Decoder(model.cfg)  # the reference is one too
 
   def fn(params, ref_params, rm_params, prompt_ids, prompt_mask, rng):
+    ref_policy = M.Decoder(lora.base_config(model.cfg))  # a reference checkpoint: plain
     if ref_params is None:  # LoRA: the frozen base is the reference, no copy of it is kept
-      ref_params = lora.without_adapters(params['decoder'])
+      ref_policy, ref_params = policy, lora.without_adapters(params['decoder'])
     response = gen.decode(policy, params['decoder'], prompt_ids, prompt_mask, rng, settings)
     resp_mask = response_mask(response, settings.eos_id)
     ids = jnp.concatenate([prompt_ids, response], axis=1)
     mask = jnp.concatenate([prompt_mask, resp_mask.astype(prompt_mask.dtype)], axis=1)
     positions = jnp.maximum(jnp.cumsum(mask, axis=1) - 1, 0)  # as generation counted them
     logits, values = model.apply({'params': params}, ids, positions, mask, n)
-    ref_logits = policy.apply(
+    ref_logits = ref_policy.apply(
       {'params': ref_params}, ids, positions, mask, n, method=_response_logits
     )
     logp, ref_logp = (
@@ -413,10 +419,8 @@ def run(config, workdir: str) -> dict:
   trained, _ = lora.split(state.params)
   start_trained = jax.tree.map(lambda x: x.copy(), trained)
   ref_params = None if lora.has_adapters(state.params) else start_trained['decoder']
-  if config.reference:
-    ref_params = jax.device_put(
-      pretrained.load(config.reference, mesh).params, state_sh.params['decoder']
-    )
+  if config.reference:  # a plain model (a LoRA reference merged) as `make_sampler` runs it
+    ref_params = load_reference(config.reference, mesh)
   del pre
   frozen = (ref_params, rm_params)
   print(
@@ -538,10 +542,10 @@ def _held_out_figures(config, model, params, tok, pairs, mesh) -> dict:
   starting policy's mean score on the same draws' seeds (`start_score`)."""
   if lora.has_adapters(params):  # the start and the reference are the frozen base
     start = lora.without_adapters(params)
-    ref = pretrained.load(config.reference, mesh).params if config.reference else None
+    ref = load_reference(config.reference, mesh) if config.reference else None
   else:
     start = pretrained.load(config.init_checkpoint, mesh).params
-    ref = pretrained.load(config.reference, mesh).params if config.reference else start
+    ref = load_reference(config.reference, mesh) if config.reference else start
   rm_model, rm_params = load_reward_model(config.reward_model, tok, mesh)
   prompts = prompt_arrays(pairs, tok, config.data.max_prompt_len)
   ac = M.ActorCritic(model.cfg)

@@ -32,6 +32,14 @@ from lm.models import quant
 from lm.models.config import ModelConfig
 
 TARGETS = ('q', 'k', 'v', 'o', 'mlp_in', 'mlp_out')
+# a job config's `lora` block field -> the ModelConfig field it sets
+FIELDS = dict(
+  rank='lora_rank',
+  alpha='lora_alpha',
+  dropout='lora_dropout',
+  targets='lora_targets',
+  quant='quant',
+)
 ADAPTERS = ('lora_a', 'lora_b')
 HEADS = ('head', 'value_head')  # top-level params a job adds on a body: they train fully
 
