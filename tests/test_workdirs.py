@@ -7,14 +7,20 @@ the job from the record."""
 import os
 import shutil
 
+import flax
 import jax
 import numpy as np
 import orbax.checkpoint as ocp
 import pytest
 
 from conftest import ROOT, run_script
+from lm import checkpoint
 from lm import defaults
+from lm import models
+from lm import optim
 from lm import pretrained
+from lm import sharding
+from lm import trainer
 from lm.jobs import dpo
 from lm.jobs import finetune
 from lm.jobs import ppo
@@ -81,6 +87,42 @@ def test_workdirs_written_before_records_still_load(name):
     assert pre.config.init_checkpoint.endswith('/gpt') and 'pretrained' not in pre.config
 
 
+def _spy_on_orbax_reads(monkeypatch) -> list:
+  """The names ('params.embed...', 'opt_state.1.0.mu...') of every array orbax deserializes."""
+  seen = []
+  handlers = ocp.type_handlers
+  for cls in {handlers.ArrayHandler, handlers.NumpyHandler, handlers.ScalarHandler}:
+
+    async def spy(self, infos, args=None, _orig=cls.deserialize):
+      seen.extend(i.name for i in infos)
+      return await _orig(self, infos, args)
+
+    monkeypatch.setattr(cls, 'deserialize', spy)
+  return seen
+
+
+@pytest.mark.parametrize('name', ['gpt', 'ppo'])
+def test_loading_a_workdir_reads_params_only(name, monkeypatch):
+  """`pretrained.load` on a workdir reads its params and never its optimizer state (generation
+  and evaluation need no Adam moments): every array orbax deserializes is a param, while a full
+  restore of the same checkpoint (the old way) also reads the moments, so the spy sees them."""
+  path = os.path.join(LEGACY, name)
+  seen = _spy_on_orbax_reads(monkeypatch)
+  pre = pretrained.load(path)
+  assert seen and all(n.startswith('params.') for n in seen), sorted(seen)
+  raw = _orbax_params(path)
+  _assert_same(pre.params, raw['decoder'] if name == 'ppo' else raw)
+
+  seen.clear()  # the spy works: the whole train state's restore reads the optimizer state
+  job, rec, config = pretrained.read_record(path)
+  model = models.build(rec)
+  target = trainer.abstract_state(
+    model, optim.make(config.train), sharding.make_mesh((-1, 1, 1)), models.init_inputs(rec)
+  )
+  checkpoint.Checkpointer(os.path.join(path, 'checkpoints'), read_only=True).restore(target)
+  assert any(n.startswith('opt_state.') for n in seen), sorted(seen)
+
+
 def test_generation_and_job_start_refuse_a_head_in_one_line():
   pre = pretrained.load(os.path.join(LEGACY, 'reward'))
   with pytest.raises(ValueError, match=r'reward model \(dpo job\): evaluate it with eval.py'):
@@ -137,7 +179,8 @@ def _pretrain(path, config_file, **model):
 @pytest.fixture(scope='module')
 def workdirs(tmp_path_factory):
   """A tiny workdir of every job: BERT, GPT, Llama and T5 pretraining; fine-tuning, SFT (GPT and
-  T5), reward model, DPO and PPO from them."""
+  T5), reward model, DPO and PPO from them, each of those with LoRA (`LORA`), and continued
+  pretraining of the GPT with LoRA."""
   root = tmp_path_factory.mktemp('jobs')
   w = {
     'bert': _pretrain(root / 'bert', 'base.py'),
@@ -145,10 +188,18 @@ def workdirs(tmp_path_factory):
     'llama': _pretrain(root / 'llama', 'llama.py', num_kv_heads=1),
     't5': _pretrain(root / 't5', 't5.py', d_kv=16),
   }
+  c = _config('gpt_base.py')  # continued pretraining with LoRA
+  c.update(SHORT, eval_batches=1, sample_tokens=4, init_checkpoint=str(w['gpt']))
+  c.data.update(seq_len=32)
+  c.train.update(steps=2, batch_size=8, warmup_steps=1)
+  c.lora.update(LORA['gpt_lora'])
+  pretrain.run(c, str(root / 'gpt_lora'))
+  w['gpt_lora'] = root / 'gpt_lora'
   c = defaults.finetuning('classification')
   c.update(SHORT, init_checkpoint=str(w['bert']), num_devices=1, eval_batch_size=8)
   c.data.update(max_len=32, max_train_examples=16)
   c.train.update(steps=2, batch_size=8, warmup_steps=1)
+  c.lora.update(LORA['finetune'])
   finetune.run(c, str(root / 'finetune'))
   w['finetune'] = root / 'finetune'
   for name, config_file, init in (('sft', 'sft.py', 'gpt'), ('sft_t5', 't5_finetune.py', 't5')):
@@ -157,6 +208,7 @@ def workdirs(tmp_path_factory):
     c.data.update(seq_len=32, max_prompt_len=16)
     c.generate.max_new_tokens = 4
     c.train.update(steps=2, batch_size=8, warmup_steps=1)
+    c.lora.update(LORA[name])
     sft.run(c, str(root / name))
     w[name] = root / name
   for name in ('reward', 'dpo'):
@@ -164,6 +216,7 @@ def workdirs(tmp_path_factory):
     c.update(SHORT, init_checkpoint=str(w['llama']), eval_batch_size=8)
     c.data.update(seq_len=32, max_prompt_len=16)
     c.train.update(steps=2, batch_size=8, warmup_steps=1)
+    c.lora.update(LORA[name])
     dpo.run(c, str(root / name))
     w[name] = root / name
   c = _config('ppo.py')
@@ -171,14 +224,30 @@ def workdirs(tmp_path_factory):
   c.update(eval_batch_size=8, max_new_tokens=8)
   c.data.max_prompt_len = 16
   c.train.update(steps=2, batch_size=8)
+  c.lora.update(LORA['ppo'])
   ppo.run(c, str(root / 'ppo'))
   w['ppo'] = root / 'ppo'
   return w
 
 
+# the jobs run with LoRA in `workdirs` (QLoRA for two) and the checkpoint each starts from
+LORA = {
+  'gpt_lora': dict(rank=2),
+  'finetune': dict(rank=2, targets='q,v'),
+  'sft': dict(rank=2, quant='nf4'),
+  'sft_t5': dict(rank=2, quant='int8', dropout=0.1),
+  'reward': dict(rank=2, targets='q,k,v,o'),
+  'dpo': dict(rank=2),
+  'ppo': dict(rank=2, targets='mlp_in,mlp_out'),
+}
+LORA_INIT = dict(
+  gpt_lora='gpt', finetune='bert', sft='gpt', sft_t5='t5', reward='llama', dpo='llama', ppo='llama'
+)
+
 JOBS = {
   'bert': ('pretrain', 'encoder', None),
   'gpt': ('pretrain', 'decoder', None),
+  'gpt_lora': ('pretrain', 'decoder', None),
   'llama': ('pretrain', 'decoder', None),
   't5': ('pretrain', 'encoder-decoder', None),
   'finetune': ('finetune', 'encoder', 'task'),
@@ -203,3 +272,42 @@ def test_every_job_writes_a_record_the_loader_builds_from(workdirs):
   assert pretrained.load(str(workdirs['llama'])).cfg.num_kv_heads == 1
   latest = pretrained.load(str(workdirs['sft']), which='latest')
   _assert_same(latest.params, _orbax_params(str(workdirs['sft']), 'latest'))
+
+
+@pytest.mark.slow
+def test_every_training_job_trains_lora_adapters_on_a_frozen_base(workdirs):
+  """Each job run with LoRA saved its lora config in the record; the base it started from is
+  bit-identical in the result (quantized bases: their codes are the quantized init), adapters
+  and job-added heads moved, and the merged body (`Pretrained.body`) of a LoRA workdir equals
+  base + (alpha / r) A B."""
+  from lm.models import lora
+
+  for name, block in LORA.items():
+    pre = pretrained.load(str(workdirs[name]), which='latest')
+    assert pre.cfg.lora_rank == 2 and pre.cfg.quant == block.get('quant', 'none'), name
+    init = pretrained.load(str(workdirs[LORA_INIT[name]])).params
+    flat = flax.traverse_util.flatten_dict(pre.params)
+    body = {k[1:]: v for k, v in flat.items() if k[0] == 'body'} if pre.head == 'task' else flat
+    if pre.head == 'reward':
+      body = {k[1:]: v for k, v in flat.items() if k[0] == 'decoder'}
+    base = flax.traverse_util.flatten_dict(init)
+    adapters = [k for k in body if k[-1] == 'lora_b']
+    assert adapters and all(np.abs(np.asarray(body[k])).max() > 0 for k in adapters), name
+    for k, v in body.items():
+      if k in base and v.dtype == base[k].dtype:  # not an adapter, scale or quantized kernel
+        np.testing.assert_array_equal(np.asarray(v), np.asarray(base[k]), err_msg=f'{name} {k}')
+    frozen = [k for k in body if k in base and body[k].dtype == base[k].dtype]
+    assert any(k[-1] == 'embedding' for k in frozen) and any('ln' in k[-2] for k in frozen), name
+    if pre.cfg.quant == 'none':
+      assert any(k[-1] == 'kernel' and k[-2] == 'query' for k in frozen), name
+    targets = set(lora.targets_of(pre.cfg))
+    assert ('mlp_in' in targets) == any('wi' in k for k in adapters), name
+    _apply(pre)
+  pre = pretrained.load(str(workdirs['dpo']), which='latest')
+  merged = pre.body('dpo', 'test')
+  k = ('stack', 'layers_0', 'attention', 'query')
+  p = flax.traverse_util.flatten_dict(pre.params)
+  want = p[k + ('kernel',)] + 8.0 * p[k + ('lora_a',)] @ p[k + ('lora_b',)]  # alpha 16 / rank 2
+  got = flax.traverse_util.flatten_dict(merged.params)[k + ('kernel',)]
+  np.testing.assert_allclose(np.asarray(got), np.asarray(want), rtol=1e-6)
+  assert merged.cfg.lora_rank == 0 and lora.ADAPTERS[0] not in str(merged.params)
