@@ -269,6 +269,36 @@ def test_sft_lowers_held_out_response_loss_and_loads_everywhere(pretrained_gpt, 
 
 
 @pytest.mark.slow
+def test_qlora_sft_lowers_held_out_response_loss(pretrained_gpt, tmp_path):
+  """QLoRA (rank 8 adapters on an NF4 base) on the offline SFT default from the fixture: the
+  validation response loss falls (measured 6.338 -> 6.117 at lr 3e-3), eval.py's test loss is
+  below the initial model's, and generate.py samples from the workdir."""
+  wd = tmp_path / 'qlora'
+  run_script(
+    'sft.py',
+    '--config=configs/sft.py',
+    f'--workdir={wd}',
+    f'--config.init_checkpoint={pretrained_gpt}',
+    '--config.lora.rank=8',
+    '--config.lora.quant=nf4',
+    '--config.train.lr=3e-3',
+    '--config.train.steps=40',
+    '--config.train.warmup_steps=4',
+    '--config.eval_every=40',
+    '--config.log_every=20',
+  )
+  ev = _evals(wd)
+  assert ev[40]['eval/loss'] < ev[0]['eval/loss'] - 0.12, ev
+  run_script('eval.py', f'--checkpoint={wd}', '--max_examples=16')
+  res = json.loads((wd / 'eval_results.json').read_text())
+  assert res['loss'] < res['init_loss'] - 0.1, res
+  out = run_script(
+    'generate.py', f'--checkpoint={wd}', '--prompt=User: Hi\nAssistant:', '--max_new_tokens=4'
+  )
+  assert out.stdout.startswith('--- 0\nUser:')
+
+
+@pytest.mark.slow
 def test_summarization_from_jsonl_reports_the_lead_baseline(pretrained_gpt, tmp_path):
   """Local JSONL documents -> summaries with the plain template: the held-out summary loss falls,
   and eval.py's lead baseline is rouge-score on each document's first sentence."""

@@ -402,8 +402,9 @@ def evaluate(
   pairs = preference.load_splits(config.data)[split]
   data = preference.encode_pairs(pairs, tok, config.data.seq_len, config.data.max_prompt_len)
   params_sh = jax.tree.map(lambda x: x.sharding, params)
+  base = lora.without_adapters(params) if lora.has_adapters(params) else None
   if objective == 'dpo' and not attach_reference_logps(
-    config, model, params_sh, mesh, {split: data}, workdir
+    config, model, params_sh, mesh, {split: data}, workdir, base_params=base
   ):
     return {}, None
   eval_step = make_eval_step(config, model, params_sh, mesh)

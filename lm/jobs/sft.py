@@ -296,9 +296,13 @@ def evaluate(
   results = {'task': config.task, 'split': split, 'examples': len(examples), 'step': got.step}
   results.update(response_loss(eval_step, got.params, rows, size, mesh))
   pretrained_init = config.get('init', 'pretrained') == 'pretrained'
-  if pretrained_init and os.path.exists(config.init_checkpoint):  # the start, scored the same way
+  init_params = None  # the start, scored the same way
+  if lora.has_adapters(got.params):  # the frozen base (quantized as trained) with zero adapters
+    init_params = lora.without_adapters(got.params)
+  elif pretrained_init and os.path.exists(config.init_checkpoint):
     init = pretrained.load(config.init_checkpoint, mesh).body(config.init_checkpoint, 'sft.py')
     init_params = jax.device_put(init.params, params_sh)
+  if init_params is not None:
     results['init_loss'] = response_loss(eval_step, init_params, rows, size, mesh)['loss']
   preds = generate_texts(model, got.params, got.tokenizer, examples, config)
   refs = [t2t.reference(e) for e in examples]
