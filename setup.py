@@ -26,7 +26,8 @@ INSTALL_REQUIRES = [
 
 EXTRAS = {
   # torch==2.13.0 resolves to the CPU wheel on this project's machines.
-  'hf': ['torch==2.13.0', 'transformers>=5.0,<6'],
+  # peft: tests/test_peft.py checks lm.hf.peft's adapters against PEFT's own LoraLayer.
+  'hf': ['torch==2.13.0', 'transformers>=5.0,<6', 'peft>=0.21,<0.22'],
   'test': [
     'pytest>=8',
     'pytest-xdist>=3.5',
