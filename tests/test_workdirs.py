@@ -311,3 +311,9 @@ def test_every_training_job_trains_lora_adapters_on_a_frozen_base(workdirs):
   got = flax.traverse_util.flatten_dict(merged.params)[k + ('kernel',)]
   np.testing.assert_allclose(np.asarray(got), np.asarray(want), rtol=1e-6)
   assert merged.cfg.lora_rank == 0 and lora.ADAPTERS[0] not in str(merged.params)
+  # evaluation against the frozen base as reference (DPO: implicit rewards; PPO: KL, start)
+  got, _ = dpo.evaluate(str(workdirs['dpo']), split='validation')
+  floats = [v for v in got.values() if isinstance(v, float)]
+  assert floats and np.isfinite(floats).all() and any('accuracy' in k for k in got), got
+  got, _ = ppo.evaluate(str(workdirs['ppo']), split='validation')
+  assert np.isfinite(got['kl']) and np.isfinite(got['start_score']), got

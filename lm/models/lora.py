@@ -77,8 +77,10 @@ def configure(cfg: ModelConfig, lora) -> ModelConfig:
 
 
 def base_config(cfg: ModelConfig) -> ModelConfig:
-  """`cfg` without adapters or quantization: the model a merged export describes."""
-  return dataclasses.replace(cfg, lora_rank=0, quant='none')
+  """`cfg` without adapters or quantization (every lora field at its default): the model a
+  merged export describes."""
+  default = ModelConfig()
+  return dataclasses.replace(cfg, **{f: getattr(default, f) for f in FIELDS.values()})
 
 
 class Dense(nn.Module):
