@@ -71,7 +71,7 @@ SLOW = pytest.mark.slow
   ],
 )
 def test_sharded_forward_matches_single_device(kind, scan, mesh_shape):
-  model = _model(kind, scan_layers=scan)
+  model = _model(kind, scan_layers=scan, lora_rank=4 if kind == 'decoder' else 0)
   ids, mask = _batch()
   apply = lambda v, i, m: jax.tree.leaves(model.apply(v, i, attention_mask=m))
 
@@ -98,6 +98,10 @@ def test_sharded_forward_matches_single_device(kind, scan, mesh_shape):
     assert q.addressable_shards[0].data.shape[0] == 2  # the layers axis is never split
   emb = params['embed']['token']['embedding']
   assert emb.addressable_shards[0].data.shape == (128 // tensor, 32 // fsdp)
+  if kind == 'decoder':  # LoRA adapters split like the kernel they adapt
+    a, b = layer['attention']['query']['lora_a'], layer['attention']['query']['lora_b']
+    assert a.addressable_shards[0].data.shape[-2:] == (32 // fsdp, 4)
+    assert b.addressable_shards[0].data.shape[-2:] == (4, 32 // tensor)
   k = layer['attention']['key']['kernel']  # (embed, kv_heads * head_dim): 2 heads of 8
   assert k.addressable_shards[0].data.shape[-2:] == (32 // fsdp, 8 * model.cfg.kv_heads // tensor)
   if kind == 'llama':
