@@ -176,6 +176,38 @@ def pretrained_gpt(tmp_path_factory):
   )
 
 
+def run_killed_and_resumed(script, args, workdir, kill_range, log):
+  """Runs `script` on `workdir` in the background, kill -9s it once metrics.jsonl logs a step
+  drawn from `kill_range` (lo, hi), then runs it again to the end; returns (kill step, the
+  resumed run's stdout)."""
+  import json
+  import random
+  import signal
+  import time
+
+  kill_at = random.Random().randrange(*kill_range)
+  proc = run_script(
+    script,
+    *args,
+    f'--workdir={workdir}',
+    background=True,
+    stdout=open(log, 'w'),
+    stderr=open(os.devnull, 'w'),
+  )
+  metrics = workdir / 'metrics.jsonl'
+  deadline = time.time() + 600
+  while time.time() < deadline and proc.poll() is None:
+    if metrics.exists() and any(json.loads(l)['step'] >= kill_at for l in open(metrics)):
+      break
+    time.sleep(0.02)
+  assert proc.poll() is None, 'the run ended before it could be killed'
+  proc.send_signal(signal.SIGKILL)
+  proc.wait()
+  out = run_script(script, *args, f'--workdir={workdir}').stdout
+  assert 'resumed from step' in out, out
+  return kill_at, out
+
+
 def tiny_gpt2_dir(tok, directory):
   """A random tiny GPT-2 in HF layout with `tok` (the plumbing is under test, not the model)."""
   import flax.linen as nn

@@ -5,10 +5,6 @@ resumed ends bit-identical to an uninterrupted one. PEFT parity is tests/test_pe
 SFT on the offline default is test_sft.py's held-out loss test."""
 
 import json
-import os
-import random
-import signal
-import time
 
 import flax
 import flax.linen as nn
@@ -18,7 +14,7 @@ import ml_collections
 import numpy as np
 import pytest
 
-from conftest import run_script, tiny_gpt2_dir
+from conftest import run_killed_and_resumed, run_script, tiny_gpt2_dir
 from lm import defaults
 from lm import models as M
 from lm import optim
@@ -155,26 +151,7 @@ def test_lora_sft_resume_after_sigkill_is_bitwise_exact(tmp_path):
   ]
   straight, resumed = tmp_path / 'straight', tmp_path / 'resumed'
   run_script('sft.py', *args, f'--workdir={straight}')
-  kill_at = random.Random().randrange(100, steps - 100)
-  proc = run_script(
-    'sft.py',
-    *args,
-    f'--workdir={resumed}',
-    background=True,
-    stdout=open(tmp_path / 'killed.log', 'w'),
-    stderr=open(os.devnull, 'w'),
-  )
-  metrics = resumed / 'metrics.jsonl'
-  deadline = time.time() + 300
-  while time.time() < deadline and proc.poll() is None:
-    if metrics.exists() and any(json.loads(l)['step'] >= kill_at for l in open(metrics)):
-      break
-    time.sleep(0.02)
-  assert proc.poll() is None, 'the run ended before it could be killed'
-  proc.send_signal(signal.SIGKILL)
-  proc.wait()
-  out = run_script('sft.py', *args, f'--workdir={resumed}').stdout
-  assert 'resumed from step' in out, out
+  run_killed_and_resumed('sft.py', args, resumed, (100, steps - 100), tmp_path / 'killed.log')
   a, b = (pretrained.load(str(w), which='latest') for w in (straight, resumed))
   assert a.step == b.step == steps and a.cfg.lora_rank == 4
   fa, fb = _flat(a.params), _flat(b.params)

@@ -5,13 +5,11 @@ import json
 import math
 import os
 import random
-import signal
-import time
 
 import numpy as np
 import pytest
 
-from conftest import run_script
+from conftest import run_killed_and_resumed, run_script
 
 # A model small enough for 2k CPU steps in seconds, with dropout so the RNG must resume too.
 TINY = [
@@ -89,26 +87,9 @@ def test_resume_after_sigkill_is_bitwise_exact(tmp_path, name, steps):
   straight, resumed = tmp_path / 'straight', tmp_path / 'resumed'
   run_script('train.py', *args, f'--workdir={straight}')
 
-  kill_at = random.Random().randrange(150, steps - 150)
-  proc = run_script(
-    'train.py',
-    *args,
-    f'--workdir={resumed}',
-    background=True,
-    stdout=open(tmp_path / 'killed.log', 'w'),
-    stderr=open(os.devnull, 'w'),
+  kill_at, out = run_killed_and_resumed(
+    'train.py', args, resumed, (150, steps - 150), tmp_path / 'killed.log'
   )
-  deadline = time.time() + 600
-  metrics = resumed / 'metrics.jsonl'
-  while time.time() < deadline and proc.poll() is None:
-    if metrics.exists() and any(json.loads(l)['step'] >= kill_at for l in open(metrics)):
-      break
-    time.sleep(0.05)
-  assert proc.poll() is None, 'the run ended before it could be killed'
-  proc.send_signal(signal.SIGKILL)
-  proc.wait()
-  out = run_script('train.py', *args, f'--workdir={resumed}').stdout
-  assert 'resumed from step' in out, out
   print(f'killed at step >= {kill_at}; {out.splitlines()[1]}')
 
   a, b = load_params(straight), load_params(resumed)
