@@ -83,3 +83,67 @@ def _table(stdout):
     if cells and cells[0].startswith('ours '):
       rows.append((cells[0], num(cells[2]), num(cells[4]), num(cells[5]), num(cells[6])))
   return rows
+
+
+def test_memory_lora_rows(run):
+  """bench/memory.py's LoRA / QLoRA rows: the Llama 3.2 1B shape's state from the abstract state
+  alone (the optimizer holds adapter moments only), and the compiled peak path on the tiny
+  Llama."""
+  proc = run(
+    'bench/memory.py',
+    '--configs=llama.py:1b',
+    '--variants=full,lora,qlora',
+    '--meshes=1,1,1:1,8,1',
+    '--peak=0',
+  )
+  rows = _memory_rows(proc.stdout)
+  assert len(rows) == 6, proc.stdout + proc.stderr[-3000:]
+  full, lora, qlora = (rows[(v, '(1, 1, 1)')] for v in ('full', 'lora', 'qlora'))
+  assert full['params'] == lora['params'] == qlora['params'] == '1236M'
+  assert full['trainable'] == '1235.8M'
+  # rank 16 on q, k, v, o (2048 -> 2048, 512, 512, 2048) and the SwiGLU MLP (2048 <-> 8192), 16
+  # layers: r * (in + out) per projection
+  adapters = 16 * 16 * (2 * 4096 + 2 * 2560 + 3 * 10240)
+  assert lora['trainable'] == qlora['trainable'] == f'{adapters / 1e6:.1f}M'
+  gib = 2**30
+  assert abs(lora['opt'] - 8 * adapters / gib) < 1e-3  # two float32 moments per adapter weight
+  assert abs(full['opt'] - 2 * full['params_gib']) < 2e-3  # float32 params and moments
+  assert abs(lora['params_gib'] - (1235.8e6 * 2 + 4 * adapters) / gib) < 0.01  # bf16 base
+  assert qlora['params_gib'] < 0.5 * lora['params_gib']  # NF4 kernels
+  for r in rows.values():
+    assert abs(r['state'] - r['params_gib'] - r['opt']) < 2e-3
+  assert rows[('full', '(1, 8, 1)')]['state'] < 1.01 * full['state'] / 8
+  proc = run(
+    'bench/memory.py',
+    '--configs=llama.py:cpu',
+    '--variants=lora,qlora',
+    '--meshes=1,1,1',
+    '--seq_len=32',
+    '--unhoisted=1',
+  )
+  rows = _memory_rows(proc.stdout)
+  assert len(rows) == 2, proc.stdout + proc.stderr[-3000:]
+  for r in rows.values():
+    assert r['peak'] >= r['state'] and r['unhoisted'] >= r['state'], r
+    assert r['fits'] == ['yes / yes', 'yes / yes'], r
+
+
+def _memory_rows(stdout):
+  """{(variant, mesh): cells} of bench/memory.py's table."""
+  rows = {}
+  for line in stdout.splitlines():
+    cells = [c.strip() for c in line.split('|')[1:-1]]
+    if len(cells) != 15 or not cells[0].startswith('llama.py'):
+      continue
+    num = lambda x: float(x) if x != '-' else None  # noqa: E731
+    rows[(cells[1], cells[4])] = dict(
+      params=cells[2],
+      trainable=cells[3],
+      params_gib=float(cells[6]),
+      opt=float(cells[7]),
+      state=float(cells[8]),
+      peak=num(cells[11]),
+      unhoisted=num(cells[12]),
+      fits=cells[13:15],
+    )
+  return rows
