@@ -56,6 +56,12 @@ def test_nf4_matches_the_code_book_and_its_error_bound():
   np.testing.assert_allclose(got, quant.NF4[nearest] * scale, rtol=1e-6, atol=1e-9)
   assert np.all(np.abs(got - w) <= quant.NF4_MAX_ERROR * scale * (1 + 1e-5))
   assert quant.NF4_MAX_ERROR == pytest.approx((1 - 0.6961928009986877) / 2)
+  stacked = np.stack([w, -w])  # scanned layers: a leading axis, each layer on its own
+  for fmt in quant.FORMATS[1:]:
+    got = quant.dequantize(*quant.quantize(stacked, fmt), fmt)
+    for i in range(2):
+      want = quant.dequantize(*quant.quantize(stacked[i], fmt), fmt)
+      np.testing.assert_array_equal(np.asarray(got[i]), np.asarray(want))
   with pytest.raises(ValueError, match="lora.quant='int8'"):
     quant.quantize(np.zeros((3, 4), np.float32), 'nf4')
 
@@ -66,13 +72,15 @@ def _flat(tree):
 
 @pytest.mark.parametrize('fmt', ['none', 'nf4'])
 def test_a_lora_step_trains_only_adapters_and_the_head(fmt):
-  """A reward model (a job-added head) on a LoRA decoder, three AdamW steps with weight decay:
+  """A reward model (a job-added head) on a LoRA decoder (QLoRA: scanned layers), three AdamW
+  steps with weight decay:
   every base leaf (quantized or not) is bit-identical, every adapter and the head moved, the
   untargeted projections have no adapters, and the optimizer state holds two moments of each
   trainable leaf and nothing base-sized."""
   cfg = M.ModelConfig(
-    vocab_size=64, hidden_size=32, num_layers=1, num_heads=4, mlp_dim=64, max_len=16,
+    vocab_size=64, hidden_size=32, num_heads=4, mlp_dim=64, max_len=16,
     type_vocab_size=0, pre_ln=True, dropout_rate=0.0, attention_dropout_rate=0.0,
+    num_layers=2, scan_layers=fmt == 'nf4',  # QLoRA quantizes stacked (scanned) kernels too
   )  # fmt: skip
   ids = jnp.asarray(np.random.default_rng(0).integers(0, 64, (4, 8)), jnp.int32)
   base = nn.unbox(M.Decoder(cfg).init(jax.random.PRNGKey(1), ids)['params'])
@@ -108,7 +116,8 @@ def test_a_lora_step_trains_only_adapters_and_the_head(fmt):
   if fmt == 'none':
     assert all(np.array_equal(after[k], v) for k, v in base_flat.items())
   else:
-    assert after['decoder/stack/layers_0/attention/query/kernel'].dtype == np.uint8
+    assert after['decoder/stack/layers/attention/query/kernel'].shape == (2, 16, 32)
+    assert after['decoder/stack/layers/attention/query/kernel'].dtype == np.uint8
   moments = [x for x in jax.tree.leaves(state.opt_state) if np.ndim(x)]
   assert sum(x.size for x in moments) == 2 * sum(after[k].size for k in trained)
   assert max(x.size for x in moments) == max(after[k].size for k in trained)

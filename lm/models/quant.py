@@ -35,9 +35,9 @@ def check_format(fmt: str, shape=None):
   """Raises a one-line error for an unknown format, or a kernel shape it cannot hold."""
   if fmt not in FORMATS:
     raise ValueError(f'lora.quant={fmt!r}: use one of {FORMATS}.')
-  if fmt == 'nf4' and shape is not None and shape[0] % 2:
+  if fmt == 'nf4' and shape is not None and shape[-2] % 2:
     raise ValueError(
-      f'an NF4 kernel packs two inputs per byte, but this one has {shape[0]} inputs; '
+      f'an NF4 kernel packs two inputs per byte, but this one has {shape[-2]} inputs; '
       "use lora.quant='int8' for this model."
     )
 
@@ -48,37 +48,39 @@ def nf4_block(rows: int) -> int:
 
 
 def shapes(fmt: str, shape) -> tuple:
-  """(codes shape, codes dtype, scale shape) of a quantized [in, out] kernel."""
-  rows, cols = shape
+  """(codes shape, codes dtype, scale shape) of a quantized [..., in, out] kernel."""
+  *lead, rows, cols = shape
+  lead = tuple(lead)
   if fmt == 'int8':
-    return (rows, cols), jnp.int8, (1, cols)
-  return (rows // 2, cols), jnp.uint8, (rows // nf4_block(rows), cols)
+    return lead + (rows, cols), jnp.int8, lead + (1, cols)
+  return lead + (rows // 2, cols), jnp.uint8, lead + (rows // nf4_block(rows), cols)
 
 
 def quantize(w, fmt: str):
-  """A float [in, out] kernel -> (codes, scale)."""
+  """A float [..., in, out] kernel (leading axes: scanned layers) -> (codes, scale)."""
   check_format(fmt, w.shape)
   w = jnp.asarray(w, jnp.float32)
   if fmt == 'int8':
-    scale = jnp.max(jnp.abs(w), axis=0, keepdims=True) / 127.0
+    scale = jnp.max(jnp.abs(w), axis=-2, keepdims=True) / 127.0
     safe = jnp.where(scale > 0, scale, 1.0)
     return jnp.clip(jnp.round(w / safe), -127, 127).astype(jnp.int8), scale
-  rows, cols = w.shape
+  *lead, rows, cols = w.shape
   block = nf4_block(rows)
-  blocks = w.reshape(rows // block, block, cols)
-  absmax = jnp.max(jnp.abs(blocks), axis=1)
+  blocks = w.reshape(*lead, rows // block, block, cols)
+  absmax = jnp.max(jnp.abs(blocks), axis=-2)
   safe = jnp.where(absmax > 0, absmax, 1.0)
-  normed = (blocks / safe[:, None]).reshape(rows, cols)
-  idx = jnp.argmin(jnp.abs(normed[..., None] - jnp.asarray(NF4)), axis=-1).astype(jnp.uint8)
-  return idx[0::2] | (idx[1::2] << 4), absmax
+  normed = (blocks / safe[..., None, :]).reshape(w.shape)
+  # the nearest code: how many midpoints between codes lie below (ties to the lower code)
+  idx = jnp.searchsorted(jnp.asarray((NF4[1:] + NF4[:-1]) / 2), normed).astype(jnp.uint8)
+  return idx[..., 0::2, :] | (idx[..., 1::2, :] << 4), absmax
 
 
 def dequantize(codes, scale, fmt: str, dtype=jnp.float32):
-  """(codes, scale) -> the [in, out] kernel in `dtype`."""
+  """(codes, scale) -> the [..., in, out] kernel in `dtype`."""
   if fmt == 'int8':
     return (codes.astype(jnp.float32) * scale).astype(dtype)
-  half, cols = codes.shape
-  idx = jnp.stack([codes & 0xF, codes >> 4], axis=1).reshape(2 * half, cols)
+  *lead, half, cols = codes.shape
+  idx = jnp.stack([codes & 0xF, codes >> 4], axis=-2).reshape(*lead, 2 * half, cols)
   values = jnp.asarray(NF4)[idx.astype(jnp.int32)]
-  block = (2 * half) // scale.shape[0]
-  return (values * jnp.repeat(scale, block, axis=0)).astype(dtype)
+  block = (2 * half) // scale.shape[-2]
+  return (values * jnp.repeat(scale, block, axis=-2)).astype(dtype)
