@@ -107,6 +107,7 @@ class Checkpointer:
     read_only: bool = False,
   ):
     self.directory = os.path.abspath(directory)
+    self._partial = None  # `_partial_manager`, made on first use
     if read_only:
       options = ocp.CheckpointManagerOptions(read_only=True, create=False)
     else:
@@ -188,6 +189,8 @@ class Checkpointer:
       self.wait()
     finally:
       self._mngr.close()
+      if self._partial is not None:
+        self._partial.close()
 
   def __enter__(self):
     return self
@@ -219,8 +222,12 @@ class Checkpointer:
     tree = getattr(meta, 'tree', meta)
     return paths_and_shapes(tree)
 
-  def restore(self, target: Any, step: Optional[int] = None):
+  def restore(self, target: Any, step: Optional[int] = None, subtree: Optional[str] = None):
     """Restores onto `target` (arrays or jax.ShapeDtypeStructs with shardings).
+
+    With `subtree` (e.g. 'params' of a saved TrainState), `target` is that subtree alone and
+    only its arrays are read: orbax's partial restore, so nothing else of the checkpoint (the
+    optimizer state) is ever loaded.
 
     Returns (state, meta, step), or None when there is nothing to restore. Without an
     explicit step, a damaged latest checkpoint is reported and the previous one is tried.
@@ -233,14 +240,31 @@ class Checkpointer:
     want = paths_and_shapes(abstract)
     for i, s in enumerate(steps):
       try:
-        compare_trees(self.saved_shapes(s), want, f'checkpoint step {s}')
-        out = self._mngr.restore(
+        saved = self.saved_shapes(s)
+        if subtree is not None:
+          head = subtree + '/'
+          saved = {k[len(head) :]: v for k, v in saved.items() if k.startswith(head)}
+        compare_trees(saved, want, f'checkpoint step {s}' + (f' ({subtree})' if subtree else ''))
+        if subtree is None:
+          out = self._mngr.restore(
+            s,
+            args=ocp.args.Composite(
+              state=ocp.args.StandardRestore(abstract), meta=ocp.args.JsonRestore()
+            ),
+          )
+          return out['state'], out['meta'], s
+        out = self._partial_manager().restore(
           s,
           args=ocp.args.Composite(
-            state=ocp.args.StandardRestore(abstract), meta=ocp.args.JsonRestore()
+            state=ocp.args.PyTreeRestore(
+              item={subtree: abstract},
+              restore_args={subtree: ocp.checkpoint_utils.construct_restore_args(abstract)},
+              partial_restore=True,
+            ),
+            meta=ocp.args.JsonRestore(),
           ),
         )
-        return out['state'], out['meta'], s
+        return out['state'][subtree], out['meta'], s
       except CheckpointError:
         raise  # the model changed: an older step would not match either
       except Exception as e:  # pylint: disable=broad-except
@@ -260,6 +284,20 @@ class Checkpointer:
           f'checkpoint step {s} is damaged ({type(e).__name__}); restoring step {steps[i + 1]}.'
         )
     return None
+
+  def _partial_manager(self):
+    """A read-only view of the same steps whose `state` handler takes a partial restore (the
+    standard handler, which wrote them, does not: same format, another reader)."""
+    if self._partial is None:
+      self._partial = ocp.CheckpointManager(
+        self.directory,
+        options=ocp.CheckpointManagerOptions(read_only=True, create=False),
+        item_handlers={
+          'state': ocp.PyTreeCheckpointHandler(),
+          'meta': ocp.JsonCheckpointHandler(),
+        },
+      )
+    return self._partial
 
 
 def for_run(workdir: str, config) -> Checkpointer:

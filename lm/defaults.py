@@ -51,6 +51,13 @@ def lora_block() -> ml_collections.ConfigDict:
   return ml_collections.ConfigDict({k: getattr(model, f) for k, f in lora.FIELDS.items()})
 
 
+def model_overrides_block(**values) -> ml_collections.ConfigDict:
+  """`c.model_overrides`: ModelConfig fields a tuning job changes on its checkpoint's config
+  (dropout, dtype, remat: nothing that changes the weights' shapes). `param_dtype` unset: LoRA
+  keeps the checkpoint's dtype, full training float32 (`lora.configure`)."""
+  return ml_collections.ConfigDict(dict(param_dtype=config_dict.placeholder(str), **values))
+
+
 def periodic_block(
   log_every: int,
   eval_every: int,
@@ -147,7 +154,7 @@ def finetuning(task: str) -> ml_collections.ConfigDict:
   c.mesh_shape = (-1, 1, 1)
   c.pooling = 'pooler'  # classification: 'pooler' ([CLS] / last token) | 'mean'
   c.num_devices = 0  # use the first N devices (0 = all)
-  c.model_overrides = ml_collections.ConfigDict(dict(dropout_rate=0.1, attention_dropout_rate=0.1))
+  c.model_overrides = model_overrides_block(dropout_rate=0.1, attention_dropout_rate=0.1)
   c.data = ml_collections.ConfigDict(source_block(held_out=True, eval_split='validation'))
   c.data.max_examples = 0  # tfds: 0 = all
   c.data.max_train_examples = 0  # >0: a seeded, label-stratified subset of the training set
@@ -161,6 +168,7 @@ def finetuning(task: str) -> ml_collections.ConfigDict:
   c.data.window_stride = 0
   c.data.max_answer_len = 64  # qa: tokens
   c.data.n_best = 20  # qa
+  c.model_overrides = model_overrides_block()
   c.lora = lora_block()
   c.train = train_block(
     batch_size=32, steps=1000, lr=5e-5, warmup_steps=100, body_lr_scale=1.0
@@ -195,6 +203,7 @@ def preference() -> ml_collections.ConfigDict:
   c.data.seq_len = 128  # prompt + response tokens, at most the model's max_len
   c.data.max_prompt_len = 64  # the prompt keeps its last max_prompt_len tokens
 
+  c.model_overrides = model_overrides_block()
   c.lora = lora_block()
   c.train = train_block(batch_size=16, steps=300, lr=1e-4, warmup_steps=20, schedule='cosine')
   c.update(periodic_block(log_every=25, eval_every=100, checkpoint_every=100, keep_checkpoints=2))
@@ -215,7 +224,7 @@ def text_to_text(task: str) -> ml_collections.ConfigDict:
   c.init = 'pretrained'  # 'pretrained' | 'random' (its architecture and tokenizer, fresh weights)
   c.seed = 0
   c.mesh_shape = (-1, 1, 1)
-  c.model_overrides = ml_collections.ConfigDict(dict(dropout_rate=0.1, attention_dropout_rate=0.1))
+  c.model_overrides = model_overrides_block(dropout_rate=0.1, attention_dropout_rate=0.1)
 
   c.data = ml_collections.ConfigDict(source_block(held_out=True, eval_split='validation'))
   c.data.update(eval_fraction=0.15, test_fraction=0.15, test_split='test')
@@ -285,6 +294,7 @@ def rl() -> ml_collections.ConfigDict:
 
   # batch_size: responses per step (prompts per step = batch_size / group_size); each step's
   # rollout is reused for epochs_per_batch passes of `minibatches` updates.
+  c.model_overrides = model_overrides_block()
   c.lora = lora_block()
   c.train = train_block(
     batch_size=32,

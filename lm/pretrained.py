@@ -5,10 +5,11 @@ The loading order, written down once:
   2. A workdir's model record (`read_record`): the `record` in its latest checkpoint's metadata,
      written by every job (kind, head, model config, tokenizer file). Workdirs written before
      records existed are described from what they did save (`_legacy_record`).
-  3. The model is `lm.models.build(record)`; its params restore into the abstract state built
-     from it and the run's saved optimizer config: from best/ (the params chosen on validation:
-     finetune.py and sft.py keep one) when `which='best'` and it holds a step, else from
-     checkpoints/ (the latest step, or `step`).
+  3. The model is `lm.models.build(record)`; its params, and nothing else, restore into the
+     abstract params built from it (`jax.eval_shape` of its init): from best/ (the params chosen
+     on validation: finetune.py and sft.py keep one) when `which='best'` and it holds a step,
+     else the `params` subtree of checkpoints/ (the latest step, or `step`), read by orbax's
+     partial restore, so the optimizer state is never read.
 This module imports no job: a job is only a name in the record.
 """
 
@@ -17,15 +18,16 @@ import json
 import os
 from typing import Any, Optional
 
+import flax.linen as nn
+import jax
 import ml_collections
 
 from lm import checkpoint
 from lm import hf
 from lm import models
+from lm.models import lora
 from lm import objectives
-from lm import optim
 from lm import sharding
-from lm import trainer
 from lm.data import tokenizer as tokenizer_lib
 
 HF_TOKENIZER_FILES = (
@@ -61,13 +63,19 @@ class Pretrained:
     return models.build(models.record(self.kind, self.cfg, self.head, **self.head_args))
 
   def body(self, path: str, use: str) -> 'Pretrained':
-    """Self, after checking it is a bare body (what generation and every job's start take):
-    a task or reward model is refused in one line naming what to do instead."""
+    """Self as a bare body (what generation and every job's start take), after checking it is
+    one: a task or reward model is refused in one line naming what to do instead. A LoRA run's
+    adapters are merged into its base (`lora.merge`): the next phase starts from the model
+    the run produced, as a plain one."""
     if self.head is not None:
       raise ValueError(
         f'{path} is a {"fine-tuned task" if self.head == "task" else self.head} model '
         f'({self.job} job): evaluate it with eval.py --checkpoint={path}; {use} takes a '
         'train.py, sft.py, DPO or PPO workdir or an HF directory.'
+      )
+    if self.cfg.lora_rank or self.cfg.quant != 'none':
+      return dataclasses.replace(
+        self, cfg=lora.base_config(self.cfg), params=lora.merge(self.params, self.cfg)
       )
     return self
 
@@ -76,9 +84,20 @@ def is_workdir(path: str) -> bool:
   return os.path.isdir(os.path.join(path, 'checkpoints'))
 
 
-def load(path: str, mesh=None, step: Optional[int] = None, which: str = 'best') -> Pretrained:
+def load(
+  path: str,
+  mesh=None,
+  step: Optional[int] = None,
+  which: str = 'best',
+  param_dtype: Optional[str] = None,
+) -> Pretrained:
   """Any workdir or an HF directory, params placed on `mesh` (default: all devices, data-
-  parallel). A PPO workdir gives its policy (the value head is for training only)."""
+  parallel). A PPO workdir gives its policy (the value head is for training only).
+
+  Only parameters are read, never a workdir's optimizer state; an HF directory is streamed
+  tensor by tensor into the params' shardings (`lm.hf.import_pretrained`), its params in the
+  stored dtype (bfloat16 safetensors give bfloat16 params) unless `param_dtype` says otherwise.
+  A workdir's params keep the dtype they were trained in (`param_dtype` is refused there)."""
   if not os.path.exists(path):
     raise FileNotFoundError(
       f'{path} does not exist: pass a workdir of a job (train.py, finetune.py, sft.py, dpo.py, '
@@ -88,8 +107,14 @@ def load(path: str, mesh=None, step: Optional[int] = None, which: str = 'best') 
     raise ValueError(f"which={which!r}: use 'best' or 'latest'.")
   mesh = mesh or sharding.make_mesh((-1, 1, 1))
   if is_workdir(path):
+    if param_dtype is not None:
+      raise ValueError(
+        f'param_dtype={param_dtype!r}: a workdir ({path}) loads in the dtype it was trained in.'
+      )
     return _load_workdir(path, mesh, step, which)
-  kind, cfg, params = hf.import_pretrained(path)
+  kind, cfg, params = hf.import_pretrained(
+    path, mesh, **({'param_dtype': param_dtype} if param_dtype else {})
+  )
   tok = None
   if any(os.path.exists(os.path.join(path, f)) for f in HF_TOKENIZER_FILES):
     tok = tokenizer_lib.from_hf_files(path)
@@ -151,20 +176,27 @@ def _legacy_record(workdir: str, meta: dict, config) -> tuple[str, dict, Any]:
   return 'sft', models.record(kind, models.config_from_dict(kind, meta['model'])), config
 
 
+def abstract_params(model, mesh, init_inputs):
+  """Shapes, dtypes and shardings on `mesh` of `model`'s params, allocating nothing: a restore
+  target for the params alone (`lm.trainer.abstract_state` is the whole train state's)."""
+  boxed = jax.eval_shape(lambda: model.init(jax.random.PRNGKey(0), *init_inputs))['params']
+  shardings = sharding.to_shardings(sharding.logical_specs(boxed), mesh)
+  return jax.tree.map(
+    lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s), nn.unbox(boxed), shardings
+  )
+
+
 def _load_workdir(workdir: str, mesh, step: Optional[int], which: str) -> Pretrained:
   job, rec, config = read_record(workdir, step)
   model = models.build(rec)
-  target = trainer.abstract_state(
-    model, optim.make(config.train), mesh, models.init_inputs(rec, min(8, model.cfg.max_len))
-  )
+  target = abstract_params(model, mesh, models.init_inputs(rec, min(8, model.cfg.max_len)))
   best_dir = os.path.join(workdir, 'best')
   best = os.path.isdir(best_dir) and checkpoint.Checkpointer(best_dir, every=1, read_only=True)
   if which == 'best' and step is None and best and best.latest_step() is not None:
-    params, _, got = best.restore(target.params)
+    params, _, got = best.restore(target)
   else:
     ckpt = checkpoint.Checkpointer(os.path.join(workdir, 'checkpoints'), read_only=True)
-    state, _, got = ckpt.restore(target, step)
-    params = state.params
+    params, _, got = ckpt.restore(target, step, subtree='params')
   tok = tokenizer_lib.Tokenizer.load(os.path.join(workdir, rec.get('tokenizer', 'tokenizer.json')))
   head, args = rec.get('head'), rec.get('head_args') or {}
   if head == 'value':  # a PPO policy: the actor-critic's decoder

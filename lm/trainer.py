@@ -165,7 +165,8 @@ def make_train_step(
   `optim.make` stretches the schedule so it counts steps too.
 
   The logged metrics are `metrics_fn(aux)` (`metrics_fn(aux, norms)` with `norms_fn`; default
-  aux itself) plus grad_norm, param_norm and learning_rate (with several updates per step, the
+  aux itself) plus grad_norm, param_norm (of the trained params: under LoRA the adapters and
+  heads) and learning_rate (with several updates per step, the
   means over them).
   """
   schedule = optim.schedule(config.train)
@@ -231,7 +232,7 @@ def make_train_step(
         epoch, (state.params, state.opt_state), jnp.arange(epochs)
       )
       m = jax.tree.map(jnp.mean, ms)
-    m.update(param_norm=float_norm(params), learning_rate=schedule(state.step))
+    m.update(param_norm=float_norm(lora.split(params)[0]), learning_rate=schedule(state.step))
     return TrainState(step=state.step + 1, params=params, opt_state=opt_state), m
 
   jitted = jax.jit(

@@ -208,8 +208,9 @@ def run_killed_and_resumed(script, args, workdir, kill_range, log):
   return kill_at, out
 
 
-def tiny_gpt2_dir(tok, directory):
-  """A random tiny GPT-2 in HF layout with `tok` (the plumbing is under test, not the model)."""
+def tiny_gpt2_dir(tok, directory, param_dtype='float32'):
+  """A random tiny GPT-2 in HF layout with `tok` (the plumbing is under test, not the model),
+  its safetensors in `param_dtype`."""
   import flax.linen as nn
   import jax
   import numpy as np
@@ -227,6 +228,7 @@ def tiny_gpt2_dir(tok, directory):
     type_vocab_size=0,
     pre_ln=True,
     activation='gelu_tanh',
+    param_dtype=param_dtype,
   )
   shapes = jax.eval_shape(
     hf.module('gpt2', cfg).init, jax.random.PRNGKey(0), jax.numpy.zeros((1, 8), np.int32)

@@ -336,6 +336,30 @@ def test_scan_layers_same_tokens():
     assert G.generate(model, params, PROMPTS, max_new_tokens=N, **kw) == ref
 
 
+def test_bf16_params_decode_without_a_widened_copy():
+  """bf16 params under the float32 compute dtype (a bf16 HF checkpoint as imported) give the
+  tokens of the same weights widened to float32 up front, greedy and beam, and the compiled
+  decode holds no float32 copy of the model: left to itself XLA hoists each weight's widening out
+  of the decode loop, 2x the bf16 params besides them (`generate._loop`)."""
+  cfg = dataclasses.replace(
+    _ours()[0].cfg, vocab_size=1024, hidden_size=128, mlp_dim=512, param_dtype='bfloat16'
+  )
+  model = M.Decoder(cfg)
+  params = nn.unbox(model.init(jax.random.PRNGKey(0), jnp.zeros((1, 4), jnp.int32)))['params']
+  assert {x.dtype for x in jax.tree.leaves(params)} == {jnp.dtype(jnp.bfloat16)}
+  wide = M.Decoder(dataclasses.replace(cfg, param_dtype='float32'))
+  wide_params = jax.tree.map(lambda x: x.astype(jnp.float32), params)
+  for kw in (dict(), dict(strategy='beam', num_beams=3, num_return_sequences=2, eos_id=_eos())):
+    ref = G.generate(wide, wide_params, PROMPTS, max_new_tokens=N, **kw)
+    assert G.generate(model, params, PROMPTS, max_new_tokens=N, **kw) == ref
+
+  ids, mask = G.left_pad(PROMPTS, PAD)
+  args = (model, params, ids, mask, jax.random.PRNGKey(0), G.Settings(max_new_tokens=N))
+  temp = G._lean(G.decode.__wrapped__, True).lower(*args).compile().memory_analysis()
+  widened = sum(x.size * 4 for x in jax.tree.leaves(params))  # 2.1 MB; one weight at a time:
+  assert temp.temp_size_in_bytes < widened / 2, (temp.temp_size_in_bytes, widened)  # 0.6 MB
+
+
 @pytest.mark.slow  # an 8-device mesh compile
 @pytest.mark.skipif(jax.device_count() < 8, reason='needs 8 (simulated) devices')
 def test_mesh_same_tokens():

@@ -208,11 +208,60 @@ def test_export_loads_in_transformers(kind, tmp_path):
   got_kind, got_cfg, got = hf.import_pretrained(tmp_path)  # the sharded files read back
   assert (got_kind, got_cfg) == (kind, dataclasses.replace(cfg, scan_layers=False))
   _assert_trees_equal(got, hf.from_hf(kind, hf.to_hf(kind, params, cfg), got_cfg))
-  # Hub checkpoints are mostly bfloat16 safetensors: they load, widened to float32.
+  # Hub checkpoints are mostly bfloat16 safetensors: they load in their stored dtype, or widened
+  # to float32 when asked.
   model.to(torch.bfloat16).save_pretrained(tmp_path / 'bf16')
-  _, _, got = hf.import_pretrained(tmp_path / 'bf16')
   sd = {k: v.float() for k, v in model.state_dict().items()}
+  _, bf16_cfg, got = hf.import_pretrained(tmp_path / 'bf16')
+  assert bf16_cfg == dataclasses.replace(got_cfg, param_dtype='bfloat16')
+  _assert_trees_equal(got, hf.from_hf(kind, sd, bf16_cfg))
+  _, _, got = hf.import_pretrained(tmp_path / 'bf16', param_dtype='float32')
   _assert_trees_equal(got, hf.from_hf(kind, sd, got_cfg))
+
+
+def _safetensors_dtypes(directory) -> set:
+  out = set()
+  for f in directory.glob('*.safetensors'):
+    with open(f, 'rb') as fh:
+      header = json.loads(fh.read(int.from_bytes(fh.read(8), 'little')))
+    out |= {t['dtype'] for k, t in header.items() if k != '__metadata__'}
+  return out
+
+
+@pytest.mark.parametrize('kind', _kinds('qwen2'))
+def test_bf16_checkpoint_imports_and_exports_in_bf16(kind, tmp_path):
+  """A bfloat16 HF checkpoint imports as bfloat16 params (its stored dtype; here into a scanned
+  stack), exports as bfloat16 safetensors with dtype bfloat16 in config.json, and transformers
+  loads the export bit-identical to the original, so their bf16 logits are equal (exactly: the
+  same weights through the same code). Our model on the bf16 params (float32 compute) matches the
+  original widened to float32 within the float32 tolerance of the other tests (RTOL): widening
+  bf16 is exact, so both compute in float32 on the same weights."""
+  torch.manual_seed(0)
+  ref = _perturb(getattr(transformers, CLASSES[kind])(HF_CONFIGS[kind]())).to(torch.bfloat16)
+  ref.save_pretrained(tmp_path / 'hf')
+  got_kind, cfg, params = hf.import_pretrained(tmp_path / 'hf', scan_layers=True)
+  assert (got_kind, cfg.param_dtype) == (kind, 'bfloat16')
+  assert {x.dtype for x in jax.tree.leaves(params)} == {jnp.dtype(jnp.bfloat16)}
+
+  hf.export_pretrained(kind, cfg, params, tmp_path / 'out')
+  config = json.loads((tmp_path / 'out' / 'config.json').read_text())
+  assert (config['dtype'], config['torch_dtype']) == ('bfloat16', 'bfloat16')
+  assert _safetensors_dtypes(tmp_path / 'out') == _safetensors_dtypes(tmp_path / 'hf') == {'BF16'}
+  out = transformers.AutoModelForCausalLM.from_pretrained(tmp_path / 'out').eval()
+  assert out.dtype == torch.bfloat16
+  want = ref.state_dict()
+  assert set(out.state_dict()) == set(want)
+  for k, v in out.state_dict().items():
+    assert v.dtype == torch.bfloat16 and torch.equal(v, want[k]), k
+  ids, mask = _batch()
+  # Against the original as transformers loads it: `ref.to(bfloat16)` also rounds the RoPE
+  # inverse frequencies, a buffer that a loaded bf16 model keeps in float32.
+  orig = transformers.AutoModelForCausalLM.from_pretrained(tmp_path / 'hf').eval()
+  np.testing.assert_array_equal(
+    _hf_logits(out, ids, mask).float().numpy(), _hf_logits(orig, ids, mask).float().numpy()
+  )
+  ours = M.Decoder(cfg).apply({'params': params}, ids, attention_mask=mask)
+  _assert_logits_match({'logits': ours}, {'logits': _hf_logits(orig.float(), ids, mask)}, mask)
 
 
 def test_hub_config_spelling_and_refusals():

@@ -12,6 +12,7 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 import numpy as np
+import optax
 import pytest
 
 from conftest import run_killed_and_resumed, run_script, tiny_gpt2_dir
@@ -123,15 +124,13 @@ def test_a_lora_step_trains_only_adapters_and_the_head(fmt):
   assert max(x.size for x in moments) == max(after[k].size for k in trained)
 
 
-@pytest.mark.slow
-def test_lora_sft_resume_after_sigkill_is_bitwise_exact(tmp_path):
-  """sft.py with LoRA on a tiny HF GPT-2 and JSON-lines data: killed with -9 at a random step
-  and resumed, it ends on the same params (adapters and base) as the uninterrupted run."""
+def _sft_run(tmp_path, steps, base_dtype='float32'):
+  """sft.py's arguments on a tiny HF GPT-2 (safetensors in `base_dtype`) and JSON-lines data."""
   from lm.data import corpus
   from lm.data import tokenizer as tokenizer_lib
 
   tok = tokenizer_lib.train_tokenizer(corpus.python_docs_corpus()[:60], 'bpe', 600)
-  tiny_gpt2_dir(tok, tmp_path / 'init')
+  tiny_gpt2_dir(tok, tmp_path / 'init', base_dtype)
   data = tmp_path / 'sum.jsonl'
   data.write_text(
     '\n'.join(
@@ -139,8 +138,7 @@ def test_lora_sft_resume_after_sigkill_is_bitwise_exact(tmp_path):
       for i in range(200)
     )
   )
-  steps = 400
-  args = [
+  return [
     '--config=configs/summarize.py',
     f'--config.init_checkpoint={tmp_path / "init"}',
     '--config.data.source=files',
@@ -152,18 +150,149 @@ def test_lora_sft_resume_after_sigkill_is_bitwise_exact(tmp_path):
     '--config.train.batch_size=8',
     f'--config.train.steps={steps}',
     '--config.train.warmup_steps=10',
-    '--config.lora.rank=4',
-    '--config.lora.dropout=0.1',
+    '--config.log_every=10',
+    f'--config.eval_every={steps}',
+  ]
+
+
+def _assert_export_reloads_in_transformers(workdir, out):
+  """export.py writes the run's model as bfloat16 safetensors; transformers loads them as the
+  very params we hold (bit for bit), and on them (widened to float32) gives our logits."""
+  import torch
+  import transformers
+
+  from lm import hf
+
+  run_script('export.py', f'--checkpoint={workdir}', f'--output={out}', '--which=latest')
+  ours = pretrained.load(str(workdir), which='latest').body(str(workdir), 'export')
+  assert {x.dtype for x in jax.tree.leaves(ours.params)} == {jnp.dtype(jnp.bfloat16)}
+  config = json.loads((out / 'config.json').read_text())
+  assert config['torch_dtype'] == 'bfloat16'
+  theirs = transformers.AutoModelForCausalLM.from_pretrained(out)
+  assert theirs.dtype == torch.bfloat16
+  want = hf.to_hf('gpt2', ours.params, ours.cfg)
+  for k, v in theirs.state_dict().items():
+    if k in want:
+      assert np.array_equal(v.float().numpy(), np.asarray(want[k], np.float32)), k
+  ids = np.random.default_rng(0).integers(0, ours.cfg.vocab_size, (2, 12))
+  with torch.no_grad():
+    ref = theirs.float().eval()(torch.from_numpy(ids)).logits.numpy()
+  got = np.asarray(ours.model().apply({'params': ours.params}, jnp.asarray(ids, jnp.int32)))
+  np.testing.assert_allclose(got, ref, rtol=1e-5, atol=1e-5 * np.abs(ref).max())
+
+
+def test_full_training_keeps_float32_master_params_and_moments():
+  """lora.configure's dtype rule: an explicit param_dtype wins; else LoRA keeps the base's dtype
+  (frozen) and full training gets float32 params. With bfloat16 params (asked for), AdamW's
+  moments are float32 and a step leaves the params bfloat16, moved."""
+  cfg = M.ModelConfig(
+    vocab_size=64, hidden_size=32, num_heads=4, mlp_dim=64, max_len=16, type_vocab_size=0,
+    pre_ln=True, num_layers=1, param_dtype='bfloat16',
+  )  # fmt: skip
+  block = ml_collections.ConfigDict(dict(rank=4))
+  assert lora.configure(cfg, None).param_dtype == 'float32'
+  assert lora.configure(cfg, ml_collections.ConfigDict(dict(rank=0))).param_dtype == 'float32'
+  assert lora.configure(cfg, block).param_dtype == 'bfloat16'
+  assert lora.configure(cfg, block, 'float32').param_dtype == 'float32'
+  model = M.Decoder(lora.configure(cfg, None, 'bfloat16'))
+  config = defaults.preference()
+  config.train.update(steps=1, warmup_steps=0, lr=1e-2)
+  tx = optim.make(config.train)
+  mesh = sharding.make_mesh((1, 1, 1), jax.devices()[:1])
+  ids = jnp.asarray(np.random.default_rng(0).integers(0, 64, (4, 8)), jnp.int32)
+  state, state_sh = trainer.create_state(model, tx, mesh, 0, (ids,))
+  before = _flat(state.params)
+
+  def loss_fn(params, batch, rng):
+    logits = model.apply({'params': params}, batch)
+    return jnp.mean(
+      optax.softmax_cross_entropy_with_integer_labels(logits[:, :-1], batch[:, 1:])
+    ), {}
+
+  step = trainer.make_train_step(loss_fn, tx, state_sh, mesh, config)
+  state, _ = step(state, sharding.shard_batch(np.asarray(ids), mesh))
+  after = _flat(state.params)
+  assert {v.dtype for v in after.values()} == {np.dtype(jnp.bfloat16)}
+  assert all(not np.array_equal(after[k], before[k]) for k in after if k.endswith('kernel'))
+  moments = [x for x in jax.tree.leaves(state.opt_state) if np.ndim(x)]
+  assert len(moments) == 2 * len(after) and {x.dtype for x in moments} == {np.dtype(np.float32)}
+
+
+def _sft_run(tmp_path, steps, base_dtype='float32'):
+  """sft.py's arguments on a tiny HF GPT-2 (safetensors in `base_dtype`) and JSON-lines data."""
+  from lm.data import corpus
+  from lm.data import tokenizer as tokenizer_lib
+
+  tok = tokenizer_lib.train_tokenizer(corpus.python_docs_corpus()[:60], 'bpe', 600)
+  tiny_gpt2_dir(tok, tmp_path / 'init', base_dtype)
+  data = tmp_path / 'sum.jsonl'
+  data.write_text(
+    '\n'.join(
+      json.dumps({'document': f'Item {i} has {i % 7} parts.', 'summary': f'Item {i}.'})
+      for i in range(200)
+    )
+  )
+  return [
+    '--config=configs/summarize.py',
+    f'--config.init_checkpoint={tmp_path / "init"}',
+    '--config.data.source=files',
+    f'--config.data.files={data}',
+    '--config.data.template=plain',
+    '--config.data.seq_len=64',
+    '--config.data.max_prompt_len=32',
+    '--config.data.eval_fraction=0.0',
+    '--config.train.batch_size=8',
+    f'--config.train.steps={steps}',
+    '--config.train.warmup_steps=10',
     '--config.checkpoint_every=50',
     '--config.log_every=10',
     f'--config.eval_every={steps}',
+  ]
+
+
+@pytest.mark.slow
+def test_lora_sft_on_a_bf16_base_resumes_bitwise_and_exports_bf16(tmp_path):
+  """sft.py with LoRA on a tiny bfloat16 HF GPT-2 and JSON-lines data: the base stays bfloat16
+  (frozen), and a run killed with -9 at a random step and resumed ends on the same params
+  (adapters and base) as the uninterrupted run. export.py then writes the merged model as
+  bfloat16 safetensors, which transformers loads bit for bit as the params we hold, giving our
+  logits on them (widened to float32) within 1e-5."""
+  import torch
+  import transformers
+
+  from lm import hf
+
+  steps = 400
+  args = [
+    *_sft_run(tmp_path, steps, 'bfloat16'),
+    '--config.lora.rank=4',
+    '--config.lora.dropout=0.1',
   ]
   straight, resumed = tmp_path / 'straight', tmp_path / 'resumed'
   run_script('sft.py', *args, f'--workdir={straight}')
   run_killed_and_resumed('sft.py', args, resumed, (100, steps - 100), tmp_path / 'killed.log')
   a, b = (pretrained.load(str(w), which='latest') for w in (straight, resumed))
-  assert a.step == b.step == steps and a.cfg.lora_rank == 4
+  assert a.step == b.step == steps and a.cfg.lora_rank == 4 and a.cfg.param_dtype == 'bfloat16'
   fa, fb = _flat(a.params), _flat(b.params)
   assert any(k.endswith('lora_b') for k in fa) and fa.keys() == fb.keys()
+  assert fa['stack/layers_0/attention/query/kernel'].dtype == jnp.bfloat16
   for k in fa:
     assert np.array_equal(fa[k], fb[k]), k
+
+  out = tmp_path / 'export'
+  run_script('export.py', f'--checkpoint={resumed}', f'--output={out}', '--which=latest')
+  ours = b.body(str(resumed), 'export')
+  assert {x.dtype for x in jax.tree.leaves(ours.params)} == {jnp.dtype(jnp.bfloat16)}
+  assert json.loads((out / 'config.json').read_text())['torch_dtype'] == 'bfloat16'
+  theirs = transformers.AutoModelForCausalLM.from_pretrained(out)
+  assert theirs.dtype == torch.bfloat16
+  want = hf.to_hf('gpt2', ours.params, ours.cfg)
+  got = theirs.state_dict()
+  assert set(want) <= set(got)
+  for k, v in want.items():
+    assert np.array_equal(got[k].float().numpy(), np.asarray(v, np.float32)), k
+  ids = np.random.default_rng(0).integers(0, ours.cfg.vocab_size, (2, 12))
+  with torch.no_grad():
+    ref = theirs.float().eval()(torch.from_numpy(ids)).logits.numpy()
+  logits = ours.model().apply({'params': ours.params}, jnp.asarray(ids, jnp.int32))
+  np.testing.assert_allclose(np.asarray(logits), ref, rtol=1e-5, atol=1e-5 * np.abs(ref).max())

@@ -13,7 +13,9 @@ Needs no transformers; torch only to read `pytorch_model.bin`.
 """
 
 import dataclasses
+import functools
 import json
+import math
 import pathlib
 import re
 from typing import Any, Callable, Optional
@@ -26,6 +28,7 @@ import numpy as np
 from flax import traverse_util
 
 from lm import models as M
+from lm import sharding
 
 StateDict = dict[str, np.ndarray]
 
@@ -179,6 +182,7 @@ def config_to_hf(kind: str, cfg: M.ModelConfig, **hf_overrides: Any) -> dict:
     **spec.hf_extra,
     **spec.write_extra(cfg),
     'dtype': str(cfg.param_dtype),
+    'torch_dtype': str(cfg.param_dtype),  # transformers 4's name (5 reads either)
     **spec.write_last(cfg),
   }
   return {**d, **hf_overrides}
@@ -198,7 +202,7 @@ def _check_cfg(kind: str, cfg: M.ModelConfig):
 
 
 # ------------------------------------------------------------------------------------------------
-# State dicts.
+# State dicts and weight files.
 
 _BUFFERS = re.compile(
   r'(^|\.)(position_ids|token_type_ids|attn\.bias|attn\.masked_bias|rotary_emb\.inv_freq)$'
@@ -214,19 +218,22 @@ def _strip(name: str) -> str:
 
 
 def _to_numpy(x) -> np.ndarray:
-  if hasattr(x, 'detach'):  # torch.Tensor; numpy has no bfloat16 of its own
+  if hasattr(x, 'detach'):  # torch.Tensor
     x = x.detach().cpu()
-    x = x.float() if str(x.dtype) == 'torch.bfloat16' else x
+    if str(x.dtype) == 'torch.bfloat16':  # numpy has no bfloat16: the same bits as ml_dtypes'
+      import torch  # pylint: disable=import-outside-toplevel
+
+      return x.view(torch.int16).numpy().view(ml_dtypes.bfloat16)
     return x.numpy()
   return np.asarray(x)
 
 
-def canonical(state_dict) -> StateDict:
-  """HF names without the base-model prefix and numpy values, so checkpoints of the bare model
-  (as some original hub files are) and of the head models look alike; drops
-  buffers and renames TF-era LayerNorm gamma/beta."""
+def _renamed(items) -> dict:
+  """{canonical name: value} of (HF name, value) pairs: the base-model prefix stripped, so
+  checkpoints of the bare model (as some original hub files are) and of the head models look
+  alike; buffers dropped and TF-era LayerNorm gamma/beta renamed."""
   out = {}
-  for k, v in state_dict.items():
+  for k, v in items:
     if _BUFFERS.search(k):
       continue
     name = re.sub(r'LayerNorm\.gamma$', 'LayerNorm.weight', _strip(k))
@@ -236,8 +243,31 @@ def canonical(state_dict) -> StateDict:
         f'State dict holds {name!r} twice (with and without a prefix, or as '
         f'gamma/beta and weight/bias); last seen as {k!r}.'
       )
-    out[name] = _to_numpy(v)
+    out[name] = v
   return out
+
+
+def canonical(state_dict) -> StateDict:
+  """HF names without the base-model prefix and numpy values (bfloat16 kept, as ml_dtypes'),
+  buffers dropped and TF-era LayerNorm gamma/beta renamed (`_renamed`)."""
+  return {k: _to_numpy(v) for k, v in _renamed(state_dict.items()).items()}
+
+
+@dataclasses.dataclass(frozen=True)
+class Stored:
+  """One tensor of a checkpoint, not read yet: its shape and dtype, and `read()` for its values
+  (from a safetensors file: a memory map of this tensor alone, unmapped once the array and its
+  views are dropped, so reading a checkpoint tensor by tensor never holds the whole file)."""
+
+  shape: tuple
+  dtype: np.dtype
+  read: Callable[[], np.ndarray]
+
+  @classmethod
+  def of(cls, x) -> 'Stored':
+    """An array already in memory."""
+    x = _to_numpy(x)
+    return cls(tuple(x.shape), x.dtype, lambda: x)
 
 
 _SAFETENSORS_DTYPES = {
@@ -252,30 +282,51 @@ _SAFETENSORS_DTYPES = {
   'U8': np.uint8,
   'BOOL': np.bool_,
 }
+_SAFETENSORS_NAMES = {np.dtype(v): k for k, v in _SAFETENSORS_DTYPES.items()}
 
 
-def _load_safetensors(path: pathlib.Path) -> dict:
-  """The file's tensors as read-only memory maps (nothing is read until used). Parsed here rather
-  than by safetensors.numpy, which cannot name bfloat16, the dtype of most recent large checkpoints."""
+def _map(path: pathlib.Path, dtype: np.dtype, offset: int, shape: tuple) -> np.ndarray:
+  count = math.prod(shape)
+  if not count:
+    return np.zeros(shape, dtype)
+  return np.memmap(path, dtype, 'r', offset=offset, shape=(count,)).reshape(shape)
+
+
+def _safetensors_tensors(path: pathlib.Path) -> dict[str, Stored]:
+  """The file's tensors from its header alone. Parsed here rather than by safetensors.numpy,
+  which cannot name bfloat16, the dtype of most recent large checkpoints."""
   with open(path, 'rb') as f:
     n = int.from_bytes(f.read(8), 'little')
     header = json.loads(f.read(n))
-  data = np.memmap(path, np.uint8, 'r', offset=8 + n)
+  out = {}
+  for k, t in header.items():
+    if k == '__metadata__':
+      continue
+    if t['dtype'] not in _SAFETENSORS_DTYPES:
+      raise ValueError(f'{path}: tensor {k} has dtype {t["dtype"]}, which is not supported.')
+    dtype, shape = np.dtype(_SAFETENSORS_DTYPES[t['dtype']]), tuple(t['shape'])
+    read = functools.partial(_map, path, dtype, 8 + n + t['data_offsets'][0], shape)
+    out[k] = Stored(shape, dtype, read)
+  return out
+
+
+def _torch_tensors(path: pathlib.Path) -> dict[str, Stored]:
+  """A `pytorch_model.bin`'s tensors, memory-mapped when it is a zipfile checkpoint (torch >=
+  1.6 writes those), else loaded whole."""
+  import torch  # pylint: disable=import-outside-toplevel
+
+  try:
+    sd = torch.load(str(path), map_location='cpu', weights_only=True, mmap=True)
+  except RuntimeError:  # the legacy (pre-zipfile) format cannot be mapped
+    sd = torch.load(str(path), map_location='cpu', weights_only=True)
   return {
-    k: data[t['data_offsets'][0] : t['data_offsets'][1]]
-    .view(_SAFETENSORS_DTYPES[t['dtype']])
-    .reshape(t['shape'])
-    for k, t in header.items()
-    if k != '__metadata__'
+    k: Stored(tuple(v.shape), _to_numpy(v.reshape(-1)[:0]).dtype, functools.partial(_to_numpy, v))
+    for k, v in sd.items()
   }
 
 
-def _load_file(path: pathlib.Path) -> dict:
-  if path.suffix == '.safetensors':
-    return _load_safetensors(path)
-  import torch  # pylint: disable=import-outside-toplevel
-
-  return torch.load(str(path), map_location='cpu', weights_only=True)
+def _file_tensors(path: pathlib.Path) -> dict[str, Stored]:
+  return _safetensors_tensors(path) if path.suffix == '.safetensors' else _torch_tensors(path)
 
 
 _WEIGHT_FILES = (
@@ -286,9 +337,9 @@ _WEIGHT_FILES = (
 )
 
 
-def load_state_dict(path) -> StateDict:
-  """A weights file, a sharded `*.index.json`, or an HF directory holding either (safetensors
-  preferred), as `canonical` numpy arrays."""
+def stored_tensors(path) -> dict[str, Stored]:
+  """A weights file, a sharded `*.index.json` or an HF directory holding either (safetensors
+  preferred), as `Stored` tensors under `canonical` names: headers read, no values."""
   path = pathlib.Path(path)
   if path.is_dir():
     found = [path / n for n in _WEIGHT_FILES if (path / n).exists()]
@@ -299,22 +350,46 @@ def load_state_dict(path) -> StateDict:
     shards = sorted(set(json.loads(path.read_text())['weight_map'].values()))
     raw = {}
     for shard in shards:
-      raw.update(_load_file(path.parent / shard))
+      raw.update(_file_tensors(path.parent / shard))
   else:
-    raw = _load_file(path)
-  return canonical(raw)
+    raw = _file_tensors(path)
+  return _renamed(raw.items())
+
+
+def load_state_dict(path) -> StateDict:
+  """A weights file, a sharded `*.index.json`, or an HF directory holding either (safetensors
+  preferred), as `canonical` numpy arrays (read-only memory maps for safetensors)."""
+  return {k: s.read() for k, s in stored_tensors(path).items()}
+
+
+def stored_param_dtype(stored: dict[str, Stored]) -> str:
+  """The `param_dtype` that keeps a checkpoint in its stored dtype: 'bfloat16' when bfloat16
+  holds most of its floating-point elements, else 'float32' (float16 widens: it is no training
+  dtype without loss scaling, and float32 holds it exactly)."""
+  counts = {}
+  for s in stored.values():
+    if jnp.issubdtype(s.dtype, jnp.floating):
+      counts[s.dtype] = counts.get(s.dtype, 0) + math.prod(s.shape)
+  main = max(counts, key=counts.get) if counts else np.dtype(np.float32)
+  return 'bfloat16' if main == np.dtype(ml_dtypes.bfloat16) else 'float32'
 
 
 # ------------------------------------------------------------------------------------------------
 # Params <-> state dicts.
 
 
-def _expected_shapes(spec: Spec, cfg: M.ModelConfig) -> dict[str, tuple]:
-  """Our param shapes, from tracing init (no compute, no memory)."""
+def _abstract_params(spec: Spec, cfg: M.ModelConfig):
+  """Our params as init makes them (boxed with their logical axes), from tracing init: no
+  compute, no memory."""
   ids = jnp.zeros((1, 1), jnp.int32)
   cfg = dataclasses.replace(cfg, attention_impl='einsum', remat='none')  # shape-neutral, traceable
-  tree = jax.eval_shape(lambda: nn.unbox(spec.module(cfg).init(jax.random.PRNGKey(0), ids)))
-  return {k: v.shape for k, v in traverse_util.flatten_dict(tree['params'], sep='/').items()}
+  return jax.eval_shape(lambda: spec.module(cfg).init(jax.random.PRNGKey(0), ids))['params']
+
+
+def _expected_shapes(spec: Spec, cfg: M.ModelConfig) -> dict[str, tuple]:
+  """Our param shapes, from tracing init (no compute, no memory)."""
+  flat = traverse_util.flatten_dict(nn.unbox(_abstract_params(spec, cfg)), sep='/')
+  return {k: v.shape for k, v in flat.items()}
 
 
 def _slots(spec: Spec, cfg: M.ModelConfig):
@@ -363,38 +438,43 @@ def _fail(what: str, **problems):
     raise ValueError(f'{what}:\n' + '\n'.join(lines))
 
 
-def from_hf(kind: str, state_dict, cfg: M.ModelConfig) -> dict:
-  """Our params tree (plain numpy, `param_dtype`) from an HF state dict, all-or-nothing.
-
-  Unstacked leaves may share memory with the state dict's tensors (no copy of a large model).
-  """
+def _convert(kind: str, stored: dict, cfg: M.ModelConfig, mesh=None) -> dict:
+  """Our params tree from `Stored` HF tensors, all-or-nothing: every name, shape and tie is
+  checked on the shapes alone before any value is read; then each tensor is read, split by its
+  codec and cast to its param's dtype (init's, i.e. `param_dtype`), one at a time (a scanned
+  stack gathers one leaf's layers first). Without `mesh`, plain numpy (an unstacked leaf may share
+  memory with its tensor); with one, each leaf goes straight to its sharding on `mesh` (the
+  logical axes of `lm.sharding.RULES`), so the host never holds more than one leaf's copy."""
   spec = _spec(kind)
   _check_cfg(kind, cfg)
-  sd = canonical(state_dict)
-  expected = _expected_shapes(spec, cfg)
+  boxed = _abstract_params(spec, cfg)
+  abstract = traverse_util.flatten_dict(nn.unbox(boxed), sep='/')
+  expected = {k: v.shape for k, v in abstract.items()}
   _fail(f'{kind} table does not match the model', errors=_table_errors(spec, cfg, expected))
-  missing, mismatched, leaves, used = [], [], {}, set()
+  missing, mismatched, plan, used = [], [], [], set()
   for ours, hf, codec in _slots(spec, cfg):
     key = _strip(hf)
-    if key not in sd and _strip(spec.fallback.get(hf, hf)) in sd:
+    if key not in stored and _strip(spec.fallback.get(hf, hf)) in stored:
       key = _strip(spec.fallback[hf])
-    if key not in sd:
+    if key not in stored:
       missing.append(hf)
       continue
     used.add(key)
     want = _hf_shape(codec, [_leaf_shape(expected, leaf) for leaf in ours])
-    if sd[key].shape != want:
-      mismatched.append(f'{hf} {tuple(sd[key].shape)} != expected {want}')
+    if stored[key].shape != want:
+      mismatched.append(f'{hf} {stored[key].shape} != expected {want}')
       continue
-    leaves.update(zip(ours, codec.split(sd[key])))
+    plan.append((ours, key, codec))
   untied = []
   for alias, main in _tied(spec, cfg).items():
     a, m = _strip(alias), _strip(main)
-    if a in sd:
+    if a in stored:
       used.add(a)
-      if m in sd and (sd[a].shape != sd[m].shape or not np.array_equal(sd[a], sd[m])):
+      if m in stored and (
+        stored[a].shape != stored[m].shape or not np.array_equal(stored[a].read(), stored[m].read())
+      ):
         untied.append(f'{alias} != {main}')
-  unexpected = sorted(set(sd) - used)
+  unexpected = sorted(set(stored) - used)
   _fail(
     f'Cannot load {kind} state dict into {cfg}',
     missing=missing,
@@ -403,21 +483,41 @@ def from_hf(kind: str, state_dict, cfg: M.ModelConfig) -> dict:
     untied_weights=untied,
   )
 
-  dtype = jnp.dtype(cfg.param_dtype)
-  flat = {}
-  for (path, i), v in leaves.items():
-    if i is None:
-      flat[path] = np.asarray(v, dtype)
-    elif (
-      i == 0
-    ):  # scanned: stack all layers of the stack once (an encoder-decoder's two may differ in depth)
-      n = sum(p == path for p, _ in leaves)
-      flat[path] = np.stack([leaves[(path, j)] for j in range(n)]).astype(dtype)
+  place = lambda path, x: x  # noqa: E731
+  if mesh is not None:
+    shardings = traverse_util.flatten_dict(
+      sharding.to_shardings(sharding.logical_specs(boxed), mesh), sep='/'
+    )
+    place = lambda path, x: jax.device_put(x, shardings[path])  # noqa: E731
+  flat, stacks = {}, {}
+  for ours, key, codec in plan:
+    if ours[0][1] is None:
+      for (path, _), v in zip(ours, codec.split(stored[key].read())):
+        flat[path] = place(path, np.asarray(v, abstract[path].dtype))
+    else:  # a scanned stack: each leaf's layers are gathered first
+      stacks.setdefault(tuple(path for path, _ in ours), []).append((ours, key, codec))
+  for paths, rules in stacks.items():
+    bufs = [np.empty(abstract[p].shape, abstract[p].dtype) for p in paths]
+    for ours, key, codec in rules:
+      for buf, (_, i), v in zip(bufs, ours, codec.split(stored[key].read())):
+        buf[i] = v
+    for path, buf in zip(paths, bufs):
+      flat[path] = place(path, buf)
+    del bufs
   return traverse_util.unflatten_dict(flat, sep='/')
 
 
-def to_hf(kind: str, params, cfg: M.ModelConfig) -> StateDict:
-  """The HF state dict (full names, tied aliases included, as `model.state_dict()` has them)."""
+def from_hf(kind: str, state_dict, cfg: M.ModelConfig) -> dict:
+  """Our params tree (plain numpy, `param_dtype`) from an HF state dict, all-or-nothing.
+
+  Unstacked leaves may share memory with the state dict's tensors (no copy of a large model).
+  """
+  return _convert(kind, {k: Stored.of(v) for k, v in canonical(state_dict).items()}, cfg)
+
+
+def _hf_tensors(kind: str, params, cfg: M.ModelConfig) -> list:
+  """[(HF name, shape, dtype, make)] of the HF state dict (tied aliases left out), after checking
+  the params against the model; `make()` computes one tensor, in its params' dtype."""
   spec = _spec(kind)
   _check_cfg(kind, cfg)
   if set(params) == {'params'}:
@@ -435,13 +535,27 @@ def to_hf(kind: str, params, cfg: M.ModelConfig) -> StateDict:
       if p in flat and np.shape(flat[p]) != s
     ],
   )
-  flat = {k: np.asarray(v) for k, v in flat.items()}
-  out = {}
-  for ours, hf, codec in _slots(spec, cfg):
-    out[hf] = np.ascontiguousarray(
-      codec.join([flat[p] if i is None else flat[p][i] for p, i in ours])
+
+  def make(ours, codec):  # one layer of a stacked leaf at a time (a jax slice, then host)
+    return np.ascontiguousarray(
+      codec.join([np.asarray(flat[p] if i is None else flat[p][i]) for p, i in ours])
     )
-  out.update({alias: out[main] for alias, main in _tied(spec, cfg).items()})
+
+  return [
+    (
+      hf,
+      _hf_shape(codec, [_leaf_shape(expected, leaf) for leaf in ours]),
+      np.dtype(np.result_type(*[flat[p].dtype for p, _ in ours])),
+      functools.partial(make, ours, codec),
+    )
+    for ours, hf, codec in _slots(spec, cfg)
+  ]
+
+
+def to_hf(kind: str, params, cfg: M.ModelConfig) -> StateDict:
+  """The HF state dict (full names, tied aliases included, as `model.state_dict()` has them)."""
+  out = {name: make() for name, _, _, make in _hf_tensors(kind, params, cfg)}
+  out.update({alias: out[main] for alias, main in _tied(_spec(kind), cfg).items()})
   return out
 
 
@@ -449,13 +563,47 @@ def to_hf(kind: str, params, cfg: M.ModelConfig) -> StateDict:
 # Directories.
 
 
-def import_pretrained(directory, **overrides: Any) -> tuple[str, M.ModelConfig, dict]:
-  """(kind, cfg, params) from a local HF model directory. `overrides` replace ModelConfig fields
-  that do not change the math (scan_layers, dtype, remat, attention_impl, dropout...)."""
+def import_pretrained(directory, mesh=None, **overrides: Any) -> tuple[str, M.ModelConfig, dict]:
+  """(kind, cfg, params) from a local HF model directory, streamed: tensors are read one at a
+  time from memory maps of the (sharded) weight files, converted and placed straight into their
+  shardings on `mesh` (default: all devices, data-parallel, as `lm.pretrained.load`), so the
+  host holds about one copy of the checkpoint in its stored dtype, never a float32 copy of the
+  whole model besides a framework's. `params` are jax Arrays.
+
+  `overrides` replace ModelConfig fields that do not change the math (scan_layers, dtype, remat,
+  attention_impl, dropout...). `param_dtype` defaults to the stored dtype (`stored_param_dtype`:
+  a bfloat16 checkpoint gives bfloat16 params); pass param_dtype='float32' to widen."""
   directory = pathlib.Path(directory)
   kind, cfg = config_from_hf(json.loads((directory / 'config.json').read_text()))
-  cfg = dataclasses.replace(cfg, **overrides)
-  return kind, cfg, from_hf(kind, load_state_dict(directory), cfg)
+  stored = stored_tensors(directory)
+  cfg = dataclasses.replace(cfg, **{'param_dtype': stored_param_dtype(stored), **overrides})
+  mesh = mesh if mesh is not None else sharding.make_mesh((-1, 1, 1))
+  return kind, cfg, _convert(kind, stored, cfg, mesh)
+
+
+def _write_safetensors(path: pathlib.Path, tensors: list) -> None:
+  """A safetensors file of [(name, shape, dtype, make)], each tensor computed and written in
+  turn: the header comes from the shapes and dtypes alone. Widest dtypes first, as
+  safetensors' own writer orders them, so every tensor starts aligned to its item size."""
+  tensors = sorted(tensors, key=lambda t: (-t[2].itemsize, t[0]))
+  header, offset = {}, 0
+  for name, shape, dtype, _ in tensors:
+    if dtype not in _SAFETENSORS_NAMES:
+      raise ValueError(f'cannot write {name} as safetensors: dtype {dtype} is not supported.')
+    size = math.prod(shape) * dtype.itemsize
+    header[name] = dict(
+      dtype=_SAFETENSORS_NAMES[dtype], shape=list(shape), data_offsets=[offset, offset + size]
+    )
+    offset += size
+  head = json.dumps({'__metadata__': {'format': 'pt'}, **header}, separators=(',', ':')).encode()
+  head += b' ' * (-len(head) % 8)
+  with open(path, 'wb') as f:
+    f.write(len(head).to_bytes(8, 'little') + head)
+    for name, shape, dtype, make in tensors:
+      x = make()
+      if x.shape != tuple(shape) or x.dtype != dtype:
+        raise AssertionError(f'{name}: made {x.shape} {x.dtype}, declared {shape} {dtype}')
+      f.write(np.ascontiguousarray(x).reshape(-1).view(np.uint8).data)
 
 
 def export_pretrained(
@@ -465,31 +613,36 @@ def export_pretrained(
   aliases are left out as `save_pretrained` does. With `max_shard_bytes`, weights go into
   `model-0000i-of-0000n.safetensors` files of at most that size (a tensor larger than it gets a
   file of its own) and `model.safetensors.index.json`, as HF writes large models. `hf_overrides`
-  go into config.json."""
-  import safetensors.numpy  # pylint: disable=import-outside-toplevel
+  go into config.json.
 
+  Each tensor keeps its params' dtype (bfloat16 params give bfloat16 safetensors, float32 ones
+  float32), and config.json's `dtype` (and `torch_dtype`, transformers 4's name) is the dtype
+  holding most of the bytes. Tensors are computed and written one at a time: the host holds the
+  params and one tensor."""
   directory = pathlib.Path(directory)
   directory.mkdir(parents=True, exist_ok=True)
   tied = _tied(_spec(kind), cfg)
-  sd = {k: v for k, v in to_hf(kind, params, cfg).items() if k not in tied}
-  config = config_to_hf(kind, cfg, **hf_overrides)
+  tensors = [t for t in _hf_tensors(kind, params, cfg) if t[0] not in tied]
+  nbytes = lambda t: math.prod(t[1]) * t[2].itemsize  # noqa: E731
+  by_dtype = {}
+  for t in tensors:
+    by_dtype[t[2]] = by_dtype.get(t[2], 0) + nbytes(t)
+  dtype = max(by_dtype, key=by_dtype.get).name if by_dtype else str(cfg.param_dtype)
+  config = config_to_hf(kind, dataclasses.replace(cfg, param_dtype=dtype), **hf_overrides)
   (directory / 'config.json').write_text(json.dumps(config, indent=2) + '\n')
-  save = lambda part, name: safetensors.numpy.save_file(
-    part, str(directory / name), metadata={'format': 'pt'}
-  )
   if not max_shard_bytes:
-    save(sd, 'model.safetensors')
+    _write_safetensors(directory / 'model.safetensors', tensors)
     return
-  shards = [{}]
-  for k, v in sd.items():
-    if shards[-1] and sum(x.nbytes for x in shards[-1].values()) + v.nbytes > max_shard_bytes:
-      shards.append({})
-    shards[-1][k] = v
+  shards = [[]]
+  for t in tensors:
+    if shards[-1] and sum(map(nbytes, shards[-1])) + nbytes(t) > max_shard_bytes:
+      shards.append([])
+    shards[-1].append(t)
   names = [f'model-{i + 1:05d}-of-{len(shards):05d}.safetensors' for i in range(len(shards))]
   for part, name in zip(shards, names):
-    save(part, name)
+    _write_safetensors(directory / name, part)
   index = dict(
-    metadata=dict(total_size=sum(v.nbytes for v in sd.values())),
-    weight_map={k: name for part, name in zip(shards, names) for k in part},
+    metadata=dict(total_size=sum(map(nbytes, tensors))),
+    weight_map={t[0]: name for part, name in zip(shards, names) for t in part},
   )
   (directory / 'model.safetensors.index.json').write_text(json.dumps(index, indent=2) + '\n')

@@ -311,7 +311,7 @@ def run(config, workdir: str) -> dict:
 
   # Model and state: the reward model's decoder, or the whole policy, starts as `pre`.
   tx = optim.make(config.train)
-  cfg = lora.configure(pre.cfg, config.get('lora'))
+  cfg = lora.for_job(pre.cfg, config)
   if config.objective == 'reward':
     model = M.RewardModel(cfg)
     state, state_sh = create_state(

@@ -230,14 +230,13 @@ def check_batch(batch_size: int, mesh, what: str):
 
 
 def body_config(pre: pretrained.Pretrained, config) -> M.ModelConfig:
-  overrides = dict(config.model_overrides) if 'model_overrides' in config else {}
-  cfg = dataclasses.replace(pre.cfg, **overrides)
+  cfg = lora.for_job(pre.cfg, config)
   if pre.cfg.position == 'learned' and config.data.max_len > cfg.max_len:
     raise ValueError(
       f"data.max_len={config.data.max_len} exceeds the body's max_len="
       f'{cfg.max_len} (learned positions): lower data.max_len.'
     )
-  return lora.configure(cfg, config.get('lora'))
+  return cfg
 
 
 def check_evaluation(config, task_mod) -> bool:

@@ -410,7 +410,7 @@ def run(config, workdir: str) -> dict:
   prompts = {s: prompt_arrays(splits[s], tok, p_len) for s in preference.SPLITS}
 
   tx = optim.make(config.train)
-  model = M.ActorCritic(lora.configure(pre.cfg, config.get('lora')))
+  model = M.ActorCritic(lora.for_job(pre.cfg, config))
   state, state_sh = trainer.create_state_from(
     model, tx, mesh, config.seed, M.policy_init_inputs(p_len + n_new), pre.params, 'decoder'
   )

@@ -13,7 +13,6 @@ shows what pretraining is worth.
 
 from __future__ import annotations
 
-import dataclasses
 import functools
 import os
 from typing import Optional
@@ -206,9 +205,7 @@ def run(config, workdir: str) -> dict:
     del pre
   else:  # resume: the run's own model and tokenizer; init_checkpoint is not read (may be gone)
     (kind, base_cfg, tok), init_params = own, None
-  cfg = lora.configure(
-    dataclasses.replace(base_cfg, **config.model_overrides.to_dict()), config.get('lora')
-  )
+  cfg = lora.for_job(base_cfg, config)
   _check(config, cfg)
   model = M.body(kind, cfg)
   if pi == 0 and own is None:

@@ -21,6 +21,7 @@ interception layer; int8 and NF4 are a few lines each (`lm.models.quant`).
 """
 
 import dataclasses
+import functools
 from typing import Callable, Optional
 
 import flax
@@ -48,12 +49,20 @@ def targets_of(cfg: ModelConfig) -> tuple:
   return tuple(t for t in cfg.lora_targets.split(',') if t)
 
 
-def configure(cfg: ModelConfig, lora) -> ModelConfig:
-  """`cfg` with a job config's `lora` block (rank, alpha, dropout, targets, quant) applied;
-  None or rank 0 and quant 'none' leave it as it is."""
+def configure(cfg: ModelConfig, lora, param_dtype: Optional[str] = None) -> ModelConfig:
+  """`cfg` with a job config's `lora` block (rank, alpha, dropout, targets, quant) applied
+  (None or rank 0 and quant 'none': no adapters), and the dtype the job's params take.
+
+  That dtype is `param_dtype` when the job sets one (its `model_overrides`); else a LoRA model
+  keeps its base's (a bfloat16 checkpoint stays bfloat16: it is frozen, so nothing rounds away),
+  and full training gets float32 master params, whatever the checkpoint's dtype: an Adam step
+  below bfloat16's 8-bit mantissa would round away on a bfloat16 weight."""
+  rank = 0 if lora is None else int(lora.get('rank', 0))
+  dtype = param_dtype or (cfg.param_dtype if rank > 0 else 'float32')
+  cfg = dataclasses.replace(cfg, param_dtype=dtype)
   if lora is None:
     return cfg
-  rank, fmt = int(lora.get('rank', 0)), lora.get('quant', 'none')
+  fmt = lora.get('quant', 'none')
   targets = lora.get('targets', ','.join(TARGETS))
   targets = targets if isinstance(targets, str) else ','.join(targets)
   if rank < 0:
@@ -76,11 +85,117 @@ def configure(cfg: ModelConfig, lora) -> ModelConfig:
   )
 
 
+def for_job(cfg: ModelConfig, config) -> ModelConfig:
+  """The model config a tuning job trains: its checkpoint's `cfg` with the job config's
+  `model_overrides` (those set) and `lora` block applied (`configure`)."""
+  given = config.get('model_overrides') or {}
+  overrides = {k: v for k, v in given.items() if v is not None}
+  cfg = dataclasses.replace(cfg, **overrides)
+  return configure(cfg, config.get('lora'), overrides.get('param_dtype'))
+
+
 def base_config(cfg: ModelConfig) -> ModelConfig:
   """`cfg` without adapters or quantization (every lora field at its default): the model a
   merged export describes."""
   default = ModelConfig()
   return dataclasses.replace(cfg, **{f: getattr(default, f) for f in FIELDS.values()})
+
+
+def _dot(x, w):
+  return jax.lax.dot_general(x, w, (((x.ndim - 1,), (0,)), ((), ())))
+
+
+def cast(dtype, w):
+  return w.astype(dtype)
+
+
+def dequantized(fmt, dtype, stored):
+  return quant.dequantize(*stored, fmt, dtype)
+
+
+def _tied(stored, like):
+  """`stored` made to depend on `like`: a zero taken from it is added to each float leaf. XLA
+  can then neither widen the weight before `like` exists (its CPU scheduler would widen every
+  weight at once) nor merge two widenings of one weight into a single buffer kept alive between
+  them; optimization barriers do not stop that on CPU, which drops them before its CSE. (A
+  non-finite first element of `like` would spread to the whole product.)"""
+  zero = jax.lax.stop_gradient(like.reshape(-1)[0]) * 0
+  return jax.tree.map(
+    lambda s: s + zero.astype(s.dtype) if jnp.issubdtype(s.dtype, jnp.floating) else s, stored
+  )
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(0,))
+def widened_dot(widen: Callable, x, stored):
+  """x @ widen(stored), for a kernel stored narrower than the compute dtype (bfloat16 params under
+  float32 compute, or a quantized kernel): the value and gradients of the plain expression, but
+  each widening happens where it is used, the backward pass's apart from the forward's. Plain
+  autodiff keeps widen(stored) as the residual for x's gradient: a float32 copy of every frozen
+  bf16 weight (2x the bf16 model) or dequantized QLoRA kernel, alive from the forward pass to
+  the backward one (measured on the Qwen2-0.5B shape: bench/logs/qwen_shape_2026-12-07)."""
+  return _dot(x, widen(_tied(stored, x)))
+
+
+def _widened_fwd(widen, x, stored):
+  return widened_dot(widen, x, stored), (x, stored)
+
+
+def _widened_bwd(widen, res, g):
+  x, stored = res
+  w, widen_vjp = jax.vjp(lambda s: widen(_tied(s, g)), stored)
+  dx, dw = jax.vjp(_dot, x, w)[1](g)
+  return dx, widen_vjp(dw)[0]  # dw: dead code unless the kernel trains
+
+
+widened_dot.defvjp(_widened_fwd, _widened_bwd)
+
+
+def _vocab_blocks(v: int) -> int:
+  return next(k for k in range(min(16, v), 0, -1) if v % k == 0)
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(0,))
+def widened_attend(dtype, x, table):
+  """x @ table.T (the tied output layer) for a [V, D] table stored narrower than `dtype`, widened
+  one block of vocabulary rows at a time (a loop over up to 16 blocks), forward and backward: the
+  whole table widened at once is the largest temporary of a bf16 LoRA step (0.55 GB for
+  Qwen2-0.5B's 152k x 896 table). The table rides in the loop's carry behind an optimization
+  barrier, so XLA cannot widen it once outside the loop. The value and gradients of the plain
+  expression, up to float32 summation order."""
+  n = _vocab_blocks(table.shape[0])
+  size = table.shape[0] // n
+
+  def block(t, i):
+    t = jax.lax.optimization_barrier(t)
+    rows = jax.lax.dynamic_slice_in_dim(t, i * size, size)
+    return t, _dot(x, rows.astype(dtype).T)
+
+  _, ys = jax.lax.scan(block, table, jnp.arange(n))  # [n, ..., V/n]
+  return jnp.moveaxis(ys, 0, -2).reshape(*x.shape[:-1], table.shape[0])
+
+
+def _attend_fwd(dtype, x, table):
+  return widened_attend(dtype, x, table), (x, table)
+
+
+def _attend_bwd(dtype, res, g):
+  x, table = res
+  n = _vocab_blocks(table.shape[0])
+  size = table.shape[0] // n
+  lead = ''.join(chr(ord('a') + i) for i in range(x.ndim - 1))
+
+  def block(carry, i):
+    dx, t = jax.lax.optimization_barrier(carry)
+    rows = jax.lax.dynamic_slice_in_dim(t, i * size, size).astype(dtype)
+    gb = jax.lax.dynamic_slice_in_dim(g, i * size, size, axis=-1)
+    drows = jnp.einsum(f'{lead}v,{lead}d->vd', gb, x).astype(t.dtype)
+    return (dx + gb @ rows, t), drows  # drows: dead code unless the table trains
+
+  (dx, _), drows = jax.lax.scan(block, (jnp.zeros_like(x), table), jnp.arange(n))
+  return dx, drows.reshape(table.shape)
+
+
+widened_attend.defvjp(_attend_fwd, _attend_bwd)
 
 
 class Dense(nn.Module):
@@ -113,14 +228,19 @@ class Dense(nn.Module):
         made = quant.quantize(init(self.make_rng('params'), shape, jnp.float32), c.quant)
       codes = self.param('kernel', part(lambda _: made[0], self.axes))
       scale = self.param('kernel_scale', part(lambda _: made[1], ('quant_block', self.axes[1])))
-      kernel = quant.dequantize(codes, scale, c.quant, c.dtype)
+      kernel = (codes, scale)
     bias = None
     if self.use_bias:
       bias = self.param(
         'bias', part(nn.initializers.zeros_init(), self.axes[1:]), shape[1:], c.param_dtype
       )
-    x, kernel, bias = nn.dtypes.promote_dtype(x, kernel, bias, dtype=c.dtype)
-    y = jax.lax.dot_general(x, kernel, (((x.ndim - 1,), (0,)), ((), ())))
+    x, bias = nn.dtypes.promote_dtype(x, bias, dtype=c.dtype)
+    if c.quant != 'none':
+      y = widened_dot(functools.partial(dequantized, c.quant, c.dtype), x, kernel)
+    elif jnp.dtype(kernel.dtype) != jnp.dtype(c.dtype):
+      y = widened_dot(functools.partial(cast, c.dtype), x, kernel)
+    else:
+      y = _dot(x, kernel)
     if bias is not None:
       y = y + jnp.reshape(bias, (1,) * (y.ndim - 1) + (-1,))
     if c.lora_rank and self.target in targets_of(c):
