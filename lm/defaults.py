@@ -168,7 +168,6 @@ def finetuning(task: str) -> ml_collections.ConfigDict:
   c.data.window_stride = 0
   c.data.max_answer_len = 64  # qa: tokens
   c.data.n_best = 20  # qa
-  c.model_overrides = model_overrides_block()
   c.lora = lora_block()
   c.train = train_block(
     batch_size=32, steps=1000, lr=5e-5, warmup_steps=100, body_lr_scale=1.0

@@ -69,6 +69,17 @@ def test_model_defaults_are_model_config():
   assert defaults.pretraining().model.to_dict() == want
   for name, c in base_configs().items():
     assert c.lora.to_dict() == lora_fields, name
+  # every tuning job takes ModelConfig overrides, param_dtype unset (lora.configure's rule)
+  tuning = {
+    'finetuning': defaults.finetuning('qa'),
+    'text_to_text': defaults.text_to_text('summarize'),
+    'preference': defaults.preference(),
+    'rl': defaults.rl(),
+  }
+  for name, c in tuning.items():
+    assert set(c.model_overrides) <= set(want) and c.model_overrides.param_dtype is None, name
+  for name in ('finetuning', 'text_to_text'):  # dropout as fine-tuning has it
+    assert tuning[name].model_overrides.dropout_rate == 0.1, name
 
 
 @pytest.mark.parametrize(

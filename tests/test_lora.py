@@ -1,8 +1,10 @@
 """LoRA and QLoRA (lm/models/lora.py, lm/models/quant.py): each quantized format stays within
 its stated error; a LoRA step trains only adapters and heads (the base is bit-identical and
-AdamW's state holds only adapter- and head-sized arrays); a LoRA SFT run killed with -9 and
-resumed ends bit-identical to an uninterrupted one. PEFT parity is tests/test_peft.py; QLoRA
-SFT on the offline default is test_sft.py's held-out loss test."""
+AdamW's state holds only adapter- and head-sized arrays); full training keeps float32 master
+params (bf16 params when asked, with float32 moments); a LoRA SFT run on a bf16 base killed with
+-9 and resumed ends bit-identical to an uninterrupted one, and its bf16 export reloads in
+transformers with our logits. PEFT parity is tests/test_peft.py; QLoRA SFT on the offline
+default is test_sft.py's held-out loss test."""
 
 import json
 
@@ -124,63 +126,6 @@ def test_a_lora_step_trains_only_adapters_and_the_head(fmt):
   assert max(x.size for x in moments) == max(after[k].size for k in trained)
 
 
-def _sft_run(tmp_path, steps, base_dtype='float32'):
-  """sft.py's arguments on a tiny HF GPT-2 (safetensors in `base_dtype`) and JSON-lines data."""
-  from lm.data import corpus
-  from lm.data import tokenizer as tokenizer_lib
-
-  tok = tokenizer_lib.train_tokenizer(corpus.python_docs_corpus()[:60], 'bpe', 600)
-  tiny_gpt2_dir(tok, tmp_path / 'init', base_dtype)
-  data = tmp_path / 'sum.jsonl'
-  data.write_text(
-    '\n'.join(
-      json.dumps({'document': f'Item {i} has {i % 7} parts.', 'summary': f'Item {i}.'})
-      for i in range(200)
-    )
-  )
-  return [
-    '--config=configs/summarize.py',
-    f'--config.init_checkpoint={tmp_path / "init"}',
-    '--config.data.source=files',
-    f'--config.data.files={data}',
-    '--config.data.template=plain',
-    '--config.data.seq_len=64',
-    '--config.data.max_prompt_len=32',
-    '--config.data.eval_fraction=0.0',
-    '--config.train.batch_size=8',
-    f'--config.train.steps={steps}',
-    '--config.train.warmup_steps=10',
-    '--config.log_every=10',
-    f'--config.eval_every={steps}',
-  ]
-
-
-def _assert_export_reloads_in_transformers(workdir, out):
-  """export.py writes the run's model as bfloat16 safetensors; transformers loads them as the
-  very params we hold (bit for bit), and on them (widened to float32) gives our logits."""
-  import torch
-  import transformers
-
-  from lm import hf
-
-  run_script('export.py', f'--checkpoint={workdir}', f'--output={out}', '--which=latest')
-  ours = pretrained.load(str(workdir), which='latest').body(str(workdir), 'export')
-  assert {x.dtype for x in jax.tree.leaves(ours.params)} == {jnp.dtype(jnp.bfloat16)}
-  config = json.loads((out / 'config.json').read_text())
-  assert config['torch_dtype'] == 'bfloat16'
-  theirs = transformers.AutoModelForCausalLM.from_pretrained(out)
-  assert theirs.dtype == torch.bfloat16
-  want = hf.to_hf('gpt2', ours.params, ours.cfg)
-  for k, v in theirs.state_dict().items():
-    if k in want:
-      assert np.array_equal(v.float().numpy(), np.asarray(want[k], np.float32)), k
-  ids = np.random.default_rng(0).integers(0, ours.cfg.vocab_size, (2, 12))
-  with torch.no_grad():
-    ref = theirs.float().eval()(torch.from_numpy(ids)).logits.numpy()
-  got = np.asarray(ours.model().apply({'params': ours.params}, jnp.asarray(ids, jnp.int32)))
-  np.testing.assert_allclose(got, ref, rtol=1e-5, atol=1e-5 * np.abs(ref).max())
-
-
 def test_full_training_keeps_float32_master_params_and_moments():
   """lora.configure's dtype rule: an explicit param_dtype wins; else LoRA keeps the base's dtype
   (frozen) and full training gets float32 params. With bfloat16 params (asked for), AdamW's
@@ -294,5 +239,5 @@ def test_lora_sft_on_a_bf16_base_resumes_bitwise_and_exports_bf16(tmp_path):
   ids = np.random.default_rng(0).integers(0, ours.cfg.vocab_size, (2, 12))
   with torch.no_grad():
     ref = theirs.float().eval()(torch.from_numpy(ids)).logits.numpy()
-  logits = ours.model().apply({'params': ours.params}, jnp.asarray(ids, jnp.int32))
+  logits = ours.model.apply({'params': ours.params}, jnp.asarray(ids, jnp.int32))
   np.testing.assert_allclose(np.asarray(logits), ref, rtol=1e-5, atol=1e-5 * np.abs(ref).max())

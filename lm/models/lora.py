@@ -165,13 +165,14 @@ def widened_attend(dtype, x, table):
   n = _vocab_blocks(table.shape[0])
   size = table.shape[0] // n
 
-  def block(t, i):
-    t = jax.lax.optimization_barrier(t)
+  def block(carry, i):  # each block's logits written in place: no [n, ..., V/n] stack to transpose
+    t, out = jax.lax.optimization_barrier(carry)
     rows = jax.lax.dynamic_slice_in_dim(t, i * size, size)
-    return t, _dot(x, rows.astype(dtype).T)
+    y = _dot(x, rows.astype(dtype).T)
+    return (t, jax.lax.dynamic_update_slice_in_dim(out, y, i * size, axis=-1)), None
 
-  _, ys = jax.lax.scan(block, table, jnp.arange(n))  # [n, ..., V/n]
-  return jnp.moveaxis(ys, 0, -2).reshape(*x.shape[:-1], table.shape[0])
+  out = jnp.zeros((*x.shape[:-1], table.shape[0]), dtype)
+  return jax.lax.scan(block, (table, out), jnp.arange(n))[0][1]
 
 
 def _attend_fwd(dtype, x, table):

@@ -53,9 +53,12 @@ done
 # sft.py with this commit, same data and batch, 6 steps each: full fine-tuning (float32 master
 # params and AdamW moments, as lora.configure gives full training) against LoRA rank 16 on the
 # frozen bf16 base (adapters and their moments float32). Step speed: rows_per_sec of steps 3-6.
-for run in full lora; do
+# LoRA first, and `sync` before each run: full fine-tuning writes a 5.4 GB checkpoint whose
+# write-back would otherwise run during the next measurement.
+for run in lora full; do
   extra=$([ $run = lora ] && echo "--config.lora.rank=16" || echo "")
   rm -rf /tmp/qwen_sft_$run
+  sync && sleep 5
   (cd $NEW && which_lm && /usr/bin/time -v python sft.py --config=configs/sft.py \
      --workdir=/tmp/qwen_sft_$run --config.init_checkpoint=$D --config.train.batch_size=1 \
      --config.train.steps=6 --config.checkpoint_every=6 --config.log_every=1 \
