@@ -180,8 +180,7 @@ def make_train_step(
 
   The logged metrics are `metrics_fn(aux)` (`metrics_fn(aux, norms)` with `norms_fn`; default
   aux itself) plus grad_norm, param_norm (of the trained params: under LoRA the adapters and
-  heads) and learning_rate (with several updates per step, the
-  means over them).
+  heads) and learning_rate (with several updates per step, the means over them).
   """
   schedule = optim.schedule(config.train)
   accum = int(config.train.get('grad_accum_steps', 1))

@@ -126,6 +126,36 @@ def test_a_lora_step_trains_only_adapters_and_the_head(fmt):
   assert max(x.size for x in moments) == max(after[k].size for k in trained)
 
 
+def test_widened_products_match_plain_autodiff():
+  """lora.widened_dot (bf16 and NF4 kernels) and lora.widened_attend (a bf16 tied table) give the
+  plain expressions' values and gradients: bit for bit for the dot, to float32 summation order
+  for the attend, which sums its vocabulary blocks in another order."""
+  import functools
+
+  x = jax.random.normal(jax.random.PRNGKey(0), (2, 5, 64))
+  w = (jax.random.normal(jax.random.PRNGKey(1), (64, 96)) * 0.05).astype(jnp.bfloat16)
+  plain = lambda x, w: jnp.sum(jnp.sin(x @ w.astype(jnp.float32)))  # noqa: E731
+  wide = lambda x, w: jnp.sum(  # noqa: E731
+    jnp.sin(lora.widened_dot(functools.partial(lora._cast, jnp.float32), x, w))
+  )
+  for a, b in zip(jax.grad(plain, (0, 1))(x, w), jax.grad(wide, (0, 1))(x, w)):
+    assert a.dtype == b.dtype and np.array_equal(np.asarray(a), np.asarray(b))
+  codes, scale = quant.quantize(np.asarray(w, np.float32), 'nf4')
+  plain_q = lambda x, s: jnp.sum(jnp.sin(x @ quant.dequantize(codes, s, 'nf4')))  # noqa: E731
+  fmt = functools.partial(lora._dequantized, 'nf4', jnp.float32)
+  wide_q = lambda x, s: jnp.sum(jnp.sin(lora.widened_dot(fmt, x, (codes, s))))  # noqa: E731
+  for a, b in zip(jax.grad(plain_q, (0, 1))(x, scale), jax.grad(wide_q, (0, 1))(x, scale)):
+    assert np.array_equal(np.asarray(a), np.asarray(b))
+  table = w.T  # [V=96, D=64]: 16 blocks of 6 rows
+  plain_t = lambda x, t: jnp.sum(jnp.sin(x @ t.astype(jnp.float32).T))  # noqa: E731
+  wide_t = lambda x, t: jnp.sum(jnp.sin(lora.widened_attend(jnp.dtype(jnp.float32), x, t)))  # noqa: E731
+  np.testing.assert_allclose(wide_t(x, table), plain_t(x, table), rtol=1e-6)
+  (ax, at), (bx, bt) = jax.grad(plain_t, (0, 1))(x, table), jax.grad(wide_t, (0, 1))(x, table)
+  np.testing.assert_allclose(np.asarray(bx), np.asarray(ax), rtol=1e-5, atol=1e-6)
+  assert bt.dtype == at.dtype == jnp.bfloat16
+  np.testing.assert_allclose(np.asarray(bt, np.float32), np.asarray(at, np.float32), rtol=1e-2)
+
+
 def test_full_training_keeps_float32_master_params_and_moments():
   """lora.configure's dtype rule: an explicit param_dtype wins; else LoRA keeps the base's dtype
   (frozen) and full training gets float32 params. With bfloat16 params (asked for), AdamW's

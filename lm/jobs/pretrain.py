@@ -54,11 +54,9 @@ def run(config, workdir: str):
   # Model, optimizer and state, initialised straight into their shardings (or from the
   # init_checkpoint's params, with a fresh optimizer).
   model = objectives.make_model(config, tok.vocab_size)
-  if model_cfg is None:  # config.model's own param_dtype; a checkpoint's: lora.configure's rule
-    model_cfg, dtype = model.cfg, model.cfg.param_dtype
-  else:
-    dtype = None
-  model = type(model)(lora.configure(model_cfg, config.lora, dtype))
+  # config.model's own param_dtype; a checkpoint's follows lora.configure's rule
+  dtype = model.cfg.param_dtype if model_cfg is None else None
+  model = type(model)(lora.configure(model_cfg or model.cfg, config.lora, dtype))
   if config.objective == 'span' and tok.vocab_size + config.data.num_sentinels > (
     model.cfg.vocab_size
   ):  # e.g. an HF T5, whose sentinels are its tokenizer's own <extra_id_k>

@@ -105,11 +105,11 @@ def _dot(x, w):
   return jax.lax.dot_general(x, w, (((x.ndim - 1,), (0,)), ((), ())))
 
 
-def cast(dtype, w):
+def _cast(dtype, w):
   return w.astype(dtype)
 
 
-def dequantized(fmt, dtype, stored):
+def _dequantized(fmt, dtype, stored):
   return quant.dequantize(*stored, fmt, dtype)
 
 
@@ -183,13 +183,12 @@ def _attend_bwd(dtype, res, g):
   x, table = res
   n = _vocab_blocks(table.shape[0])
   size = table.shape[0] // n
-  lead = ''.join(chr(ord('a') + i) for i in range(x.ndim - 1))
 
   def block(carry, i):
     dx, t = jax.lax.optimization_barrier(carry)
     rows = jax.lax.dynamic_slice_in_dim(t, i * size, size).astype(dtype)
     gb = jax.lax.dynamic_slice_in_dim(g, i * size, size, axis=-1)
-    drows = jnp.einsum(f'{lead}v,{lead}d->vd', gb, x).astype(t.dtype)
+    drows = (gb.reshape(-1, size).T @ x.reshape(-1, x.shape[-1])).astype(t.dtype)
     return (dx + gb @ rows, t), drows  # drows: dead code unless the table trains
 
   (dx, _), drows = jax.lax.scan(block, (jnp.zeros_like(x), table), jnp.arange(n))
@@ -237,9 +236,9 @@ class Dense(nn.Module):
       )
     x, bias = nn.dtypes.promote_dtype(x, bias, dtype=c.dtype)
     if c.quant != 'none':
-      y = widened_dot(functools.partial(dequantized, c.quant, c.dtype), x, kernel)
+      y = widened_dot(functools.partial(_dequantized, c.quant, c.dtype), x, kernel)
     elif jnp.dtype(kernel.dtype) != jnp.dtype(c.dtype):
-      y = widened_dot(functools.partial(cast, c.dtype), x, kernel)
+      y = widened_dot(functools.partial(_cast, c.dtype), x, kernel)
     else:
       y = _dot(x, kernel)
     if bias is not None:
