@@ -33,9 +33,7 @@ try:
   from lm_eval.api.registry import register_model
   from lm_eval import utils as lm_eval_utils
 except ImportError as e:  # pragma: no cover: the extra is missing
-  raise ImportError(
-    "lm.harness needs lm-evaluation-harness: pip install -e '.[harness]'"
-  ) from e
+  raise ImportError("lm.harness needs lm-evaluation-harness: pip install -e '.[harness]'") from e
 
 DEFAULT_MAX_GEN_TOKS = 256  # HFLM's
 _WIDTH = 16  # padded widths are multiples of this: few compiled shapes
@@ -63,11 +61,13 @@ def _continuation_scores(model, params, ids, where, targets, weights):
 
 
 def _mesh(shape) -> Optional[jax.sharding.Mesh]:
+  """A mesh from '8,1,1' (model_args are strings) or a tuple, on the first devices it needs."""
   if shape is None or shape == '':
     return None
   if isinstance(shape, str):
     shape = [int(s) for s in shape.replace('x', ',').split(',') if s.strip()]
-  return sharding.make_mesh(tuple(shape))
+  n = int(np.prod(shape)) if -1 not in shape else None
+  return sharding.make_mesh(tuple(shape), jax.devices()[:n] if n else None)
 
 
 @register_model('lm')
@@ -207,9 +207,7 @@ class HarnessLM(TemplateLM):
       targets[r, : len(cont)] = cont
       weights[r, : len(cont)] = 1.0
     mine = sharding.process_rows(n, self.mesh)
-    batch = sharding.shard_batch(
-      (ids[mine], where[mine], targets[mine], weights[mine]), self.mesh
-    )
+    batch = sharding.shard_batch((ids[mine], where[mine], targets[mine], weights[mine]), self.mesh)
     with sharding.use(self.mesh):
       sums, greedy = sharding.gather(_continuation_scores(self.model, self.params, *batch))
     return [(float(sums[r]), bool(greedy[r])) for r in range(len(rows))]
@@ -260,8 +258,10 @@ class HarnessLM(TemplateLM):
         raise ValueError(
           f'max_gen_toks={new} leaves no context within max_length={self.max_length}.'
         )
-      prompts = {k: self.tok_encode(requests[k].args[0], left_truncate_len=self.max_length - new)
-                 for k in keys}
+      prompts = {
+        k: self.tok_encode(requests[k].args[0], left_truncate_len=self.max_length - new)
+        for k in keys
+      }
       keys = sorted(keys, key=lambda k: (-len(prompts[k]), requests[k].args[0]))
       for s in range(0, len(keys), self.batch_size):
         part = keys[s : s + self.batch_size]
@@ -299,7 +299,6 @@ def _bool(v):
   if v is None or isinstance(v, bool):
     return v
   return str(v).lower() in ('1', 'true', 'yes')
-
 
 
 def evaluate(
@@ -340,4 +339,3 @@ def format_table(results: dict) -> str:
   from lm_eval.utils import make_table
 
   return make_table(results)
-
