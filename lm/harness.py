@@ -310,27 +310,38 @@ def evaluate(
   batch_size: int = 8,
   output: Optional[str] = None,
   mesh=None,
+  model=None,
 ) -> dict:
-  """Runs lm-eval's `simple_evaluate` on `tasks` with this backend; writes its results JSON
-  (process 0) to `output` (default PATH/harness_results.json) and returns it."""
-  import lm_eval
-  from lm_eval.tasks import TaskManager
+  """lm-eval's `simple_evaluate` of `tasks` with this backend (or `model`, any lm-eval LM); its
+  results JSON goes (process 0) to `output`, default PATH/harness_results.json.
 
-  model = HarnessLM(path, batch_size=batch_size, mesh=mesh)
-  manager = TaskManager(include_path=include) if include else TaskManager()
-  results = lm_eval.simple_evaluate(
-    model=model,
-    tasks=list(tasks),
-    num_fewshot=num_fewshot,
-    limit=limit,
-    task_manager=manager,
-    log_samples=False,
-  )
-  if results is None:  # another process's
+  With `include` (a directory of task YAMLs) lm-eval runs from that directory, so the local
+  `data_files` its YAMLs name resolve beside them (configs/harness/)."""
+  import lm_eval  # pylint: disable=g-import-not-at-top
+  from lm_eval.tasks import TaskManager  # pylint: disable=g-import-not-at-top
+
+  output = os.path.abspath(output or os.path.join(path, 'harness_results.json'))
+  model = model or HarnessLM(path, batch_size=batch_size, mesh=mesh)
+  cwd = os.getcwd()
+  try:
+    if include:
+      include = os.path.abspath(include)
+      os.chdir(include)
+    results = lm_eval.simple_evaluate(
+      model=model,
+      tasks=list(tasks),
+      num_fewshot=num_fewshot,
+      limit=limit,
+      task_manager=TaskManager(include_path=include) if include else TaskManager(),
+      log_samples=False,
+    )
+  finally:
+    os.chdir(cwd)
+  if results is None:  # not the main process
     return {}
-  results['output'] = output or os.path.join(path, 'harness_results.json')
+  results['output'] = output
   if jax.process_index() == 0:
-    with open(results['output'], 'w', encoding='utf-8') as f:
+    with open(output, 'w', encoding='utf-8') as f:
       json.dump(results, f, indent=2, default=str)
   return results
 
