@@ -15,6 +15,11 @@ r"""Evaluates a checkpoint and writes a JSON result file plus a printed table.
   # a decoder (train.py / DPO workdir, HF GPT-2 dir) on a text file: HF's sliding-window
   # perplexity, windows of --window tokens (default the model's max_len) --stride apart
   python eval.py --checkpoint=/tmp/lm_gpt --text_file=book.txt --stride=512 [--window=1024]
+  # a decoder on lm-evaluation-harness tasks (lm.harness; the `harness` extra): the offline tasks
+  # of configs/harness/ or any lm-eval task; lm-eval's results JSON and table
+  python eval.py --checkpoint=/tmp/lm_gpt --harness_tasks=pydoc_mc,pydoc_ppl,pydoc_gen \
+    --harness_include=configs/harness [--harness_num_fewshot=K] [--harness_limit=N] \
+    [--harness_batch_size=B]
 
 Classification: accuracy, macro precision/recall/F1; QA: SQuAD v1.1 exact match and F1;
 tokens: word accuracy and macro P/R/F1 over non-O tags. --output defaults to
@@ -60,6 +65,11 @@ flags.DEFINE_integer(
 flags.DEFINE_integer(
   'window', None, "--text_file: tokens per window (default the model's max_len)."
 )
+flags.DEFINE_list('harness_tasks', None, 'lm-evaluation-harness tasks to run (lm.harness).')
+flags.DEFINE_string('harness_include', None, '--harness_tasks: a directory of task YAMLs.')
+flags.DEFINE_integer('harness_num_fewshot', None, '--harness_tasks: few-shot examples.')
+flags.DEFINE_float('harness_limit', None, '--harness_tasks: first N examples per task.')
+flags.DEFINE_integer('harness_batch_size', 8, '--harness_tasks: requests per batch.')
 flags.mark_flags_as_required(['checkpoint'])
 
 
@@ -74,6 +84,23 @@ def main(argv):
     if jax.process_index():
       return
     print(icl.format_table(result))
+    print(f'wrote {result["output"]}')
+    return
+  if FLAGS.harness_tasks:
+    from lm import harness  # pylint: disable=g-import-not-at-top
+
+    result = harness.evaluate(
+      path,
+      FLAGS.harness_tasks,
+      FLAGS.harness_include,
+      FLAGS.harness_num_fewshot,
+      FLAGS.harness_limit,
+      FLAGS.harness_batch_size,
+      FLAGS.output,
+    )
+    if jax.process_index():
+      return
+    print(harness.format_table(result))
     print(f'wrote {result["output"]}')
     return
   output = FLAGS.output or os.path.join(path, 'eval_results.json')

@@ -179,3 +179,34 @@ def test_scores_do_not_depend_on_batch_size_or_mesh(dirs):
     np.testing.assert_allclose([o[0] for o in out], [w[0] for w in ll], rtol=1e-6)
     assert [o[1] for o in out] == [w[1] for w in ll]
     np.testing.assert_allclose(got.loglikelihood_rolling(rolling), roll, rtol=1e-6)
+
+
+HARNESS = os.path.join(
+  os.path.dirname(os.path.dirname(os.path.abspath(__file__))), 'configs', 'harness'
+)
+TASKS = ('pydoc_mc', 'pydoc_ppl', 'pydoc_gen')
+
+
+def _scores(results):
+  return {
+    (task, metric): value
+    for task, row in results['results'].items()
+    for metric, value in row.items()
+    if isinstance(value, float) and 'stderr' not in metric
+  }
+
+
+def test_shipped_tasks_score_as_hf_does(dirs, tmp_path):
+  """configs/harness's multiple-choice, rolling-perplexity and generation tasks end to end through
+  lm-eval: the same task scores from both backends."""
+  d = dirs['gpt2']
+  got, want = (
+    _scores(
+      harness.evaluate(d, TASKS, HARNESS, limit=6, output=str(tmp_path / f'{n}.json'), model=m)
+    )
+    for n, m in (('ours', _ours(d)), ('hf', _hflm(d)))
+  )
+  assert set(got) == set(want) and {t for t, _ in got} == set(TASKS)
+  for key, value in want.items():
+    np.testing.assert_allclose(got[key], value, rtol=1e-5, err_msg=str(key))
+  assert json.load(open(tmp_path / 'ours.json', encoding='utf-8'))['results'].keys() == set(TASKS)
