@@ -8,6 +8,7 @@ and no 13-word sequence (the span GPT-3's contamination analysis matched on, Bro
 The overlap check is written here, independently of lm/data/python_docs.py's own filter, and is
 shown to fire on injected and on real contamination."""
 
+import os
 import re
 
 import pytest
@@ -16,6 +17,7 @@ from lm.data import split as split_lib
 from lm import defaults
 from lm.data import preference
 from lm.data import corpus
+from lm.data import harness_tasks
 from lm.data import python_docs
 from lm.data import text_to_text as t2t
 from lm.tasks import data as task_data
@@ -109,6 +111,8 @@ def eval_sets():
     for split in ('validation', 'test'):
       texts = [t for e in got[split] for t in (t2t.source_text(e), t2t.reference(e))]
       sets[f'{task}/{split}'] = texts
+  harness_dir = os.path.join(os.path.dirname(os.path.dirname(__file__)), 'configs', 'harness')
+  sets['harness/configs'] = harness_tasks.texts(harness_dir)  # the shipped lm-eval tasks
   for name, texts in sets.items():
     assert len(texts) > 40, name
   return sets

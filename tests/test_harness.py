@@ -210,3 +210,20 @@ def test_shipped_tasks_score_as_hf_does(dirs, tmp_path):
   for key, value in want.items():
     np.testing.assert_allclose(got[key], value, rtol=1e-5, err_msg=str(key))
   assert json.load(open(tmp_path / 'ours.json', encoding='utf-8'))['results'].keys() == set(TASKS)
+
+
+def test_eval_py_runs_the_shipped_tasks(dirs, tmp_path, run):
+  out = tmp_path / 'results.json'
+  proc = run(
+    'eval.py',
+    f'--checkpoint={dirs["gpt2"]}',
+    '--harness_tasks=pydoc_mc,pydoc_gen',
+    f'--harness_include={HARNESS}',
+    '--harness_limit=3',
+    '--harness_batch_size=2',
+    f'--output={out}',
+    env={'HF_HUB_OFFLINE': '1', 'HF_DATASETS_OFFLINE': '1'},
+  )
+  assert 'pydoc_mc' in proc.stdout and 'acc' in proc.stdout, proc.stdout
+  results = json.load(open(out, encoding='utf-8'))['results']
+  assert 0 <= results['pydoc_mc']['acc,none'] <= 1 and 'exact_match,strip' in results['pydoc_gen']
