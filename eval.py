@@ -15,7 +15,7 @@ r"""Evaluates a checkpoint and writes a JSON result file plus a printed table.
   # a decoder (train.py / DPO workdir, HF GPT-2 dir) on a text file: HF's sliding-window
   # perplexity, windows of --window tokens (default the model's max_len) --stride apart
   python eval.py --checkpoint=/tmp/lm_gpt --text_file=book.txt --stride=512 [--window=1024]
-  # a decoder on lm-evaluation-harness tasks (lm.harness; the `harness` extra): the offline tasks
+  # a decoder or T5 on lm-evaluation-harness tasks (lm.harness; docs/harness.md): the offline tasks
   # of configs/harness/ or any lm-eval task; lm-eval's results JSON and table
   python eval.py --checkpoint=/tmp/lm_gpt --harness_tasks=pydoc_mc,pydoc_ppl,pydoc_gen \
     --harness_include=configs/harness [--harness_num_fewshot=K] [--harness_limit=N] \

@@ -1,5 +1,6 @@
 """An lm-evaluation-harness backend (`lm_eval --model lm`, `eval.py --harness_tasks`) for any
-decoder workdir or HF decoder directory, scored on a mesh.
+decoder workdir or HF decoder directory, and T5 through the encoder-decoder path (HFLM's seq2seq:
+the context encoded, the continuation scored as the decoder's labels), scored on a mesh.
 
 Tokenization is lm-eval's `hf` backend's (HFLM), so the two score the same tokens: the context /
 continuation split of `TemplateLM._encode_pair` (the context's trailing spaces move to the
@@ -27,6 +28,7 @@ import numpy as np
 from lm import generate as generate_lib
 from lm import pretrained as pretrained_lib
 from lm import sharding
+from lm.models import t5 as t5_lib
 
 try:
   from lm_eval.api.model import TemplateLM
@@ -37,27 +39,44 @@ except ImportError as e:  # pragma: no cover: the extra is missing
 
 DEFAULT_MAX_GEN_TOKS = 256  # HFLM's
 _WIDTH = 16  # padded widths are multiples of this: few compiled shapes
+T5_START_ID = 0  # T5's decoder_start_token_id (its pad id), also lm.jobs.sft's
 
 
 def _bucket(n: int, cap: int) -> int:
   return min(-(-n // _WIDTH) * _WIDTH, cap)
 
 
+def _sum_and_greedy(logits, targets, weights):
+  """Per row: the summed float32 log-prob of its targets and whether each is the argmax."""
+  logits = logits.astype(jnp.float32)
+  tok = jnp.take_along_axis(jax.nn.log_softmax(logits, axis=-1), targets[..., None], axis=-1)
+  real = weights > 0
+  greedy = jnp.all((jnp.argmax(logits, axis=-1) == targets) | ~real, axis=-1)
+  return jnp.sum(jnp.where(real, tok[..., 0], 0.0), axis=-1), greedy
+
+
 @functools.partial(jax.jit, static_argnames=('model',))
 def _continuation_scores(model, params, ids, where, targets, weights):
-  """Per row: the summed log-prob of its targets and whether each is the argmax. Logits are
-  taken only at the `where` positions ([B, C]), so no [B, T, vocab] tensor is made."""
+  """A decoder: logits only at the `where` positions ([B, C]), so no [B, T, vocab] tensor."""
 
   def at(m, ids, where):
     h = m.hidden(ids)  # positions from 0; causal: right padding reaches no real token
     return m.logits(jnp.take_along_axis(h, where[..., None], axis=1))
 
-  logits = model.apply({'params': params}, ids, where, method=at).astype(jnp.float32)
-  logp = jax.nn.log_softmax(logits, axis=-1)
-  tok = jnp.take_along_axis(logp, targets[..., None], axis=-1)[..., 0]
-  real = weights > 0
-  greedy = jnp.all((jnp.argmax(logits, axis=-1) == targets) | ~real, axis=-1)
-  return jnp.sum(jnp.where(real, tok, 0.0), axis=-1), greedy
+  return _sum_and_greedy(model.apply({'params': params}, ids, where, method=at), targets, weights)
+
+
+@functools.partial(jax.jit, static_argnames=('model',))
+def _seq2seq_scores(model, params, ids, mask, targets, weights):
+  """An encoder-decoder (HFLM's seq2seq): the context encoded under its padding mask, the
+  continuation as the decoder's labels (inputs: T5's start id 0, then the labels shifted)."""
+
+  def at(m, ids, mask, dec):
+    return m.logits(m.hidden(dec, m.encode(ids, mask), mask))
+
+  dec = t5_lib.shift_right(targets, T5_START_ID)
+  logits = model.apply({'params': params}, ids, mask, dec, method=at)
+  return _sum_and_greedy(logits, targets, weights)
 
 
 def _mesh(shape) -> Optional[jax.sharding.Mesh]:
@@ -106,10 +125,13 @@ class HarnessLM(TemplateLM):
       mesh = sharding.config_mesh(pretrained_lib.saved_config(path))
     self.mesh = mesh or sharding.make_mesh((-1, 1, 1))
     pre = pretrained_lib.load(path, self.mesh, param_dtype=param_dtype).body(path, 'the harness')
-    if pre.kind != 'decoder':
+    if pre.kind not in ('decoder', 'encoder-decoder'):
       raise ValueError(
-        f'{path} holds an {pre.kind}: the harness backend scores decoders (GPT-2, Llama family).'
+        f'{path} holds an {pre.kind}: the harness backend scores decoders (GPT-2, Llama family) '
+        'and encoder-decoders (T5).'
       )
+    # TemplateLM._encode_pair reads it: a seq2seq context and continuation are encoded apart
+    self.backend = 'seq2seq' if pre.kind == 'encoder-decoder' else 'causal'
     if pre.tokenizer is None:
       raise ValueError(f'no tokenizer in {path}: put its tokenizer.json there.')
     self.pre, self.model, self.tok = pre, pre.model, pre.tokenizer
@@ -144,11 +166,11 @@ class HarnessLM(TemplateLM):
 
   @property
   def rank(self) -> int:
-    return jax.process_index()
+    return 0  # to lm-eval each process is a world of one: it builds and scores every request
 
   @property
   def world_size(self) -> int:
-    return 1  # every process computes every request (its own rows of each batch)
+    return 1  # (lm-eval would hand rank r of n its docs r, r + n, ...); the mesh splits rows
 
   @property
   def tokenizer_name(self) -> str:
@@ -172,8 +194,9 @@ class HarnessLM(TemplateLM):
   # ------------------------------------------------------------------ scoring
 
   def _loglikelihood_tokens(self, requests, disable_tqdm: bool = False, **_):
-    """(sum log-prob, is-greedy) of each (key, context ids, continuation ids): the input is
-    (context + continuation) cut to its last max_length + 1 tokens less the last (HFLM's)."""
+    """(sum log-prob, is-greedy) of each (key, context ids, continuation ids). As HFLM: a
+    decoder's input is (context + continuation) cut to its last max_length + 1 tokens less the
+    last; an encoder-decoder's is the context's last max_length tokens."""
     rows = []
     for _, ctx, cont in requests:
       if not ctx or not cont or len(cont) > self.max_length:
@@ -181,7 +204,10 @@ class HarnessLM(TemplateLM):
           f'a request with {len(ctx)} context and {len(cont)} continuation tokens: both must be '
           f'non-empty, the continuation at most max_length={self.max_length}.'
         )
-      rows.append(((ctx + cont)[-(self.max_length + 1) :][:-1], cont))
+      if self.backend == 'seq2seq':
+        rows.append((ctx[-self.max_length :], cont))
+      else:
+        rows.append(((ctx + cont)[-(self.max_length + 1) :][:-1], cont))
     order = sorted(range(len(rows)), key=lambda i: (-len(rows[i][0]) - 1, rows[i][0]))
     out = [None] * len(rows)
     for s in range(0, len(order), self.batch_size):
@@ -195,21 +221,28 @@ class HarnessLM(TemplateLM):
     rows up to a multiple of the data-parallel size, each process putting its own rows."""
     shards = self.mesh.shape['data'] * self.mesh.shape['fsdp']
     n = -(-len(rows) // shards) * shards
+    seq2seq = self.backend == 'seq2seq'
     width = _bucket(max(len(inp) for inp, _ in rows), self.max_length)
-    cwidth = _bucket(max(len(c) for _, c in rows), width)
+    cwidth = _bucket(max(len(c) for _, c in rows), self.max_length if seq2seq else width)
     ids = np.zeros((n, width), np.int32)
-    where = np.zeros((n, cwidth), np.int32)
+    # a decoder: the positions whose logits score the continuation; an encoder-decoder: the
+    # encoder's padding mask
+    where = np.zeros((n, width if seq2seq else cwidth), np.int32)
     targets = np.zeros((n, cwidth), np.int32)
     weights = np.zeros((n, cwidth), np.float32)
     for r, (inp, cont) in enumerate(rows):
       ids[r, : len(inp)] = inp
-      where[r, : len(cont)] = np.arange(len(inp) - len(cont), len(inp))  # position t predicts t+1
+      if seq2seq:
+        where[r, : len(inp)] = 1
+      else:  # position t predicts t+1
+        where[r, : len(cont)] = np.arange(len(inp) - len(cont), len(inp))
       targets[r, : len(cont)] = cont
       weights[r, : len(cont)] = 1.0
     mine = sharding.process_rows(n, self.mesh)
     batch = sharding.shard_batch((ids[mine], where[mine], targets[mine], weights[mine]), self.mesh)
+    scores = _seq2seq_scores if seq2seq else _continuation_scores
     with sharding.use(self.mesh):
-      sums, greedy = sharding.gather(_continuation_scores(self.model, self.params, *batch))
+      sums, greedy = sharding.gather(scores(self.model, self.params, *batch))
     return [(float(sums[r]), bool(greedy[r])) for r in range(len(rows))]
 
   def loglikelihood_rolling(self, requests, disable_tqdm: bool = False) -> list:
@@ -241,7 +274,8 @@ class HarnessLM(TemplateLM):
 
   def generate_until(self, requests, disable_tqdm: bool = False) -> list:
     """`lm.generate` batched over requests of equal generation settings (longest first, as
-    HFLM), each context cut to its last max_length - max_gen_toks tokens; the text is cut at
+    HFLM), each context cut to its last max_length - max_gen_toks tokens (an encoder-decoder's
+    to max_length: the encoder holds it whole); the text is cut at
     the first stop sequence (the EOS text among them)."""
     from lm_eval.models.utils import handle_stop_sequences, normalize_gen_kwargs
 
@@ -254,12 +288,12 @@ class HarnessLM(TemplateLM):
       kwargs = normalize_gen_kwargs(dict(requests[keys[0]].args[1]), self.max_gen_toks)
       until = handle_stop_sequences(kwargs.pop('until', None), eos=eos)
       new = int(kwargs.pop('max_gen_toks'))
-      if new >= self.max_length:
+      if self.backend == 'causal' and new >= self.max_length:
         raise ValueError(
           f'max_gen_toks={new} leaves no context within max_length={self.max_length}.'
         )
       prompts = {
-        k: self.tok_encode(requests[k].args[0], left_truncate_len=self.max_length - new)
+        k: self.tok_encode(requests[k].args[0], left_truncate_len=self._context_room(new))
         for k in keys
       }
       keys = sorted(keys, key=lambda k: (-len(prompts[k]), requests[k].args[0]))
@@ -274,6 +308,9 @@ class HarnessLM(TemplateLM):
           self.cache_hook.add_partial('generate_until', requests[k].args, text)
     return out
 
+  def _context_room(self, max_new_tokens: int) -> int:
+    return self.max_length - (max_new_tokens if self.backend == 'causal' else 0)
+
   def _generate(self, prompts, max_new_tokens: int, kwargs: dict) -> list:
     sample = bool(kwargs.get('do_sample')) and float(kwargs.get('temperature', 0.0)) > 0
     longest = max(len(p) for p in prompts)
@@ -287,10 +324,10 @@ class HarnessLM(TemplateLM):
       top_k=int(kwargs.get('top_k') or 0),
       top_p=float(kwargs.get('top_p') or 1.0),
       eos_id=self.tok.eos_id,
-      pad_id=self.tok.pad_id,
+      pad_id=T5_START_ID if self.backend == 'seq2seq' else self.tok.pad_id,  # T5's start id
       seed=self.seed,
       mesh=self.mesh,
-      prompt_len=_bucket(longest, self.max_length - max_new_tokens),
+      prompt_len=_bucket(longest, self._context_room(max_new_tokens)),
     )
     return [r[0] for r in res]
 

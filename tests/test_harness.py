@@ -9,21 +9,24 @@ import os
 
 import numpy as np
 import pytest
+import tokenizers
 
 os.environ['HF_HUB_OFFLINE'] = '1'
 os.environ['HF_DATASETS_OFFLINE'] = '1'
-torch = pytest.importorskip('torch')
-transformers = pytest.importorskip('transformers')
-pytest.importorskip('lm_eval')
-pytest.importorskip('accelerate')
-
+import torch  # noqa: E402  (the `hf` extra; `.[test]` installs lm-eval and accelerate)
+import transformers  # noqa: E402
 from lm_eval.api.instance import Instance  # noqa: E402
 from lm_eval.models.huggingface import HFLM  # noqa: E402
 
+from conftest import run_processes  # noqa: E402
 from lm import harness  # noqa: E402
 from lm.data import tokenizer as tokenizer_lib  # noqa: E402
 
-KINDS = ('gpt2', 'llama')
+KINDS = ('gpt2', 'llama', 't5')  # T5 through the encoder-decoder path (HFLM's seq2seq)
+SLOW = pytest.mark.slow
+# the fast tier: GPT-2's log-likelihoods (one model built); the rest is marked slow
+FAST_FIRST = [k if k == 'gpt2' else pytest.param(k, marks=SLOW) for k in KINDS]
+MAX_LENGTH = 64  # the decoders' positions; T5 (relative positions) has none: both sides are told
 ATOL = 1e-4  # the issue's bar for per-request log-likelihoods (float32 both sides)
 CONTEXTS = [
   'The quick brown',
@@ -67,6 +70,27 @@ def _hf_model(kind, tok):
       eos_token_id=eos,
     )
     model = transformers.GPT2LMHeadModel(cfg)
+  elif kind == 't5':  # T5 v1.1; the start id 0 is our EOS (T5's own pad); EOS ends generations
+    cfg = transformers.T5Config(
+      vocab_size=v,
+      d_model=32,
+      d_kv=8,
+      d_ff=48,
+      num_layers=2,
+      num_heads=4,
+      feed_forward_proj='gated-gelu',
+      tie_word_embeddings=False,
+      relative_attention_num_buckets=8,
+      relative_attention_max_distance=20,
+      dropout_rate=0.0,
+      decoder_start_token_id=0,
+      eos_token_id=eos,
+      pad_token_id=tok.pad_id,
+    )
+    model = transformers.T5ForConditionalGeneration(cfg).eval()
+    with torch.no_grad():  # HF's init at full strength but logits of ~unit scale: float32
+      model.lm_head.weight.mul_(0.15)  # sums of large log-probs would differ by more than 1e-4
+    return model
   else:
     cfg = transformers.LlamaConfig(
       vocab_size=v,
@@ -89,31 +113,42 @@ def _hf_model(kind, tok):
 
 @pytest.fixture(scope='module')
 def dirs(tmp_path_factory):
-  """{kind: directory}: a transformers save_pretrained model with our tokenizer.json beside it
-  (loaded by transformers as a PreTrainedTokenizerFast, the same file both sides read)."""
-  tok, out = _tokenizer(), {}
-  for kind in KINDS:
+  """dirs(kind): a transformers save_pretrained model with our tokenizer.json beside it (loaded
+  by transformers as a PreTrainedTokenizerFast, the same file both sides read), built once, when
+  a test first asks (the fast tier builds one)."""
+  tok = _tokenizer()
+
+  @functools.cache
+  def build(kind):
     d = str(tmp_path_factory.mktemp(kind))
     _hf_model(kind, tok).save_pretrained(d)
-    tok.save(d)
+    if kind == 't5':  # T5's tokenizer ends every encoded text with EOS (its post-processor)
+      hf_tok = tokenizers.Tokenizer.from_str(tok.hf.to_str())
+      hf_tok.post_processor = tokenizers.processors.TemplateProcessing(
+        single=f'$A {tokenizer_lib.EOS}', special_tokens=[(tokenizer_lib.EOS, tok.eos_id)]
+      )
+      hf_tok.save(os.path.join(d, 'tokenizer.json'))
+    else:
+      tok.save(d)
     with open(os.path.join(d, 'tokenizer_config.json'), 'w', encoding='utf-8') as f:
       special = tokenizer_lib.EOS
       json.dump(
         {'tokenizer_class': 'PreTrainedTokenizerFast', 'bos_token': special, 'eos_token': special},
         f,
       )
-    out[kind] = d
-  return out
+    return d
+
+  return build
 
 
 @functools.cache
 def _hflm(d):
-  return HFLM(pretrained=d, batch_size=4, device='cpu')
+  return HFLM(pretrained=d, batch_size=4, device='cpu', max_length=MAX_LENGTH)
 
 
 @functools.cache
 def _ours(d, batch_size=4, mesh_shape=None):
-  return harness.HarnessLM(d, batch_size=batch_size, mesh_shape=mesh_shape)
+  return harness.HarnessLM(d, batch_size=batch_size, mesh_shape=mesh_shape, max_length=MAX_LENGTH)
 
 
 def _instances(kind, args):
@@ -125,19 +160,37 @@ def _greedy_requests(hf):
   ones, so is-greedy is True for some."""
   model, out = hf.model, []
   for c in CONTEXTS[:3]:
-    ctx = hf.tok_encode(c)[-40:]
-    ids = list(ctx)
+    ctx, cont = hf.tok_encode(c)[-40:], []
     with torch.no_grad():
       for _ in range(4):
-        ids.append(int(model(torch.tensor([ids])).logits[0, -1].argmax()))
-    cont = ids[len(ctx) :]
+        if hf.backend == 'seq2seq':  # the decoder after T5's start id 0
+          logits = model(torch.tensor([ctx]), decoder_input_ids=torch.tensor([[0, *cont]])).logits
+        else:
+          logits = model(torch.tensor([ctx + cont])).logits
+        cont.append(int(logits[0, -1].argmax()))
     out += [(None, ctx, cont), (None, ctx, cont[:-1] + [(cont[-1] + 1) % 300])]
   return out
 
 
-@pytest.mark.parametrize('kind', KINDS)
+def _hf_generate_until(hf, requests):
+  """HFLM's generations. Its seq2seq generate gives the decoder max_length = context + max_gen_toks
+  (the start id included) tokens: one request at a time, told max_gen_toks - context + 1, it
+  makes the max_gen_toks new tokens ours (and its causal backend) make."""
+  if hf.backend == 'causal':
+    return hf.generate_until(requests)
+  out = []
+  for r in requests:
+    ctx, kwargs = r.args
+    n = kwargs['max_gen_toks'] - len(hf.tok_encode(ctx)) + 1
+    assert n >= 1, ctx
+    out += hf.generate_until(_instances('generate_until', [(ctx, {**kwargs, 'max_gen_toks': n})]))
+  return out
+
+
+@pytest.mark.parametrize('kind', FAST_FIRST)
 def test_loglikelihood_and_greedy_match_hf(dirs, kind):
-  hf, ours = _hflm(dirs[kind]), _ours(dirs[kind])
+  hf, ours = _hflm(dirs(kind)), _ours(dirs(kind))
+  assert ours.backend == hf.backend == ('seq2seq' if kind == 't5' else 'causal')
   reqs = _instances('loglikelihood', REQUESTS)
   got, want = ours.loglikelihood(reqs), hf.loglikelihood(reqs)
   tokens = _greedy_requests(hf)
@@ -148,43 +201,30 @@ def test_loglikelihood_and_greedy_match_hf(dirs, kind):
   assert sum(w[1] for w in want) == len(tokens) // 2  # the greedy half
 
 
+@SLOW
 @pytest.mark.parametrize('kind', KINDS)
 def test_rolling_and_generate_until_match_hf(dirs, kind):
-  hf, ours = _hflm(dirs[kind]), _ours(dirs[kind])
+  hf, ours = _hflm(dirs(kind)), _ours(dirs(kind))
   rolling = _instances('loglikelihood_rolling', [(t,) for t in TEXTS])
   np.testing.assert_allclose(
     ours.loglikelihood_rolling(rolling), hf.loglikelihood_rolling(rolling), rtol=1e-6, atol=ATOL
   )
+  contexts = CONTEXTS if kind != 't5' else [c for c in CONTEXTS if len(c) < 20]  # see above
   gen = _instances(
     'generate_until',
-    [(c, {'until': ['\n\n', 'x'], 'max_gen_toks': 10}) for c in CONTEXTS]
-    + [(c, {'until': ['.'], 'max_gen_toks': 6, 'do_sample': False}) for c in CONTEXTS[:2]],
+    [(c, {'until': ['\n\n', 'x'], 'max_gen_toks': 16}) for c in contexts]
+    + [(c, {'until': ['.'], 'max_gen_toks': 13, 'do_sample': False}) for c in CONTEXTS[:2]],
   )
-  assert ours.generate_until(gen) == hf.generate_until(gen)
-
-
-def test_scores_do_not_depend_on_batch_size_or_mesh(dirs):
-  """Batch sizes 1, 7, 32 and meshes (1,1,1), (8,1,1), (2,2,2) on the 8 simulated devices: the
-  same log-likelihoods up to float32 rounding (XLA picks its kernels, and so its summation
-  order, by shape; tensor parallelism splits sums) and the same is-greedy flags."""
-  d = dirs['llama']
-  reqs = _instances('loglikelihood', REQUESTS)
-  rolling = _instances('loglikelihood_rolling', [(t,) for t in TEXTS])
-  want = _ours(d, 1, '1,1,1')
-  ll, roll = want.loglikelihood(reqs), want.loglikelihood_rolling(rolling)
-  for bs, mesh in [(7, '1,1,1'), (32, '1,1,1'), (4, '8,1,1'), (7, '2,2,2')]:
-    got = _ours(d, bs, mesh)
-    assert got.mesh.devices.shape == tuple(int(s) for s in mesh.split(','))
-    out = got.loglikelihood(reqs)
-    np.testing.assert_allclose([o[0] for o in out], [w[0] for w in ll], rtol=1e-6)
-    assert [o[1] for o in out] == [w[1] for w in ll]
-    np.testing.assert_allclose(got.loglikelihood_rolling(rolling), roll, rtol=1e-6)
+  got = ours.generate_until(gen)
+  assert got == _hf_generate_until(hf, gen)
+  assert sum(len(g) >= 3 for g in got) >= 3, got  # not stopped at once
 
 
 HARNESS = os.path.join(
   os.path.dirname(os.path.dirname(os.path.abspath(__file__))), 'configs', 'harness'
 )
 TASKS = ('pydoc_mc', 'pydoc_ppl', 'pydoc_gen')
+LIMIT = 4  # documents per task
 
 
 def _scores(results):
@@ -196,34 +236,84 @@ def _scores(results):
   }
 
 
-def test_shipped_tasks_score_as_hf_does(dirs, tmp_path):
-  """configs/harness's multiple-choice, rolling-perplexity and generation tasks end to end through
-  lm-eval: the same task scores from both backends."""
-  d = dirs['gpt2']
-  got, want = (
-    _scores(
-      harness.evaluate(d, TASKS, HARNESS, limit=6, output=str(tmp_path / f'{n}.json'), model=m)
-    )
-    for n, m in (('ours', _ours(d)), ('hf', _hflm(d)))
-  )
-  assert set(got) == set(want) and {t for t, _ in got} == set(TASKS)
-  for key, value in want.items():
-    np.testing.assert_allclose(got[key], value, rtol=1e-5, err_msg=str(key))
-  assert json.load(open(tmp_path / 'ours.json', encoding='utf-8'))['results'].keys() == set(TASKS)
+def _evaluate(d, model, tmp_path, limit):
+  """lm-eval's results of the shipped tasks' first `limit` documents."""
+  out = str(tmp_path / 'results.json')
+  return harness.evaluate(d, TASKS, HARNESS, limit=limit, output=out, model=model)
 
 
-def test_eval_py_runs_the_shipped_tasks(dirs, tmp_path, run):
-  out = tmp_path / 'results.json'
-  proc = run(
+@SLOW
+def test_shipped_tasks_score_as_hf_does_at_every_batch_size_and_mesh(dirs, tmp_path):
+  """configs/harness's multiple-choice, rolling-perplexity and generation tasks through lm-eval:
+  HF's task scores; at batch sizes 1, 7, 32 and meshes (1,1,1), (8,1,1), (2,2,2) on the 8
+  simulated devices, the same printed table (lm-eval's, every digit). Per request: the same
+  log-likelihoods up to float32 rounding (XLA picks its kernels, and so its summation order, by
+  shape; tensor parallelism splits sums) and the same is-greedy flags."""
+  d = dirs('llama')
+  want = _scores(_evaluate(d, _hflm(d), tmp_path, LIMIT))
+  assert {t for t, _ in want} == set(TASKS)
+  reqs = _instances('loglikelihood', REQUESTS)
+  rolling = _instances('loglikelihood_rolling', [(t,) for t in TEXTS])
+  table = ll = roll = None
+  for bs, mesh in [(1, '1,1,1'), (7, '1,1,1'), (32, '1,1,1'), (4, '8,1,1'), (7, '2,2,2')]:
+    ours = _ours(d, bs, mesh)
+    assert ours.mesh.devices.shape == tuple(int(s) for s in mesh.split(','))
+    results = _evaluate(d, ours, tmp_path, LIMIT)
+    out, out_roll = ours.loglikelihood(reqs), ours.loglikelihood_rolling(rolling)
+    if table is None:
+      table, ll, roll = _printed(harness.format_table(results)), out, out_roll
+      got = _scores(results)
+      assert set(got) == set(want), (got, want)
+      for key, value in want.items():
+        np.testing.assert_allclose(got[key], value, rtol=1e-5, err_msg=str(key))
+    printed = _printed(harness.format_table(results))
+    assert printed.keys() == table.keys() and len(table) == 6, table
+    for key, (value, stderr) in table.items():
+      if key[1] == 'word_perplexity':  # ~1e12 to 4 decimals: more digits than float32 holds
+        np.testing.assert_allclose(float(printed[key][0]), float(value), rtol=1e-6)
+      else:  # every printed digit
+        assert printed[key] == (value, stderr), (bs, mesh, key, printed[key], value)
+    np.testing.assert_allclose([o[0] for o in out], [w[0] for w in ll], rtol=1e-6)
+    assert [o[1] for o in out] == [w[1] for w in ll]
+    np.testing.assert_allclose(out_roll, roll, rtol=1e-6)
+
+
+def _printed(table):
+  """{(task, metric): (value, stderr)} as lm-eval's table prints them."""
+  out, task = {}, None
+  for line in table.splitlines()[2:]:
+    cells = [c.strip() for c in line.split('|')[1:-1]]
+    if len(cells) == 9:
+      task = cells[0] or task
+      out[task, cells[4]] = (cells[6], cells[8])
+  return out
+
+
+def _printed_table(stdout):
+  return '\n'.join(l for l in stdout.splitlines() if l.startswith('|'))
+
+
+@SLOW
+def test_eval_py_two_processes_score_as_one(dirs, tmp_path):
+  """eval.py end to end (results JSON, printed table) on the shipped tasks in 2 jax.distributed
+  processes of 4 devices (one 8-way data-parallel mesh, each process putting its own rows of
+  every batch): the table and results of one process on 8 devices (this one)."""
+  d = dirs('gpt2')
+  one = _evaluate(d, _ours(d, 3, '8,1,1'), tmp_path, 3)
+  two = run_processes(
     'eval.py',
-    f'--checkpoint={dirs["gpt2"]}',
-    '--harness_tasks=pydoc_mc,pydoc_gen',
+    f'--checkpoint={d}',
+    f'--harness_tasks={",".join(TASKS)}',
     f'--harness_include={HARNESS}',
     '--harness_limit=3',
-    '--harness_batch_size=2',
-    f'--output={out}',
+    '--harness_batch_size=3',
+    f'--output={tmp_path / "two.json"}',
+    log_dir=tmp_path,
+    devices=4,
     env={'HF_HUB_OFFLINE': '1', 'HF_DATASETS_OFFLINE': '1'},
   )
-  assert 'pydoc_mc' in proc.stdout and 'acc' in proc.stdout, proc.stdout
-  results = json.load(open(out, encoding='utf-8'))['results']
-  assert 0 <= results['pydoc_mc']['acc,none'] <= 1 and 'exact_match,strip' in results['pydoc_gen']
+  table = harness.format_table(one)
+  assert 'pydoc_mc' in table and 'bits_per_byte' in table and 'exact_match' in table, table
+  assert _printed_table(two[0]) == _printed_table(table) and not _printed_table(two[1])
+  got = json.load(open(tmp_path / 'two.json', encoding='utf-8'))
+  assert _scores(got) == _scores(one) and set(got['results']) == set(TASKS)
