@@ -355,7 +355,6 @@ def evaluate(
   With `include` (a directory of task YAMLs) lm-eval runs from that directory, so the local
   `data_files` its YAMLs name resolve beside them (configs/harness/)."""
   import lm_eval  # pylint: disable=g-import-not-at-top
-  from lm_eval.tasks import TaskManager  # pylint: disable=g-import-not-at-top
 
   output = os.path.abspath(output or os.path.join(path, 'harness_results.json'))
   model = model or HarnessLM(path, batch_size=batch_size, mesh=mesh)
@@ -369,7 +368,7 @@ def evaluate(
       tasks=list(tasks),
       num_fewshot=num_fewshot,
       limit=limit,
-      task_manager=TaskManager(include_path=include) if include else TaskManager(),
+      task_manager=_task_manager(include),
       log_samples=False,
     )
   finally:
@@ -381,6 +380,14 @@ def evaluate(
     with open(output, 'w', encoding='utf-8') as f:
       json.dump(results, f, indent=2, default=str)
   return results
+
+
+@functools.lru_cache(maxsize=4)
+def _task_manager(include: Optional[str]):
+  """lm-eval's task index (it reads every task YAML it ships: seconds), built once per include."""
+  from lm_eval.tasks import TaskManager  # pylint: disable=g-import-not-at-top
+
+  return TaskManager(include_path=include) if include else TaskManager()
 
 
 def format_table(results: dict) -> str:

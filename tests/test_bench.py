@@ -147,3 +147,29 @@ def _memory_rows(stdout):
       fits=cells[13:15],
     )
   return rows
+
+
+def test_harness_bench_agrees(run, tmp_path):
+  """bench/harness.py on a random tiny GPT-2: both backends score the same requests (its
+  agreement lines: the tests' 1e-4 bar, rolling sums to float32 rounding) and every timed row is
+  printed."""
+  import pydoc_data.topics
+
+  from conftest import tiny_gpt2_dir
+  from lm.data import tokenizer as tokenizer_lib
+
+  docs = [pydoc_data.topics.topics[k] for k in sorted(pydoc_data.topics.topics)[:20]]
+  tok = tokenizer_lib.train_tokenizer(docs, 'bpe', 300)
+  tiny_gpt2_dir(tok, tmp_path)
+  tok.save(str(tmp_path))
+  out = run(
+    'bench/harness.py', f'--checkpoint={tmp_path}', '--tasks=pydoc_mc,pydoc_ppl', '--limit=1'
+  ).stdout
+  ll = re.search(
+    r'^loglikelihood: max \|ours - HF\| (\S+); is-greedy flags equal: (\w+)', out, re.M
+  )
+  rolling = re.search(r'^loglikelihood_rolling: .*, max relative (\S+)$', out, re.M)
+  assert ll and rolling, out
+  assert float(ll.group(1)) < 1e-4 and ll.group(2) == 'True' and float(rolling.group(1)) < 1e-6
+  rows = [l for l in out.splitlines() if l.startswith('| loglikelihood') or l.startswith('| all')]
+  assert len(rows) == 6, out  # two request types and the total, two passes each
