@@ -80,7 +80,8 @@ def _seq2seq_scores(model, params, ids, mask, targets, weights):
 
 
 def _mesh(shape) -> Optional[jax.sharding.Mesh]:
-  """A mesh from '8,1,1' (model_args are strings) or a tuple, on the first devices it needs."""
+  """A mesh from '8x1x1' / '8,1,1' (model_args are strings) or a tuple, on the first devices it
+  needs."""
   if shape is None or shape == '':
     return None
   if isinstance(shape, str):
@@ -94,10 +95,11 @@ class HarnessLM(TemplateLM):
   """lm-eval's model interface over `lm.pretrained.load(path)`.
 
   model_args (`--model_args` / `simple_evaluate(model_args=...)`): `pretrained` (or `checkpoint`)
-  the workdir or HF directory, `batch_size`, `max_length` (default the model's), `max_gen_toks`,
-  `add_bos_token`, `mesh_shape` ('8,1,1'; default: the workdir job's mesh, else all devices
-  data-parallel), `param_dtype` (an HF directory's), `seed` (sampling). Other arguments lm-eval
-  passes (device, max_batch_size) are ignored: JAX places the work.
+  the workdir or HF directory, `batch_size` (lm-eval's CLI: its `--batch_size`), `max_length`
+  (default the model's), `max_gen_toks`, `add_bos_token`, `mesh_shape` ('8x1x1': lm-eval's CLI
+  splits model_args at commas; default: the workdir job's mesh, else all devices data-parallel),
+  `param_dtype` (an HF directory's), `seed` (sampling). Other arguments lm-eval passes (device,
+  max_batch_size) are ignored: JAX places the work.
   """
 
   def __init__(
