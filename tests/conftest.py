@@ -49,7 +49,7 @@ LONGEST_FIRST = (
   'test_rlhf.py',  # ~170
   'test_bench.py',  # ~150
   'test_workdirs.py',  # ~125: ten tiny runs of every job (last alphabetically: it ran alone at the end)
-  'test_harness.py',  # ~100: lm-eval's own hf backend beside ours on GPT-2, Llama, T5; 2 processes
+  'test_harness.py',  # ~85: lm-eval's own hf backend beside ours on GPT-2, Llama, T5; 2 processes
   'test_icl.py',
   'test_finetune.py',
   'test_prepare.py',
