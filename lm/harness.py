@@ -9,10 +9,11 @@ prefix token, the tokenizer's own special tokens unless `add_bos_token` says oth
 cut from the left to the model's length, lm-eval's rolling windows, and generation contexts cut
 to max_length - max_gen_toks.
 
-Scores do not depend on the batch size or the mesh: every request is one right-padded row with
-positions from 0 under causal attention, so padding and neighbours never reach its tokens, and
-its log-probs are float32 at its own positions; rows are sorted by length (HFLM's order) and
-dummy rows fill a batch to the mesh's data-parallel size. Each process puts only its own rows.
+Scores are bit-identical at every batch size and on every mesh: a request is one right-padded
+row with positions from 0 under causal attention (padding and neighbours never reach its
+tokens), padded to a width of its own (batches never mix widths) and computed alone, the params
+whole on every device (`_row_by_row`); its log-probs are float32. Rows are sorted by length
+(HFLM's order); each process puts only its own rows. Greedy generation is batched (lm.generate).
 """
 
 import collections
@@ -55,8 +56,28 @@ def _sum_and_greedy(logits, targets, weights):
   return jnp.sum(jnp.where(real, tok[..., 0], 0.0), axis=-1), greedy
 
 
-@functools.partial(jax.jit, static_argnames=('model',))
-def _continuation_scores(model, params, ids, where, targets, weights):
+def _row_by_row(score_row, model, params, mesh, *rows):
+  """`score_row(model, params, *one row)` for every row, each row computed alone: params whole on
+  every device (shard_map), each device mapping over its own rows. XLA:CPU picks its kernels,
+  and so their summation order, by shape (a row in a batch of 7, or on a tensor-parallel mesh,
+  differs from itself alone in the last bits); alone, at a shape of its own, it is the same
+  computation at every batch size and on every mesh."""
+
+  def local(params, *rows):
+    one = lambda r: jax.tree.map(lambda y: y[0], score_row(model, params, *(x[None] for x in r)))
+    return jax.lax.map(one, rows)
+
+  rows_spec = jax.sharding.PartitionSpec(('data', 'fsdp'))
+  return jax.shard_map(
+    local,
+    mesh=mesh,
+    in_specs=(jax.sharding.PartitionSpec(),) + (rows_spec,) * len(rows),
+    out_specs=rows_spec,
+    check_vma=False,
+  )(params, *rows)
+
+
+def _decoder_row(model, params, ids, where, targets, weights):
   """A decoder: logits only at the `where` positions ([B, C]), so no [B, T, vocab] tensor."""
 
   def at(m, ids, where):
@@ -66,8 +87,7 @@ def _continuation_scores(model, params, ids, where, targets, weights):
   return _sum_and_greedy(model.apply({'params': params}, ids, where, method=at), targets, weights)
 
 
-@functools.partial(jax.jit, static_argnames=('model',))
-def _seq2seq_scores(model, params, ids, mask, targets, weights):
+def _seq2seq_row(model, params, ids, mask, targets, weights):
   """An encoder-decoder (HFLM's seq2seq): the context encoded under its padding mask, the
   continuation as the decoder's labels (inputs: T5's start id 0, then the labels shifted)."""
 
@@ -77,6 +97,9 @@ def _seq2seq_scores(model, params, ids, mask, targets, weights):
   dec = t5_lib.shift_right(targets, T5_START_ID)
   logits = model.apply({'params': params}, ids, mask, dec, method=at)
   return _sum_and_greedy(logits, targets, weights)
+
+
+_scores = jax.jit(_row_by_row, static_argnames=('score_row', 'model', 'mesh'))
 
 
 def _mesh(shape) -> Optional[jax.sharding.Mesh]:
@@ -212,20 +235,34 @@ class HarnessLM(TemplateLM):
         rows.append(((ctx + cont)[-(self.max_length + 1) :][:-1], cont))
     order = sorted(range(len(rows)), key=lambda i: (-len(rows[i][0]) - 1, rows[i][0]))
     out = [None] * len(rows)
-    for s in range(0, len(order), self.batch_size):
-      part = order[s : s + self.batch_size]
+    for part in self._batches(order, rows):
       for i, res in zip(part, self._score([rows[i] for i in part])):
         out[i] = res
     return out
 
+  def _batches(self, order, rows):
+    """Up to batch_size rows of one padded shape each (the shape a row alone would get), so a
+    row's shape, and so its bits, never depend on its neighbours."""
+    part, shape = [], None
+    for i in order:
+      inp, cont = rows[i]
+      own = (_bucket(len(inp), self.max_length), _bucket(len(cont), self.max_length))
+      if part and (own != shape or len(part) == self.batch_size):
+        yield part
+        part = []
+      part.append(i)
+      shape = own
+    if part:
+      yield part
+
   def _score(self, rows: Sequence[tuple]) -> list:
-    """One batch of (input ids, continuation ids): right-padded to a multiple of _WIDTH, dummy
-    rows up to a multiple of the data-parallel size, each process putting its own rows."""
+    """One batch of (input ids, continuation ids) of one padded width, dummy rows up to at least
+    two a data-parallel shard, each process putting its own rows."""
     shards = self.mesh.shape['data'] * self.mesh.shape['fsdp']
-    n = -(-len(rows) // shards) * shards
+    n = max(2, -(-len(rows) // shards)) * shards  # XLA specializes a map over one row
     seq2seq = self.backend == 'seq2seq'
     width = _bucket(max(len(inp) for inp, _ in rows), self.max_length)
-    cwidth = _bucket(max(len(c) for _, c in rows), self.max_length if seq2seq else width)
+    cwidth = _bucket(max(len(c) for _, c in rows), self.max_length)
     ids = np.zeros((n, width), np.int32)
     # a decoder: the positions whose logits score the continuation; an encoder-decoder: the
     # encoder's padding mask
@@ -242,9 +279,9 @@ class HarnessLM(TemplateLM):
       weights[r, : len(cont)] = 1.0
     mine = sharding.process_rows(n, self.mesh)
     batch = sharding.shard_batch((ids[mine], where[mine], targets[mine], weights[mine]), self.mesh)
-    scores = _seq2seq_scores if seq2seq else _continuation_scores
-    with sharding.use(self.mesh):
-      sums, greedy = sharding.gather(scores(self.model, self.params, *batch))
+    row = _seq2seq_row if seq2seq else _decoder_row
+    with jax.set_mesh(self.mesh):
+      sums, greedy = sharding.gather(_scores(row, self.model, self.params, self.mesh, *batch))
     return [(float(sums[r]), bool(greedy[r])) for r in range(len(rows))]
 
   def loglikelihood_rolling(self, requests, disable_tqdm: bool = False) -> list:

@@ -224,36 +224,31 @@ def _evaluate(d, model, tmp_path, limit):
 def test_shipped_tasks_score_as_hf_does_at_every_batch_size_and_mesh(dirs, tmp_path):
   """configs/harness's multiple-choice, rolling-perplexity and generation tasks through lm-eval:
   HF's task scores; at batch sizes 1, 7, 32 and meshes (1,1,1), (8,1,1), (2,2,2) on the 8
-  simulated devices, the same printed table (lm-eval's, every digit). Per request: the same
-  log-likelihoods up to float32 rounding (XLA picks its kernels, and so its summation order, by
-  shape; tensor parallelism splits sums) and the same is-greedy flags."""
+  simulated devices, the same printed table (lm-eval's, every digit, even a random model's
+  word perplexity of ~1e12 to 4 decimals) and bit-identical log-likelihoods and flags."""
   d = dirs('llama')
   want = _scores(_evaluate(d, _hflm(d), tmp_path, LIMIT))
   assert {t for t, _ in want} == set(TASKS)
   reqs = _instances('loglikelihood', REQUESTS)
   rolling = _instances('loglikelihood_rolling', [(t,) for t in TEXTS])
-  table = ll = roll = None
-  for bs, mesh in [(1, '1,1,1'), (7, '1,1,1'), (32, '1,1,1'), (4, '8,1,1'), (7, '2,2,2')]:
+  first = None
+  for bs, mesh in [(1, '1,1,1'), (7, '2,2,2'), (32, '8,1,1')]:  # each size, each mesh
     ours = _ours(d, bs, mesh)
     assert ours.mesh.devices.shape == tuple(int(s) for s in mesh.split(','))
     results = _evaluate(d, ours, tmp_path, LIMIT)
-    out, out_roll = ours.loglikelihood(reqs), ours.loglikelihood_rolling(rolling)
-    if table is None:
-      table, ll, roll = _printed(harness.format_table(results)), out, out_roll
+    seen = (
+      harness.format_table(results),
+      ours.loglikelihood(reqs),
+      ours.loglikelihood_rolling(rolling),
+    )
+    if first is None:
+      first = seen
       got = _scores(results)
       assert set(got) == set(want), (got, want)
       for key, value in want.items():
         np.testing.assert_allclose(got[key], value, rtol=1e-5, err_msg=str(key))
-    printed = _printed(harness.format_table(results))
-    assert printed.keys() == table.keys() and len(table) == 6, table
-    for key, (value, stderr) in table.items():
-      if key[1] == 'word_perplexity':  # ~1e12 to 4 decimals: more digits than float32 holds
-        np.testing.assert_allclose(float(printed[key][0]), float(value), rtol=1e-6)
-      else:  # every printed digit
-        assert printed[key] == (value, stderr), (bs, mesh, key, printed[key], value)
-    np.testing.assert_allclose([o[0] for o in out], [w[0] for w in ll], rtol=1e-6)
-    assert [o[1] for o in out] == [w[1] for w in ll]
-    np.testing.assert_allclose(out_roll, roll, rtol=1e-6)
+      assert len(_printed(seen[0])) == 6, seen[0]
+    assert seen == first, (bs, mesh)
 
 
 def _printed(table):
