@@ -197,16 +197,21 @@ def process_logits(logits, s: Settings):
     kth = jax.lax.top_k(logits, s.top_k)[0][..., -1:]
     logits = jnp.where(logits < kth, -jnp.inf, logits)
   if s.top_p < 1.0:
-    order = jnp.argsort(-logits, axis=-1)
-    probs = jax.nn.softmax(jnp.take_along_axis(logits, order, -1), axis=-1)
-    mass_before = jnp.cumsum(probs, axis=-1) - probs
-    drop_sorted = mass_before >= s.top_p
-    drop_sorted = drop_sorted.at[..., 0].set(False)
-    drop = (
-      jnp.zeros_like(drop_sorted).at[jnp.arange(logits.shape[0])[:, None], order].set(drop_sorted)
-    )
-    logits = jnp.where(drop, -jnp.inf, logits)
+    logits = jnp.where(top_p_drop(logits, s.top_p), -jnp.inf, logits)
   return logits
+
+
+def top_p_drop(logits, top_p):
+  """[B, V] True for the tokens nucleus sampling drops: those after the smallest head of the
+  sorted distribution whose mass reaches `top_p` (a scalar, or [B, 1] per row; the top token is
+  always kept)."""
+  order = jnp.argsort(-logits, axis=-1)
+  probs = jax.nn.softmax(jnp.take_along_axis(logits, order, -1), axis=-1)
+  mass_before = jnp.cumsum(probs, axis=-1) - probs
+  drop_sorted = (mass_before >= top_p).at[..., 0].set(False)
+  return (
+    jnp.zeros_like(drop_sorted).at[jnp.arange(logits.shape[0])[:, None], order].set(drop_sorted)
+  )
 
 
 def _scatter_any(mask, tokens, v: int):

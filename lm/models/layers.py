@@ -200,7 +200,8 @@ class Attention(nn.Module):
       k_idx = jnp.arange(k.shape[1])
       causal = False
     if c.sliding_window:  # key j is visible to query i when i - j < sliding_window
-      window = (q_idx[:, None] - k_idx[None, :] < c.sliding_window)[None, None]
+      window = q_idx[..., :, None] - k_idx < c.sliding_window  # [Tq, Tk], or per row [B, Tq, Tk]
+      window = window[None, None] if window.ndim == 2 else window[:, None]
       mask = window if mask is None else mask & window
 
     dropout = None
@@ -218,6 +219,9 @@ class Attention(nn.Module):
     `mask` (padding over all cache slots, or None) comes from the caller. The cache has a
     fixed length, so every decode step costs the same whatever its position. Also returns
     the queries' slots (for the sliding window).
+
+    A `cache_index` of shape [B] (lm.serving's slots) gives every row its own write index and
+    causal horizon, so rows that hold unrelated sequences of different lengths never couple.
     """
     shape = k.shape  # the first (init) call sizes the cache: [B, max_length, kv heads, D]
     ck = self.variable('cache', 'cached_key', jnp.zeros, shape, k.dtype)
@@ -227,12 +231,17 @@ class Attention(nn.Module):
     if self.is_initializing():
       return k, v, mask, q_slots
     i = idx.value
-    ck.value = jax.lax.dynamic_update_slice(ck.value, k.astype(ck.value.dtype), (0, i, 0, 0))
-    cv.value = jax.lax.dynamic_update_slice(cv.value, v.astype(cv.value.dtype), (0, i, 0, 0))
+    if i.ndim:  # per-row indices: [B, Tq] query slots
+      put = jax.vmap(lambda c, x, j: jax.lax.dynamic_update_slice(c, x.astype(c.dtype), (j, 0, 0)))
+      q_slots = i[:, None] + q_slots
+    else:
+      put = lambda c, x, j: jax.lax.dynamic_update_slice(c, x.astype(c.dtype), (0, j, 0, 0))
+      q_slots = i + q_slots
+    ck.value, cv.value = put(ck.value, k, i), put(cv.value, v, i)
     idx.value = i + k.shape[1]
-    slots = jnp.arange(ck.value.shape[1])
-    causal = (slots[None, :] <= i + q_slots[:, None])[None, None]
-    return ck.value, cv.value, causal if mask is None else mask & causal, i + q_slots
+    causal = jnp.arange(ck.value.shape[1]) <= q_slots[..., None]  # [(B,) Tq, Tk]
+    causal = causal[None, None] if causal.ndim == 2 else causal[:, None]
+    return ck.value, cv.value, causal if mask is None else mask & causal, q_slots
 
 
 class Mlp(nn.Module):

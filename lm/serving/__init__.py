@@ -1,0 +1,1 @@
+"""Serving: `engine.Engine` (continuous batching over a slot KV cache), apart from any HTTP."""
