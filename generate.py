@@ -9,15 +9,11 @@ DIR is a train.py workdir (causal LM, span corruption), an sft.py, dpo.py or ppo
 DPO, PPO policy) or a HuggingFace GPT-2 / Llama / T5 directory (config.json + weights); the tokenizer is `--tokenizer`, else the one in DIR.
 """
 
-import json
-import os
-
 from absl import flags
 
 from lm import cli
 from lm import generate as gen
 from lm import pretrained
-from lm.data import tokenizer as tokenizer_lib
 
 FLAGS = flags.FLAGS
 flags.DEFINE_string(
@@ -58,22 +54,7 @@ flags.DEFINE_integer('seed', 0, 'Sampling seed.')
 
 
 def load_for_generation(path: str):
-  """(Pretrained decoder or encoder-decoder, tokenizer, eos id or None) from a workdir or an HF
-  directory."""
-  pre = pretrained.load(path).body(path, 'generate.py')
-  if pre.kind == 'encoder':
-    raise ValueError(f'{path} holds an encoder; generation needs a decoder or an encoder-decoder.')
-  tok = tokenizer_lib.from_hf_files(FLAGS.tokenizer) if FLAGS.tokenizer else pre.tokenizer
-  if tok is None:
-    raise FileNotFoundError(f'no tokenizer in {path}: pass --tokenizer=tokenizer.json.')
-  eos = tok.eos_id
-  hf_config = os.path.join(path, 'config.json')
-  if not pretrained.is_workdir(path) and os.path.exists(hf_config):
-    with open(hf_config, encoding='utf-8') as f:
-      eos = json.load(f).get('eos_token_id', eos)
-  if isinstance(eos, list):  # Llama 3.1 instruct lists several; the first ends a continuation
-    eos = eos[0]
-  return pre, tok, eos
+  return pretrained.for_generation(path, 'generate.py', FLAGS.tokenizer)
 
 
 def main(argv):

@@ -202,3 +202,22 @@ def _load_workdir(workdir: str, mesh, step: Optional[int], which: str) -> Pretra
   if head == 'value':  # a PPO policy: the actor-critic's decoder
     head, args, params = None, {}, params['decoder']
   return Pretrained(rec['kind'], model.cfg, params, tok, config, got, job, head, args)
+
+
+def for_generation(path: str, use: str, tokenizer: Optional[str] = None):
+  """(Pretrained decoder or encoder-decoder, tokenizer, eos id or None) from a workdir or an HF
+  directory; `tokenizer` (a tokenizer.json or HF vocab files) replaces the one in `path`."""
+  pre = load(path).body(path, use)
+  if pre.kind == 'encoder':
+    raise ValueError(f'{path} holds an encoder; generation needs a decoder or an encoder-decoder.')
+  tok = tokenizer_lib.from_hf_files(tokenizer) if tokenizer else pre.tokenizer
+  if tok is None:
+    raise FileNotFoundError(f'no tokenizer in {path}: pass --tokenizer=tokenizer.json.')
+  eos = tok.eos_id
+  hf_config = os.path.join(path, 'config.json')
+  if not is_workdir(path) and os.path.exists(hf_config):
+    with open(hf_config, encoding='utf-8') as f:
+      eos = json.load(f).get('eos_token_id', eos)
+  if isinstance(eos, list):  # Llama 3.1 instruct lists several; the first ends a continuation
+    eos = eos[0]
+  return pre, tok, eos

@@ -19,6 +19,7 @@ The engine is plain Python around those two programs: `submit` (any thread) queu
 """
 
 import dataclasses
+import logging
 import functools
 import queue
 import secrets
@@ -61,8 +62,9 @@ class Request:
   """A submitted prompt: `tokens` grow as it decodes; `events` gets each `Token` as it comes, then
   None at the end; `finish_reason` is 'stop' (EOS or a stop sequence), 'length' or 'cancelled'."""
 
-  def __init__(self, prompt: Sequence[int], sampling: Sampling):
+  def __init__(self, prompt: Sequence[int], sampling: Sampling, listener=None):
     self.prompt = [int(t) for t in prompt]
+    self.listener = listener  # also called with each event, on the engine's thread (asyncio)
     self.sampling = sampling
     self.tokens: list[Token] = []
     self.finish_reason: Optional[str] = None
@@ -88,11 +90,16 @@ class Request:
 
   def _emit(self, tok: Token):
     self.tokens.append(tok)
-    self.events.put(tok)
+    self._put(tok)
+
+  def _put(self, event):
+    self.events.put(event)
+    if self.listener is not None:
+      self.listener(event)
 
   def _finish(self, reason: str):
     self.finish_reason = reason
-    self.events.put(None)
+    self._put(None)
     self._done.set()
 
 
@@ -238,11 +245,13 @@ class Engine:
     if bad:
       raise ValueError(f'token ids out of the vocabulary: {bad[:5]}.')
 
-  def submit(self, prompt: Sequence[int], sampling: Sampling = Sampling()) -> Request:
+  def submit(
+    self, prompt: Sequence[int], sampling: Sampling = Sampling(), listener=None
+  ) -> Request:
     self.check(prompt, sampling)
     if self._stopping:
       raise QueueFull('the engine is shutting down.')
-    req = Request(prompt, sampling)
+    req = Request(prompt, sampling, listener)
     try:
       self.waiting.put_nowait(req)
     except queue.Full:
@@ -354,7 +363,13 @@ class Engine:
           self._wake.wait(0.5)
       if self._stopping and not self.busy:
         return
-      self.step()
+      try:
+        self.step()
+      except Exception:  # noqa: BLE001 - fail the requests, keep serving the next ones
+        logging.exception('engine step failed')
+        for i, req in enumerate(self.running):
+          if req is not None:
+            self._retire(i, 'error')
 
   def shutdown(self, timeout: Optional[float] = None):
     """Drains: no new requests; the queued and running ones finish; then the thread exits."""
