@@ -1,0 +1,156 @@
+"""serve.py on 127.0.0.1, queried with the real `openai` client: greedy completions and chat
+equal `lm.generate`'s tokens, streaming gives the same text, concurrent requests of different
+lengths and settings each get what they get alone, bad input is a 4xx and the server goes on,
+and SIGTERM lets an in-flight request finish before the process exits."""
+
+import concurrent.futures
+import os
+import pydoc_data.topics
+import signal
+import socket
+import subprocess
+import sys
+import time
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import pytest
+
+openai = pytest.importorskip('openai')
+httpx = pytest.importorskip('httpx')
+
+from lm import generate as G  # noqa: E402
+from lm import hf  # noqa: E402
+from lm import models as M  # noqa: E402
+from lm.data import tokenizer as tokenizer_lib  # noqa: E402
+from lm.serving.server import chat_prompt  # noqa: E402
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+PROMPTS = ['The quick brown fox', 'In the beginning', 'Python is a programming language that']
+
+
+@pytest.fixture(scope='module')
+def server(tmp_path_factory):
+  """(openai client, base url, process, model, params, tokenizer) of a tiny GPT-2 being served."""
+  d = tmp_path_factory.mktemp('tiny_gpt2')
+  text = list(pydoc_data.topics.topics.values())[:200]
+  tok = tokenizer_lib.train_tokenizer(text, 'bpe', 300)
+  tok.save(str(d))
+  cfg = M.ModelConfig(
+    vocab_size=tok.vocab_size, hidden_size=32, num_layers=2, num_heads=4, mlp_dim=128, max_len=64,
+    type_vocab_size=0, pre_ln=True, activation='gelu_tanh', layer_norm_eps=1e-5,
+    dropout_rate=0.0, attention_dropout_rate=0.0, initializer_range=0.3,
+  )  # fmt: skip
+  model = M.Decoder(cfg)
+  params = nn.unbox(model.init(jax.random.PRNGKey(0), jnp.zeros((1, 4), jnp.int32)))['params']
+  hf.export_pretrained('gpt2', cfg, params, d)
+  with socket.socket() as s:
+    s.bind(('127.0.0.1', 0))
+    port = s.getsockname()[1]
+  proc = subprocess.Popen(
+    [sys.executable, os.path.join(ROOT, 'serve.py'), f'--checkpoint={d}', f'--port={port}',
+     '--slots=4', '--timeout=120'],
+    cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+  )  # fmt: skip
+  url = f'http://127.0.0.1:{port}'
+  for _ in range(240):  # bounded: the process imports JAX and loads the model
+    try:
+      if httpx.get(url + '/health', timeout=1).status_code == 200:
+        break
+    except httpx.HTTPError:
+      assert proc.poll() is None, proc.stdout.read()
+      time.sleep(0.5)
+  client = openai.OpenAI(base_url=url + '/v1', api_key='none', timeout=120, max_retries=0)
+  yield client, url, proc, model, params, tok
+  if proc.poll() is None:
+    proc.kill()
+    proc.wait(30)
+
+
+def _alone(server, text, n):
+  _, _, _, model, params, tok = server
+  out = G.generate(model, params, [tok.encode(text)], max_new_tokens=n, eos_id=tok.eos_id)[0][0]
+  return tok.decode(out)
+
+
+def test_models_and_greedy_completions_equal_generate(server):
+  client = server[0]
+  assert [m.id for m in client.models.list().data]
+  for p in PROMPTS:
+    r = client.completions.create(model='m', prompt=p, max_tokens=10, temperature=0)
+    assert r.choices[0].text == _alone(server, p, 10)
+  msgs = [{'role': 'user', 'content': 'Hello there'}]
+  r = client.chat.completions.create(model='m', messages=msgs, max_tokens=8, temperature=0)
+  assert r.choices[0].message.content == _alone(server, chat_prompt(msgs), 8)
+
+
+def test_streaming_n_logprobs_echo(server):
+  client = server[0]
+  p = PROMPTS[0]
+  chunks = client.completions.create(model='m', prompt=p, max_tokens=10, temperature=0, stream=True)
+  assert ''.join(c.choices[0].text for c in chunks) == _alone(server, p, 10)
+  msgs = [{'role': 'user', 'content': 'Hi'}]
+  chunks = client.chat.completions.create(
+    model='m', messages=msgs, max_tokens=8, temperature=0, stream=True
+  )
+  text = ''.join(c.choices[0].delta.content or '' for c in chunks if c.choices)
+  assert text == _alone(server, chat_prompt(msgs), 8)
+  r = client.completions.create(model='m', prompt=p, max_tokens=5, temperature=0, n=2, logprobs=3, echo=True)
+  assert [c.text for c in r.choices] == [p + _alone(server, p, 5)] * 2
+  lp = r.choices[0].logprobs
+  assert len(lp.token_logprobs) == 5 and all(len(t) == 3 for t in lp.top_logprobs)
+  seeded = [
+    client.completions.create(model='m', prompt=p, max_tokens=8, temperature=0.8, seed=7).choices[0].text
+    for _ in range(2)
+  ]
+  assert seeded[0] == seeded[1]
+
+
+def test_concurrent_mixed_requests_each_get_their_own(server):
+  client = server[0]
+  jobs = [(p, n) for p in PROMPTS for n in (3, 12)]
+
+  def one(job):
+    p, n = job
+    return client.completions.create(model='m', prompt=p, max_tokens=n, temperature=0).choices[0].text
+
+  with concurrent.futures.ThreadPoolExecutor(8) as pool:
+    sampled = pool.submit(
+      lambda: client.completions.create(model='m', prompt=PROMPTS[0], max_tokens=20, temperature=1.0, top_p=0.9)
+    )
+    outs = list(pool.map(one, jobs))
+    sampled.result()
+  assert outs == [_alone(server, p, n) for p, n in jobs]
+
+
+def test_bad_input_is_4xx_and_server_goes_on(server):
+  client, url = server[:2]
+  bad = [
+    b'{"prompt": "hi", "max_tokens": 4',  # not JSON
+    b'{"prompt": "hi", "max_tokens": 4, "frobnicate": 1}',  # unknown field
+    b'{"prompt": "hi", "max_tokens": 0}',
+    b'{"prompt": "hi", "max_tokens": 4, "temperature": "hot"}',
+    b'{"prompt": "' + b'hello ' * 100 + b'", "max_tokens": 4}',  # longer than the model
+  ]
+  for body in bad:
+    r = httpx.post(url + '/v1/completions', content=body, headers={'content-type': 'application/json'})
+    assert 400 <= r.status_code < 500 and r.json()['error']['message'], body
+  with pytest.raises(openai.BadRequestError):
+    client.chat.completions.create(model='m', messages=[], max_tokens=4)
+  r = client.completions.create(model='m', prompt=PROMPTS[1], max_tokens=4, temperature=0)
+  assert r.choices[0].text == _alone(server, PROMPTS[1], 4)
+
+
+def test_sigterm_finishes_in_flight_requests_then_exits(server):
+  """Runs last in this file: it stops the server."""
+  client, _, proc = server[:3]
+  with concurrent.futures.ThreadPoolExecutor(1) as pool:
+    fut = pool.submit(
+      lambda: client.completions.create(model='m', prompt=PROMPTS[2], max_tokens=40, temperature=0)
+    )
+    time.sleep(0.3)
+    proc.send_signal(signal.SIGTERM)
+    r = fut.result(timeout=120)
+  assert r.choices[0].text == _alone(server, PROMPTS[2], 40)
+  assert proc.wait(60) == 0
