@@ -8,7 +8,9 @@ DIR is any workdir or HF directory `generate.py` takes (GPT-2 / Llama family dec
 accepting, lets in-flight requests finish, then exits.
 """
 
+import contextlib
 import os
+import signal
 
 from absl import flags
 
@@ -48,14 +50,23 @@ def main(argv):
   ).start()
   name = FLAGS.name or os.path.basename(os.path.normpath(FLAGS.checkpoint))
   app = make_app(engine, tok, name, FLAGS.timeout)
-  try:  # uvicorn's own SIGTERM handling: no new connections, in-flight requests finish
-    uvicorn.run(
+  server = uvicorn.Server(
+    uvicorn.Config(
       app,
       host=FLAGS.host,
       port=FLAGS.port,
       log_level='warning',
       timeout_graceful_shutdown=FLAGS.timeout,
     )
+  )
+  # uvicorn's own handlers re-raise SIGTERM after the drain (the exit status says killed): ours
+  # only ask it to stop accepting; in-flight requests finish, the engine drains, exit status 0.
+  server.capture_signals = contextlib.nullcontext
+  stop = lambda *_: setattr(server, 'should_exit', True)  # noqa: E731
+  signal.signal(signal.SIGTERM, stop)
+  signal.signal(signal.SIGINT, stop)
+  try:
+    server.run()
   finally:
     engine.shutdown(timeout=FLAGS.timeout)
 
