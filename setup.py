@@ -24,7 +24,10 @@ INSTALL_REQUIRES = [
   'importlib_resources',  # tensorflow-datasets imports it when building a dataset
 ]
 
+# serve.py: the HTTP server (jinja2 renders a model directory's chat template without transformers).
+SERVE = ['fastapi>=0.165,<0.170', 'uvicorn>=0.55,<0.60', 'jinja2>=3.1,<4']
 EXTRAS = {
+  'serve': SERVE,
   # torch==2.13.0 resolves to the CPU wheel on this project's machines.
   # peft: tests/test_peft.py checks lm.hf.peft's adapters against PEFT's own LoraLayer.
   'hf': ['torch==2.13.0', 'transformers>=5.0,<6', 'peft>=0.21,<0.22'],
@@ -37,6 +40,10 @@ EXTRAS = {
     'matplotlib>=3.8',
     # The formatter and linter of tests/test_style.py: pinned, its layout changes between versions.
     'ruff==0.17.6',
+    # tests/test_serve.py queries serve.py with the real OpenAI client.
+    'openai>=3.63,<4',
+    'httpx>=0.29,<0.30',
+    *SERVE,
   ],
 }
 # lm.harness (eval.py --harness_tasks): lm-evaluation-harness's model interface and tasks;

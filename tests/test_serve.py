@@ -13,18 +13,17 @@ import sys
 import time
 
 import flax.linen as nn
+import httpx
 import jax
 import jax.numpy as jnp
+import openai
 import pytest
 
-openai = pytest.importorskip('openai')
-httpx = pytest.importorskip('httpx')
-
-from lm import generate as G  # noqa: E402
-from lm import hf  # noqa: E402
-from lm import models as M  # noqa: E402
-from lm.data import tokenizer as tokenizer_lib  # noqa: E402
-from lm.serving.server import chat_prompt  # noqa: E402
+from lm import generate as G
+from lm import hf
+from lm import models as M
+from lm.data import tokenizer as tokenizer_lib
+from lm.serving.server import chat_prompt
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 PROMPTS = ['The quick brown fox', 'In the beginning', 'Python is a programming language that']
