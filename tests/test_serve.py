@@ -21,6 +21,7 @@ import pytest
 
 from lm import generate as G
 from lm import hf
+from lm import losses
 from lm import models as M
 from lm.data import tokenizer as tokenizer_lib
 from lm.serving.server import chat_prompt
@@ -31,7 +32,8 @@ PROMPTS = ['The quick brown fox', 'In the beginning', 'Python is a programming l
 
 @pytest.fixture(scope='module')
 def server(tmp_path_factory):
-  """(openai client, base url, process, model, params, tokenizer) of a tiny GPT-2 being served."""
+  """(openai client, base url, process, model, params, tokenizer, HF directory) of a tiny GPT-2
+  being served."""
   d = tmp_path_factory.mktemp('tiny_gpt2')
   text = list(pydoc_data.topics.topics.values())[:200]
   tok = tokenizer_lib.train_tokenizer(text, 'bpe', 300)
@@ -61,14 +63,14 @@ def server(tmp_path_factory):
       assert proc.poll() is None, proc.stdout.read()
       time.sleep(0.5)
   client = openai.OpenAI(base_url=url + '/v1', api_key='none', timeout=120, max_retries=0)
-  yield client, url, proc, model, params, tok
+  yield client, url, proc, model, params, tok, d
   if proc.poll() is None:
     proc.kill()
     proc.wait(30)
 
 
 def _alone(server, text, n):
-  _, _, _, model, params, tok = server
+  model, params, tok = server[3:6]
   out = G.generate(model, params, [tok.encode(text)], max_new_tokens=n, eos_id=tok.eos_id)[0][0]
   return tok.decode(out)
 
@@ -100,9 +102,8 @@ def test_streaming_n_logprobs_echo(server):
   )
   assert [c.text for c in r.choices] == [p + _alone(server, p, 5)] * 2
   lp = r.choices[0].logprobs
-  assert len(lp.token_logprobs) == 5 and all(
-    1 <= len(t) <= 3 for t in lp.top_logprobs
-  )  # byte pieces may share a key
+  assert len(lp.token_logprobs) > 5 and lp.token_logprobs[0] is None  # echo scores the prompt
+  assert all(1 <= len(t) <= 3 for t in lp.top_logprobs[1:])  # byte pieces may share a key
   seeded = [
     client.completions.create(model='m', prompt=p, max_tokens=8, temperature=0.8, seed=7)
     .choices[0]
@@ -110,6 +111,50 @@ def test_streaming_n_logprobs_echo(server):
     for _ in range(2)
   ]
   assert seeded[0] == seeded[1]
+
+
+def test_echo_scores_the_prompt_as_lm_eval_reads_it(server):
+  """lm-eval's local-completions loglikelihood request (token ids, echo, max_tokens 1,
+  logprobs 1): the prompt's log-probs equal HF transformers' on the same directory, and its
+  is-greedy test (token log-prob == max of top_logprobs) agrees with transformers' argmax. With
+  max_tokens 0 the echo is the prompt alone, scored as `lm.losses.token_logps` scores it."""
+  import torch
+  import transformers
+
+  client, url, _, model, params, tok, d = server
+  ctx = tok.encode(PROMPTS[2])
+  greedy = G.generate(model, params, [ctx], max_new_tokens=4)[0][0]
+  prompts = [ctx + greedy, ctx + tok.encode(' zebra piano')]
+  body = dict(model='m', prompt=prompts, temperature=0, max_tokens=1, logprobs=1, echo=True)
+  choices = httpx.post(url + '/v1/completions', json=body, timeout=60).json()['choices']
+  hf_model = transformers.GPT2LMHeadModel.from_pretrained(d).eval()
+  seen_greedy = []
+  for p, c in zip(prompts, sorted(choices, key=lambda c: c['index'])):
+    with torch.no_grad():
+      logp = torch.log_softmax(hf_model(torch.tensor([p])).logits[0].double(), -1)
+    want = [float(logp[t, p[t + 1]]) for t in range(len(p) - 1)]
+    lp = c['logprobs']
+    assert len(lp['token_logprobs']) == len(p) + 1 and lp['token_logprobs'][0] is None
+    assert lp['token_logprobs'][1 : len(p)] == pytest.approx(want, abs=1e-5)
+    assert lp['tokens'][: len(p)] == [tok.decode([t]) for t in p]
+    # lm-eval's parse_logprobs over the continuation (ctxlen to the generated token)
+    got = lp['token_logprobs'][len(ctx) : -1]
+    is_greedy = all(
+      t == max(top.values()) for t, top in zip(got, lp['top_logprobs'][len(ctx) : -1])
+    )
+    assert sum(got) == pytest.approx(sum(want[len(ctx) - 1 :]), abs=1e-4)
+    assert is_greedy == all(
+      int(logp[t].argmax()) == p[t + 1] for t in range(len(ctx) - 1, len(p) - 1)
+    )
+    seen_greedy.append(is_greedy)
+  assert seen_greedy == [True, False]
+  r = client.completions.create(model='m', prompt=ctx, max_tokens=0, echo=True, logprobs=2)
+  assert r.choices[0].text == tok.decode(ctx)
+  logits = model.apply({'params': params}, jnp.array([ctx]))
+  want = losses.token_logps(logits, jnp.array([ctx]))[0]
+  assert r.choices[0].logprobs.token_logprobs[1:] == pytest.approx(want.tolist(), abs=1e-5)
+  with pytest.raises(openai.BadRequestError):
+    client.completions.create(model='m', prompt=ctx, max_tokens=0)
 
 
 def test_concurrent_mixed_requests_each_get_their_own(server):

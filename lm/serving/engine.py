@@ -166,6 +166,17 @@ def decode_step(
   return (cache,) + _pick(logits, *sampling, keys, counts, num_top)
 
 
+@functools.partial(jax.jit, static_argnames=('model', 'num_top'))
+def score_tokens(model, num_top, params, ids):
+  """log p(ids[t] | ids[<t]) [B, T-1] and the `num_top` best (ids, log-probs) at each of those
+  positions, from one forward pass (a causal model: right padding changes no earlier position).
+  Token and top log-probs come from the same array, so a greedy token's equals the best's."""
+  logits = model.apply({'params': params}, ids)[:, :-1].astype(jnp.float32)
+  logp = jax.nn.log_softmax(logits, axis=-1)
+  top_lp, top_ids = jax.lax.top_k(logp, num_top)
+  return jnp.take_along_axis(logp, ids[:, 1:, None], -1)[..., 0], top_ids, top_lp
+
+
 # ----------------------------------------------------------------------------- the engine
 
 
@@ -225,15 +236,19 @@ class Engine:
 
   # -- submission (any thread)
 
+  @property
+  def context(self) -> int:
+    """The longest sequence (prompt + new tokens) a request may have."""
+    learned = self.model.cfg.position == 'learned'
+    return min(self.length, self.model.cfg.max_len) if learned else self.length
+
   def check(self, prompt: Sequence[int], sampling: Sampling):
     """Raises ValueError for a request the engine cannot serve (a server's 400)."""
     if not len(prompt):
       raise ValueError('the prompt is empty (there is no BOS to start from).')
     if sampling.max_tokens < 1:
       raise ValueError('max_tokens must be >= 1.')
-    limit = self.length
-    if self.model.cfg.position == 'learned':
-      limit = min(limit, self.model.cfg.max_len)
+    limit = self.context
     if len(prompt) + sampling.max_tokens > limit:
       raise ValueError(
         f'the prompt ({len(prompt)} tokens) + max_tokens ({sampling.max_tokens}) exceeds the '
@@ -244,6 +259,24 @@ class Engine:
     bad = [t for t in prompt if not 0 <= int(t) < self.model.cfg.vocab_size]
     if bad:
       raise ValueError(f'token ids out of the vocabulary: {bad[:5]}.')
+
+  def score(self, prompt: Sequence[int]) -> list:
+    """`Token(id, log p(id | earlier tokens), top)` for prompt[1:]: the prompt's own log-probs
+    (OpenAI's `echo` with `logprobs`, what lm-eval's loglikelihood reads). One forward pass on
+    the prompt right-padded to a bucket, outside the slots; safe from any thread."""
+    prompt, limit = [int(t) for t in prompt], self.context
+    if not prompt or len(prompt) > limit:
+      raise ValueError(f"a prompt to score needs 1 to {limit} tokens (the model's context).")
+    if any(not 0 <= t < self.model.cfg.vocab_size for t in prompt):
+      raise ValueError('token ids out of the vocabulary.')
+    ids = np.full((1, next(b for b in self.buckets if len(prompt) <= b)), self.pad_id, np.int32)
+    ids[0, : len(prompt)] = prompt
+    out = score_tokens(self.model, self.num_top, self.params, ids)
+    lps, top_ids, top_lps = (np.asarray(x[0]) for x in out)
+    return [
+      Token(t, float(lps[i]), list(zip(top_ids[i].tolist(), top_lps[i].tolist())))
+      for i, t in enumerate(prompt[1:])
+    ]
 
   def submit(
     self, prompt: Sequence[int], sampling: Sampling = Sampling(), listener=None

@@ -25,7 +25,7 @@ class _Body(pydantic.BaseModel):
   model_config = pydantic.ConfigDict(extra='forbid')  # unknown fields are a 400, not ignored
 
   model: Optional[str] = None
-  max_tokens: Optional[int] = pydantic.Field(None, ge=1)
+  max_tokens: Optional[int] = pydantic.Field(None, ge=0)  # 0: only with echo (prompt scoring)
   temperature: float = pydantic.Field(1.0, ge=0.0, le=2.0)
   top_p: float = pydantic.Field(1.0, gt=0.0, le=1.0)
   top_k: int = pydantic.Field(0, ge=0)  # an extension (vLLM's)
@@ -142,24 +142,38 @@ def make_app(engine: Engine, tokenizer, name: str, timeout: float = 600.0) -> fa
 
   async def run(body, prompts, chat: bool):
     """Submits every (prompt, choice) pair; returns a JSON or SSE response."""
-    max_tokens = getattr(body, 'max_completion_tokens', None) or body.max_tokens or 16
+    max_tokens = getattr(body, 'max_completion_tokens', None) or body.max_tokens
+    max_tokens = 16 if max_tokens is None else max_tokens
+    echo = not chat and body.echo
+    if max_tokens == 0 and (not echo or body.stream):
+      return _error(
+        400, 'max_tokens 0 needs echo (and no stream): it scores the prompt.', 'max_tokens'
+      )
     stops = [body.stop] if isinstance(body.stop, str) else list(body.stop or [])
     loop = asyncio.get_running_loop()
+    scored = [None] * len(prompts)
+    if echo and body.logprobs is not None:  # the prompt's own log-probs, one forward pass each
+      try:
+        scored = [await loop.run_in_executor(None, engine.score, p) for p in prompts]
+      except ValueError as e:
+        return _error(400, str(e), 'prompt')
     streams = []
     try:
-      for p in prompts:
+      for p, sc in zip(prompts, scored):
+        if max_tokens == 0:
+          streams += [(p, sc, None)] * body.n
+          continue
         for j in range(body.n):
           seed = None if body.seed is None else body.seed + j
           s = dict(settings(body), max_tokens=max_tokens, seed=seed)
-          streams.append((p, _Stream(app, p, s, stops, loop)))
-    except ValueError as e:
-      for _, st in streams:
-        st.req.cancel()
+          streams.append((p, sc, _Stream(app, p, s, stops, loop)))
+    except (ValueError, QueueFull) as e:
+      for *_, st in streams:
+        if st is not None:
+          st.req.cancel()
+      if isinstance(e, QueueFull):
+        return _error(429, str(e), kind='server_busy')
       return _error(400, str(e), 'prompt' if not chat else 'messages')
-    except QueueFull as e:
-      for _, st in streams:
-        st.req.cancel()
-      return _error(429, str(e), kind='server_busy')
     rid = ('chatcmpl-' if chat else 'cmpl-') + uuid.uuid4().hex
     created = int(time.time())
     head = dict(id=rid, created=created, model=name)
@@ -168,16 +182,17 @@ def make_app(engine: Engine, tokenizer, name: str, timeout: float = 600.0) -> fa
         _sse(streams, head, chat, body, timeout), media_type='text/event-stream'
       )
     deadline = loop.time() + timeout
+    running = [st for *_, st in streams if st is not None]
     try:
-      for _, st in streams:
+      for st in running:
         while (await asyncio.wait_for(st.events.get(), deadline - loop.time())) is not None:
           pass
     except asyncio.TimeoutError:
-      for _, st in streams:
+      for st in running:
         st.req.cancel()
       return _error(408, f'the request took longer than {timeout} s.', kind='timeout')
-    choices = [_choice(i, p, st, chat, body, tokenizer) for i, (p, st) in enumerate(streams)]
-    used = sum(len(st.req.ids) for _, st in streams)
+    choices = [_choice(i, *x, chat, body, tokenizer) for i, x in enumerate(streams)]
+    used = sum(len(st.req.ids) for st in running)
     prompt_tokens = sum(len(p) for p in prompts)
     usage = dict(
       prompt_tokens=prompt_tokens, completion_tokens=used, total_tokens=prompt_tokens + used
@@ -196,7 +211,7 @@ def make_app(engine: Engine, tokenizer, name: str, timeout: float = 600.0) -> fa
       if chat:
         for i in range(len(streams)):
           yield chunk(i, delta={'role': 'assistant', 'content': ''}, finish_reason=None)
-      for i, (p, st) in enumerate(streams):  # choices in turn (each was decoding all along)
+      for i, (p, _, st) in enumerate(streams):  # choices in turn (each was decoding all along)
         if not chat and body.echo:
           yield chunk(i, text=tokenizer.decode(p), logprobs=None, finish_reason=None)
         while True:
@@ -215,7 +230,7 @@ def make_app(engine: Engine, tokenizer, name: str, timeout: float = 600.0) -> fa
     except asyncio.TimeoutError:
       yield 'data: ' + json.dumps({'error': {'message': 'timeout', 'type': 'timeout'}}) + '\n\n'
     finally:  # a client gone or timed out frees its slots
-      for _, st in streams:
+      for *_, st in streams:
         st.req.cancel()
 
   @app.post('/v1/completions')
@@ -235,9 +250,11 @@ def make_app(engine: Engine, tokenizer, name: str, timeout: float = 600.0) -> fa
   return app
 
 
-def _choice(i, prompt, st: _Stream, chat: bool, body, tok):
-  text = st.text()
-  reason = st.finish_reason
+def _choice(i, prompt, scored, st: Optional[_Stream], chat: bool, body, tok):
+  """One choice's JSON. `scored`: the prompt's own tokens (`Engine.score`) when echo asks for
+  log-probs; `st` None: max_tokens 0, the echoed prompt alone."""
+  text = st.text() if st is not None else ''
+  reason = st.finish_reason if st is not None else 'length'
   if chat:
     out = dict(index=i, message={'role': 'assistant', 'content': text}, finish_reason=reason)
     if body.logprobs:
@@ -249,18 +266,30 @@ def _choice(i, prompt, st: _Stream, chat: bool, body, tok):
   out = dict(index=i, text=(tok.decode(prompt) if body.echo else '') + text, finish_reason=reason)
   out['logprobs'] = None
   if body.logprobs is not None:
-    kept = _kept(st)
+    kept = _kept(st) if st is not None else []
     tokens = [tok.decode([t.id]) for t in kept]
-    offsets, at = [], len(tok.decode(prompt)) if body.echo else 0
+    token_lps = [t.logprob for t in kept]
+    top = [_top(t, body.logprobs, tok) for t in kept]
+    if scored is not None:  # echo: the prompt's tokens first, the first one unscored (None)
+      tokens = [tok.decode([j]) for j in prompt] + tokens
+      token_lps = [None] + [t.logprob for t in scored] + token_lps
+      top = [None] + [_top(t, body.logprobs, tok) for t in scored] + top
+    offsets, at = [], 0
     for s in tokens:
       offsets.append(at)
       at += len(s)
     out['logprobs'] = dict(
-      tokens=tokens,
-      token_logprobs=[t.logprob for t in kept],
-      top_logprobs=[{tok.decode([j]): lp for j, lp in t.top[: body.logprobs]} for t in kept],
-      text_offset=offsets,
+      tokens=tokens, token_logprobs=token_lps, top_logprobs=top, text_offset=offsets
     )
+  return out
+
+
+def _top(t, k: int, tok) -> dict:
+  """{text: log-prob} of a token's k best alternatives; where two ids decode alike (byte
+  pieces), the better one's (lm-eval's is-greedy test compares the token to max(values))."""
+  out = {}
+  for j, lp in t.top[:k]:
+    out.setdefault(tok.decode([j]), lp)
   return out
 
 
