@@ -13,6 +13,7 @@ import os
 import signal
 
 from absl import flags
+from absl import logging
 
 from lm import cli
 
@@ -33,6 +34,7 @@ def main(argv):
   import uvicorn
 
   from lm import pretrained
+  from lm.serving.chat import ChatFormat, find_template
   from lm.serving.engine import Engine
   from lm.serving.server import make_app
 
@@ -49,7 +51,11 @@ def main(argv):
     queue_size=FLAGS.queue,
   ).start()
   name = FLAGS.name or os.path.basename(os.path.normpath(FLAGS.checkpoint))
-  app = make_app(engine, tok, name, FLAGS.timeout)
+  tok_dir = FLAGS.tokenizer and os.path.dirname(os.path.abspath(FLAGS.tokenizer))
+  template = find_template(tok_dir, FLAGS.checkpoint)
+  chat_format = ChatFormat(tok, template, tok_dir or FLAGS.checkpoint)
+  logging.info('chat: %s', 'the chat template' if template else 'the SFT chat format')
+  app = make_app(engine, tok, name, FLAGS.timeout, chat_format)
   server = uvicorn.Server(
     uvicorn.Config(
       app,

@@ -4,6 +4,7 @@ lengths and settings each get what they get alone, bad input is a 4xx and the se
 and SIGTERM lets an in-flight request finish before the process exits."""
 
 import concurrent.futures
+import json
 import os
 import pydoc_data.topics
 import signal
@@ -24,28 +25,110 @@ from lm import hf
 from lm import losses
 from lm import models as M
 from lm.data import tokenizer as tokenizer_lib
-from lm.serving.server import chat_prompt
+from lm.serving import chat
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 PROMPTS = ['The quick brown fox', 'In the beginning', 'Python is a programming language that']
 
 
+# ChatML, as Qwen2's tokenizer_config.json has it (system default, generation prompt).
+CHATML = (
+  "{% for message in messages %}{% if loop.first and messages[0]['role'] != 'system' %}"
+  "{{ '<|im_start|>system\nYou are a helpful assistant.<|im_end|>\n' }}{% endif %}"
+  "{{'<|im_start|>' + message['role'] + '\n' + message['content'] + '<|im_end|>' + '\n'}}"
+  "{% endfor %}{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}{% endif %}"
+)
+# Llama-2-like: bos_token, strict role alternation through raise_exception, strip.
+ALTERNATING = (
+  '{{ bos_token }}{% for message in messages %}'
+  "{% if (message['role'] == 'user') != (loop.index0 % 2 == 0) %}"
+  "{{ raise_exception('Conversation roles must alternate user/assistant/user/assistant/...') }}"
+  "{% endif %}{% if message['role'] == 'user' %}{{ '[INST] ' + message['content'] | trim + ' [/INST]' }}"
+  "{% else %}{{ ' ' + message['content'] | trim + eos_token }}{% endif %}{% endfor %}"
+)
+CHATS = [
+  [{'role': 'user', 'content': 'Hello there'}],
+  [
+    {'role': 'system', 'content': 'You are terse.'},
+    {'role': 'user', 'content': 'Hi'},
+    {'role': 'assistant', 'content': 'Hello'},
+    {'role': 'user', 'content': 'How are you?'},
+  ],
+]
+
+
 @pytest.fixture(scope='module')
-def server(tmp_path_factory):
-  """(openai client, base url, process, model, params, tokenizer, HF directory) of a tiny GPT-2
-  being served."""
+def tiny(tmp_path_factory):
+  """(HF directory, model, params, tokenizer): a tiny random GPT-2 with a trained BPE tokenizer
+  and the ChatML template in its tokenizer_config.json."""
   d = tmp_path_factory.mktemp('tiny_gpt2')
   text = list(pydoc_data.topics.topics.values())[:200]
   tok = tokenizer_lib.train_tokenizer(text, 'bpe', 300)
   tok.save(str(d))
+  specials = dict(bos_token='<|endoftext|>', eos_token='<|endoftext|>')
+  (d / 'tokenizer_config.json').write_text(json.dumps(dict(specials, chat_template=CHATML)))
   cfg = M.ModelConfig(
-    vocab_size=tok.vocab_size, hidden_size=32, num_layers=2, num_heads=4, mlp_dim=128, max_len=64,
+    vocab_size=tok.vocab_size, hidden_size=32, num_layers=2, num_heads=4, mlp_dim=128, max_len=128,
     type_vocab_size=0, pre_ln=True, activation='gelu_tanh', layer_norm_eps=1e-5,
     dropout_rate=0.0, attention_dropout_rate=0.0, initializer_range=0.3,
   )  # fmt: skip
   model = M.Decoder(cfg)
   params = nn.unbox(model.init(jax.random.PRNGKey(0), jnp.zeros((1, 4), jnp.int32)))['params']
   hf.export_pretrained('gpt2', cfg, params, d)
+  return d, model, params, tok
+
+
+def _hf_tokenizer(d, template=None):
+  import transformers
+
+  hf_tok = transformers.AutoTokenizer.from_pretrained(d)
+  if template:
+    hf_tok.chat_template = template
+  return hf_tok
+
+
+def test_chat_template_renders_as_transformers(tiny):
+  """A directory's chat template gives the prompt ids transformers' apply_chat_template(...,
+  add_generation_prompt=True) gives, for ChatML and a bos / raise_exception template; a chat
+  the template refuses is a ValueError."""
+  d, _, _, tok = tiny
+  assert chat.find_template(None, str(d)) == CHATML
+  for template in (CHATML, ALTERNATING):
+    ours = chat.ChatFormat(tok, template, str(d))
+    hf_tok = _hf_tokenizer(d, template)
+    for msgs in CHATS[:1] + [CHATS[1][1:]]:
+      want = hf_tok.apply_chat_template(msgs, add_generation_prompt=True, return_dict=False)
+      assert ours(msgs) == list(want)
+  with pytest.raises(ValueError, match='alternate'):
+    chat.ChatFormat(tok, ALTERNATING, str(d))(CHATS[1][1:2] * 2)
+
+
+def test_sft_chat_format_without_a_template(tiny):
+  """No template: the SFT chat format of lm.data.text_to_text, written out here by hand
+  ([bos]system\n\nUser: ...\nAssistant: ...[eos]\nUser: ...\nAssistant:)."""
+  tok = tiny[3]
+  eos = tok.eos_id
+  want = (
+    [tok.bos_id]
+    + tok.encode('You are terse.\n\n')
+    + tok.encode('User: Hi\nAssistant:')
+    + tok.encode(' Hello')
+    + [eos]
+    + tok.encode('\nUser: How are you?\nAssistant:')
+  )
+  assert chat.ChatFormat(tok)(CHATS[1]) == want
+  assert chat.ChatFormat(tok)(CHATS[0]) == [tok.bos_id] + tok.encode(
+    'User: Hello there\nAssistant:'
+  )
+  with pytest.raises(ValueError):
+    chat.ChatFormat(tok)([{'role': 'tool', 'content': 'x'}])
+
+
+@pytest.fixture(scope='module')
+def server(tiny):
+  """(openai client, base url, process, model, params, tokenizer, HF directory) of `tiny` being
+  served."""
+  d, model, params, tok = tiny
   with socket.socket() as s:
     s.bind(('127.0.0.1', 0))
     port = s.getsockname()[1]
@@ -70,9 +153,16 @@ def server(tmp_path_factory):
 
 
 def _alone(server, text, n):
+  """lm.generate's greedy continuation of a text (or of prompt ids), decoded."""
   model, params, tok = server[3:6]
-  out = G.generate(model, params, [tok.encode(text)], max_new_tokens=n, eos_id=tok.eos_id)[0][0]
+  ids = tok.encode(text) if isinstance(text, str) else list(text)
+  out = G.generate(model, params, [ids], max_new_tokens=n, eos_id=tok.eos_id)[0][0]
   return tok.decode(out)
+
+
+def _chat_ids(server, msgs):
+  hf_tok = _hf_tokenizer(server[6])
+  return list(hf_tok.apply_chat_template(msgs, add_generation_prompt=True, return_dict=False))
 
 
 def test_models_and_greedy_completions_equal_generate(server):
@@ -81,9 +171,9 @@ def test_models_and_greedy_completions_equal_generate(server):
   for p in PROMPTS:
     r = client.completions.create(model='m', prompt=p, max_tokens=10, temperature=0)
     assert r.choices[0].text == _alone(server, p, 10)
-  msgs = [{'role': 'user', 'content': 'Hello there'}]
+  msgs = CHATS[0]  # the directory's ChatML template, as transformers renders it
   r = client.chat.completions.create(model='m', messages=msgs, max_tokens=8, temperature=0)
-  assert r.choices[0].message.content == _alone(server, chat_prompt(msgs), 8)
+  assert r.choices[0].message.content == _alone(server, _chat_ids(server, msgs), 8)
 
 
 def test_streaming_n_logprobs_echo(server):
@@ -96,7 +186,7 @@ def test_streaming_n_logprobs_echo(server):
     model='m', messages=msgs, max_tokens=8, temperature=0, stream=True
   )
   text = ''.join(c.choices[0].delta.content or '' for c in chunks if c.choices)
-  assert text == _alone(server, chat_prompt(msgs), 8)
+  assert text == _alone(server, _chat_ids(server, msgs), 8)
   r = client.completions.create(
     model='m', prompt=p, max_tokens=5, temperature=0, n=2, logprobs=3, echo=True
   )
@@ -185,7 +275,7 @@ def test_bad_input_is_4xx_and_server_goes_on(server):
     b'{"prompt": "hi", "max_tokens": 4, "frobnicate": 1}',  # unknown field
     b'{"prompt": "hi", "max_tokens": 0}',
     b'{"prompt": "hi", "max_tokens": 4, "temperature": "hot"}',
-    b'{"prompt": "' + b'hello ' * 100 + b'", "max_tokens": 4}',  # longer than the model
+    b'{"prompt": "' + b'hello ' * 300 + b'", "max_tokens": 4}',  # longer than the model
   ]
   for body in bad:
     r = httpx.post(

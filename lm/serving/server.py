@@ -1,5 +1,6 @@
-"""OpenAI-compatible HTTP API over an `Engine`: /v1/completions, /v1/chat/completions (both with
-streaming, n, logprobs, stop, seed; completions also echo), /v1/models.
+"""OpenAI-compatible HTTP API over an `Engine`: /v1/completions, /v1/chat/completions (the
+model's chat template or the SFT chat format, `lm.serving.chat`; both with streaming, n, logprobs,
+stop, seed; completions also echo, scoring the prompt), /v1/models.
 
 Errors use OpenAI's shape ({"error": {"message", "type", "param", "code"}}): 400 for bad JSON,
 unknown fields, wrong types and prompts the model cannot hold, 429 when the engine's queue is
@@ -18,6 +19,7 @@ import pydantic
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, StreamingResponse
 
+from lm.serving.chat import ChatFormat
 from lm.serving.engine import Engine, QueueFull, Sampling
 
 
@@ -55,13 +57,6 @@ class ChatBody(_Body):
   max_completion_tokens: Optional[int] = pydantic.Field(None, ge=1)
   logprobs: bool = False
   top_logprobs: Optional[int] = pydantic.Field(None, ge=0, le=5)
-
-
-def chat_prompt(messages) -> str:
-  """The text a chat becomes: 'role: content' lines, then 'assistant:' (the models served here
-  carry no chat template; the tests build the same text)."""
-  lines = [f'{m["role"]}: {m["content"]}' for m in messages]
-  return '\n'.join(lines + ['assistant:'])
 
 
 def _error(status: int, message: str, param: Optional[str] = None, kind='invalid_request_error'):
@@ -107,9 +102,13 @@ class _Stream:
     return {'cancelled': 'length'}.get(self.req.finish_reason, self.req.finish_reason)
 
 
-def make_app(engine: Engine, tokenizer, name: str, timeout: float = 600.0) -> fastapi.FastAPI:
+def make_app(
+  engine: Engine, tokenizer, name: str, timeout: float = 600.0, chat_format=None
+) -> fastapi.FastAPI:
   """The API over a started engine (the caller shuts it down: `serve.py` does after uvicorn's
-  graceful shutdown has let in-flight requests finish)."""
+  graceful shutdown has let in-flight requests finish). `chat_format`: a `ChatFormat` (default:
+  the SFT chat format)."""
+  chat_format = chat_format or ChatFormat(tokenizer)
   app = fastapi.FastAPI(title='lm')
   app.state.engine, app.state.tokenizer, app.state.name = engine, tokenizer, name
 
@@ -244,8 +243,12 @@ def make_app(engine: Engine, tokenizer, name: str, timeout: float = 600.0) -> fa
 
   @app.post('/v1/chat/completions')
   async def chat(body: ChatBody):
-    text = chat_prompt([m.model_dump() for m in body.messages])
-    return await run(body, [encode(text)], chat=True)
+    msgs = [m.model_dump(exclude_none=True) for m in body.messages]
+    try:
+      ids = chat_format(msgs)
+    except ValueError as e:
+      return _error(400, str(e), 'messages')
+    return await run(body, [ids], chat=True)
 
   return app
 
