@@ -13,7 +13,7 @@ import pytest
 
 from lm import generate as G
 from lm import models as M
-from lm.serving.engine import Engine, QueueFull, Sampling
+from lm.serving.engine import Engine, QueueFull, Sampling, decode_step, prefill_into_slot
 
 BASE = dict(
   vocab_size=96, hidden_size=32, num_layers=2, num_heads=4, max_len=64, type_vocab_size=0,
@@ -138,3 +138,19 @@ def test_background_thread_serves_concurrent_submitters_and_drains():
     assert r.done and r.ids == _alone('gpt2', tuple(PROMPTS[i]), 5 + i)
   with pytest.raises(QueueFull):
     eng.submit(PROMPTS[0])
+
+
+@pytest.mark.parametrize('on_mesh', [False, True])
+def test_each_prefill_bucket_compiles_once(on_mesh):
+  """Two prompts of one bucket, then the first again: one prefill program, one decode program,
+  whether the params are plain arrays or placed on a mesh (as lm.pretrained loads them)."""
+  model, params = _model('gpt2')
+  if on_mesh:
+    mesh = jax.sharding.Mesh(jax.devices()[:1], ('data',))
+    params = jax.device_put(params, jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec()))
+  eng = Engine(model, params, slots=5 + on_mesh)  # a slot count no other test compiles
+  sizes = []
+  for p in (PROMPTS[0], PROMPTS[4], PROMPTS[0]):
+    assert eng.generate([p], Sampling(max_tokens=3)) == [_alone('gpt2', tuple(p), 3)]
+    sizes.append((prefill_into_slot._cache_size(), decode_step._cache_size()))
+  assert sizes[0] == sizes[1] == sizes[2]

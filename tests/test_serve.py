@@ -268,6 +268,39 @@ def test_concurrent_mixed_requests_each_get_their_own(server):
   assert outs == [_alone(server, p, n) for p, n in jobs]
 
 
+def test_short_request_overtakes_a_long_one(server):
+  """Continuous batching through the server: a short streamed request sent while a long one
+  decodes gets its first token and its end while the long one still has many tokens to go."""
+  client = server[0]
+  long_n, short_n = 110, 3
+  seen = {'long': [], 'short': []}  # (time, text) per streamed chunk
+
+  def stream(key, prompt, n):
+    chunks = client.completions.create(
+      model='m', prompt=prompt, max_tokens=n, temperature=0, stream=True
+    )
+    for c in chunks:
+      seen[key].append((time.monotonic(), c.choices[0].text, c.choices[0].finish_reason))
+
+  with concurrent.futures.ThreadPoolExecutor(2) as pool:
+    long = pool.submit(stream, 'long', PROMPTS[1], long_n)
+    for _ in range(600):  # bounded: until the long one has streamed a few chunks
+      if len(seen['long']) >= 5 or long.done():
+        break
+      time.sleep(0.01)
+    pool.submit(stream, 'short', PROMPTS[0], short_n).result(timeout=120)
+    long.result(timeout=120)
+  short_first, short_end = seen['short'][0][0], seen['short'][-1][0]
+  long_end = seen['long'][-1][0]
+  # the long one's chunks that had arrived when the short one ended: far from all of them
+  long_by_then = sum(t <= short_end for t, *_ in seen['long'])
+  assert short_first < short_end < long_end
+  assert long_by_then < len(seen['long']) - 20, (long_by_then, len(seen['long']))
+  assert seen['long'][-1][2] == 'length'
+  assert ''.join(x[1] for x in seen['long']) == _alone(server, PROMPTS[1], long_n)
+  assert ''.join(x[1] for x in seen['short']) == _alone(server, PROMPTS[0], short_n)
+
+
 def test_bad_input_is_4xx_and_server_goes_on(server):
   client, url = server[:2]
   bad = [

@@ -219,8 +219,15 @@ class Engine:
     self.waiting: queue.Queue = queue.Queue(maxsize=queue_size)
     cache = G.init_cache(model, slots, self.length)
     index = lambda x, axis: jnp.zeros(x.shape + (slots,), jnp.int32) if _is_index(axis) else x
-    self.cache = jax.tree.map(index, cache, G.cache_batch_axes(model))
-    self.mask = jnp.zeros((slots, self.length), jnp.int32)
+    # Placed as the programs' outputs are (replicated over the params' mesh): a first cache
+    # placed otherwise would compile each prefill bucket twice (its first call, then the rest).
+    where = getattr(jax.tree.leaves(params)[0], 'sharding', None)
+    if isinstance(where, jax.sharding.NamedSharding):
+      where = jax.sharding.NamedSharding(where.mesh, jax.sharding.PartitionSpec())
+    else:
+      where = jax.devices()[0]
+    self.cache = jax.device_put(jax.tree.map(index, cache, G.cache_batch_axes(model)), where)
+    self.mask = jax.device_put(jnp.zeros((slots, self.length), jnp.int32), where)
     self.running: list[Optional[Request]] = [None] * slots
     self.tokens = np.zeros(slots, np.int32)
     self.positions = np.zeros(slots, np.int32)
