@@ -40,7 +40,10 @@ def main(argv):
 
   pre, tok, eos = pretrained.for_generation(FLAGS.checkpoint, 'serve.py', FLAGS.tokenizer)
   if pre.kind != 'decoder':
-    raise ValueError(f'{FLAGS.checkpoint} holds a {pre.kind}; serve.py serves decoders.')
+    raise ValueError(
+      f'{FLAGS.checkpoint} holds a {pre.kind} model: serve.py serves decoders (GPT-2, Llama '
+      'family), not T5; decode it with generate.py (docs/serving.md).'
+    )
   engine = Engine(
     pre.model,
     pre.params,

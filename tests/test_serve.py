@@ -24,6 +24,7 @@ from lm import generate as G
 from lm import hf
 from lm import losses
 from lm import models as M
+from lm.models import t5
 from lm.data import tokenizer as tokenizer_lib
 from lm.serving import chat
 
@@ -333,3 +334,20 @@ def test_sigterm_finishes_in_flight_requests_then_exits(server):
     r = fut.result(timeout=120)
   assert r.choices[0].text == _alone(server, PROMPTS[1], 30)
   assert proc.wait(60) == 0
+
+
+@pytest.mark.slow
+def test_t5_is_refused_on_one_line(tiny, tmp_path, run):
+  """serve.py serves decoders: an HF T5 directory ends it at once, with one line naming why."""
+  tok = tiny[3]
+  cfg = t5.T5Config(
+    vocab_size=tok.vocab_size, hidden_size=16, d_kv=4, mlp_dim=24, num_heads=2, num_layers=1,
+    relative_buckets=8, relative_max_distance=20, dropout_rate=0.0,
+  )  # fmt: skip
+  ids = jnp.zeros((1, 4), jnp.int32)
+  params = nn.unbox(t5.T5(cfg).init(jax.random.PRNGKey(0), ids))['params']
+  hf.export_pretrained('t5', cfg, params, tmp_path)
+  tok.save(str(tmp_path))
+  proc = run('serve.py', f'--checkpoint={tmp_path}', '--port=9', check=False, timeout=300)
+  assert proc.returncode != 0 and 'Traceback' not in proc.stderr, proc.stderr[-3000:]
+  assert 'serves decoders' in proc.stderr.strip().splitlines()[-1], proc.stderr[-3000:]
