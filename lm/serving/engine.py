@@ -152,18 +152,39 @@ def prefill_into_slot(model, num_top, params, cache, mask, slot, ids, prompt_mas
   return (cache, mask) + tuple(x[0] for x in out)
 
 
-@functools.partial(jax.jit, static_argnames=('model', 'num_top'), donate_argnames=('cache',))
+def _rows(x, axis, rows: int):
+  """The first `rows` cache rows of one cache leaf."""
+  return x[..., :rows] if _is_index(axis) else jax.lax.slice_in_dim(x, 0, rows, axis=axis)
+
+
+@functools.partial(
+  jax.jit, static_argnames=('model', 'num_top', 'rows'), donate_argnames=('cache',)
+)
 def decode_step(
-  model, num_top, params, cache, mask, tokens, positions, active, sampling, keys, counts
+  model, num_top, params, cache, mask, tokens, positions, active, sampling, keys, counts, rows=None
 ):
-  """One token for every slot: tokens, positions, active, counts (tokens generated so far) are
-  [S], sampling = (temperature, top_k, top_p) [S] each, keys [S, 2]. Inactive slots compute too
-  (fixed shape) but write at cache slot 0 of their own row, which a later prefill replaces.
-  Returns (cache, tokens, log-probs, top ids, top log-probs)."""
-  logits, cache = G.step(model, params, cache, tokens, positions, mask)
-  reset = lambda x, axis: jnp.where(active, x, 0) if _is_index(axis) else x
-  cache = jax.tree.map(reset, cache, G.cache_batch_axes(model))
-  return (cache,) + _pick(logits, *sampling, keys, counts, num_top)
+  """One token for each of the first `rows` slots (default all S; the engine passes a power of two
+  covering every active slot, so a few requests cost a few rows, not S): tokens, positions,
+  active, counts (tokens generated so far) are [S], sampling = (temperature, top_k, top_p) [S]
+  each, keys [S, 2]. Inactive slots among those rows compute too (fixed shape) but write at cache
+  slot 0 of their own row, which a later prefill replaces. Returns (cache, then for the first
+  `rows` slots: tokens, log-probs, top ids, top log-probs)."""
+  rows = rows or mask.shape[0]
+  axes = G.cache_batch_axes(model)
+  part = jax.tree.map(lambda x, a: _rows(x, a, rows), cache, axes)
+  cut = lambda x: x[:rows]  # noqa: E731
+  logits, part = G.step(model, params, part, cut(tokens), cut(positions), cut(mask))
+  reset = lambda x, axis: jnp.where(cut(active), x, 0) if _is_index(axis) else x
+  part = jax.tree.map(reset, part, axes)
+
+  def put(big, small, axis):
+    if _is_index(axis):
+      return big.at[..., :rows].set(small)
+    return jax.lax.dynamic_update_slice_in_dim(big, small, 0, axis)
+
+  cache = jax.tree.map(put, cache, part, axes)
+  sampling = tuple(cut(x) for x in sampling)
+  return (cache,) + _pick(logits, *sampling, cut(keys), cut(counts), num_top)
 
 
 @functools.partial(jax.jit, static_argnames=('model', 'num_top'))
@@ -366,10 +387,11 @@ class Engine:
     active = np.array([r is not None for r in self.running])
     if not active.any():
       return admitted > 0
+    rows = min(1 << int(np.flatnonzero(active)[-1]).bit_length(), self.slots)
     self.cache, toks, lps, top_ids, top_lps = decode_step(
       self.model, self.num_top, self.params, self.cache, self.mask, self.tokens,
       np.where(active, self.positions + self.counts - 1, 0).astype(np.int32), active,
-      (self.temperature, self.top_k, self.top_p), self.keys, self.counts,
+      (self.temperature, self.top_k, self.top_p), self.keys, self.counts, rows=rows,
     )  # fmt: skip
     self.steps += 1
     toks, lps, top_ids, top_lps = (np.asarray(x) for x in (toks, lps, top_ids, top_lps))
