@@ -111,15 +111,29 @@ def _pick(logits, temperature, top_k, top_p, keys, count, num_top: int):
   and top-p as `lm.generate.process_logits`, keyed by fold_in(key, count) as `decode`), its
   log-probability and the `num_top` best (ids, log-probs)."""
   logp = jax.nn.log_softmax(logits, axis=-1)
-  x = logits / jnp.where(temperature > 0, temperature, 1.0)[:, None]
-  v = x.shape[-1]
-  kth = jnp.take_along_axis(-jnp.sort(-x, axis=-1), jnp.clip(top_k - 1, 0, v - 1)[:, None], -1)
-  x = jnp.where((top_k[:, None] > 0) & (top_k[:, None] < v) & (x < kth), -jnp.inf, x)
-  x = jnp.where((top_p[:, None] < 1.0) & G.top_p_drop(x, top_p[:, None]), -jnp.inf, x)
-  draw = lambda key, row: jax.random.categorical(key, row[None], axis=-1)[0]
-  keys = jax.vmap(jax.random.fold_in)(keys, count)
-  tok = jnp.where(temperature > 0, jax.vmap(draw)(keys, x), jnp.argmax(logits, axis=-1))
-  tok = tok.astype(jnp.int32)
+  v = logits.shape[-1]
+  sampled = temperature > 0
+  # Each filter and the draw run only when some row needs them (lax.cond runs one branch): a
+  # vocabulary sort costs more than the rest of a small model's step on CPU.
+  by_k = sampled & (top_k > 0) & (top_k < v)
+  by_p = sampled & (top_p < 1.0)
+
+  def cut_k(x):
+    kth = jnp.take_along_axis(-jnp.sort(-x, axis=-1), jnp.clip(top_k - 1, 0, v - 1)[:, None], -1)
+    return jnp.where(by_k[:, None] & (x < kth), -jnp.inf, x)
+
+  def cut_p(x):
+    return jnp.where(by_p[:, None] & G.top_p_drop(x, top_p[:, None]), -jnp.inf, x)
+
+  def draw(logits):
+    x = logits / jnp.where(sampled, temperature, 1.0)[:, None]
+    x = jax.lax.cond(by_k.any(), cut_k, lambda x: x, x)
+    x = jax.lax.cond(by_p.any(), cut_p, lambda x: x, x)
+    one = lambda key, row: jax.random.categorical(key, row[None], axis=-1)[0]  # noqa: E731
+    return jax.vmap(one)(jax.vmap(jax.random.fold_in)(keys, count), x).astype(jnp.int32)
+
+  greedy = jnp.argmax(logits, axis=-1).astype(jnp.int32)
+  tok = jnp.where(sampled, jax.lax.cond(sampled.any(), draw, lambda _: greedy, logits), greedy)
   top_lp, top_ids = jax.lax.top_k(logp, num_top)
   return tok, jnp.take_along_axis(logp, tok[:, None], -1)[:, 0], top_ids, top_lp
 
@@ -216,7 +230,8 @@ class Engine:
   `eos_id` ends a sequence (included in its tokens, as `lm.generate`); `num_top`: how many top
   log-probs each token carries; `queue_size`: waiting requests beyond which `submit` raises
   `QueueFull`; `prefills_per_step`: admissions between two decode steps (bounds the stall the
-  running sequences see)."""
+  running sequences see); `min_rows`: the fewest rows a decode step runs (one row takes XLA's
+  CPU matrix-vector path, ~4x slower than two rows at GPT-2 small's size)."""
 
   def __init__(
     self,
@@ -231,12 +246,14 @@ class Engine:
     queue_size: int = 256,
     min_bucket: int = 16,
     prefills_per_step: Optional[int] = None,
+    min_rows: int = 2,
   ):
     self.model, self.params = model, params
     self.slots, self.length = slots, int(max_len or model.cfg.max_len)
     self.eos_id, self.pad_id, self.num_top = eos_id, pad_id, num_top
     self.buckets = buckets(min(min_bucket, self.length), self.length)
     self.prefills_per_step = prefills_per_step or slots
+    self.min_rows = min_rows
     self.waiting: queue.Queue = queue.Queue(maxsize=queue_size)
     cache = G.init_cache(model, slots, self.length)
     index = lambda x, axis: jnp.zeros(x.shape + (slots,), jnp.int32) if _is_index(axis) else x
@@ -387,7 +404,8 @@ class Engine:
     active = np.array([r is not None for r in self.running])
     if not active.any():
       return admitted > 0
-    rows = min(1 << int(np.flatnonzero(active)[-1]).bit_length(), self.slots)
+    rows = max(1 << int(np.flatnonzero(active)[-1]).bit_length(), self.min_rows)
+    rows = min(rows, self.slots)
     self.cache, toks, lps, top_ids, top_lps = decode_step(
       self.model, self.num_top, self.params, self.cache, self.mask, self.tokens,
       np.where(active, self.positions + self.counts - 1, 0).astype(np.int32), active,
