@@ -4,6 +4,7 @@ lengths and settings each get what they get alone, bad input is a 4xx and the se
 and SIGTERM lets an in-flight request finish before the process exits."""
 
 import concurrent.futures
+import functools
 import json
 import os
 import pydoc_data.topics
@@ -29,6 +30,7 @@ from lm.data import tokenizer as tokenizer_lib
 from lm.serving import chat
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+_TINY = {}  # model -> (directory, params, tokenizer, config), for the cached references
 PROMPTS = ['The quick brown fox', 'In the beginning', 'Python is a programming language that']
 
 
@@ -76,6 +78,7 @@ def tiny(tmp_path_factory):
   model = M.Decoder(cfg)
   params = nn.unbox(model.init(jax.random.PRNGKey(0), jnp.zeros((1, 4), jnp.int32)))['params']
   hf.export_pretrained('gpt2', cfg, params, d)
+  _TINY[model] = (d, params, tok, cfg)
   return d, model, params, tok
 
 
@@ -155,10 +158,21 @@ def server(tiny):
 
 def _alone(server, text, n):
   """lm.generate's greedy continuation of a text (or of prompt ids), decoded."""
-  model, params, tok = server[3:6]
+  tok = server[5]
   ids = tok.encode(text) if isinstance(text, str) else list(text)
-  out = G.generate(model, params, [ids], max_new_tokens=n, eos_id=tok.eos_id)[0][0]
-  return tok.decode(out)
+  return tok.decode(_greedy(server[3], tuple(ids))[:n])
+
+
+@functools.cache
+def _greedy(model, ids):
+  """The longest greedy continuation the context allows: the first n tokens of it are the
+  n-token one, so every budget shares one compiled program per 16-token prompt width."""
+  _, params, tok, _ = _TINY[model]
+  width = -(-len(ids) // 16) * 16
+  out = G.generate(
+    model, params, [list(ids)], max_new_tokens=128 - width, eos_id=tok.eos_id, prompt_len=width
+  )
+  return out[0][0]
 
 
 def _chat_ids(server, msgs):
@@ -166,6 +180,7 @@ def _chat_ids(server, msgs):
   return list(hf_tok.apply_chat_template(msgs, add_generation_prompt=True, return_dict=False))
 
 
+@pytest.mark.slow
 def test_models_and_greedy_completions_equal_generate(server):
   client = server[0]
   assert [m.id for m in client.models.list().data]
@@ -177,6 +192,7 @@ def test_models_and_greedy_completions_equal_generate(server):
   assert r.choices[0].message.content == _alone(server, _chat_ids(server, msgs), 8)
 
 
+@pytest.mark.slow
 def test_streaming_n_logprobs_echo(server):
   client = server[0]
   p = PROMPTS[0]
@@ -204,6 +220,7 @@ def test_streaming_n_logprobs_echo(server):
   assert seeded[0] == seeded[1]
 
 
+@pytest.mark.slow
 def test_echo_scores_the_prompt_as_lm_eval_reads_it(server):
   """lm-eval's local-completions loglikelihood request (token ids, echo, max_tokens 1,
   logprobs 1): the prompt's log-probs equal HF transformers' on the same directory, and its
@@ -248,6 +265,7 @@ def test_echo_scores_the_prompt_as_lm_eval_reads_it(server):
     client.completions.create(model='m', prompt=ctx, max_tokens=0)
 
 
+@pytest.mark.slow
 def test_concurrent_mixed_requests_each_get_their_own(server):
   client = server[0]
   jobs = [(p, n) for p in PROMPTS for n in (3, 12)]
@@ -269,6 +287,7 @@ def test_concurrent_mixed_requests_each_get_their_own(server):
   assert outs == [_alone(server, p, n) for p, n in jobs]
 
 
+@pytest.mark.slow
 def test_short_request_overtakes_a_long_one(server):
   """Continuous batching through the server: a short streamed request sent while a long one
   decodes gets its first token and its end while the long one still has many tokens to go."""
@@ -302,6 +321,7 @@ def test_short_request_overtakes_a_long_one(server):
   assert ''.join(x[1] for x in seen['short']) == _alone(server, PROMPTS[0], short_n)
 
 
+@pytest.mark.slow
 def test_bad_input_is_4xx_and_server_goes_on(server):
   client, url = server[:2]
   bad = [
@@ -322,6 +342,7 @@ def test_bad_input_is_4xx_and_server_goes_on(server):
   assert r.choices[0].text == _alone(server, PROMPTS[1], 4)
 
 
+@pytest.mark.slow
 def test_sigterm_finishes_in_flight_requests_then_exits(server):
   """Runs last in this file: it stops the server."""
   client, _, proc = server[:3]
