@@ -102,7 +102,7 @@ def test_settings_per_request_and_eos():
 
 
 def test_short_request_finishes_while_long_one_decodes():
-  model, params = _model('llama')
+  model, params = _model('gpt2')
   eng = Engine(model, params, slots=2)
   long = eng.submit(PROMPTS[2], Sampling(max_tokens=40))
   for _ in range(5):
@@ -112,8 +112,8 @@ def test_short_request_finishes_while_long_one_decodes():
     eng.step()
   assert not long.done and len(long.ids) < 15
   eng.run([long])
-  assert long.ids == _alone('llama', tuple(PROMPTS[2]), 40)
-  assert short.ids == _alone('llama', tuple(PROMPTS[1]), 3)
+  assert long.ids == _alone('gpt2', tuple(PROMPTS[2]), 40)
+  assert short.ids == _alone('gpt2', tuple(PROMPTS[1]), 3)
 
 
 def test_stop_cancel_queue_and_errors():
