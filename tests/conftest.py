@@ -50,6 +50,8 @@ LONGEST_FIRST = (
   'test_bench.py',  # ~150
   'test_workdirs.py',  # ~125: ten tiny runs of every job (last alphabetically: it ran alone at the end)
   'test_harness.py',  # ~85: lm-eval's own hf backend beside ours on GPT-2, Llama, T5; 2 processes
+  'test_engine.py',  # ~58 (serial, 2 cores, light load)
+  'test_serve.py',  # ~43: one served process for its server tests
   'test_icl.py',
   'test_finetune.py',
   'test_prepare.py',

@@ -173,3 +173,35 @@ def test_harness_bench_agrees(run, tmp_path):
   assert float(ll.group(1)) < 1e-4 and ll.group(2) == 'True' and float(rolling.group(1)) < 1e-6
   rows = [l for l in out.splitlines() if l.startswith('| loglikelihood') or l.startswith('| all')]
   assert len(rows) == 6, out  # two request types and the total, two passes each
+
+
+def test_serve_bench_prints_table(run):
+  """bench/serve.py on a tiny model, 1 and 2 clients: a sequential row and one server row per
+  client count, the server's texts equal lm.generate's, and the columns agree with each other
+  (tokens/s = tokens / wall, x_seq = tokens/s over the sequential row's)."""
+  proc = run(
+    'bench/serve.py',
+    '--hidden=32',
+    '--layers=1',
+    '--heads=2',
+    '--vocab=300',
+    '--requests=2',
+    '--clients=1,2',
+    '--max_tokens=8',
+    '--slots=2',
+  )
+  out = proc.stdout + proc.stderr[-3000:]
+  assert 'differ' not in proc.stdout, out
+  rows = [line.split() for line in proc.stdout.splitlines()]
+  rows = [r for r in rows if r and r[0] in ('sequential', 'server')]
+  assert [(r[0], r[1]) for r in rows] == [('sequential', '1'), ('server', '1'), ('server', '2')]
+  seq_tps = float(rows[0][4])
+  for mode, _, tokens, wall, tps, *lat, ratio in rows:
+    assert 0 < int(tokens) <= 2 * 8, out  # requests x max_tokens, fewer where EOS came first
+    if float(wall) >= 0.02:  # else the printed wall's rounding (0.5 ms) decides too much
+      want = int(tokens) / float(wall)
+      assert abs(float(tps) - want) <= 0.051 + want * 0.0006 / float(wall), (mode, tps, want)
+    assert float(ratio) == pytest.approx(float(tps) / seq_tps, abs=0.006), (mode, ratio)
+    assert float(lat[0]) <= float(lat[1]), (mode, lat)  # p50 <= p95
+    if mode == 'server':
+      assert float(lat[2]) <= float(lat[0]), (mode, lat)  # first token before the last
