@@ -138,7 +138,7 @@ def start_server(directory):
     port = s.getsockname()[1]
   cmd = [sys.executable, os.path.join(ROOT, 'serve.py'), f'--checkpoint={directory}',
          f'--port={port}', f'--slots={FLAGS.slots}', f'--queue={4 * FLAGS.requests}',
-         f'--max_len={FLAGS.cache_len}']  # fmt: skip
+         f'--max_len={FLAGS.cache_len}', '--name=m']  # fmt: skip
   proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
   url = f'http://127.0.0.1:{port}'
   for _ in range(600):  # bounded: imports JAX and loads the model

@@ -138,7 +138,7 @@ def server(tiny):
     port = s.getsockname()[1]
   proc = subprocess.Popen(
     [sys.executable, os.path.join(ROOT, 'serve.py'), f'--checkpoint={d}', f'--port={port}',
-     '--slots=4', '--timeout=120'],
+     '--slots=4', '--timeout=120', '--name=m'],
     cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
   )  # fmt: skip
   url = f'http://127.0.0.1:{port}'
@@ -183,7 +183,7 @@ def _chat_ids(server, msgs):
 @pytest.mark.slow
 def test_models_and_greedy_completions_equal_generate(server):
   client = server[0]
-  assert [m.id for m in client.models.list().data]
+  assert [m.id for m in client.models.list().data] == ['m']
   for p in PROMPTS:
     r = client.completions.create(model='m', prompt=p, max_tokens=10, temperature=0)
     assert r.choices[0].text == _alone(server, p, 10)
@@ -338,6 +338,8 @@ def test_bad_input_is_4xx_and_server_goes_on(server):
     assert 400 <= r.status_code < 500 and r.json()['error']['message'], body
   with pytest.raises(openai.BadRequestError):
     client.chat.completions.create(model='m', messages=[], max_tokens=4)
+  with pytest.raises(openai.NotFoundError, match='not served here'):
+    client.completions.create(model='gpt-4', prompt='hi', max_tokens=4)
   r = client.completions.create(model='m', prompt=PROMPTS[1], max_tokens=4, temperature=0)
   assert r.choices[0].text == _alone(server, PROMPTS[1], 4)
 

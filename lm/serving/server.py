@@ -3,9 +3,10 @@ model's chat template or the SFT chat format, `lm.serving.chat`; both with strea
 stop, seed; completions also echo, scoring the prompt), /v1/models.
 
 Errors use OpenAI's shape ({"error": {"message", "type", "param", "code"}}): 400 for bad JSON,
-unknown fields, wrong types and prompts the model cannot hold, 429 when the engine's queue is
-full, 408 when a request outlives `timeout`. The engine runs on its own thread; handlers wait on
-asyncio queues it feeds, so a slow client never holds a decode slot's thread.
+unknown fields, wrong types and prompts the model cannot hold, 404 for another model's name, 429
+when the engine's queue is full, 408 when a request outlives `timeout`. The engine runs on its own
+thread; handlers wait on asyncio queues it feeds, so a slow client never holds a decode slot's
+thread.
 """
 
 import asyncio
@@ -59,8 +60,10 @@ class ChatBody(_Body):
   top_logprobs: Optional[int] = pydantic.Field(None, ge=0, le=5)
 
 
-def _error(status: int, message: str, param: Optional[str] = None, kind='invalid_request_error'):
-  body = {'error': {'message': message, 'type': kind, 'param': param, 'code': None}}
+def _error(
+  status: int, message: str, param: Optional[str] = None, kind='invalid_request_error', code=None
+):
+  body = {'error': {'message': message, 'type': kind, 'param': param, 'code': code}}
   return JSONResponse(body, status_code=status)
 
 
@@ -141,6 +144,9 @@ def make_app(
 
   async def run(body, prompts, chat: bool):
     """Submits every (prompt, choice) pair; returns a JSON or SSE response."""
+    if body.model is not None and body.model != name:
+      msg = f'the model {body.model!r} is not served here; this server serves {name!r}.'
+      return _error(404, msg, 'model', code='model_not_found')
     max_tokens = getattr(body, 'max_completion_tokens', None) or body.max_tokens
     max_tokens = 16 if max_tokens is None else max_tokens
     echo = not chat and body.echo
