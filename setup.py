@@ -24,8 +24,9 @@ INSTALL_REQUIRES = [
   'importlib_resources',  # tensorflow-datasets imports it when building a dataset
 ]
 
-# serve.py: the HTTP server (jinja2 renders a model directory's chat template without transformers).
-SERVE = ['fastapi>=0.165,<0.170', 'uvicorn>=0.55,<0.60', 'jinja2>=3.1,<4']
+# serve.py: the HTTP server; jinja2 renders a model directory's chat template without transformers
+# (3.1.6: earlier versions have sandbox escapes, and templates come with downloaded models).
+SERVE = ['fastapi>=0.165,<0.170', 'uvicorn>=0.55,<0.60', 'jinja2>=3.1.6,<4']
 EXTRAS = {
   'serve': SERVE,
   # torch==2.13.0 resolves to the CPU wheel on this project's machines.
