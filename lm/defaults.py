@@ -213,6 +213,23 @@ def preference() -> ml_collections.ConfigDict:
   return c
 
 
+def backend_block() -> dict:
+  """The generation backend fields that ppo.py's rollouts (`c.generate` of `rl`) and sft.py's
+  generations (`c.generate` of `text_to_text`) share: 'static' = lm.generate (one fixed batch,
+  one compiled loop) | 'engine' = lm.serving.engine (continuous batching, built once per run;
+  same tokens for the same seeds, see docs/generation.md); slots: the engine's rows (0 = the
+  job's batch: train.batch_size for rollouts, eval_batch_size for generations)."""
+  return dict(backend='static', slots=0)
+
+
+def backend(generate) -> str:
+  """A job's `c.generate.backend` ('static' when absent: a workdir saved before the switch)."""
+  got = generate.get('backend', 'static')
+  if got not in ('static', 'engine'):
+    raise ValueError(f"generate.backend={got!r}: use 'static' or 'engine'.")
+  return got
+
+
 def text_to_text(task: str) -> ml_collections.ConfigDict:
   """Defaults configs/sft.py and configs/summarize.py share (lm/sft.py; fields documented
   inline)."""
@@ -253,6 +270,7 @@ def text_to_text(task: str) -> ml_collections.ConfigDict:
       repetition_penalty=1.0,  # HF's CTRL penalty over prompt + output: < 1 favours copying
       no_repeat_ngram_size=0,  # > 0: no n-gram of this size twice
       seed=0,
+      **backend_block(),
     )
   )
   c.early_stopping = ml_collections.ConfigDict(dict(metric='loss', mode='min', patience=0))
@@ -280,6 +298,7 @@ def rl() -> ml_collections.ConfigDict:
   c.data.update(eval_fraction=pref.eval_fraction, test_fraction=pref.test_fraction)
   c.max_new_tokens = 48  # response length cap; max_prompt_len + this <= the model's max_len
   c.group_size = 1  # responses per prompt in a step (grpo / rloo: >= 2)
+  c.generate = ml_collections.ConfigDict(backend_block())  # rollouts' (and held-out) sampling
 
   c.kl_coef = 0.05  # ppo / rloo: KL penalty in the reward; grpo: k3 KL term in the loss
   c.kl_budget = 10.0  # nats (held-out mean per-sequence KL): training stops above it

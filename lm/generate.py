@@ -272,9 +272,26 @@ def _history(ids, mask, s: Settings):
   return hist, real
 
 
+def draw_rows(keys, logits):
+  """[B] tokens, row b drawn from logits[b] with its own key keys[b] ([B, 2]): a row's draw is
+  then the same whatever batch it is in (what `lm.serving.engine` draws per slot)."""
+  draw = lambda key, row: jax.random.categorical(key, row[None], axis=-1)[0]
+  return jax.vmap(draw)(keys, logits).astype(jnp.int32)
+
+
+def fold(rng, i):
+  """fold_in(rng, i) for one key, or for each row's key of [B, 2] keys."""
+  return (
+    jax.vmap(jax.random.fold_in, (0, None))(rng, i) if rng.ndim == 2 else jax.random.fold_in(rng, i)
+  )
+
+
 def choose(logits, rng, s: Settings):
+  """Argmax, or a draw after `process_logits`: one key for the batch, or [B, 2] keys, one a row."""
   if s.strategy == 'greedy':
     return jnp.argmax(logits, axis=-1).astype(jnp.int32)
+  if rng.ndim == 2:
+    return draw_rows(rng, process_logits(logits, s))
   return jax.random.categorical(rng, process_logits(logits, s), axis=-1).astype(jnp.int32)
 
 
@@ -338,6 +355,9 @@ def _lean(fn, cpu: bool):
 def decode(model, params, ids, mask, rng, s: Settings, carry_params: bool = False):
   """Greedy / sampled continuations [B, N]; rows past their EOS hold `pad_id`.
 
+  rng: one key for the batch, or raw keys [B, 2], one a row: row b's step i then draws with
+  fold_in(rng[b], i), as `lm.serving.engine` does for a request seeded with rng[b].
+
   The loop exits as soon as every row has hit EOS. `carry_params`: see `_loop` (`generate` sets
   it for params narrower than the compute dtype).
   """
@@ -346,9 +366,7 @@ def decode(model, params, ids, mask, rng, s: Settings, carry_params: bool = Fals
   ids, mask = decoder_prompt(model, ids, mask, s.pad_id)
   p = ids.shape[1]
   hist, real = _history(ids, mask, s)
-  pick = lambda logits, hist, i: choose(
-    constrain(logits, hist, real, i, s), jax.random.fold_in(rng, i), s
-  )
+  pick = lambda logits, hist, i: choose(constrain(logits, hist, real, i, s), fold(rng, i), s)
   tok = pick(logits, hist, 0)
   state = (jnp.int32(1), cache, tok, hist.at[:, p].set(tok), tok == s.eos_id)
 

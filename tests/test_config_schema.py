@@ -167,3 +167,16 @@ def test_a_config_saved_before_test_splits_refuses_to_report_test():
   assert task_data.load_examples('classification', old, 'validation') == (
     task_data.load_examples('classification', new, 'validation')
   )
+
+
+def test_rollouts_and_generations_pick_their_backend_with_one_block():
+  """ppo.py's rollouts and sft.py's generations choose lm.generate or the serving engine with the
+  same fields and defaults; a misspelled backend fails in one line."""
+  want = defaults.backend_block()
+  assert want == {'backend': 'static', 'slots': 0}
+  for c in (defaults.rl(), defaults.text_to_text('summarize')):
+    assert {k: c.generate[k] for k in want} == want
+    assert defaults.backend(c.generate) == 'static'
+  assert defaults.backend(ml_collections.ConfigDict()) == 'static'  # a workdir saved before
+  with pytest.raises(ValueError, match="generate.backend='vllm'"):
+    defaults.backend(ml_collections.ConfigDict(dict(backend='vllm')))

@@ -199,7 +199,7 @@ def rollout():
   ids, mask = gen.left_pad(PROMPTS, 0)
   s = gen.Settings(max_new_tokens=6, strategy='sample', eos_id=EOS, pad_id=0)
   sampler = ppo.make_sampler(ac, rm, s, mesh)
-  r = sampler(params, params['decoder'], rm_params, ids, mask, jax.random.PRNGKey(3))
+  r = sampler(params, params['decoder'], rm_params, ids, mask, jax.random.PRNGKey(9))
   return ac, rm, params, rm_params, jax.device_get(r)
 
 
@@ -464,3 +464,85 @@ def test_critic_free_end_to_end(pretrained_gpt, reward_model, tmp_path, run, alg
   ev, train, test = _rows(wd, 'eval'), _rows(wd, 'train'), _rows(wd, 'test')[2]
   assert ev[0]['kl'] == 0.0 and ev[2]['kl'] != 0.0 and 'best_of_n' not in test
   assert 'value_loss' not in train[2] and ('kl_k3' in train[2]) == (algorithm == 'grpo')
+
+
+# ---------------------------------------------------------------- the engine backend
+
+
+@pytest.fixture(scope='module')
+def grpo():
+  """What both backends' GRPO runs share, compiled once: config, models, params, the update."""
+  config = _config('grpo', seed=0, generate=dict(backend='static', slots=0))
+  config.train = ml_collections.ConfigDict(
+    dict(
+      batch_size=len(PROMPTS), steps=3, lr=3e-2, warmup_steps=0, schedule='constant',
+      end_lr_fraction=0.0, weight_decay=0.0, b1=0.9, b2=0.999, eps=1e-6, clip_norm=1.0,
+      grad_accum_steps=1, minibatches=2, epochs_per_batch=1,
+    )
+  )  # fmt: skip
+  mesh = sharding.make_mesh((1, 1, 1), jax.devices()[:1])
+  ac, rm = M.ActorCritic(TINY), M.RewardModel(TINY)
+  replicated = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())
+  params = jax.device_put(nn_unbox(_params(ac)), replicated)  # as the updates leave them
+  rm_params = nn_unbox(
+    jax.jit(lambda: rm.init(jax.random.PRNGKey(1), *M.reward_init_inputs(8))['params'])()
+  )
+  tx = optim.make(config.train)
+  shard = jax.tree.map(lambda _: replicated, trainer.TrainState(0, params, tx.init(params)))
+  loss_fn, norms_fn = ppo.make_loss_fn(config, ac)
+  update = trainer.make_train_step(loss_fn, tx, shard, mesh, config, norms_fn=norms_fn)
+  to_batch = jax.jit(lambda r: ppo.rollout_batch(config, r))
+  return config, mesh, ac, rm, params, rm_params, tx, update, to_batch
+
+
+def _grpo_run(grpo, backend: str):
+  """config.train.steps GRPO steps from the fixture's start as ppo.run makes them (rollout ->
+  rollout_batch -> two minibatch updates) with config.generate.backend = `backend`; returns the
+  per-step rollouts and metrics, the final params, the engine (None for static) and the last
+  step's responses drawn from the starting policy."""
+  config, mesh, ac, rm, params, rm_params, tx, update, to_batch = grpo
+  config = ml_collections.ConfigDict(config.to_dict() | {'generate': dict(backend=backend)})
+  ids, mask = gen.left_pad(PROMPTS, 0)
+  s = gen.Settings(max_new_tokens=6, strategy='sample', eos_id=EOS, pad_id=0)  # as `rollout`
+  engine = ppo.make_engine(config, ac, s, ids.shape[1], len(PROMPTS), params['decoder'])
+  sampler = ppo.make_sampler(ac, rm, s, mesh, engine)
+  state = trainer.TrainState(jnp.zeros((), jnp.int32), params, tx.init(params))
+  state = jax.tree.map(jnp.copy, state)  # the update donates it
+  rollouts, metrics = [], []
+  rng = lambda step: jax.random.fold_in(jax.random.PRNGKey(7), step)
+  steps = int(config.train.steps)
+  for step in range(steps):
+    r = sampler(state.params, params['decoder'], rm_params, ids, mask, rng(step))
+    batch, stats = to_batch(r)
+    state, m = update(state, batch)
+    rollouts.append(jax.device_get(r))
+    metrics.append(jax.device_get({**m, **stats}))
+  stale = sampler(params, params['decoder'], rm_params, ids, mask, rng(steps - 1))['response']
+  return rollouts, metrics, jax.device_get(state.params), engine, np.asarray(stale)
+
+
+@pytest.mark.slow  # two 3-step GRPO runs, each compiling its rollout and update: ~15 s
+def test_grpo_through_the_engine_equals_the_static_batch(grpo):
+  """config.generate.backend='engine' with a full batch (slots = rows): every step's sampled
+  responses, rollout log-probs / scores, losses and the final params are bitwise those of the
+  static lm.generate batch, since each row is keyed by its own seed on both backends and the same
+  program scores the same tokens. The engine takes each step's policy (the responses change as
+  the policy learns) and compiles its decode step once per row count, not per step."""
+  from lm.serving import engine as E
+
+  static = _grpo_run(grpo, 'static')
+  compiled = E.decode_step._cache_size()
+  engine = _grpo_run(grpo, 'engine')
+  # one decode program per power-of-two count of rows the engine runs (1, 2, 4), not per step
+  assert E.decode_step._cache_size() - compiled <= 3
+  assert static[3] is None and engine[3].slots == len(PROMPTS)
+  for s_r, e_r in zip(static[0], engine[0]):
+    for k in s_r:
+      np.testing.assert_array_equal(s_r[k], e_r[k], err_msg=k)
+  for s_m, e_m in zip(static[1], engine[1]):
+    assert s_m == e_m
+  jax.tree.map(np.testing.assert_array_equal, static[2], engine[2])
+  assert any((r['resp_mask'] == 0).any() for r in static[0])  # some response ended at EOS
+  # The last step's draws from the starting policy differ: the rollouts followed the policy.
+  assert (static[4] != static[0][-1]['response']).any()
+  np.testing.assert_array_equal(static[4], engine[4])

@@ -505,3 +505,35 @@ def test_t5_translation_from_span_pretraining_end_to_end(tmp_path):
     '--max_new_tokens=6',
   ).stdout
   assert out.startswith('--- 0\n') and len(out.split('\n', 1)[1].strip()) > 0
+
+
+@pytest.mark.slow  # compiles lm.generate's decode and the engine's programs for two slot counts
+def test_greedy_generations_through_the_engine_equal_the_static_batches():
+  """config.generate.backend='engine': `sft.continuations` gives the static lm.generate batches'
+  greedy tokens for every prompt, with a full engine (slots = batch) and with fewer slots than
+  prompts (queued requests reuse freed slots); what the engine cannot do is refused."""
+  import flax.linen as nn
+  import jax.numpy as jnp
+  import ml_collections
+
+  cfg = M.ModelConfig(
+    vocab_size=96, hidden_size=32, num_layers=2, num_heads=4, mlp_dim=64, max_len=32,
+    type_vocab_size=0, pre_ln=True, dropout_rate=0.0, attention_dropout_rate=0.0,
+    initializer_range=0.3,
+  )  # fmt: skip
+  model = M.Decoder(cfg)
+  params = nn.unbox(model.init(jax.random.PRNGKey(0), jnp.zeros((1, 4), jnp.int32)))['params']
+  rng = np.random.default_rng(0)
+  prompts = [rng.integers(4, 96, n).tolist() for n in (1, 12, 5, 9, 3, 7)]
+  g = ml_collections.ConfigDict(defaults.text_to_text('sft').generate)
+  g.update(strategy='greedy', max_new_tokens=10)
+  args = (model, params, prompts, g, 3, 0, 12, 3)  # eos 3, pad 0, prompt_len 12, batches of 3
+  static = sft.continuations(*args)
+  assert len({tuple(s) for s in static}) == len(prompts)
+  g.backend = 'engine'
+  assert sft.continuations(*args) == static  # two full batches of 3 = slots
+  g.slots = 2
+  assert sft.continuations(*args) == static
+  g.strategy = 'beam'
+  with pytest.raises(ValueError, match='backend=engine decodes greedily'):
+    sft.continuations(*args)

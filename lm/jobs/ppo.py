@@ -1,7 +1,8 @@
 """RL from a reward model: PPO (policy + value head, GAE), and the critic-free GRPO and RLOO.
 
 Each training step (ppo.py on `lm.loop.fit`) samples one rollout batch from the current policy
-with `lm.generate.decode` (jitted, fixed KV cache), scores it with the frozen reward model and
+with `lm.generate.decode` (jitted, fixed KV cache) or, with config.generate.backend='engine',
+the continuous-batching `lm.serving.engine` (the same tokens for the same seeds), scores it with the frozen reward model and
 the frozen reference, turns that into advantages (the pure functions below, on [B, N] response
 tokens with a mask that ends at the first EOS), then `lm.trainer.make_train_step` makes
 train.epochs_per_batch x train.minibatches clipped-surrogate updates on it.
@@ -24,6 +25,7 @@ averaged over response tokens. The model runs deterministically (no dropout) in 
 updates alike, so the first update's ratio is exactly 1.
 """
 
+import functools
 import math
 from typing import Callable
 
@@ -43,6 +45,8 @@ from lm import pretrained
 from lm import report
 from lm import sharding
 from lm import trainer
+from lm import defaults
+from lm.serving import engine as E
 from lm.models import lora
 
 ALGORITHMS = ('ppo', 'grpo', 'rloo')
@@ -225,18 +229,62 @@ def right_align(ids, mask):
   return take(ids), take(mask)
 
 
-def make_sampler(model: M.ActorCritic, reward_model, settings: gen.Settings, mesh):
-  """Jitted (params, ref_params, rm_params, prompt_ids, prompt_mask, rng) -> per-row dict:
-  ``ids`` [B, P + N] (prompt + response), ``mask``, ``response`` [B, N], ``resp_mask``,
-  ``logp``, ``ref_logp``, ``values`` [B, N], ``score`` [B] (the reward model's) and ``kl``
-  [B] (sum of logp - ref over the response)."""
+@functools.partial(jax.jit, static_argnums=1)
+def row_seeds(rng, rows: int):
+  """[rows] int32 seeds, row b's from fold_in(rng, b) alone: the key of a response is
+  PRNGKey(seed) on either backend, whatever batch (or engine slot) it is drawn in."""
+  bits = lambda b: jax.random.bits(jax.random.fold_in(rng, b), (), jnp.uint32) >> 1
+  return jax.vmap(bits)(jnp.arange(rows)).astype(jnp.int32)
+
+
+def make_engine(
+  config, model: M.ActorCritic, settings: gen.Settings, prompt_len: int, slots: int, params
+):
+  """The rollout engine of config.generate.backend='engine' (None for 'static'): built once per
+  run on the starting policy's decoder `params` (placed as they are), its programs compiled once;
+  each rollout hands it the current policy's params. Its
+  cache is prompt_len + max_new_tokens long and prompts pad to prompt_len, the static decode's
+  layout, so a full batch (slots = rows) computes what the static batch computes."""
+  g = config.get('generate', {})
+  if defaults.backend(g) == 'static':
+    return None
+  if jax.process_count() > 1:
+    raise ValueError('generate.backend=engine runs in one process: use static across hosts.')
+  return E.Engine(
+    M.Decoder(model.cfg),
+    params,
+    slots=int(g.get('slots', 0)) or slots,
+    max_len=prompt_len + settings.max_new_tokens,
+    eos_id=settings.eos_id,
+    pad_id=settings.pad_id,
+    num_top=1,
+    min_bucket=prompt_len,
+  )
+
+
+def engine_responses(engine, params, prompt_ids, prompt_mask, seeds, s: gen.Settings):
+  """[B, N] responses of the left-padded prompts from `engine` with `params` (the policy's
+  decoder), row b seeded with seeds[b]; rows past their EOS hold pad_id, as `gen.decode`'s."""
+  ids, mask = np.asarray(prompt_ids), np.asarray(prompt_mask).astype(bool)
+  one = lambda seed: E.Sampling(s.max_new_tokens, s.temperature, s.top_p, s.top_k, int(seed))
+  got = engine.generate_rows([r[m] for r, m in zip(ids, mask)], map(one, np.asarray(seeds)), params)
+  out = np.full((len(ids), s.max_new_tokens), s.pad_id, np.int32)
+  for i, toks in enumerate(got):
+    out[i, : len(toks)] = toks
+  return out
+
+
+@functools.cache
+def _scorer(model: M.ActorCritic, reward_model, settings: gen.Settings, mesh):
+  """Jitted (params, ref_params, rm_params, prompt_ids, prompt_mask, response) -> `make_sampler`'s
+  dict: the one program both backends' responses go through, kept for the process (one compile
+  per models, settings and mesh, however many samplers)."""
   n, policy = settings.max_new_tokens, M.Decoder(model.cfg)  # the reference is one too
 
-  def fn(params, ref_params, rm_params, prompt_ids, prompt_mask, rng):
+  def score(params, ref_params, rm_params, prompt_ids, prompt_mask, response):
     ref_policy = M.Decoder(lora.base_config(model.cfg))  # a reference checkpoint: plain
     if ref_params is None:  # LoRA: the frozen base is the reference, no copy of it is kept
       ref_policy, ref_params = policy, lora.without_adapters(params['decoder'])
-    response = gen.decode(policy, params['decoder'], prompt_ids, prompt_mask, rng, settings)
     resp_mask = response_mask(response, settings.eos_id)
     ids = jnp.concatenate([prompt_ids, response], axis=1)
     mask = jnp.concatenate([prompt_mask, resp_mask.astype(prompt_mask.dtype)], axis=1)
@@ -262,7 +310,32 @@ def make_sampler(model: M.ActorCritic, reward_model, settings: gen.Settings, mes
       'kl': jnp.sum((logp - ref_logp) * resp_mask, axis=-1),
     }
 
-  return sharding.with_mesh(jax.jit(fn), mesh)
+  return jax.jit(score)
+
+
+def make_sampler(model: M.ActorCritic, reward_model, settings: gen.Settings, mesh, engine=None):
+  """(params, ref_params, rm_params, prompt_ids, prompt_mask, rng) -> per-row dict:
+  ``ids`` [B, P + N] (prompt + response), ``mask``, ``response`` [B, N], ``resp_mask``,
+  ``logp``, ``ref_logp``, ``values`` [B, N], ``score`` [B] (the reward model's) and ``kl``
+  [B] (sum of logp - ref over the response).
+
+  The responses come from `lm.generate.decode` (jitted, one fixed batch) or, given one,
+  `engine` (`make_engine`), each row keyed by `row_seeds`; one jitted program then scores them
+  on both backends, so the same tokens give bitwise the same rollout."""
+  policy, score = M.Decoder(model.cfg), _scorer(model, reward_model, settings, mesh)
+
+  def fn(params, ref_params, rm_params, prompt_ids, prompt_mask, rng):
+    seeds = row_seeds(rng, prompt_ids.shape[0])
+    if engine is None:
+      keys = jax.vmap(jax.random.PRNGKey)(seeds)
+      response = gen.decode(policy, params['decoder'], prompt_ids, prompt_mask, keys, settings)
+    else:
+      response = engine_responses(
+        engine, params['decoder'], prompt_ids, prompt_mask, seeds, settings
+      )
+    return score(params, ref_params, rm_params, prompt_ids, prompt_mask, response)
+
+  return sharding.with_mesh(fn, mesh)
 
 
 def rollout_batch(config, r: dict):
@@ -429,7 +502,11 @@ def run(config, workdir: str) -> dict:
     + ' prompts'
   )
 
-  sampler = make_sampler(model, rm_model, settings(config, tok), mesh)
+  rollout = settings(config, tok)
+  engine = make_engine(
+    config, model, rollout, p_len, int(config.train.batch_size), state.params['decoder']
+  )
+  sampler = make_sampler(model, rm_model, rollout, mesh, engine)
   loss_fn, norms_fn = make_loss_fn(config, model)
   update = trainer.make_train_step(loss_fn, tx, state_sh, mesh, config, norms_fn=norms_fn)
   to_batch = sharding.with_mesh(
@@ -548,8 +625,10 @@ def _held_out_figures(config, model, params, tok, pairs, mesh) -> dict:
     ref = load_reference(config.reference, mesh) if config.reference else start
   rm_model, rm_params = load_reward_model(config.reward_model, tok, mesh)
   prompts = prompt_arrays(pairs, tok, config.data.max_prompt_len)
-  ac = M.ActorCritic(model.cfg)
-  sampler = make_sampler(ac, rm_model, settings(config, tok), mesh)
+  ac, rollout = M.ActorCritic(model.cfg), settings(config, tok)
+  p_len, size = config.data.max_prompt_len, config.eval_batch_size
+  engine = make_engine(config, ac, rollout, p_len, size, params)
+  sampler = make_sampler(ac, rm_model, rollout, mesh, engine)
   head = {'kernel': jnp.zeros((model.cfg.hidden_size, 1)), 'bias': jnp.zeros((1,))}  # unused
 
   def run(decoder_params):

@@ -22,6 +22,7 @@ import numpy as np
 
 from lm import checkpoint
 from lm import cli
+from lm import defaults
 from lm import generate as gen
 from lm import loop
 from lm import metrics as metrics_lib
@@ -34,6 +35,7 @@ from lm import report
 from lm import sharding
 from lm import trainer
 from lm.models import lora
+from lm.serving import engine as E
 from lm.data import sources
 from lm.data import text_to_text as t2t
 from lm.data import tokenizer as tokenizer_lib
@@ -112,7 +114,18 @@ def generate_texts(model, params, tok, examples: list, config) -> list[str]:
       for e in examples
     ]
     prompt_len = int(d.max_prompt_len)
-  size, out = int(config.eval_batch_size), []
+  got = continuations(model, params, prompts, g, eos, pad, prompt_len, int(config.eval_batch_size))
+  # ids past the tokenizer's (span corruption's sentinels, vocabulary padding) are not text
+  return [tok.decode([t for t in seq if t < tok.vocab_size]).strip() for seq in got]
+
+
+def continuations(model, params, prompts, g, eos: int, pad: int, prompt_len: int, size: int):
+  """The first continuation (token ids) of each prompt under config.generate `g`: batches of
+  `size` through lm.generate (g.backend 'static'), or one lm.serving.engine of g.slots (default
+  `size`) rows with the same cache layout (g.backend 'engine': greedy only, the same tokens)."""
+  if defaults.backend(g) == 'engine':
+    return _engine_continuations(model, params, prompts, g, eos, pad, prompt_len, size)
+  out = []
   for s in range(0, len(prompts), size):
     chunk = prompts[s : s + size]
     got = gen.generate(
@@ -134,11 +147,33 @@ def generate_texts(model, params, tok, examples: list, config) -> list[str]:
       seed=g.seed,
       prompt_len=prompt_len,
     )
-    # ids past the tokenizer's (span corruption's sentinels, vocabulary padding) are not text
-    out += [
-      tok.decode([t for t in seqs[0] if t < tok.vocab_size]).strip() for seqs in got[: len(chunk)]
-    ]
+    out += [seqs[0] for seqs in got[: len(chunk)]]
   return out
+
+
+def _engine_continuations(model, params, prompts, g, eos, pad, prompt_len, size):
+  """`continuations` through the engine: greedy decoders only (the engine has no beams, no
+  processors, and its seeds are per request, where lm.generate's batch shares one key)."""
+  processors = (g.get('repetition_penalty', 1.0), g.get('no_repeat_ngram_size', 0))
+  if g.strategy != 'greedy' or processors != (1.0, 0) or g.get('min_new_tokens', 0):
+    raise ValueError(
+      'generate.backend=engine decodes greedily without repetition_penalty, '
+      f'no_repeat_ngram_size or min_new_tokens (strategy={g.strategy!r}): use backend=static.'
+    )
+  if gen.is_encoder_decoder(model):
+    raise ValueError('generate.backend=engine serves decoders; T5 generates with backend=static.')
+  n = int(g.max_new_tokens)
+  engine = E.Engine(
+    model,
+    params,
+    slots=int(g.get('slots', 0)) or size,
+    max_len=prompt_len + n,
+    eos_id=eos,
+    pad_id=pad,
+    num_top=1,
+    min_bucket=prompt_len,
+  )
+  return engine.generate(prompts, E.Sampling(max_tokens=n))
 
 
 # ------------------------------------------------------------------ the run

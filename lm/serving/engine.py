@@ -129,8 +129,7 @@ def _pick(logits, temperature, top_k, top_p, keys, count, num_top: int):
     x = logits / jnp.where(sampled, temperature, 1.0)[:, None]
     x = jax.lax.cond(by_k.any(), cut_k, lambda x: x, x)
     x = jax.lax.cond(by_p.any(), cut_p, lambda x: x, x)
-    one = lambda key, row: jax.random.categorical(key, row[None], axis=-1)[0]  # noqa: E731
-    return jax.vmap(one)(jax.vmap(jax.random.fold_in)(keys, count), x).astype(jnp.int32)
+    return G.draw_rows(jax.vmap(jax.random.fold_in)(keys, count), x)  # as lm.generate.decode
 
   greedy = jnp.argmax(logits, axis=-1).astype(jnp.int32)
   tok = jnp.where(sampled, jax.lax.cond(sampled.any(), draw, lambda _: greedy, logits), greedy)
@@ -425,6 +424,26 @@ class Engine:
   def generate(self, prompts: Sequence[Sequence[int]], sampling: Sampling = Sampling()) -> list:
     """Token ids of each prompt's continuation, all decoded together (no thread)."""
     reqs = [self.submit(p, sampling) for p in prompts]
+    self.run(reqs)
+    return [r.ids for r in reqs]
+
+  def generate_rows(
+    self, prompts: Sequence[Sequence[int]], samplings: Sequence[Sampling], params=None
+  ) -> list:
+    """`generate` with a `Sampling` per prompt (per-row seeds), any number of prompts (more than
+    the queue holds wait their turn). `params`: new weights of the same shapes to decode with
+    from now on (RL's current policy), no recompilation (they are a jit argument)."""
+    if params is not None:
+      self.params = params
+    reqs, todo = [], list(zip(prompts, samplings))
+    while todo:
+      try:
+        reqs.append(self.submit(*todo[0]))
+        todo.pop(0)
+      except QueueFull:
+        if self._stopping:
+          raise
+        self.step()
     self.run(reqs)
     return [r.ids for r in reqs]
 
