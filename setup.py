@@ -51,6 +51,8 @@ EXTRAS = {
 # accelerate: its `hf` backend, which tests/test_harness.py compares ours with.
 EXTRAS['harness'] = ['lm-eval>=0.4.8,<0.5', 'accelerate>=1.0']
 EXTRAS['test'] += EXTRAS['harness']  # the README's `.[test,hf]` runs tests/test_harness.py
+# lm-eval's API models (`local-completions`, pointed at serve.py in tests/test_serve.py).
+EXTRAS['test'].append('lm-eval[api]>=0.4.8,<0.5')
 # bench/data_pipeline.py compares our memmapped shards with array_record and grain readers.
 EXTRAS['bench'] = ['array-record>=0.8,<0.9', 'grain>=0.2.18,<0.3', 'psutil>=5.9']
 EXTRAS['all'] = sorted({d for v in EXTRAS.values() for d in v})

@@ -18,6 +18,7 @@ import flax.linen as nn
 import httpx
 import jax
 import jax.numpy as jnp
+import numpy as np
 import openai
 import pytest
 
@@ -342,6 +343,33 @@ def test_bad_input_is_4xx_and_server_goes_on(server):
     client.completions.create(model='gpt-4', prompt='hi', max_tokens=4)
   r = client.completions.create(model='m', prompt=PROMPTS[1], max_tokens=4, temperature=0)
   assert r.choices[0].text == _alone(server, PROMPTS[1], 4)
+
+
+@pytest.mark.slow
+def test_lm_eval_local_completions_scores_as_the_native_backend(server, tmp_path):
+  """lm-eval's own `local-completions` model pointed at the server (token-id prompts, echo +
+  logprobs for log-likelihoods, greedy generation with stop strings) gives the native `lm`
+  backend's scores on the shipped offline tasks. The API backend keeps one position for the
+  token it asks for and one for the window's context: its max_length 128 (the model's) is the
+  native backend's 126."""
+  from lm_eval.models.openai_completions import LocalCompletionsAPI
+
+  from lm import harness
+  from test_harness import HARNESS, TASKS, _scores
+
+  url, d = server[1], server[6]
+  api = LocalCompletionsAPI(
+    base_url=url + '/v1/completions', model='m', tokenizer_backend='huggingface',
+    tokenizer=str(d), max_length=128, max_retries=1, timeout=120,
+  )  # fmt: skip
+  native = harness.HarnessLM(str(d), batch_size=8, max_length=126)
+  got, want = (
+    _scores(harness.evaluate(str(d), TASKS, HARNESS, limit=3, output=str(tmp_path / f), model=m))
+    for f, m in (('api.json', api), ('native.json', native))
+  )
+  assert {t for t, _ in want} == set(TASKS) and got.keys() == want.keys(), (got, want)
+  for key, value in want.items():
+    np.testing.assert_allclose(got[key], value, rtol=1e-5, err_msg=str(key))
 
 
 @pytest.mark.slow
