@@ -27,6 +27,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from lm import generate as generate_lib
+from lm import losses
 from lm import pretrained as pretrained_lib
 from lm import sharding
 from lm.models import t5 as t5_lib
@@ -49,11 +50,10 @@ def _bucket(n: int, cap: int) -> int:
 
 def _sum_and_greedy(logits, targets, weights):
   """Per row: the summed float32 log-prob of its targets and whether each is the argmax."""
-  logits = logits.astype(jnp.float32)
-  tok = jnp.take_along_axis(jax.nn.log_softmax(logits, axis=-1), targets[..., None], axis=-1)
+  tok = losses.gather_logps(logits, targets)
   real = weights > 0
   greedy = jnp.all((jnp.argmax(logits, axis=-1) == targets) | ~real, axis=-1)
-  return jnp.sum(jnp.where(real, tok[..., 0], 0.0), axis=-1), greedy
+  return jnp.sum(jnp.where(real, tok, 0.0), axis=-1), greedy
 
 
 def _row_by_row(score_row, model, params, mesh, *rows):
