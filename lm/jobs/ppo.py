@@ -242,23 +242,21 @@ def make_engine(
 ):
   """The rollout engine of config.generate.backend='engine' (None for 'static'): built once per
   run on the starting policy's decoder `params` (placed as they are), its programs compiled once;
-  each rollout hands it the current policy's params. Its
-  cache is prompt_len + max_new_tokens long and prompts pad to prompt_len, the static decode's
-  layout, so a full batch (slots = rows) computes what the static batch computes."""
+  each rollout hands it the current policy's params. Laid out as the static decode
+  (`E.like_static_batches`)."""
   g = config.get('generate', {})
   if defaults.backend(g) == 'static':
     return None
   if jax.process_count() > 1:
     raise ValueError('generate.backend=engine runs in one process: use static across hosts.')
-  return E.Engine(
+  return E.like_static_batches(
     M.Decoder(model.cfg),
     params,
-    slots=int(g.get('slots', 0)) or slots,
-    max_len=prompt_len + settings.max_new_tokens,
-    eos_id=settings.eos_id,
-    pad_id=settings.pad_id,
-    num_top=1,
-    min_bucket=prompt_len,
+    int(g.get('slots', 0)) or slots,
+    prompt_len,
+    settings.max_new_tokens,
+    settings.eos_id,
+    settings.pad_id,
   )
 
 

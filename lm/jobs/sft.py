@@ -163,16 +163,8 @@ def _engine_continuations(model, params, prompts, g, eos, pad, prompt_len, size)
   if gen.is_encoder_decoder(model):
     raise ValueError('generate.backend=engine serves decoders; T5 generates with backend=static.')
   n = int(g.max_new_tokens)
-  engine = E.Engine(
-    model,
-    params,
-    slots=int(g.get('slots', 0)) or size,
-    max_len=prompt_len + n,
-    eos_id=eos,
-    pad_id=pad,
-    num_top=1,
-    min_bucket=prompt_len,
-  )
+  slots = int(g.get('slots', 0)) or size
+  engine = E.like_static_batches(model, params, slots, prompt_len, n, eos, pad)
   return engine.generate(prompts, E.Sampling(max_tokens=n))
 
 

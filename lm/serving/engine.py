@@ -477,3 +477,21 @@ class Engine:
       self._wake.notify()
     if self._thread is not None:
       self._thread.join(timeout)
+
+
+def like_static_batches(
+  model, params, slots: int, prompt_len: int, max_new_tokens: int, eos_id, pad_id
+):
+  """An engine laid out as `lm.generate`'s static batches (ppo.py's rollouts, sft.py's
+  generations): a cache of prompt_len + max_new_tokens positions, prompts padded to prompt_len,
+  only the chosen token's log-prob; a full batch (slots = rows) computes what the batch does."""
+  return Engine(
+    model,
+    params,
+    slots=slots,
+    max_len=prompt_len + max_new_tokens,
+    eos_id=eos_id,
+    pad_id=pad_id,
+    num_top=1,
+    min_bucket=prompt_len,
+  )
