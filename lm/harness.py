@@ -28,6 +28,7 @@ import numpy as np
 
 from lm import generate as generate_lib
 from lm import losses
+from lm import progress
 from lm import pretrained as pretrained_lib
 from lm import sharding
 from lm.models import t5 as t5_lib
@@ -235,9 +236,11 @@ class HarnessLM(TemplateLM):
         rows.append(((ctx + cont)[-(self.max_length + 1) :][:-1], cont))
     order = sorted(range(len(rows)), key=lambda i: (-len(rows[i][0]) - 1, rows[i][0]))
     out = [None] * len(rows)
-    for part in self._batches(order, rows):
-      for i, res in zip(part, self._score([rows[i] for i in part])):
-        out[i] = res
+    with progress.bar('loglikelihood', len(rows), 'request') as bar:
+      for part in self._batches(order, rows):
+        for i, res in zip(part, self._score([rows[i] for i in part])):
+          out[i] = res
+        bar.update(len(part))
     return out
 
   def _batches(self, order, rows):
@@ -323,6 +326,7 @@ class HarnessLM(TemplateLM):
     for k, req in enumerate(requests):
       groups[json.dumps(req.args[1], sort_keys=True, default=str)].append(k)
     out = [None] * len(requests)
+    bar = progress.bar('generate_until', len(requests), 'request')
     for keys in groups.values():
       kwargs = normalize_gen_kwargs(dict(requests[keys[0]].args[1]), self.max_gen_toks)
       until = handle_stop_sequences(kwargs.pop('until', None), eos=eos)
@@ -345,6 +349,8 @@ class HarnessLM(TemplateLM):
               text = text.split(term)[0]
           out[k] = text
           self.cache_hook.add_partial('generate_until', requests[k].args, text)
+        bar.update(len(part))
+    bar.close()
     return out
 
   def _context_room(self, max_new_tokens: int) -> int:

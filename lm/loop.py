@@ -17,6 +17,7 @@ import jax
 import numpy as np
 
 from lm import checkpoint
+from lm import progress
 from lm import report
 
 
@@ -186,14 +187,19 @@ def fit(
   if eval_at_start and evaluate is not None and start == 0:
     writer.write(0, evaluate(state.params), 'eval')
   t0, timed, metrics = time.time(), 0, None
-  with ckpt:  # pending async saves land even if the loop raises
+  # On a terminal: step, loss, throughput and time left; the log lines print above it.
+  bar = progress.bar('train', steps, 'step', initial=start)
+  with ckpt, bar:  # pending async saves land even if the loop raises
     for step in range(start, steps):
       state, metrics = train_step(state, get_batch(step))
       done, timed = step + 1, timed + 1
+      bar.update(1)
       if itstime(done, log_every, steps):
         metrics = jax.device_get(metrics)
         check_finite(metrics, done, last_ckpt)
-        writer.write(done, {**metrics, rate_name: timed * per_step / (time.time() - t0)})
+        rate = timed * per_step / (time.time() - t0)
+        writer.write(done, {**metrics, rate_name: rate})
+        bar.set_postfix_str(_postfix(metrics, rate_name, rate))
         t0, timed = time.time(), 0
       early = False
       if evaluate is not None and itstime(done, eval_every, steps):
@@ -210,14 +216,22 @@ def fit(
         last_ckpt = done
       if early:
         stopped = f'early stopping: no {best.metric} improvement in {best.bad_evals} evaluations'
-        print(f'{stopped}; best {best.metric}={best.value:.4f} at step {best.step}.')
+        progress.echo(f'{stopped}; best {best.metric}={best.value:.4f} at step {best.step}.')
         break
       if stop.requested:
         stopped = stop.signal
-        print(f'{stop.signal}: saved step {done}, exiting.')
+        progress.echo(f'{stop.signal}: saved step {done}, exiting.')
         break
   if best is not None:
     best.close()
   if own_writer:
     writer.close()
   return Fit(state, last_eval, stopped, best)
+
+
+def _postfix(metrics: dict, rate_name: str, rate: float) -> str:
+  """The bar's short summary: the loss (the first *loss metric when a job logs several) and
+  the throughput."""
+  loss = next((k for k in ('loss', *sorted(metrics)) if k.endswith('loss') and k in metrics), None)
+  shown = f'{loss}={float(metrics[loss]):.4f} ' if loss else ''
+  return f'{shown}{rate_name.replace("_per_sec", "/s")}={rate:,.0f}'

@@ -11,6 +11,7 @@ import numpy as np
 
 from lm import losses
 from lm import pretrained
+from lm import progress
 from lm import sharding
 
 
@@ -78,7 +79,7 @@ def sliding_window_perplexity(
   params = sharding.placed(params, mesh)
   sums = []
   with sharding.use(mesh):
-    for s in range(0, rows, batch_size):
+    for s in progress.track(range(0, rows, batch_size), 'perplexity'):
       batch = {
         'input_ids': inputs[s : s + batch_size],
         'targets': targets[s : s + batch_size],

@@ -6,6 +6,8 @@ import time
 
 import jax
 
+from lm import progress
+
 
 def _summary_writer():
   """tensorboardX's SummaryWriter, imported without torch: tensorboardX imports torch when it can,
@@ -46,12 +48,12 @@ class Writer:
     self._jsonl.write(json.dumps({'step': step, 'time': time.time(), **scalars}) + '\n')
     self._jsonl.flush()
     shown = ' '.join(f'{k}={_fmt(v)}' for k, v in metrics.items())
-    print(f'[{prefix} {step:>{len(str(self.total))}}/{self.total}] {shown}', flush=True)
+    progress.echo(f'[{prefix} {step:>{len(str(self.total))}}/{self.total}] {shown}')
 
   def text(self, step: int, tag: str, text: str):
     if self.enabled:
       self._tb.add_text(tag, text, step)
-      print(f'[{tag} {step}] {text}', flush=True)
+      progress.echo(f'[{tag} {step}] {text}')
 
   def close(self):
     if self.enabled:

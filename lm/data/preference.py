@@ -38,6 +38,7 @@ from typing import Optional
 import numpy as np
 
 from lm import distributed
+from lm import progress
 from lm.data import python_docs
 from lm.data import sources
 from lm.data import split as split_lib
@@ -358,11 +359,18 @@ def train_batch(
   return batch
 
 
-def eval_batches(arrays: dict, batch_size: int, process_index: int = 0, process_count: int = 1):
-  """Every row once in order; the last batch is padded with weight-0 copies of row 0."""
+def eval_batches(
+  arrays: dict,
+  batch_size: int,
+  process_index: int = 0,
+  process_count: int = 1,
+  desc: str = 'eval',
+):
+  """Every row once in order; the last batch is padded with weight-0 copies of row 0.
+  `desc` names the phase on the progress bar (lm.progress)."""
   n = num_rows(arrays)
   per = batch_size // process_count
-  for start in range(0, n, batch_size):
+  for start in progress.track(range(0, n, batch_size), desc):
     idx = np.arange(start, start + batch_size)
     weight = (idx < n).astype(np.float32)
     mine = slice(process_index * per, (process_index + 1) * per)

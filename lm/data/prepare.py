@@ -44,6 +44,7 @@ from typing import Optional
 import numpy as np
 from etils import epath
 
+from lm import progress as progress_lib
 from lm.data import corpus as corpus_lib
 from lm.data.corpus import field
 from lm.data import python_docs
@@ -205,6 +206,7 @@ def _sample(data_cfg, sample_bytes: int, eval_fraction: float, total: int):
   corpus by a second hash of each document when the source's size (``total``) is known."""
   keep = min(1.0, sample_bytes / total) if total else 1.0
   docs, size = [], 0
+  bar = progress_lib.bar('tokenizer sample', sample_bytes, bytes_=True)
   for doc in corpus_lib.iter_documents(data_cfg):
     digest = split_lib.doc_hash(doc)
     if split_lib.doc_held_out(digest, eval_fraction) or not split_lib.doc_held_out(
@@ -213,8 +215,10 @@ def _sample(data_cfg, sample_bytes: int, eval_fraction: float, total: int):
       continue
     docs.append(doc)
     size += len(doc)
+    bar.update(len(doc))
     if size >= sample_bytes:
       break
+  bar.close()
   return docs, keep
 
 
@@ -451,13 +455,20 @@ def prepare(
   workers = _workers(data_cfg, listing) if workers is None else workers
   writer = _ShardWriter(out, len(entries), dtype)
   tok_json = tok.hf.to_str()
+  # Characters read against the source's bytes (files: their size; other sources: unknown).
+  bar = progress_lib.bar(
+    'prepare', listing.get('bytes'), bytes_=True, initial=sum(e['chars'] for e in entries)
+  )
 
   def add(result):  # shards end at the same chunk whatever the number of workers
     writer.add(result)
+    bar.update(result[3])
+    bar.set_postfix_str(f'{writer.docs_read + sum(e["docs_read"] for e in entries):,} docs')
     if writer.chars >= shard_chars:
       entries.append(writer.commit())
 
   with contextlib.ExitStack() as stack:
+    stack.enter_context(bar)
     if workers:
       with _bare_main():
         pool = stack.enter_context(
@@ -483,6 +494,7 @@ def prepare(
     if writer.docs_read:
       entries.append(writer.commit())
     writer.close()
+    bar.update(max(0, (listing.get('bytes') or 0) - bar.n))  # all read: separators, markup too
   return _finish(out, want, listing, tok_info, dtype, entries, eval_fraction, stats, t0, workers)
 
 

@@ -17,6 +17,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax.sharding import NamedSharding, PartitionSpec as P
 
+from lm import progress
 from lm import sharding
 from lm.icl.gradients import GradientsMixin
 
@@ -91,7 +92,7 @@ class LM(GradientsMixin):
     length bucket), concatenated without the padding rows."""
     out, b = [], self.batch_size
     length = _bucket(max(len(s) for s in seqs), self.max_len)
-    for i in range(0, len(seqs), b):
+    for i in progress.track(range(0, len(seqs), b), 'score'):
       chunk = seqs[i : i + b]
       args = pad(chunk, length, self.pad_id, rows=b)
       if weights is not None:

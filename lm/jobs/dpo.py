@@ -206,7 +206,7 @@ def reference_logps(
       return {k: f[k] for k in ('ref_chosen', 'ref_rejected')}, path, False
   pi, pc = jax.process_index(), jax.process_count()
   chosen, rejected = [], []
-  for batch in preference.eval_batches(arrays, batch_size, pi, pc):
+  for batch in preference.eval_batches(arrays, batch_size, pi, pc, 'reference log-probs'):
     if stop is not None and stop.requested:
       return None, path, True
     batch.pop('weight')

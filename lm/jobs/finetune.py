@@ -32,6 +32,7 @@ from lm import loop
 from lm import models as M
 from lm import optim
 from lm import pretrained
+from lm import progress
 from lm import sharding
 from lm import tasks
 from lm import trainer
@@ -174,7 +175,7 @@ def predict(predict_step, params, features: dict, batch_size: int, mesh, stop=No
   n = len(features['weight'])
   mine = sharding.process_rows(batch_size, mesh)
   logits, nll, weight = [], 0.0, 0.0
-  for s in range(0, n, batch_size):
+  for s in progress.track(range(0, n, batch_size), 'eval'):
     if stop is not None and stop.requested:
       return None, None
     pos = np.arange(s, s + batch_size)[mine]

@@ -417,7 +417,7 @@ def sample_held_out(sampler, params, frozen, arrays: dict, batch_size: int, mesh
   pi, pc = jax.process_index(), jax.process_count()
   n = len(arrays['prompt_ids'])
   out = {'score': [], 'kl': [], 'response_len': []}
-  for i, b in enumerate(preference.eval_batches(arrays, batch_size, pi, pc)):
+  for i, b in enumerate(preference.eval_batches(arrays, batch_size, pi, pc, 'rollouts')):
     ids, mask = sharding.shard_batch((b['prompt_ids'], b['prompt_mask']), mesh)
     r = sampler(params, *frozen, ids, mask, jax.random.fold_in(jax.random.PRNGKey(seed), i))
     out['score'].append(_gather(r['score']))

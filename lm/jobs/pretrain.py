@@ -19,6 +19,7 @@ from lm import models as M
 from lm import objectives
 from lm import optim
 from lm import pretrained
+from lm import progress
 from lm import report
 from lm import sample
 from lm import sharding
@@ -92,7 +93,7 @@ def run(config, workdir: str):
     def evaluate(params):
       batches = (
         sharding.shard_batch(eval_data.get_batch(i, pi, pc), mesh)
-        for i in range(config.eval_batches)
+        for i in progress.track(range(config.eval_batches), 'eval')
       )
       return objectives.evaluate(eval_step, params, batches, stop)
 
@@ -240,7 +241,7 @@ def evaluate(
   per = batcher.batch_size // pc
 
   def batches():
-    for step, x in enumerate(batcher.eval_batches(n, pi, pc)):
+    for step, x in enumerate(progress.track(batcher.eval_batches(n, pi, pc), 'eval', n)):
       distributed.log_rows('pretrain_eval', step, range(pi * per, (pi + 1) * per))
       yield sharding.shard_batch(x, mesh)
 

@@ -31,6 +31,7 @@ from lm import objectives
 from lm import optim
 from lm.data import preference
 from lm import pretrained
+from lm import progress
 from lm import report
 from lm import sharding
 from lm import trainer
@@ -126,7 +127,7 @@ def continuations(model, params, prompts, g, eos: int, pad: int, prompt_len: int
   if defaults.backend(g) == 'engine':
     return _engine_continuations(model, params, prompts, g, eos, pad, prompt_len, size)
   out = []
-  for s in range(0, len(prompts), size):
+  for s in progress.track(range(0, len(prompts), size), 'generate'):
     chunk = prompts[s : s + size]
     got = gen.generate(
       model,
