@@ -32,6 +32,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from lm import generate as G
+from lm import progress
 
 
 @dataclasses.dataclass(frozen=True)
@@ -417,9 +418,12 @@ class Engine:
     return True
 
   def run(self, requests: Sequence[Request] = ()):
-    """Steps until every given request (all work, when none given) is done: a synchronous use."""
-    while (not all(r.done for r in requests)) if requests else self.busy:
-      self.step()
+    """Steps until every given request (all work, when none given) is done: a synchronous use
+    (batched generation, rollouts), counted on a progress bar on a terminal."""
+    with progress.bar('generate', len(requests) or None, 'request') as bar:
+      while (not all(r.done for r in requests)) if requests else self.busy:
+        self.step()
+        bar.update(sum(r.done for r in requests) - bar.n)
 
   def generate(self, prompts: Sequence[Sequence[int]], sampling: Sampling = Sampling()) -> list:
     """Token ids of each prompt's continuation, all decoded together (no thread)."""
