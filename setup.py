@@ -27,8 +27,12 @@ INSTALL_REQUIRES = [
 # serve.py: the HTTP server; jinja2 renders a model directory's chat template without transformers
 # (3.1.6: earlier versions have sandbox escapes, and templates come with downloaded models).
 SERVE = ['fastapi>=0.165,<0.170', 'uvicorn>=0.55,<0.60', 'jinja2>=3.1.6,<4']
+# report.wandb_project: lm.report's Weights & Biases run (tests/test_report.py reads its offline
+# files, whose layout changes between minors).
+WANDB = ['wandb>=0.31,<0.32']
 EXTRAS = {
   'serve': SERVE,
+  'wandb': WANDB,
   # torch==2.13.0 resolves to the CPU wheel on this project's machines.
   # peft: tests/test_peft.py checks lm.hf.peft's adapters against PEFT's own LoraLayer.
   'hf': ['torch==2.13.0', 'transformers>=5.0,<6', 'peft>=0.21,<0.22'],
@@ -45,6 +49,7 @@ EXTRAS = {
     'openai>=3.63,<4',
     'httpx>=0.29,<0.30',
     *SERVE,
+    *WANDB,
   ],
 }
 # lm.harness (eval.py --harness_tasks): lm-evaluation-harness's model interface and tasks;
