@@ -16,6 +16,7 @@ from lm import cli
 from lm import distributed
 from lm.jobs import finetune
 from lm import metrics
+from lm import report
 
 FLAGS = flags.FLAGS
 config_flags.DEFINE_config_file('config', None, 'Fine-tuning config file.', lock_config=True)
@@ -26,6 +27,7 @@ flags.mark_flags_as_required(['config', 'workdir'])
 def main(argv):
   del argv
   distributed.initialize()
+  report.check(FLAGS.config)  # a missing optional tracker fails before any work
   out = finetune.run(FLAGS.config, FLAGS.workdir)
   print(
     metrics.format_table(

@@ -27,8 +27,16 @@ INSTALL_REQUIRES = [
 # serve.py: the HTTP server; jinja2 renders a model directory's chat template without transformers
 # (3.1.6: earlier versions have sandbox escapes, and templates come with downloaded models).
 SERVE = ['fastapi>=0.165,<0.170', 'uvicorn>=0.55,<0.60', 'jinja2>=3.1.6,<4']
+# report.wandb_project: lm.report's Weights & Biases run (tests/test_report.py reads its offline
+# files, whose layout changes between minors).
+WANDB = ['wandb>=0.31,<0.32']
+# python -m lm.plot: training curves. An extra, not a requirement: training never draws, and a TPU
+# host needs no plotting stack.
+PLOT = ['matplotlib>=3.8,<4']
 EXTRAS = {
   'serve': SERVE,
+  'wandb': WANDB,
+  'plot': PLOT,
   # torch==2.13.0 resolves to the CPU wheel on this project's machines.
   # peft: tests/test_peft.py checks lm.hf.peft's adapters against PEFT's own LoraLayer.
   'hf': ['torch==2.13.0', 'transformers>=5.0,<6', 'peft>=0.21,<0.22'],
@@ -38,13 +46,14 @@ EXTRAS = {
     'nbclient>=0.10',
     'nbformat>=5.10',
     'ipykernel>=6.29',
-    'matplotlib>=3.8',
     # The formatter and linter of tests/test_style.py: pinned, its layout changes between versions.
     'ruff==0.17.6',
     # tests/test_serve.py queries serve.py with the real OpenAI client.
     'openai>=3.63,<4',
     'httpx>=0.29,<0.30',
     *SERVE,
+    *WANDB,
+    *PLOT,  # lm.plot and the notebooks' curves
   ],
 }
 # lm.harness (eval.py --harness_tasks): lm-evaluation-harness's model interface and tasks;

@@ -19,6 +19,7 @@ from absl import logging
 
 from lm import checkpoint
 from lm import distributed
+from lm import report
 from lm.checkpoint import CheckpointError
 from lm.data import sources
 
@@ -139,6 +140,7 @@ def run_job(job):
   def main(argv):
     del argv
     distributed.initialize()
+    report.check(flags.FLAGS.config)  # a missing optional tracker fails before any work
     job(flags.FLAGS.config, flags.FLAGS.workdir)
 
   run(main)

@@ -75,6 +75,15 @@ def periodic_block(
   )
 
 
+def report_block() -> ml_collections.ConfigDict:
+  """`c.report`: where a run's metrics go besides TensorBoard and metrics.jsonl (lm/report.py).
+  wandb_project set: process 0 also sends the same scalars, this config and the text samples to
+  Weights & Biases (`pip install -e '.[wandb]'`; WANDB_MODE=offline keeps the run on disk, under
+  WORKDIR/wandb). wandb_run_name '' is the workdir's basename; a resumed run continues the
+  same W&B run (its id is kept in WORKDIR)."""
+  return ml_collections.ConfigDict(dict(wandb_project='', wandb_entity='', wandb_run_name=''))
+
+
 def source_block(held_out: bool, **overrides) -> dict:
   """The data-source fields of `c.data` (vocabulary: lm.data.sources); `held_out` adds the
   validation and test sources (eval_files / eval_split, test_files / test_split) and their
@@ -138,6 +147,7 @@ def pretraining() -> ml_collections.ConfigDict:
   c.update(
     periodic_block(log_every=100, eval_every=1000, checkpoint_every=1000, keep_checkpoints=3)
   )
+  c.report = report_block()
   c.eval_batches = 20
   c.sample_prompt = 'The assert statement'
   c.sample_tokens = 32
@@ -178,6 +188,7 @@ def finetuning(task: str) -> ml_collections.ConfigDict:
     dict(metric=tasks.primary_metric(task), mode='max', patience=0)
   )
   c.update(periodic_block(log_every=50, eval_every=200, checkpoint_every=200, keep_checkpoints=2))
+  c.report = report_block()
   return c
 
 
@@ -206,6 +217,7 @@ def preference() -> ml_collections.ConfigDict:
   c.lora = lora_block()
   c.train = train_block(batch_size=16, steps=300, lr=1e-4, warmup_steps=20, schedule='cosine')
   c.update(periodic_block(log_every=25, eval_every=100, checkpoint_every=100, keep_checkpoints=2))
+  c.report = report_block()
   c.eval_batch_size = 32
   c.loss = 'dpo'  # dpo only: 'dpo' -log sigmoid(beta h) | 'ipo' (h - 1/(2 beta))^2
   c.beta = 0.1
@@ -275,6 +287,7 @@ def text_to_text(task: str) -> ml_collections.ConfigDict:
   )
   c.early_stopping = ml_collections.ConfigDict(dict(metric='loss', mode='min', patience=0))
   c.update(periodic_block(log_every=25, eval_every=100, checkpoint_every=100, keep_checkpoints=2))
+  c.report = report_block()
   return c
 
 
@@ -325,6 +338,7 @@ def rl() -> ml_collections.ConfigDict:
     epochs_per_batch=4,
   )
   c.update(periodic_block(log_every=10, eval_every=20, checkpoint_every=20, keep_checkpoints=2))
+  c.report = report_block()
   c.eval_batch_size = 64
   c.eval_seed = 1234  # held-out samples use fixed draws, so evaluations compare like with like
   c.best_of_n = -1  # best-of-n from the starting policy on the test prompts at the end:

@@ -163,7 +163,7 @@ def fit(
   steps, log_every, eval_every = int(config.train.steps), config.log_every, config.eval_every
   ckpt = checkpoint.for_run(workdir, config)
   own_writer = writer is None
-  writer = writer or report.Writer(workdir, steps)
+  writer = writer or report.Writer(workdir, steps, config)
   best = None
   if evaluate is not None and 'early_stopping' in config:
     es = config.early_stopping

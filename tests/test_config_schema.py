@@ -180,3 +180,24 @@ def test_rollouts_and_generations_pick_their_backend_with_one_block():
   assert defaults.backend(ml_collections.ConfigDict()) == 'static'  # a workdir saved before
   with pytest.raises(ValueError, match="generate.backend='vllm'"):
     defaults.backend(ml_collections.ConfigDict(dict(backend='vllm')))
+
+
+def test_every_training_config_reports_through_one_block():
+  """`--config.report.wandb_project=P` works for train.py, finetune.py, sft.py, dpo.py and ppo.py:
+  every base config carries defaults.report_block(), W&B off, and the shipped configs keep it."""
+  import importlib  # noqa: PLC0415
+
+  want = {'wandb_project': '', 'wandb_entity': '', 'wandb_run_name': ''}
+  bases = [
+    defaults.pretraining(),
+    defaults.finetuning('classification'),
+    defaults.preference(),
+    defaults.text_to_text('sft'),
+    defaults.rl(),
+  ]
+  shipped = [
+    importlib.import_module(f'configs.{name}').get_config()
+    for name in ('base', 'gpt_base', 'finetune_cls', 'sft', 'reward', 'dpo', 'ppo')
+  ]
+  for c in bases + shipped:
+    assert c.report.to_dict() == want

@@ -349,7 +349,7 @@ def run(config, workdir: str) -> dict:
       eval_step, params, (sharding.shard_batch(b, mesh) for b in batches), stop
     )
 
-  writer = report.Writer(workdir, int(config.train.steps))
+  writer = report.Writer(workdir, int(config.train.steps), config)
   fit = loop.fit(
     state,
     train_step,

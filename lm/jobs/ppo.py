@@ -551,7 +551,7 @@ def run(config, workdir: str) -> dict:
       stop.request(f'kl_budget {config.kl_budget} exceeded (held-out KL {result["kl"]:.3f})')
     return {**result, 'kl_budget': config.kl_budget}
 
-  writer = report.Writer(workdir, int(config.train.steps))
+  writer = report.Writer(workdir, int(config.train.steps), config)
   fit = loop.fit(
     state,
     train_step,

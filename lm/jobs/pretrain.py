@@ -85,7 +85,7 @@ def run(config, workdir: str):
   train_step = objectives.make_train_step(config, model, tx, state_sh, mesh)
   eval_step = objectives.make_eval_step(config, model, state_sh.params, mesh)
   stop = loop.StopFlag().install()
-  writer = report.Writer(workdir, config.train.steps)
+  writer = report.Writer(workdir, config.train.steps, config)
   evaluate = None
   if eval_corpus is not None:
     eval_data = objectives.make_batcher(config, eval_corpus, tok, config.seed + 1)

@@ -266,7 +266,7 @@ def run(config, workdir: str) -> dict:
     def evaluate(params):
       return response_loss(eval_step, params, eval_rows, config.eval_batch_size, mesh, stop)
 
-  writer = report.Writer(workdir, int(config.train.steps))
+  writer = report.Writer(workdir, int(config.train.steps), config)
   fit = loop.fit(
     state,
     train_step,
