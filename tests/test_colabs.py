@@ -1,30 +1,30 @@
-"""Executes every colabs/*.ipynb top to bottom (nbclient) and checks what it shows.
+"""Executes every colabs/*.ipynb top to bottom (nbclient) and checks what it shows; checks that
+the committed notebooks carry the outputs of their current code.
 
-Each notebook runs in a fresh Jupyter kernel from this Python, on one CPU device, writing under
-a temporary LM_COLAB_WORKDIR shared by the notebooks of one session (so the fine-tuning and DPO
-notebooks reuse the pretraining runs of the quickstart and the generation notebook, as they do
-for a user who runs them in order). Any cell error fails the test.
+Each notebook runs through colabs/execute.py (the command that refreshes the committed outputs)
+in a fresh Jupyter kernel from this Python, on one CPU device, writing under a temporary
+LM_COLAB_WORKDIR shared by the notebooks of one session (so the fine-tuning and DPO notebooks
+reuse the pretraining runs of the quickstart and the generation notebook, as they do for a user
+who runs them in order). Any cell error fails the test.
 """
 
-import glob
+import importlib.util
 import json
 import os
-import time
 
 import pytest
 
-from conftest import check_fewshot_accuracy
+from conftest import ROOT, check_fewshot_accuracy
 
 nbformat = pytest.importorskip('nbformat')
 nbclient = pytest.importorskip('nbclient')
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-COLABS = os.path.join(ROOT, 'colabs')
-ORDER = ['quickstart', 'finetune_classifier', 'generate_and_fewshot', 'dpo', 'rlhf']  # reuse runs
-NOTEBOOKS = sorted(
-  (os.path.splitext(os.path.basename(p))[0] for p in glob.glob(os.path.join(COLABS, '*.ipynb'))),
-  key=lambda n: (ORDER.index(n) if n in ORDER else len(ORDER), n),
+_spec = importlib.util.spec_from_file_location(
+  'colab_execute', os.path.join(ROOT, 'colabs', 'execute.py')
 )
+colab = importlib.util.module_from_spec(_spec)
+_spec.loader.exec_module(colab)
+NOTEBOOKS = colab.notebooks()
 
 
 @pytest.fixture(scope='module')
@@ -32,42 +32,8 @@ def workdir(tmp_path_factory):
   return tmp_path_factory.mktemp('colabs')
 
 
-def _kernel_env(workdir):
-  env = {
-    'XLA_FLAGS': '--xla_force_host_platform_device_count=1',  # conftest sets 8 for this process
-    'LM_COLAB_WORKDIR': str(workdir),
-    'TF_CPP_MIN_LOG_LEVEL': '2',
-  }
-  try:  # render figures into the outputs (checked below) without any display
-    import matplotlib_inline  # noqa: F401  pylint: disable=g-import-not-at-top,unused-import
-
-    env['MPLBACKEND'] = 'module://matplotlib_inline.backend_inline'
-  except ImportError:
-    env['MPLBACKEND'] = 'Agg'
-  return env
-
-
-def execute(name, workdir):
-  """The executed notebook; raises nbclient's CellExecutionError on any cell error."""
-  nb = nbformat.read(os.path.join(COLABS, f'{name}.ipynb'), as_version=4)
-  env = _kernel_env(workdir)
-  saved = {k: os.environ.get(k) for k in env}
-  os.environ.update(env)  # the kernel inherits this process's environment
-  try:
-    client = nbclient.NotebookClient(
-      nb, timeout=600, kernel_name='python3', resources={'metadata': {'path': COLABS}}
-    )
-    t0 = time.time()
-    client.execute()
-    print(f'{name}.ipynb: {time.time() - t0:.0f}s')
-  finally:
-    nbformat.write(nb, os.path.join(str(workdir), f'{name}.executed.ipynb'))  # to look at
-    for k, v in saved.items():
-      if v is None:
-        os.environ.pop(k, None)
-      else:
-        os.environ[k] = v
-  return nb
+def _read(name):
+  return nbformat.read(colab.path(name), as_version=4)
 
 
 def _images(nb) -> int:
@@ -88,25 +54,67 @@ def _series(rows, key):
   return [r[key] for r in rows if key in r]
 
 
-def test_notebooks_are_clean_and_start_with_a_description():
-  assert set(ORDER) <= set(NOTEBOOKS), f'missing notebooks: {set(ORDER) - set(NOTEBOOKS)}'
+def test_notebooks_start_with_a_description():
+  assert set(colab.ORDER) <= set(NOTEBOOKS), f'missing: {set(colab.ORDER) - set(NOTEBOOKS)}'
   for name in NOTEBOOKS:
-    nb = nbformat.read(os.path.join(COLABS, f'{name}.ipynb'), as_version=4)
+    nb = _read(name)
     nbformat.validate(nb)
     assert nb.cells[0].cell_type == 'markdown' and nb.cells[0].source.startswith('# '), name
-    for c in nb.cells:
-      if c.cell_type == 'code':
-        assert not c.outputs and c.execution_count is None, f'{name}: commit with outputs cleared'
     src = '\n'.join(c.source for c in nb.cells if c.cell_type == 'code')
     assert 'get_config(' in src and 'LM_COLAB_WORKDIR' in src, name
+
+
+@pytest.mark.parametrize('name', NOTEBOOKS)
+def test_committed_outputs_are_current(name):
+  """The committed outputs were computed from the committed code (every code cell ran, and its
+  figures are there): a reader on the web sees what the notebook does."""
+  why = colab.staleness(_read(name))
+  assert not why, colab.stale_message(name, why)
+
+
+@pytest.mark.parametrize('name', NOTEBOOKS)
+def test_plotting_notebooks_commit_a_figure(name):
+  nb = _read(name)
+  if any('plt.' in c.source for c in nb.cells if c.cell_type == 'code'):
+    assert _images(nb) >= 1, f'{name}.ipynb plots but commits no image/png output'
+
+
+def test_staleness_check_fails_on_an_edited_notebook(tmp_path, monkeypatch, capsys):
+  """The check can fail: a copy of a committed notebook passes `execute.py --check`; the same
+  with one code cell edited fails it (exit 1), named with the command that refreshes it."""
+  name = colab.ORDER[0]
+  monkeypatch.setattr(colab, 'COLABS', str(tmp_path))  # colab.path(name) now points there
+  nb = nbformat.read(os.path.join(ROOT, 'colabs', f'{name}.ipynb'), as_version=4)
+  nbformat.write(nb, colab.path(name))
+  assert colab.main(['--check', name]) == 0, capsys.readouterr().out
+  [c for c in nb.cells if c.cell_type == 'code'][-1].source += '\nprint(1)'
+  nbformat.write(nb, colab.path(name))
+  assert colab.main(['--check', name]) == 1
+  out = capsys.readouterr().out
+  assert out == (
+    f'colabs/{name}.ipynb is stale (its code cells changed since it was executed): '
+    f'run `python colabs/execute.py {name}`\n'
+  ), out
+
+
+def test_staleness_check_fails_on_cleared_outputs():
+  """Same code, outputs cleared (the old convention): the cells that did not run are named, and
+  those whose figures are missing."""
+  nb = _read(colab.ORDER[0])
+  code = [i for i, c in enumerate(nb.cells) if c.cell_type == 'code']
+  plots = [i for i in code if 'plt.show()' in nb.cells[i].source]
+  assert plots, 'the quickstart plots'
+  for i in code:
+    nb.cells[i].outputs, nb.cells[i].execution_count = [], None
+  assert colab.staleness(nb) == [f'cells {code} have not run', f'cells {plots} show no figure']
 
 
 @pytest.mark.slow
 @pytest.mark.parametrize('name', NOTEBOOKS)
 def test_notebook_runs(name, workdir):
-  nb = execute(name, workdir)
-  if name in ORDER:
-    assert _images(nb) >= 1, f'{name}.ipynb showed no plot'
+  nb = colab.execute(name, workdir)
+  nbformat.write(nb, workdir / f'{name}.executed.ipynb')  # to look at
+  assert colab.staleness(nb) == [], name  # every cell ran, every plt.show() drew
   check = CHECKS.get(name)
   if check:
     check(workdir)
