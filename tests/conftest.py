@@ -52,6 +52,8 @@ LONGEST_FIRST = (
   'test_harness.py',  # ~85: lm-eval's own hf backend beside ours on GPT-2, Llama, T5; 2 processes
   'test_engine.py',  # ~58 (serial, 2 cores, light load)
   'test_serve.py',  # ~43: one served process for its server tests
+  'test_report.py',  # ~35: two tiny train.py runs logging to an offline W&B run
+  'test_progress.py',  # ~35: prepare, train.py and eval.py under a pseudo-terminal
   'test_icl.py',
   'test_finetune.py',
   'test_prepare.py',
