@@ -141,6 +141,11 @@ def pretraining() -> ml_collections.ConfigDict:
   c.data.tokenizer = ml_collections.ConfigDict(
     dict(kind='wordpiece', vocab_size=8192, path='', sample_mb=64.0)
   )
+  # A weighted mixture of sources (lm/data/mixture.py, docs/data.md): {name: {source fields of
+  # data, weight}}, each prepared once into its own shards with data.tokenizer; empty: data's
+  # own source. mixture_schedule: (step, name, weight) triples, a weight from that step on.
+  c.data.mixture = ml_collections.ConfigDict()
+  c.data.mixture_schedule = ()
 
   c.lora = lora_block()
   c.train = train_block(loss_chunk=0)

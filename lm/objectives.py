@@ -10,6 +10,7 @@ micro-batches gives the same gradient as one big batch.
 
 import functools
 
+import jax
 import jax.numpy as jnp
 
 from lm import losses
@@ -165,3 +166,27 @@ def make_eval_step(config, model, params_shardings, mesh):
 
 def evaluate(eval_step, params, batches, stop=None) -> dict:
   return trainer.evaluate(eval_step, params, batches, metrics, stop)
+
+
+def evaluate_sources(eval_step, params, sources: dict, stop=None) -> dict:
+  """{name: eval batches} -> the metrics of all batches pooled, plus each source's own as
+  '<name>/<metric>' (a mixture's sources); a lone source named '' gives just its metrics."""
+  if list(sources) == ['']:
+    return evaluate(eval_step, params, sources[''], stop)
+  pooled, out = [], {}
+
+  def keep(sums, norms):
+    pooled.append((sums, norms))
+    return metrics(sums, norms)
+
+  for name, batches in sources.items():
+    out.update(
+      {
+        f'{name}/{k}': v
+        for k, v in trainer.evaluate(eval_step, params, batches, keep, stop).items()
+      }
+    )
+  if not pooled or (stop is not None and stop.requested):
+    return {}
+  sums, norms = (jax.tree.map(lambda *x: sum(x), *part) for part in zip(*pooled))
+  return {**{k: float(v) for k, v in metrics(sums, norms).items()}, **out}

@@ -539,24 +539,15 @@ def _finish(
   return manifest
 
 
-def main(argv):
-  del argv
-  from absl import flags  # pylint: disable=g-import-not-at-top
-
-  config = flags.FLAGS.config
-  directory, manifest, _ = ensure(config.data)
-  print(json.dumps({'prepared_dir': directory, 'splits': manifest['splits']}))
-
-
 if __name__ == '__main__':
   from absl import flags  # pylint: disable=g-import-not-at-top
   from ml_collections import config_flags  # pylint: disable=g-import-not-at-top
 
   from lm import cli  # pylint: disable=g-import-not-at-top
-  from lm.data import prepare as importable  # pylint: disable=g-import-not-at-top
+  from lm.data import mixture  # pylint: disable=g-import-not-at-top
 
   config_flags.DEFINE_config_file('config', None, 'A train.py config file.', lock_config=True)
   flags.mark_flags_as_required(['config'])
-  # Run the importable module's code, not __main__'s: spawned workers unpickle its functions
-  # by module name.
-  cli.run(importable.main)
+  # Run the importable module's code (through lm.data.mixture, which prepares each source of a
+  # data.mixture), not __main__'s: spawned workers unpickle its functions by module name.
+  cli.run(mixture.main)

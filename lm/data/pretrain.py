@@ -140,6 +140,14 @@ class Batcher:
   def _row(self, rng: np.random.Generator) -> dict:
     raise NotImplementedError
 
+  def row_at(self, step: int, r: int) -> dict:
+    """Global row ``r`` of ``step``, from its own rng: what a mixture reads from this source."""
+    return self._row(np.random.default_rng([self.seed, int(step), r]))
+
+  def rows(self, step: int, rows) -> list:
+    """Global rows ``rows`` of ``step``, each a pure function of (seed, step, row)."""
+    return [self.row_at(step, r) for r in rows]
+
   def get_batch(self, step: int, process_index: int = 0, process_count: int = 1) -> dict:
     if self.batch_size % process_count or not 0 <= process_index < process_count:
       raise ValueError(
@@ -147,10 +155,7 @@ class Batcher:
         f'{process_count} (process_index {process_index}): change batch_size.'
       )
     per = self.batch_size // process_count
-    rows = [
-      self._row(np.random.default_rng([self.seed, int(step), r]))
-      for r in range(process_index * per, (process_index + 1) * per)
-    ]
+    rows = self.rows(step, range(process_index * per, (process_index + 1) * per))
     return {k: np.stack([row[k] for row in rows]) for k in rows[0]}
 
   def eval_batches(

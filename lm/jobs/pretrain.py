@@ -25,7 +25,7 @@ from lm import sample
 from lm import sharding
 from lm import trainer
 from lm.models import lora
-from lm.data import prepare
+from lm.data import mixture
 from lm.data import shards
 from lm.data import tokenizer as tokenizer_lib
 
@@ -43,14 +43,22 @@ def run(config, workdir: str):
 
   # Data: prepared once into token shards beside their tokenizer (shared by every run and
   # host with the same data config), then read row by row: batches are a function of the step.
-  data_dir, manifest, tok = prepare.ensure(config.data, pi)
+  # A data.mixture prepares each of its sources so, and mixes their rows by the step's weights.
+  sources, tok = mixture.ensure(config.data, pi)
   if pi == 0:
-    _keep_tokenizer(tok, workdir, data_dir)
-  train_corpus = shards.open_split(data_dir, 'train', manifest)
-  eval_corpus = shards.open_eval(data_dir, manifest)  # None: no held-out documents
-  if eval_corpus is None and pi == 0:
-    print(f'{shards.no_eval_reason(data_dir, manifest)}: no held-out evaluation.')
-  train_data = objectives.make_batcher(config, train_corpus, tok, config.seed)
+    _keep_tokenizer(tok, workdir, sources[0].directory)
+  train_data = mixture.batcher(
+    config.data,
+    [
+      objectives.make_batcher(
+        config, shards.open_split(s.directory, 'train', s.manifest), tok, config.seed
+      )
+      for s in sources
+    ],
+    config.seed,
+    log=lambda step, text: writer.text(step, 'data_mixture', text),
+  )
+  eval_data = _eval_batchers(config, sources, tok, pi)
 
   # Model, optimizer and state, initialised straight into their shardings (or from the
   # init_checkpoint's params, with a fresh optimizer).
@@ -85,17 +93,17 @@ def run(config, workdir: str):
   train_step = objectives.make_train_step(config, model, tx, state_sh, mesh)
   eval_step = objectives.make_eval_step(config, model, state_sh.params, mesh)
   stop = loop.StopFlag().install()
-  writer = report.Writer(workdir, config.train.steps, config)
+  writer = report.Writer(workdir, config.train.steps, config)  # hears the mixture's phases
   evaluate = None
-  if eval_corpus is not None:
-    eval_data = objectives.make_batcher(config, eval_corpus, tok, config.seed + 1)
+  if eval_data:
+
+    def batches(name, batcher):
+      for i in progress.track(range(config.eval_batches), f'eval {name}'.strip()):
+        yield sharding.shard_batch(batcher.get_batch(i, pi, pc), mesh)
 
     def evaluate(params):
-      batches = (
-        sharding.shard_batch(eval_data.get_batch(i, pi, pc), mesh)
-        for i in progress.track(range(config.eval_batches), 'eval')
-      )
-      return objectives.evaluate(eval_step, params, batches, stop)
+      named = {name: batches(name, b) for name, b in eval_data.items()}
+      return objectives.evaluate_sources(eval_step, params, named, stop)
 
   fit = loop.fit(
     state,
@@ -123,6 +131,19 @@ def run(config, workdir: str):
       writer.text(int(state.step), 'sample', result['sample'])
   writer.close()
   return {'step': int(state.step), **result}
+
+
+def _eval_batchers(config, sources, tok, pi) -> dict:
+  """{source name: batcher of its held-out documents}; a source without any is said once."""
+  out = {}
+  for s in sources:
+    corpus = shards.open_eval(s.directory, s.manifest)  # None: no held-out documents
+    if corpus is not None:
+      out[s.name] = objectives.make_batcher(config, corpus, tok, config.seed + 1)
+    elif pi == 0:
+      where = f'data.mixture.{s.name}: ' if s.name else ''
+      print(f'{where}{shards.no_eval_reason(s.directory, s.manifest)}: no held-out evaluation.')
+  return out
 
 
 RUNTIME_FIELDS = ('dropout_rate', 'attention_dropout_rate', 'dtype', 'remat', 'attention_impl')
@@ -216,34 +237,35 @@ def evaluate(
   if want != pre.kind:
     raise ValueError(f'config.objective={config.objective!r} does not fit a {pre.kind} checkpoint.')
   tok = pre.tokenizer
-  data_dir, manifest, prepared_tok = prepare.ensure(config.data)
+  sources, prepared_tok = mixture.ensure(config.data)
   if tok is None or prepared_tok.hf.to_str() != tok.hf.to_str():
     raise ValueError(
-      f'the prepared data in {data_dir} uses another tokenizer than {path}: set '
+      f'the prepared data in {sources[0].directory} uses another tokenizer than {path}: set '
       f'--config.data.tokenizer.path={path} (or evaluate the data it was trained on).'
     )
-  eval_corpus = shards.open_eval(data_dir, manifest)
-  if eval_corpus is None:
+  eval_data = _eval_batchers(config, sources, tok, 1)  # train.py's eval batches, per source
+  if not eval_data:
     raise ValueError(
-      f'{shards.no_eval_reason(data_dir, manifest)}: nothing held out to evaluate on. Pass '
-      "--config (the run's config file) with --config.data.eval_fraction=0.05 and "
-      f'--config.data.tokenizer.path={path} to prepare data with held-out documents.'
+      f'{shards.no_eval_reason(sources[0].directory, sources[0].manifest)}: nothing held out '
+      "to evaluate on. Pass --config (the run's config file) with "
+      f'--config.data.eval_fraction=0.05 and --config.data.tokenizer.path={path} to prepare '
+      'data with held-out documents.'
     )
-  batcher = objectives.make_batcher(
-    config, eval_corpus, tok, config.seed + 1
-  )  # train.py's eval batches
   model = pre.model
   params = sharding.placed(pre.params, mesh)
   params_sh = jax.tree.map(lambda x: x.sharding, params)
   eval_step = objectives.make_eval_step(config, model, params_sh, mesh)
   n = int(num_batches or config.eval_batches)
   pi, pc = jax.process_index(), jax.process_count()  # each process its block of each batch
-  per = batcher.batch_size // pc
+  per = config.train.batch_size // pc
 
-  def batches():
-    for step, x in enumerate(progress.track(batcher.eval_batches(n, pi, pc), 'eval', n)):
+  def batches(name, batcher):
+    label = f'eval {name}'.strip()
+    for step, x in enumerate(progress.track(batcher.eval_batches(n, pi, pc), label, n)):
       distributed.log_rows('pretrain_eval', step, range(pi * per, (pi + 1) * per))
       yield sharding.shard_batch(x, mesh)
 
-  out = objectives.evaluate(eval_step, params, batches())
+  out = objectives.evaluate_sources(
+    eval_step, params, {name: batches(name, b) for name, b in eval_data.items()}
+  )
   return {'objective': config.objective, 'step': pre.step, 'batches': n, **out}, None
