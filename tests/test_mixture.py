@@ -134,6 +134,7 @@ def test_bad_mixture_fails_in_one_line(comps, schedule, message):
   assert '\n' not in str(e.value)
 
 
+@pytest.mark.slow
 def test_train_on_two_sources_reports_each(tmp_path):
   """A 2-step job on two local text sources: one tokenizer (the first source's), each source
   prepared into its own shards, the weights logged, eval reported per source and pooled."""

@@ -13,6 +13,8 @@ import sys
 import termios
 import time
 
+import pytest
+
 from conftest import ROOT
 
 TINY = [
@@ -83,6 +85,7 @@ def _final_bars(text: str) -> dict:
   return {m['desc'].strip(): (m['n'], m['total']) for m in re.finditer(BAR, text)}
 
 
+@pytest.mark.slow
 def test_train_prepare_and_eval_show_progress_with_time_left_on_a_terminal(tmp_path):
   corpus = tmp_path / 'corpus'
   corpus.mkdir()
