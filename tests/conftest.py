@@ -130,6 +130,19 @@ def run_processes(script, *args, log_dir, processes=2, devices=4, env=None, time
   ]
 
 
+# A model small enough for thousands of CPU steps in seconds: the end-to-end tests' overrides.
+TINY = [
+  '--config.model.hidden_size=32',
+  '--config.model.num_layers=1',
+  '--config.model.num_heads=2',
+  '--config.model.mlp_dim=64',
+  '--config.model.max_len=32',
+  '--config.data.seq_len=32',
+  '--config.train.batch_size=8',
+  '--config.data.tokenizer.vocab_size=512',
+]
+
+
 @pytest.fixture
 def run():
   return run_script
@@ -168,9 +181,9 @@ def _pretrain(tmp_path_factory, name, config, steps, *overrides):
 
 @pytest.fixture(scope='session')
 def pretrained_bert(tmp_path_factory):
-  """configs/base.py (BERT MLM + NSP on Python's docs), shortened from 600 to 300 steps: the
-  fine-tuning tests need a trained body, not the best one."""
-  return _pretrain(tmp_path_factory, 'bert', 'configs/base.py', 300)
+  """configs/base.py (BERT MLM + NSP on Python's docs), shortened from 600 steps of 32 rows to
+  300 of 16: the fine-tuning tests need a trained body, not the best one."""
+  return _pretrain(tmp_path_factory, 'bert', 'configs/base.py', 300, '--config.train.batch_size=16')
 
 
 @pytest.fixture(scope='session')

@@ -18,13 +18,14 @@ def test_train_throughput_prints_table(run):
     '--hf=none',
     '--compile_layers=',
     '--repeats=1',
-    '--loss_chunk=0,64',
+    '--loss_chunk=64',  # the fused cross-entropy (equal to full logits: tests/test_losses.py)
     '--doc_mask=1',
     '--models=bert,gpt,llama',
+    '--matmul_n=256',
   )
   out = proc.stdout + proc.stderr
   rows = _table(proc.stdout)
-  assert len(rows) == 5, out[-3000:]  # bert + (gpt, llama) x {chunk 0, 64}
+  assert len(rows) == 3, out[-3000:]  # bert, gpt, llama
   size = dict(re.findall(r'(\w+)=(\d+)', re.search(r'^size: .*$', out, re.M).group(0)))
   d, L, m, T, B = (int(size[k]) for k in ('d', 'L', 'mlp', 'seq', 'batch'))
   V = 50257
@@ -55,7 +56,7 @@ def test_train_throughput_prints_table(run):
       r'  (ours \w+ \(.*?\)): loss after warm-up\+timed steps ([\d.]+)', out
     )
   }
-  assert len(losses) == 5, out[-3000:]
+  assert len(losses) == 3, out[-3000:]
   # a few steps from a 0.02-std init: each loss is still the uniform guess, ln V per predicted
   # token (+ ln 2 for BERT's NSP), which checks that the losses are per-token means
   for name, loss in losses.items():
@@ -63,10 +64,6 @@ def test_train_throughput_prints_table(run):
       name.split()[1], math.log(32000)
     )
     assert abs(loss - expected) < 0.2, (name, loss, expected)
-  # fused (chunk 64) and full-logits cross-entropy: the same loss after the same steps
-  for kind in ('gpt', 'llama'):
-    pair = [v for k, v in losses.items() if kind in k and 'doc=1' in k]
-    assert abs(pair[0] - pair[1]) < 1e-3, losses
 
 
 def test_check_attention_passes(run):

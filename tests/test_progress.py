@@ -15,16 +15,13 @@ import time
 
 import pytest
 
+import conftest
 from conftest import ROOT
 
 TINY = [
   '--config=configs/gpt_base.py',
-  '--config.model.hidden_size=32',
-  '--config.model.num_layers=1',
-  '--config.model.num_heads=2',
-  '--config.model.mlp_dim=64',
-  '--config.data.seq_len=32',
-  '--config.train.batch_size=4',
+  *conftest.TINY,
+  '--config.sample_tokens=4',
   '--config.train.steps=30',
   '--config.train.warmup_steps=3',
   '--config.log_every=10',
@@ -99,7 +96,6 @@ def test_train_prepare_and_eval_show_progress_with_time_left_on_a_terminal(tmp_p
   data = [
     '--config.data.source=files',
     f'--config.data.files={corpus}',
-    '--config.data.tokenizer.vocab_size=512',
     '--config.data.eval_fraction=0.2',
   ]
 

@@ -12,6 +12,7 @@ import zlib
 
 import pytest
 
+import conftest
 from conftest import ROOT, run_script
 
 pytest.importorskip('wandb')
@@ -19,14 +20,7 @@ from wandb.proto import wandb_internal_pb2  # noqa: E402
 
 TINY = [
   '--config=configs/gpt_base.py',
-  '--config.model.hidden_size=32',
-  '--config.model.num_layers=1',
-  '--config.model.num_heads=2',
-  '--config.model.mlp_dim=64',
-  '--config.model.max_len=32',
-  '--config.data.seq_len=32',
-  '--config.train.batch_size=8',
-  '--config.data.tokenizer.vocab_size=512',
+  *conftest.TINY,
   '--config.train.warmup_steps=2',
   '--config.log_every=2',
   '--config.eval_every=3',
