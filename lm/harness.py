@@ -326,31 +326,30 @@ class HarnessLM(TemplateLM):
     for k, req in enumerate(requests):
       groups[json.dumps(req.args[1], sort_keys=True, default=str)].append(k)
     out = [None] * len(requests)
-    bar = progress.bar('generate_until', len(requests), 'request')
-    for keys in groups.values():
-      kwargs = normalize_gen_kwargs(dict(requests[keys[0]].args[1]), self.max_gen_toks)
-      until = handle_stop_sequences(kwargs.pop('until', None), eos=eos)
-      new = int(kwargs.pop('max_gen_toks'))
-      if self.backend == 'causal' and new >= self.max_length:
-        raise ValueError(
-          f'max_gen_toks={new} leaves no context within max_length={self.max_length}.'
-        )
-      prompts = {
-        k: self.tok_encode(requests[k].args[0], left_truncate_len=self._context_room(new))
-        for k in keys
-      }
-      keys = sorted(keys, key=lambda k: (-len(prompts[k]), requests[k].args[0]))
-      for s in range(0, len(keys), self.batch_size):
-        part = keys[s : s + self.batch_size]
-        for k, toks in zip(part, self._generate([prompts[k] for k in part], new, kwargs)):
-          text = self.tok_decode(toks)
-          for term in until:
-            if term:
-              text = text.split(term)[0]
-          out[k] = text
-          self.cache_hook.add_partial('generate_until', requests[k].args, text)
-        bar.update(len(part))
-    bar.close()
+    with progress.bar('generate_until', len(requests), 'request') as bar:
+      for keys in groups.values():
+        kwargs = normalize_gen_kwargs(dict(requests[keys[0]].args[1]), self.max_gen_toks)
+        until = handle_stop_sequences(kwargs.pop('until', None), eos=eos)
+        new = int(kwargs.pop('max_gen_toks'))
+        if self.backend == 'causal' and new >= self.max_length:
+          raise ValueError(
+            f'max_gen_toks={new} leaves no context within max_length={self.max_length}.'
+          )
+        prompts = {
+          k: self.tok_encode(requests[k].args[0], left_truncate_len=self._context_room(new))
+          for k in keys
+        }
+        keys = sorted(keys, key=lambda k: (-len(prompts[k]), requests[k].args[0]))
+        for s in range(0, len(keys), self.batch_size):
+          part = keys[s : s + self.batch_size]
+          for k, toks in zip(part, self._generate([prompts[k] for k in part], new, kwargs)):
+            text = self.tok_decode(toks)
+            for term in until:
+              if term:
+                text = text.split(term)[0]
+            out[k] = text
+            self.cache_hook.add_partial('generate_until', requests[k].args, text)
+          bar.update(len(part))
     return out
 
   def _context_room(self, max_new_tokens: int) -> int:

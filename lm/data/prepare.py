@@ -206,19 +206,18 @@ def _sample(data_cfg, sample_bytes: int, eval_fraction: float, total: int):
   corpus by a second hash of each document when the source's size (``total``) is known."""
   keep = min(1.0, sample_bytes / total) if total else 1.0
   docs, size = [], 0
-  bar = progress_lib.bar('tokenizer sample', sample_bytes, bytes_=True)
-  for doc in corpus_lib.iter_documents(data_cfg):
-    digest = split_lib.doc_hash(doc)
-    if split_lib.doc_held_out(digest, eval_fraction) or not split_lib.doc_held_out(
-      digest[8:], keep
-    ):
-      continue
-    docs.append(doc)
-    size += len(doc)
-    bar.update(len(doc))
-    if size >= sample_bytes:
-      break
-  bar.close()
+  with progress_lib.bar('tokenizer sample', sample_bytes, bytes_=True) as bar:
+    for doc in corpus_lib.iter_documents(data_cfg):
+      digest = split_lib.doc_hash(doc)
+      if split_lib.doc_held_out(digest, eval_fraction) or not split_lib.doc_held_out(
+        digest[8:], keep
+      ):
+        continue
+      docs.append(doc)
+      size += len(doc)
+      bar.update(len(doc))
+      if size >= sample_bytes:
+        break
   return docs, keep
 
 

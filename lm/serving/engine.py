@@ -420,10 +420,16 @@ class Engine:
   def run(self, requests: Sequence[Request] = ()):
     """Steps until every given request (all work, when none given) is done: a synchronous use
     (batched generation, rollouts), counted on a progress bar on a terminal."""
-    with progress.bar('generate', len(requests) or None, 'request') as bar:
-      while (not all(r.done for r in requests)) if requests else self.busy:
+    if not requests:
+      while self.busy:
         self.step()
-        bar.update(sum(r.done for r in requests) - bar.n)
+      return
+    with progress.bar('generate', len(requests), 'request') as bar:
+      done = sum(r.done for r in requests)
+      while done < len(requests):
+        self.step()
+        done = sum(r.done for r in requests)
+        bar.update(done - bar.n)
 
   def generate(self, prompts: Sequence[Sequence[int]], sampling: Sampling = Sampling()) -> list:
     """Token ids of each prompt's continuation, all decoded together (no thread)."""
