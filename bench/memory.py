@@ -4,6 +4,8 @@ r"""Bytes per device of the train state, and the compiled train step's peak, for
   python bench/memory.py --configs=gpt2.py:small --meshes=1,1,1:1,8,1 --peak=0   # quick
   python bench/memory.py --configs=llama.py:1b,llama.py:8b --variants=full,lora,qlora \
       --meshes=1,1,1:1,8,1 --seq_len=2048 --unhoisted=1   # full FT vs LoRA vs QLoRA (issue 28)
+  python bench/memory.py --longest=1 --configs=gpt2.py:small,llama.py:1b \
+      --meshes=1,1,1:1,1,1,8    # the longest sequence per budget, 1 device vs context 8
 
 Runs on 8 simulated CPU devices (it sets XLA_FLAGS itself). For each paper-size config and
 mesh (data, fsdp, tensor) it reports, per device:
@@ -25,6 +27,17 @@ mesh (data, fsdp, tensor) it reports, per device:
     accelerator's peak for a bf16 model; it still counts one layer's float32 copies, the
     float32 attention scores of the 'xla' attention (no flash attention on CPU) and a float32
     copy of the embedding for the logits. Both columns are XLA:CPU's; neither is a GPU's.
+With --longest=1 it reports instead, per config and mesh (data, fsdp, tensor[, context]), the
+longest sequence of one row (the global batch is data * fsdp rows) whose compiled step fits each
+budget: the step's peak is compiled at --fit_lengths (three lengths), the quadratic through them
+(a + b T + c T^2: c T^2 is the attention scores and probabilities, b T the other activations
+and the position table, a the state) is solved for each budget, rounded down to a multiple of
+1024, and that length is compiled to check it fits. Both meshes run the same attention math:
+--attention_impl (default 'einsum': float32 scores, as the context-parallel schedules keep
+them) on one device, `lm.models.context_parallel` over the context axis; the ratio of the two
+quadratic terms is what the context axis divides attention activations by. These are XLA:CPU's
+numbers: on a GPU or TPU a fused kernel keeps one device's attention memory linear in T.
+
 The baseline is the same config on one device; the ratio columns are per-device state / (the
 1-device state / N), so 1.00 is a perfect 1/N split (the target under full FSDP is <= 1.10), and
 the same against 1/(fsdp*tensor), the share a mesh that replicates over `data` can reach.
@@ -162,6 +175,91 @@ def peak_bytes(config, model, tx, abstract, mesh, rows: int, unhoisted: bool = F
   return peaks
 
 
+def step_peak(config, seq_len: int, mesh) -> int:
+  """The compiled step's peak per device at `seq_len` tokens, one row per data * fsdp."""
+  config = config.copy_and_resolve_references()
+  config.data.seq_len = seq_len
+  config.model.max_len = max(config.model.max_len, seq_len)  # GPT-2's learned position table
+  model = make_model(config)
+  tx = optim.make(config.train)
+  abstract = trainer.abstract_state(model, tx, mesh, objectives.init_inputs(config))
+  rows = mesh.shape['data'] * mesh.shape['fsdp']
+  return peak_bytes(config, model, tx, abstract, mesh, rows)[0]
+
+
+def longest_fit(peak_at, budget: float, fit, step: int = 1024) -> tuple:
+  """(The longest multiple of `step` whose compiled peak fits `budget`, that peak), by bisection
+  between compiled lengths, started from the fitted quadratic's solution; (0, 0) if none."""
+  c, b, a0 = fit
+  disc = b * b + 4 * c * (budget - a0)
+  guess = int((-b + np.sqrt(disc)) / (2 * c)) // step if budget > a0 and disc >= 0 else 1
+  lo, hi, peaks = 0, None, {}  # lo fits (0: none known), hi does not (None: none known)
+
+  def fits(k):
+    peaks[k] = peak_at(k * step)
+    return peaks[k] <= budget
+
+  k = max(guess, 1)
+  while hi is None or hi - lo > 1:
+    if fits(k):
+      lo = k
+      k = k * 2 if hi is None else (lo + hi) // 2
+    else:
+      hi = k
+      if k == 1:
+        break
+      k = (lo + hi) // 2 if lo else max(1, k // 2)
+    if hi is not None and hi - lo <= 1:
+      break
+  return (lo * step, peaks[lo]) if lo else (0, 0)
+
+
+def longest(a, meshes) -> None:
+  """The --longest=1 table (see the module doc)."""
+  gib = 2**30
+  lengths = [int(x) for x in a.fit_lengths.split(',')]
+  print(
+    '| config | mesh (data,fsdp,tensor,context) | peak at '
+    + ' / '.join(map(str, lengths))
+    + ' GiB | quadratic term at 32768 GiB | '
+    + ' | '.join(f'longest at {b} GiB (compiled peak GiB)' for b in BUDGETS_GIB)
+    + ' |'
+  )
+  print('|---' * (4 + len(BUDGETS_GIB)) + '|')
+  for spec in a.configs.split(','):
+    quad = {}
+    for shape in meshes:
+      config = with_variant(load_config(spec), a.variants.split(',')[0], a)
+      config.model.update(scan_layers=True, attention_impl=a.attention_impl)
+      if a.remat:
+        config.model.remat = a.remat
+      mesh = sharding.make_mesh(shape, jax.devices()[: int(np.prod(shape))])
+      t0 = time.perf_counter()
+      peaks = [step_peak(config, t, mesh) for t in lengths]
+      c, b, a0 = np.polyfit(np.array(lengths, float), np.array(peaks, float), 2)
+      quad[shape] = c
+      cells = []
+      for budget in BUDGETS_GIB:
+        t, peak = longest_fit(lambda t: step_peak(config, t, mesh), budget * gib, (c, b, a0))
+        cells.append(f'{t} ({peak / gib:.1f})' if t else 'none')
+      print(
+        f'| {spec} | {shape} | '
+        + ' / '.join(f'{p / gib:.2f}' for p in peaks)
+        + f' | {c * 32768**2 / gib:.2f} | '
+        + ' | '.join(cells)
+        + ' |',
+        flush=True,
+      )
+      print(f'  {spec} {shape}: {time.perf_counter() - t0:.0f} s', file=sys.stderr)
+    base = quad[meshes[0]]
+    for shape in meshes[1:]:
+      n = shape[3] if len(shape) > 3 else 1
+      print(
+        f'{spec}: quadratic (attention) term, 1 device / {shape}: {base / quad[shape]:.2f} '
+        f'(context size {n}; {base / quad[shape] / n:.3f} of it)'
+      )
+
+
 def main(argv=None):
   p = argparse.ArgumentParser(description=__doc__.split('\n')[0])
   p.add_argument(
@@ -182,12 +280,19 @@ def main(argv=None):
   p.add_argument(
     '--unhoisted', type=int, default=0, help='1: also the peak without loop-invariant hoisting'
   )
+  p.add_argument('--longest', type=int, default=0, help='1: the longest-sequence table')
+  p.add_argument('--fit_lengths', default='8192,16384,32768', help='--longest: the fitted lengths')
+  p.add_argument('--attention_impl', default='einsum', help="--longest: one device's attention")
   a = p.parse_args(argv)
   print('command: python ' + ' '.join(sys.argv))
   print(f'jax {jax.__version__}; {jax.device_count()} {jax.devices()[0].platform} devices')
   print(f'XLA_FLAGS={os.environ["XLA_FLAGS"]}')
   t_start = time.perf_counter()
   meshes = [tuple(int(x) for x in m.split(',')) for m in a.meshes.split(':')]
+  if a.longest:
+    longest(a, meshes)
+    print(f'wall time {time.perf_counter() - t_start:.0f} s')
+    return
   gib = 2**30
   budget_cols = ' | '.join(f'fits {b} GiB' for b in BUDGETS_GIB)
   print(

@@ -116,7 +116,7 @@ def pretraining() -> ml_collections.ConfigDict:
   # already holds a checkpoint resumes instead.
   c.init_checkpoint = ''
   c.seed = 0
-  c.mesh_shape = (-1, 1, 1)  # (data, fsdp, tensor); -1 takes the remaining devices
+  c.mesh_shape = (-1, 1, 1)  # (data, fsdp, tensor[, context]); -1 takes the remaining devices
 
   # lm.model.ModelConfig is the one source of model defaults; the tokenizer sets vocab_size.
   model = dataclasses.asdict(ModelConfig())

@@ -2,7 +2,9 @@
 
 Parameters and activations are annotated with logical names in `lm.model`; `RULES`
 maps them onto the mesh axes `data` (pure data parallel), `fsdp` (data parallel with
-parameters and optimizer state sharded) and `tensor` (Megatron-style model parallel).
+parameters and optimizer state sharded), `tensor` (Megatron-style model parallel) and
+`context` (the sequence of every activation split across devices; attention then runs
+`lm.models.context_parallel`'s ring or all-gather schedule).
 """
 
 import contextlib
@@ -14,12 +16,12 @@ import jax
 import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
-MESH_AXES = ('data', 'fsdp', 'tensor')
+MESH_AXES = ('data', 'fsdp', 'tensor', 'context')
 
 RULES = (
   # parameters
   ('vocab', 'tensor'),
-  ('embed', 'fsdp'),
+  ('embed', ('fsdp', 'context')),  # a context axis also shards the state, as FSDP does
   ('mlp', 'tensor'),
   ('heads', 'tensor'),
   ('kv_heads', 'tensor'),  # grouped-query K/V: whole kv heads per device when they divide
@@ -33,7 +35,7 @@ RULES = (
   ('quant_block', None),  # QLoRA: absmax scales per column (int8) or per block of rows (NF4)
   # activations
   ('batch', ('data', 'fsdp')),
-  ('act_length', None),
+  ('act_length', 'context'),
   ('act_embed', None),
   ('act_heads', 'tensor'),
   ('act_kv_heads', 'tensor'),
@@ -43,19 +45,23 @@ RULES = (
 
 
 def make_mesh(shape: Sequence[int] = (-1, 1, 1), devices=None) -> Mesh:
-  """A (data, fsdp, tensor) mesh; one entry may be -1 to take the remaining devices."""
+  """A (data, fsdp, tensor, context) mesh from 3 entries (context 1) or 4; one entry may be -1
+  to take the remaining devices."""
   devices = list(jax.devices() if devices is None else devices)
   shape = list(shape)
-  if len(shape) != 3 or shape.count(-1) > 1:
-    raise ValueError(f'mesh shape {tuple(shape)} must be (data, fsdp, tensor) with at most one -1.')
+  if len(shape) not in (3, 4) or shape.count(-1) > 1:
+    raise ValueError(
+      f'mesh shape {tuple(shape)} must be (data, fsdp, tensor[, context]) with at most one -1.'
+    )
+  given, shape = tuple(shape), shape + [1] * (4 - len(shape))
   if -1 in shape:
     rest = int(np.prod([s for s in shape if s != -1]))
     if len(devices) % rest:
-      raise ValueError(f'{len(devices)} devices do not divide into mesh {tuple(shape)}.')
+      raise ValueError(f'{len(devices)} devices do not divide into mesh {given}.')
     shape[shape.index(-1)] = len(devices) // rest
   if int(np.prod(shape)) != len(devices):
     raise ValueError(
-      f'mesh {tuple(shape)} needs {int(np.prod(shape))} devices, '
+      f'mesh {given} needs {int(np.prod(shape))} devices, '
       f'have {len(devices)}: set --config.mesh_shape so the product matches.'
     )
   # Auto axes: XLA propagates shardings from our constraints (Explicit mode would assert).

@@ -194,10 +194,10 @@ def pretrained_gpt(tmp_path_factory):
   )
 
 
-def run_killed_and_resumed(script, args, workdir, kill_range, log):
-  """Runs `script` on `workdir` in the background, kill -9s it once metrics.jsonl logs a step
-  drawn from `kill_range` (lo, hi), then runs it again to the end; returns (kill step, the
-  resumed run's stdout)."""
+def run_killed_and_resumed(script, args, workdir, kill_range, log, devices=None):
+  """Runs `script` on `workdir` (on `devices` simulated devices) in the background, kill -9s it
+  once metrics.jsonl logs a step drawn from `kill_range` (lo, hi), then runs it again to the
+  end; returns (kill step, the resumed run's stdout)."""
   import json
   import random
   import signal
@@ -208,6 +208,7 @@ def run_killed_and_resumed(script, args, workdir, kill_range, log):
     script,
     *args,
     f'--workdir={workdir}',
+    devices=devices,
     background=True,
     stdout=open(log, 'w'),
     stderr=open(os.devnull, 'w'),
@@ -221,7 +222,7 @@ def run_killed_and_resumed(script, args, workdir, kill_range, log):
   assert proc.poll() is None, 'the run ended before it could be killed'
   proc.send_signal(signal.SIGKILL)
   proc.wait()
-  out = run_script(script, *args, f'--workdir={workdir}').stdout
+  out = run_script(script, *args, f'--workdir={workdir}', devices=devices).stdout
   assert 'resumed from step' in out, out
   return kill_at, out
 

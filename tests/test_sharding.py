@@ -158,10 +158,30 @@ def test_evaluation_mesh_falls_back_to_data_parallel(capsys):
   import ml_collections  # noqa: PLC0415
 
   mesh = lambda **kw: dict(sharding.config_mesh(ml_collections.ConfigDict(kw)).shape)  # noqa: E731
-  assert mesh(mesh_shape=(2, 2, 2), num_devices=0) == {'data': 2, 'fsdp': 2, 'tensor': 2}
-  assert mesh(mesh_shape=(1, 1, 1), num_devices=1) == {'data': 1, 'fsdp': 1, 'tensor': 1}
+  assert mesh(mesh_shape=(2, 2, 2), num_devices=0) == {
+    'data': 2,
+    'fsdp': 2,
+    'tensor': 2,
+    'context': 1,
+  }
+  assert mesh(mesh_shape=(1, 1, 1), num_devices=1) == {
+    'data': 1,
+    'fsdp': 1,
+    'tensor': 1,
+    'context': 1,
+  }
   assert capsys.readouterr().out == ''
-  assert mesh(mesh_shape=(4, 4, 1), num_devices=0) == {'data': 8, 'fsdp': 1, 'tensor': 1}
+  assert mesh(mesh_shape=(4, 4, 1), num_devices=0) == {
+    'data': 8,
+    'fsdp': 1,
+    'tensor': 1,
+    'context': 1,
+  }
   assert 'mesh (4, 4, 1) needs 16 devices, have 8; using all 8' in capsys.readouterr().out
-  assert mesh(mesh_shape=(-1, 1, 1), num_devices=64) == {'data': 8, 'fsdp': 1, 'tensor': 1}
+  assert mesh(mesh_shape=(-1, 1, 1), num_devices=64) == {
+    'data': 8,
+    'fsdp': 1,
+    'tensor': 1,
+    'context': 1,
+  }
   assert 'the job ran on 64 devices' in capsys.readouterr().out

@@ -146,7 +146,14 @@ def _eval_batchers(config, sources, tok, pi) -> dict:
   return out
 
 
-RUNTIME_FIELDS = ('dropout_rate', 'attention_dropout_rate', 'dtype', 'remat', 'attention_impl')
+RUNTIME_FIELDS = (
+  'dropout_rate',
+  'attention_dropout_rate',
+  'dtype',
+  'remat',
+  'attention_impl',
+  'context_parallel',
+)
 
 
 def _continue_from(config, workdir: str, mesh):

@@ -41,8 +41,11 @@ class ModelConfig:
   scan_layers: bool = False  # one compiled layer body: compile time flat in depth
   remat: str = 'none'  # 'none' | 'full' | 'dots' (save matmul outputs only)
   # 'einsum' | 'xla' | 'cudnn' (jax.nn.dot_product_attention) | 'auto': cudnn flash attention
-  # on a GPU in bf16/fp16, else xla
+  # on a GPU in bf16/fp16, else xla | 'splash' (TPU) | 'flash' (GPU): Pallas kernels, lm/models/kernels.py
   attention_impl: str = 'einsum'
+  # attention over a sequence sharded on a `context` mesh axis (lm/models/context_parallel.py):
+  # 'ring' (key/value blocks passed round the axis, online softmax) | 'allgather'
+  context_parallel: str = 'ring'
   # LoRA / QLoRA (lm/models/lora.py), set by a job's `lora` block: adapters of this rank on the
   # comma-separated targets (q, k, v, o, mlp_in, mlp_out), scaled alpha / rank; quant 'int8' |
   # 'nf4' stores the frozen attention and MLP kernels quantized.

@@ -10,6 +10,7 @@ import functools
 from typing import Optional
 
 import flax.linen as nn
+import flax.struct
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -17,7 +18,7 @@ import numpy as np
 Array = jax.Array
 
 
-from lm.models import lora
+from lm.models import context_parallel, kernels, lora
 from lm.models.config import ModelConfig
 
 Array = jax.Array
@@ -108,28 +109,70 @@ def dot_product_attention(
   q: Array,
   k: Array,
   v: Array,
-  mask: Optional[Array],
+  mask,
   cfg: ModelConfig,
   *,
   causal: bool = False,
+  window: int = 0,
   bias: Optional[Array] = None,
   scale: Optional[float] = None,
   dropout: Optional[nn.Module] = None,
+  decode: bool = False,
 ) -> Array:
   """The attention kernel every attention layer calls (lm.model's and lm.t5's): softmax(scale *
   q k^T + bias, masked) v over q [B, Tq, H, Dh] and k, v [B, Tk, KV, Dh], KV dividing H
   (grouped-query attention: query head i reads kv head i // (H / KV)).
 
-  `cfg.attention_impl` picks it: 'einsum' (float32 scores and softmax, written out here), or
+  `cfg.attention_impl` picks it: 'einsum' (float32 scores and softmax, written out here),
   `jax.nn.dot_product_attention` ('xla', 'cudnn'; 'auto': cudnn on a GPU in bf16/fp16, else
-  xla). mask: bool, broadcastable to [B, H, Tq, Tk]; causal: query i sees keys <= i (fused
-  kernels skip the masked half); bias: added to the scores ([1, H, Tq, Tk]: T5's relative
-  positions); scale: None is 1 / sqrt(Dh). dropout: applied to the probabilities (an
-  nn.Dropout, called in the caller's module); given, the einsum path runs whatever the impl,
-  since the fused kernels have no dropout.
+  xla), or a Pallas kernel of `lm.models.kernels` ('splash' on TPU, 'flash' on GPU; interpret
+  mode on CPU) for self-attention without bias, window or dropout (other calls, such as a KV
+  cache's, take the einsum path). mask: a `Mask` (padding and segments as ids), a bool array broadcastable to
+  [B, H, Tq, Tk] (the KV cache's), or None; causal: query i sees keys <= i (fused kernels skip
+  the masked half); window: query i sees keys j with i - j < window (0: all); bias: added to
+  the scores ([1, H, Tq, Tk]: T5's relative positions); scale: None is 1 / sqrt(Dh). dropout:
+  applied to the probabilities (an nn.Dropout, called in the caller's module); given, the
+  einsum path runs whatever the impl, since the fused kernels have no dropout.
+
+  When the mesh in scope has a `context` axis of size > 1, the sequence is sharded over it and
+  `lm.models.context_parallel` computes attention (`cfg.context_parallel`: 'ring' or
+  'allgather'), except on a KV cache's call (`decode`), which runs unsharded.
   """
   h, kv, dh = q.shape[2], k.shape[2], q.shape[3]
+  if not decode and context_parallel.axis_size() > 1:
+    if dropout is not None:
+      raise ValueError(
+        'attention dropout is not implemented over a context axis: set '
+        '--config.model.attention_dropout_rate=0 or use a mesh without one.'
+      )
+    q_ids, kv_ids = Mask.ids_of(mask, q.shape[:2], k.shape[:2])
+    return context_parallel.attention(
+      q,
+      k,
+      v,
+      q_ids,
+      kv_ids,
+      causal=causal,
+      window=window,
+      bias=bias,
+      scale=scale,
+      schedule=cfg.context_parallel,
+      dtype=jnp.dtype(cfg.dtype),
+    )
   impl = cfg.attention_impl
+  if impl in kernels.IMPLS:
+    fused = not decode and bias is None and not window and dropout is None
+    if fused and q.shape[1] == k.shape[1]:
+      ids = None if mask is None else Mask.ids_of(mask, q.shape[:2], k.shape[:2])[1]
+      # one id array for both sides: real queries see exactly the keys `Mask.dense` shows them
+      return kernels.fused_attention(
+        impl, q, k, v, causal=causal, segment_ids=ids, kv_segment_ids=ids, scale=scale
+      )
+    impl = 'einsum'
+  mask = mask.dense() if isinstance(mask, Mask) else mask
+  if window:  # key j is visible to query i when i - j < window
+    band = (jnp.arange(q.shape[1])[:, None] - jnp.arange(k.shape[1]) < window)[None, None]
+    mask = band if mask is None else mask & band
   if impl == 'auto':
     gpu_half = jax.default_backend() == 'gpu' and cfg.dtype in ('bfloat16', 'float16')
     impl = 'cudnn' if gpu_half else 'xla'
@@ -192,22 +235,22 @@ class Attention(nn.Module):
     if c.position == 'rope':
       freq = rope_frequencies(c)
       q, k = rope(q, positions, freq), rope(k, positions, freq)
-    causal = self.causal
-    q_idx = jnp.arange(q.shape[1])  # query and key slots, for the sliding window
-    k_idx = q_idx
-    if decode:  # the cache applies causality per slot
-      k, v, mask, q_idx = self._update_cache(k, v, mask)
-      k_idx = jnp.arange(k.shape[1])
+    causal, window = self.causal, c.sliding_window
+    if decode:  # the cache applies causality (and the window) per slot
+      k, v, mask, q_slots = self._update_cache(k, v, mask)
       causal = False
-    if c.sliding_window:  # key j is visible to query i when i - j < sliding_window
-      window = q_idx[..., :, None] - k_idx < c.sliding_window  # [Tq, Tk], or per row [B, Tq, Tk]
-      window = window[None, None] if window.ndim == 2 else window[:, None]
-      mask = window if mask is None else mask & window
+      if window:  # key j is visible to query i when i - j < sliding_window
+        band = q_slots[..., :, None] - jnp.arange(k.shape[1]) < window  # [(B,) Tq, Tk]
+        band = band[None, None] if band.ndim == 2 else band[:, None]
+        mask = band if mask is None else mask & band
+        window = 0
 
     dropout = None
     if not deterministic and c.attention_dropout_rate > 0.0:
       dropout = nn.Dropout(c.attention_dropout_rate)
-    out = dot_product_attention(q, k, v, mask, c, causal=causal, dropout=dropout)
+    out = dot_product_attention(
+      q, k, v, mask, c, causal=causal, window=window, dropout=dropout, decode=decode
+    )
     out = constrain(out, *ACT_HEADS)
     return lora.Dense(
       c.hidden_size, c, 'o', ('heads', 'embed'), use_bias=c.bias == 'all', name='out'
@@ -223,6 +266,7 @@ class Attention(nn.Module):
     A `cache_index` of shape [B] (lm.serving's slots) gives every row its own write index and
     causal horizon, so rows that hold unrelated sequences of different lengths never couple.
     """
+    mask = mask.dense() if isinstance(mask, Mask) else mask
     shape = k.shape  # the first (init) call sizes the cache: [B, max_length, kv heads, D]
     ck = self.variable('cache', 'cached_key', jnp.zeros, shape, k.dtype)
     cv = self.variable('cache', 'cached_value', jnp.zeros, shape, v.dtype)
@@ -385,15 +429,44 @@ def output_embedding(params) -> Array:
   return params['embed']['token']['embedding']
 
 
-def make_mask(attention_mask=None, segment_ids=None):
-  """Boolean [B, 1, Tq, Tk] mask from padding (1 = real token) and packed segments.
+@flax.struct.dataclass
+class Mask:
+  """Padding (1 = real key, [B, Tk]) and packed documents (segment ids, [B, T]), kept as ids.
 
-  Returns None when nothing is masked, so attention skips the `where`.
+  The einsum and `jax.nn` paths read the dense [B, 1, Tq, Tk] mask (`dense`); attention over
+  a sequence sharded on the `context` axis and the fused kernels read ids (`ids_of`), so no
+  device builds a [T, T] mask there.
   """
-  mask = None
-  if attention_mask is not None:
-    mask = attention_mask[:, None, None, :].astype(bool)
-  if segment_ids is not None:
-    seg = segment_ids[:, None, :, None] == segment_ids[:, None, None, :]
-    mask = seg if mask is None else mask & seg
-  return mask
+
+  padding: Optional[Array] = None
+  segment_ids: Optional[Array] = None
+
+  def dense(self) -> Optional[Array]:
+    mask = None
+    if self.padding is not None:
+      mask = self.padding[:, None, None, :].astype(bool)
+    if self.segment_ids is not None:
+      seg = self.segment_ids[:, None, :, None] == self.segment_ids[:, None, None, :]
+      mask = seg if mask is None else mask & seg
+    return mask
+
+  @staticmethod
+  def ids_of(mask, q_shape, k_shape) -> tuple:
+    """(query ids [B, Tq], key ids [B, Tk]): a query sees the keys with its id, exactly the
+    keys `dense` lets it see (a padded key gets an id no query has)."""
+    ones = lambda shape: jnp.ones(shape, jnp.int32)  # noqa: E731
+    if mask is None:
+      return ones(q_shape), ones(k_shape)
+    pad = None if mask.padding is None else mask.padding.astype(bool)
+    if mask.segment_ids is None:
+      return ones(q_shape), pad.astype(jnp.int32)
+    seg = mask.segment_ids.astype(jnp.int32)
+    return seg, seg if pad is None else jnp.where(pad, seg, jnp.iinfo(jnp.int32).min)
+
+
+def make_mask(attention_mask=None, segment_ids=None) -> Optional[Mask]:
+  """The `Mask` of padding (1 = real token) and packed segments; None when nothing is masked,
+  so attention skips the `where`."""
+  if attention_mask is None and segment_ids is None:
+    return None
+  return Mask(attention_mask, segment_ids)

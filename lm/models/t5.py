@@ -92,7 +92,7 @@ class Attention(M.Attention):
     if not deterministic and c.attention_dropout_rate > 0.0:
       dropout = nn.Dropout(c.attention_dropout_rate)
     out = M.dot_product_attention(
-      q, k, v, mask, c, causal=causal, bias=bias, scale=1.0, dropout=dropout
+      q, k, v, mask, c, causal=causal, bias=bias, scale=1.0, dropout=dropout, decode=decode
     )
     out = M.constrain(out, *M.ACT_HEADS)
     return lora.Dense(
