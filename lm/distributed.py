@@ -23,17 +23,21 @@ def initialize():
     jax.distributed.initialize()
 
 
-def log_rows(kind: str, step: int, rows) -> None:
+def log_rows(kind: str, step: int, rows, sources=None) -> None:
   """With LM_ROW_LOG=DIR, appends the data rows this process read for batch `step` of `kind`
-  to DIR/<kind>.<process>.jsonl: how tests prove that processes read disjoint rows."""
+  to DIR/<kind>.<process>.jsonl: how tests prove that processes read disjoint rows. `sources`
+  (a data mixture's): each row's source name, logged beside it."""
   path = os.environ.get('LM_ROW_LOG')
   if not path:
     return
   import json  # pylint: disable=g-import-not-at-top
 
+  line = {'step': int(step), 'rows': [int(r) for r in rows]}
+  if sources is not None:
+    line['sources'] = [str(s) for s in sources]
   os.makedirs(path, exist_ok=True)
   with open(os.path.join(path, f'{kind}.{jax.process_index()}.jsonl'), 'a', encoding='utf-8') as f:
-    f.write(json.dumps({'step': int(step), 'rows': [int(r) for r in rows]}) + '\n')
+    f.write(json.dumps(line) + '\n')
 
 
 def from_process_0(compute):

@@ -602,15 +602,18 @@ def generate(
     rows += [[pad_id]] * (-real % shards)
   ids, mask = left_pad(rows, pad_id, prompt_len)
 
-  def run(params, ids, mask):  # the outputs whole on every process (sharding.gather)
+  def whole(x):  # a global array gathered (every process joins); one process's own, as it is
+    return np.asarray(x) if getattr(x, 'is_fully_addressable', True) else sharding.gather(x)
+
+  def run(params, ids, mask):  # the outputs whole on every process
     search, dec = beam_search, decode
     if _widens(model, params):  # no widened copy of the model (`_loop`)
       cpu = _on_cpu(params)
       search, dec = _lean(beam_search.__wrapped__, cpu), _lean(decode.__wrapped__, cpu)
     if strategy == 'beam':
-      return sharding.gather(search(model, params, ids, mask, s)[0])[:, :num_return_sequences]
+      return whole(search(model, params, ids, mask, s)[0])[:, :num_return_sequences]
     out = dec(model, params, ids, mask, jax.random.PRNGKey(seed), s)
-    return sharding.gather(out)[:, None]
+    return whole(out)[:, None]
 
   if mesh is None:
     out = run(params, ids, mask)

@@ -1,8 +1,8 @@
 """Weighted data mixtures (lm/data/mixture.py): shares, schedule changes at resume, process
-slicing, the unchanged default, bad configs, and one tiny train.py job with per-source eval."""
+slicing, the unchanged default and bad configs. A train.py job on a mixture (each source
+prepared with the first one's tokenizer, per-source eval in train.py and eval.py), on 1 process
+and on 2, is tests/test_scale.py's pretraining job."""
 
-import json
-import os
 import types
 
 import ml_collections
@@ -132,42 +132,3 @@ def test_bad_mixture_fails_in_one_line(comps, schedule, message):
   with pytest.raises(ValueError, match=message) as e:
     mixture.ensure(c)
   assert '\n' not in str(e.value)
-
-
-@pytest.mark.slow
-def test_train_on_two_sources_reports_each(tmp_path):
-  """A 2-step job on two local text sources: one tokenizer (the first source's), each source
-  prepared into its own shards, the weights logged, eval reported per source and pooled."""
-  from lm.jobs import pretrain  # noqa: PLC0415
-
-  for name, word in (('a', 'river bridge lantern'), ('b', 'engine glacier compass')):
-    os.makedirs(tmp_path / name)
-    paras = (f'{word} {i} ' * 8 for i in range(60))
-    (tmp_path / name / 'x.txt').write_text('\n\n'.join(paras))
-  c = defaults.pretraining()
-  c.objective = 'clm'
-  c.model.update(hidden_size=32, num_layers=1, num_heads=2, mlp_dim=64, max_len=32)
-  c.model.type_vocab_size = 0
-  c.data.update(seq_len=32, eval_fraction=0.2)
-  c.data.tokenizer.update(kind='bpe', vocab_size=300)
-  c.data.mixture = ml_collections.ConfigDict(
-    {n: dict(source='files', files=str(tmp_path / n / '*.txt'), weight=w)
-     for n, w in (('a', 0.7), ('b', 0.3))}
-  )  # fmt: skip
-  c.train.update(steps=2, batch_size=8, warmup_steps=1)
-  c.update(log_every=1, eval_every=2, checkpoint_every=2, eval_batches=1, sample_tokens=2)
-  out = pretrain.run(c, str(tmp_path / 'w'))
-  ev = out['eval']
-  assert {'loss', 'a/loss', 'b/loss', 'a/perplexity'} <= set(ev)
-  assert min(ev['a/loss'], ev['b/loss']) <= ev['loss'] <= max(ev['a/loss'], ev['b/loss'])
-  lines = [json.loads(x) for x in open(tmp_path / 'w' / 'metrics.jsonl')]
-  assert any('eval/b/loss' in x for x in lines)
-  sources, _ = mixture.ensure(c.data)
-  assert len({s.directory for s in sources}) == 2
-  first = os.path.join(sources[0].directory, 'tokenizer.json')
-  assert sources[1].manifest['tokenizer']['from'] == first
-  assert open(first).read() == open(tmp_path / 'w' / 'tokenizer.json').read()
-  # eval.py on the workdir: the same per-source figures on the same final params
-  evaluated, _ = pretrain.evaluate(str(tmp_path / 'w'))
-  for k in ('loss', 'a/loss', 'b/loss'):
-    assert evaluated[k] == pytest.approx(ev[k], rel=1e-5), k

@@ -188,6 +188,8 @@ class MixtureBatcher(pretrain.Batcher):
   def rows(self, step: int, rows) -> list:
     rows = list(rows)
     chosen = self.mix.choose(self.seed, step, rows)
+    if self.row_log:  # each row with the source it was read from
+      pretrain.log_rows(self.row_log, step, rows, [self.mix.names[k] for k in chosen])
     return [self.batchers[k].row_at(step, r) for k, r in zip(chosen, rows)]
 
   def get_batch(self, step: int, process_index: int = 0, process_count: int = 1) -> dict:

@@ -131,8 +131,20 @@ class ShardedCorpus:
     return self.shards[s].window(local, length)
 
 
+def log_rows(kind: str, step: int, rows, sources=None) -> None:
+  """:func:`lm.distributed.log_rows` (LM_ROW_LOG), imported only when a batcher logs: this
+  module stays numpy only."""
+  from lm import distributed  # pylint: disable=g-import-not-at-top
+
+  distributed.log_rows(kind, step, rows, sources)
+
+
 class Batcher:
   """Shared process slicing; subclasses build one row from its own rng."""
+
+  # Where this batcher's reads go under LM_ROW_LOG (the global rows of each step this process
+  # read): the training job names its batcher's; '' (eval, a mixture's components) logs none.
+  row_log = ''
 
   def __init__(self, batch_size: int, seed: int):
     self.batch_size, self.seed = int(batch_size), int(seed)
@@ -146,6 +158,9 @@ class Batcher:
 
   def rows(self, step: int, rows) -> list:
     """Global rows ``rows`` of ``step``, each a pure function of (seed, step, row)."""
+    rows = list(rows)
+    if self.row_log:
+      log_rows(self.row_log, step, rows)
     return [self.row_at(step, r) for r in rows]
 
   def get_batch(self, step: int, process_index: int = 0, process_count: int = 1) -> dict:

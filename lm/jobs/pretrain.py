@@ -58,6 +58,7 @@ def run(config, workdir: str):
     config.seed,
     log=lambda step, text: writer.text(step, 'data_mixture', text),
   )
+  train_data.row_log = 'pretrain_train'  # LM_ROW_LOG: the rows (and sources) each process reads
   eval_data = _eval_batchers(config, sources, tok, pi)
 
   # Model, optimizer and state, initialised straight into their shardings (or from the
