@@ -134,7 +134,7 @@ class ShardedCorpus:
 def log_rows(kind: str, step: int, rows, sources=None) -> None:
   """:func:`lm.distributed.log_rows` (LM_ROW_LOG), imported only when a batcher logs: this
   module stays numpy only."""
-  from lm import distributed  # pylint: disable=g-import-not-at-top
+  from lm import distributed  # noqa: PLC0415  (deferred: jax; this module stays numpy only)
 
   distributed.log_rows(kind, step, rows, sources)
 
