@@ -2,11 +2,14 @@
 CPU, equal a plain softmax attention written here (outputs and gradients w.r.t. q, k, v, float32,
 within 1e-5) with causal masks, packed segment ids, padding, and grouped-query heads."""
 
+import dataclasses
+
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from lm import models as M
 from lm.models import kernels
 
 B, T, DH = 3, 12, 16  # T = 12 is no multiple of either kernel's block: the kernels pad
@@ -40,8 +43,22 @@ def _out_and_grads(fn, q, k, v, cotangent):
   return (out, *vjp(cotangent))
 
 
-@pytest.mark.parametrize('case', list(CASES))
-@pytest.mark.parametrize('impl', kernels.IMPLS)
+# Interpret mode is slow: the fast tier keeps one kernel on the hardest case; the rest run slow.
+SLOW = pytest.mark.slow
+
+
+@pytest.mark.parametrize(
+  'impl,case',
+  [
+    ('flash', 'causal_packed_gqa'),
+    *(
+      pytest.param(i, c, marks=SLOW)
+      for i in kernels.IMPLS
+      for c in CASES
+      if (i, c) != ('flash', 'causal_packed_gqa')
+    ),
+  ],
+)
 def test_kernel_equals_einsum(impl, case):
   causal, segments, h, kv = CASES[case]
   rng = np.random.default_rng(0)
@@ -65,6 +82,7 @@ def test_kernel_equals_einsum(impl, case):
     np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-5 * float(np.abs(b).max()), err_msg=name)
 
 
+@SLOW
 @pytest.mark.parametrize('impl', kernels.IMPLS)
 def test_kernel_bfloat16_and_scale(impl):
   rng = np.random.default_rng(1)
@@ -92,3 +110,33 @@ def test_kernel_errors():
   ids = jnp.ones((1, 8), jnp.int32)
   with pytest.raises(ValueError, match='one set of segment ids'):
     kernels.fused_attention('flash', q, q, q, causal=True, segment_ids=ids, kv_segment_ids=ids + 0)
+
+
+@SLOW
+@pytest.mark.parametrize('impl', kernels.IMPLS)
+def test_decoder_with_a_kernel_equals_einsum(impl):
+  """Through the model: `attention_impl` picks the kernel, and padding + packed documents reach
+  it as ids (`Mask.ids_of`); the logits of real tokens equal the einsum path's."""
+  cfg = M.ModelConfig(
+    vocab_size=64,
+    hidden_size=64,
+    num_layers=2,
+    num_heads=4,
+    num_kv_heads=2,
+    mlp_dim=64,
+    max_len=T,
+    type_vocab_size=0,
+    pre_ln=True,
+    position='rope',
+    dropout_rate=0.0,
+    attention_dropout_rate=0.0,
+  )
+  ids = jnp.asarray(np.random.default_rng(2).integers(0, 64, (B, T)), jnp.int32)
+  kwargs = dict(segment_ids=jnp.asarray(PACKED), attention_mask=jnp.asarray(PADDED) != 0)
+  params = M.Decoder(cfg).init(jax.random.PRNGKey(0), ids)['params']
+  logits = lambda impl: M.Decoder(dataclasses.replace(cfg, attention_impl=impl)).apply(  # noqa: E731
+    {'params': params}, ids, **kwargs
+  )
+  real = np.asarray(PADDED) != 0
+  want, got = np.asarray(logits('einsum'))[real], np.asarray(logits(impl))[real]
+  np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5 * float(np.abs(want).max()))
