@@ -49,6 +49,7 @@ LONGEST_FIRST = (
   'test_rlhf.py',  # ~170
   'test_bench.py',  # ~150
   'test_workdirs.py',  # ~125: ten tiny runs of every job (last alphabetically: it ran alone at the end)
+  'test_context_parallel.py',  # ~90: train.py on a context mesh vs 1 device, kill -9 + resume
   'test_harness.py',  # ~85: lm-eval's own hf backend beside ours on GPT-2, Llama, T5; 2 processes
   'test_engine.py',  # ~58 (serial, 2 cores, light load)
   'test_serve.py',  # ~43: one served process for its server tests
