@@ -37,6 +37,9 @@ and the position table, a the state) is solved for each budget, rounded down to 
 them) on one device, `lm.models.context_parallel` over the context axis; the ratio of the two
 quadratic terms is what the context axis divides attention activations by. These are XLA:CPU's
 numbers: on a GPU or TPU a fused kernel keeps one device's attention memory linear in T.
+--ring_baseline=1 adds the first mesh run through the ring schedule itself on one device
+(`context_parallel.enabled` forced on; no communication): the ratio of its quadratic term to the
+context mesh's is what the context axis alone divides attention activations by.
 
 The baseline is the same config on one device; the ratio columns are per-device state / (the
 1-device state / N), so 1.00 is a perfect 1/N split (the target under full FSDP is <= 1.10), and
@@ -75,7 +78,7 @@ from lm import optim  # noqa: E402
 from lm import sharding  # noqa: E402
 from lm import trainer  # noqa: E402
 from lm.data import span  # noqa: E402
-from lm.models import lora  # noqa: E402
+from lm.models import context_parallel, lora  # noqa: E402
 from train_throughput import synthetic_batch  # noqa: E402
 
 # name: (the config's `lora` block, model.param_dtype; None: the config's); rank and quant are
@@ -214,8 +217,15 @@ def longest_fit(peak_at, budget: float, fit, step: int = 1024) -> tuple:
   return (lo * step, peaks[lo]) if lo else (0, 0)
 
 
+def in_a_mesh() -> bool:
+  """`context_parallel.enabled` for the ring baseline: on whenever a mesh is in scope (the
+  model's init traces outside one)."""
+  return not jax.sharding.get_abstract_mesh().empty
+
+
 def longest(a, meshes) -> None:
   """The --longest=1 table (see the module doc)."""
+  enabled = context_parallel.enabled
   gib = 2**30
   lengths = [int(x) for x in a.fit_lengths.split(',')]
   print(
@@ -226,9 +236,13 @@ def longest(a, meshes) -> None:
     + ' |'
   )
   print('|---' * (4 + len(BUDGETS_GIB)) + '|')
+  runs = [(shape, False) for shape in meshes]
+  if a.ring_baseline:
+    runs.insert(1, (meshes[0], True))
   for spec in a.configs.split(','):
     quad = {}
-    for shape in meshes:
+    for shape, ring in runs:
+      context_parallel.enabled = in_a_mesh if ring else enabled
       config = with_variant(load_config(spec), a.variants.split(',')[0], a)
       config.model.update(scan_layers=True, attention_impl=a.attention_impl)
       if a.remat:
@@ -237,7 +251,7 @@ def longest(a, meshes) -> None:
       t0 = time.perf_counter()
       peaks = [step_peak(config, t, mesh) for t in lengths]
       c, b, a0 = np.polyfit(np.array(lengths, float), np.array(peaks, float), 2)
-      quad[shape] = c
+      quad[shape, ring] = c
       cells = []
       for budget in BUDGETS_GIB:
         t, peak = longest_fit(lambda t: step_peak(config, t, mesh), budget * gib, (c, b, a0))
@@ -251,13 +265,15 @@ def longest(a, meshes) -> None:
         flush=True,
       )
       print(f'  {spec} {shape}: {time.perf_counter() - t0:.0f} s', file=sys.stderr)
-    base = quad[meshes[0]]
-    for shape in meshes[1:]:
-      n = shape[3] if len(shape) > 3 else 1
-      print(
-        f'{spec}: quadratic (attention) term, 1 device / {shape}: {base / quad[shape]:.2f} '
-        f'(context size {n}; {base / quad[shape] / n:.3f} of it)'
-      )
+    context_parallel.enabled = enabled
+    for base in [k for k in quad if k[0] == meshes[0]]:
+      for shape in meshes[1:]:
+        n = shape[3] if len(shape) > 3 else 1
+        r = quad[base] / quad[shape, False]
+        print(
+          f'{spec}: quadratic (attention) term, {base[0]}{" ring" if base[1] else ""} / {shape}: '
+          f'{r:.2f} (context size {n}; {r / n:.3f} of it)'
+        )
 
 
 def main(argv=None):
@@ -283,6 +299,7 @@ def main(argv=None):
   p.add_argument('--longest', type=int, default=0, help='1: the longest-sequence table')
   p.add_argument('--fit_lengths', default='8192,16384,32768', help='--longest: the fitted lengths')
   p.add_argument('--attention_impl', default='einsum', help="--longest: one device's attention")
+  p.add_argument('--ring_baseline', type=int, default=0, help='--longest: + the ring on 1 device')
   a = p.parse_args(argv)
   print('command: python ' + ' '.join(sys.argv))
   print(f'jax {jax.__version__}; {jax.device_count()} {jax.devices()[0].platform} devices')

@@ -43,6 +43,12 @@ def axis_size() -> int:
   return mesh.shape[AXIS]
 
 
+def enabled() -> bool:
+  """Whether attention runs these schedules: a context axis of size > 1 is in scope (a
+  benchmark may replace this to run a schedule on one device, as its own baseline)."""
+  return axis_size() > 1
+
+
 def attention(
   q,
   k,

@@ -139,7 +139,7 @@ def dot_product_attention(
   'allgather'), except on a KV cache's call (`decode`), which runs unsharded.
   """
   h, kv, dh = q.shape[2], k.shape[2], q.shape[3]
-  if not decode and context_parallel.axis_size() > 1:
+  if not decode and context_parallel.enabled():
     if dropout is not None:
       raise ValueError(
         'attention dropout is not implemented over a context axis: set '
