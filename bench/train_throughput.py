@@ -3,7 +3,8 @@ r"""Training throughput and model-FLOPs utilisation (MFU) of lm's BERT, GPT and 
   python bench/train_throughput.py            # full run, < ~6 min on a 2-core CPU
   python bench/train_throughput.py --quick    # < 1 min: fewer steps, no torch.compile
   python bench/train_throughput.py --models=llama   # Llama block vs HF LlamaForCausalLM
-  bash bench/gpu.sh                           # on a GPU: GPT-2 small/medium, bf16, cuDNN
+  bash bench/gpu_throughput.sh                # on a GPU: GPT-2 small/medium, bf16, cuDNN
+  python bench/train_throughput.py --ceiling_only   # only the matmul ceiling (bench/gpu.sh)
 
 What it measures, all in one process so the numbers compare as ratios:
   1. the XLA matmul ceiling (jit'd [n, n] @ [n, n], float32 and bfloat16), GFLOP/s;
@@ -118,6 +119,12 @@ def parse_args(argv=None):
     '--threads', type=int, default=0, help='torch intra-op threads (0 = torch default)'
   )
   p.add_argument('--quick', action='store_true', help='< 1 min: fewer steps and no torch.compile')
+  p.add_argument(
+    '--ceiling_only',
+    action='store_true',
+    help='print the standalone matmul ceiling line (float32 and bfloat16) and exit '
+    '(bench/gpu.sh: the MFU denominator of its train.py runs)',
+  )
   a = p.parse_args(argv)
   if a.quick:
     a.steps = a.steps or 1
@@ -573,6 +580,8 @@ def main(argv=None):
     f'XLA matmul ceiling ({n}x{n}): float32 {ceil["float32"]:.0f} GFLOP/s, '
     f'bfloat16 {ceil["bfloat16"]:.0f} GFLOP/s'
   )
+  if a.ceiling_only:
+    return
   ref = ceil[a.dtype]
   out('(standalone, before the runs; MFU uses the interleaved re-measurement below)')
   out(FORMULA)
