@@ -257,7 +257,7 @@ def longest(a, meshes) -> None:
         t, peak = longest_fit(lambda t: step_peak(config, t, mesh), budget * gib, (c, b, a0))
         cells.append(f'{t} ({peak / gib:.1f})' if t else 'none')
       print(
-        f'| {spec} | {shape} | '
+        f'| {spec} | {shape}{" ring" if ring else ""} | '
         + ' / '.join(f'{p / gib:.2f}' for p in peaks)
         + f' | {c * 32768**2 / gib:.2f} | '
         + ' | '.join(cells)

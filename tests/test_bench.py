@@ -3,9 +3,12 @@ and the fused-attention check passes on this machine. No timing is asserted (tim
 bench/, as ratios)."""
 
 import math
+import os
 import re
 
 import pytest
+
+from conftest import ROOT
 
 pytestmark = pytest.mark.slow
 
@@ -202,3 +205,18 @@ def test_serve_bench_prints_table(run):
     assert float(lat[0]) <= float(lat[1]), (mode, lat)  # p50 <= p95
     if mode == 'server':
       assert float(lat[2]) <= float(lat[0]), (mode, lat)  # first token before the last
+
+
+def test_longest_fit_finds_the_boundary():
+  """bench/memory.py --longest's search: whatever the fitted quadratic guesses (right, far too
+  short, far too long), bisection over compiled peaks lands on the last length that fits."""
+  import sys  # noqa: PLC0415
+
+  sys.path.insert(0, os.path.join(ROOT, 'bench'))
+  from memory import longest_fit  # noqa: PLC0415
+
+  for true in (800, 1500, 7168, 100_000):
+    peak = lambda t: 1.0 if t <= true else 2.0  # noqa: E731
+    want = (true // 1024 * 1024, 1.0) if true >= 1024 else (0, 0)
+    for c in (1.5 / true**2, 1e-12, 1.0):  # the guess: about right, far too long, far too short
+      assert longest_fit(peak, 1.5, (c, 0.0, 0.0)) == want
