@@ -148,3 +148,36 @@ def test_train_on_a_context_mesh_follows_one_device_and_resumes_exactly(tmp_path
   straight, resumed = (pretrained.load(str(tmp_path / w)).params for w in ('ctx', 'resumed'))
   for x, y in zip(jax.tree.leaves(straight), jax.tree.leaves(resumed)):
     assert np.array_equal(np.asarray(x), np.asarray(y))
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize('family', ['bert', 't5'])
+def test_every_family_runs_on_a_context_axis(family):
+  """BERT (bidirectional, padding) and T5 (relative-position bias, causal decoder, cross
+  attention to the sequence-sharded encoder) on a context axis of 4 give one device's outputs;
+  the decoder families are covered above and in test_sharding (Llama on (1, 1, 2, 4))."""
+  import flax.linen as nn  # noqa: PLC0415
+
+  from lm import models as M  # noqa: PLC0415
+
+  small = dict(vocab_size=128, hidden_size=32, num_layers=2, num_heads=4, mlp_dim=64)
+  small.update(dropout_rate=0.0, attention_dropout_rate=0.0)
+  rng = np.random.default_rng(0)
+  ids = rng.integers(0, 128, (4, 16)).astype(np.int32)
+  targets = rng.integers(0, 128, (4, 8)).astype(np.int32)
+  padding = np.ones((4, 16), np.int32)
+  padding[1, 12:] = 0
+  if family == 't5':
+    model = M.T5(M.T5Config(**small, num_decoder_layers=2, d_kv=8, relative_buckets=8))
+    init = lambda: model.init(jax.random.PRNGKey(0), jnp.asarray(ids), jnp.asarray(targets))  # noqa: E731
+    fn = lambda v, i, m: model.apply(v, i, targets, attention_mask=m)  # noqa: E731
+  else:
+    model = M.Encoder(M.ModelConfig(**small, max_len=16))
+    init = lambda: model.init(jax.random.PRNGKey(0), jnp.asarray(ids))  # noqa: E731
+    fn = lambda v, i, m: model.apply(v, i, None, m)['mlm_logits']  # noqa: E731
+  ref = fn(nn.unbox(init()), ids, padding)
+  mesh = sharding.make_mesh((1, 1, 1, 4), jax.devices()[:4])
+  variables, _ = sharding.init_sharded(init, mesh)
+  with sharding.use(mesh):
+    out = jax.jit(fn)(variables, ids, padding)
+  np.testing.assert_allclose(np.asarray(out), np.asarray(ref), atol=1e-5 * float(np.abs(ref).max()))
