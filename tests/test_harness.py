@@ -234,7 +234,9 @@ def test_shipped_tasks_score_as_hf_does_at_every_batch_size_and_mesh(dirs, tmp_p
   first = None
   for bs, mesh in [(1, '1,1,1'), (7, '2,2,2'), (32, '8,1,1')]:  # each size, each mesh
     ours = _ours(d, bs, mesh)
-    assert ours.mesh.devices.shape == tuple(int(s) for s in mesh.split(','))
+    assert dict(ours.mesh.shape) == dict(
+      zip(('data', 'fsdp', 'tensor'), map(int, mesh.split(','))), context=1
+    )
     results = _evaluate(d, ours, tmp_path, LIMIT)
     seen = (
       harness.format_table(results),

@@ -96,9 +96,11 @@ def test_resume_after_sigkill_is_bitwise_exact(tmp_path, name, steps):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize('name', sorted(CONFIGS))
+@pytest.mark.parametrize('name', ['t5'])
 def test_sharded_mesh_matches_one_device(tmp_path, name):
-  """(data, fsdp, tensor) = (2, 2, 2) on 8 devices vs 1 device: same loss curve."""
+  """(data, fsdp, tensor) = (2, 2, 2) on 8 devices vs 1 device: same loss curve (T5 span
+  corruption; BERT's (2, 2, 2) runs are test_sharding's forward and gradients and
+  test_reliability's 2-process run, GPT's test_scale's and test_context_parallel's)."""
   args = [
     *CONFIGS[name],
     '--config.model.dropout_rate=0.0',
@@ -112,7 +114,7 @@ def test_sharded_mesh_matches_one_device(tmp_path, name):
   out = run_script(
     'train.py', *args, f'--workdir={tmp_path / "mesh"}', '--config.mesh_shape=(2,2,2)', devices=8
   ).stdout
-  assert "mesh {'data': 2, 'fsdp': 2, 'tensor': 2}" in out
+  assert "mesh {'data': 2, 'fsdp': 2, 'tensor': 2, 'context': 1}" in out
   one, mesh = read_metrics(tmp_path / 'one'), read_metrics(tmp_path / 'mesh')
   assert sorted(one) == sorted(mesh) == list(range(5, 45, 5))
   a = np.array([one[s]['train/loss'] for s in sorted(one)])
