@@ -14,7 +14,7 @@ stay with XLA's propagation). Two schedules, picked by `ModelConfig.context_para
 - 'allgather': `all_gather` the keys and values once, then ordinary attention for the local
   queries: simpler, one collective, the whole K/V on every device.
 
-Both take the mask as ids (`lm.models.layers.Mask.ids`: a query sees a key with the same id)
+Both take the mask as ids (`lm.models.layers.Mask.ids_of`: a query sees a key with the same id)
 plus causality and a sliding window from global positions, so no device builds a [T, T] mask;
 an additive bias (T5's relative positions) is sharded along its query axis. With contiguous
 blocks a causal ring is load-imbalanced (the last device scores n blocks, the first one):
@@ -141,9 +141,7 @@ def _ring(q, k, v, q_ids, kv_ids, *bias, n, causal, window, scale, dtype):
   for step in range(n):  # unrolled: n is the (static) axis size
     src = (me - step) % n
     if causal and step:  # a block from a device ahead holds only future keys
-      carry = lax.cond(
-        src <= me, lambda c, blk, s: fold(c, blk, s), lambda c, blk, s: c, carry, block, src
-      )
+      carry = lax.cond(src <= me, fold, lambda c, blk, s: c, carry, block, src)
     else:
       carry = fold(carry, block, src)
     if step < n - 1:
